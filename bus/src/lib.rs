@@ -1,1 +1,85 @@
-//! placeholder
+//! `shmbus-bus`: the byte layer of shmbus.
+//!
+//! A topic is a directory of rings, one per publisher; each ring is a
+//! segment file on a tmpfs (`/dev/shm/shmbus/<bus>/<topic>/<id>.ring`), with
+//! exactly one writer ([`RingWriter`]) and any number of subscribers
+//! ([`RingReader`]) that read records in place. This crate knows bytes only;
+//! the typed API (rkyv) is the `shmbus` crate.
+//!
+//! - [`layout`]: the segment's byte layout and record format.
+//! - `ring`: the lock-free algorithm over any memory (model-checked with loom).
+//! - [`RingWriter`] / [`RingReader`]: the algorithm over a mapped segment.
+//! - [`wait_any`]: sleeping on several rings at once (futex_waitv).
+//! - [`ProcessId`]: liveness by pid and start time.
+//! - [`sweep_topic`]: removing rings whose publisher and readers are gone.
+//!
+//! # Example
+//!
+//! ```
+//! use shmbus_bus::{RingConfig, RingReader, RingWriter, StartAt, ReadEvent, WaitStrategy};
+//! use std::time::Duration;
+//!
+//! let dir = std::env::temp_dir().join(format!("shmbus-doc-lib-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("publisher-1.ring");
+//!
+//! let mut writer = RingWriter::create(&path, &RingConfig::default()).unwrap();
+//! let mut reader = RingReader::open(&path, StartAt::Oldest).unwrap();
+//! writer.write_batch([&b"one"[..], b"two"], WaitStrategy::default(), None).unwrap();
+//!
+//! let mut got = Vec::new();
+//! reader.drain(16, |payload| got.push(payload.to_vec())).unwrap();
+//! assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
+//!
+//! drop(writer); // closes the ring
+//! assert!(matches!(
+//!     reader.read(WaitStrategy::default(), Some(Duration::from_secs(1))).unwrap(),
+//!     ReadEvent::Closed
+//! ));
+//! # drop(reader); std::fs::remove_dir_all(&dir).unwrap();
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+// Under loom only the ring algorithm and its models are built.
+#![cfg_attr(loom, allow(dead_code))]
+
+pub mod layout;
+pub(crate) mod ring;
+mod sync;
+
+#[cfg(not(loom))]
+mod error;
+#[cfg(not(loom))]
+mod liveness;
+mod notify;
+#[cfg(not(loom))]
+mod paths;
+#[cfg(not(loom))]
+mod ring_reader;
+#[cfg(not(loom))]
+mod ring_writer;
+#[cfg(not(loom))]
+mod segment;
+#[cfg(not(loom))]
+mod sweep;
+#[cfg(not(loom))]
+mod wait;
+
+pub use ring::gate::LIVENESS_INTERVAL;
+pub use ring::Policy;
+
+#[cfg(not(loom))]
+pub use crate::{
+    error::Error,
+    liveness::{is_alive, ProcessId},
+    notify::FUTEX_WAITV_MAX,
+    paths::{
+        create_dir_all, default_root, publisher_id_of, ring_path, topic_dir, validate_name,
+        DEFAULT_BUS, DEFAULT_ROOT, MAX_NAME_LEN, RING_EXT, ROOT_ENV,
+    },
+    ring_reader::{wait_any, Drained, Message, ReadEvent, RingReader, StartAt},
+    ring_writer::{Loan, RingWriter, WriterStats},
+    segment::{max_message_limit, RingConfig, SegmentInfo, INIT_WAIT},
+    sweep::sweep_topic,
+    wait::{WaitStrategy, MAX_SLEEP},
+};

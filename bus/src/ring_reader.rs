@@ -1,0 +1,433 @@
+//! [`RingReader`]: one subscriber's handle on one publisher's ring.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use crate::{
+    layout::WRITER_CLOSED,
+    liveness::ProcessId,
+    ring::{
+        gate::JoinAt,
+        reader::{Peek, ReadFault, ReaderCore, RecordRef},
+        Policy, View,
+    },
+    segment::{self, Mapping, SegmentInfo},
+    sync::Ordering,
+    wait::{self, Deadline, WaitStrategy},
+    Error,
+};
+
+/// Where a new subscriber starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StartAt {
+    /// Only messages published after joining.
+    #[default]
+    Latest,
+    /// The oldest message still in the ring (history for late joiners).
+    Oldest,
+}
+
+/// What a read found.
+#[derive(Debug)]
+pub enum ReadEvent<'a> {
+    /// A message, borrowed in place (Block policy) or validated copy (Overwrite).
+    Message(Message<'a>),
+    /// Nothing new yet.
+    Empty,
+    /// Messages were lost before the next one (overwrite, or after eviction).
+    Gap {
+        /// Messages lost.
+        messages: u64,
+        /// Ring bytes lost (records and padding).
+        bytes: u64,
+    },
+    /// The publisher is gone (closed or dead) and everything it committed has
+    /// been read.
+    Closed,
+}
+
+/// How many empty polls pass between liveness checks of the publisher.
+const LIVENESS_POLLS: u32 = 1 << 14;
+
+/// A subscriber's cursor over one ring.
+///
+/// # Examples
+///
+/// See [`crate::RingWriter`].
+#[derive(Debug)]
+pub struct RingReader {
+    core: ReaderCore<Arc<Mapping>>,
+    /// 16-byte aligned copy buffer for the Overwrite policy.
+    scratch: Vec<u128>,
+    empty_polls: u32,
+    closed: bool,
+    /// A gap found by a probe, reported by the next `try_read`.
+    pending_gap: Option<(u64, u64)>,
+}
+
+impl RingReader {
+    /// Opens the ring at `path` and joins its subscriber table.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::NotInitialized`], [`Error::NotASegment`],
+    /// [`Error::VersionMismatch`], [`Error::SizeMismatch`], [`Error::Corrupt`],
+    /// [`Error::NoFreeSlot`], [`Error::Io`].
+    pub fn open(path: &Path, start: StartAt) -> Result<Self, Error> {
+        let map = segment::open(path)?;
+        let me = ProcessId::current().map_err(|e| Error::io("/proc/self/stat", e))?;
+        let at = match start {
+            StartAt::Latest => JoinAt::Latest,
+            StartAt::Oldest => JoinAt::Oldest,
+        };
+        let now = monotonic_ns();
+        let core = match ReaderCore::join(map.clone(), at, u64::from(me.pid), me.start_time, now) {
+            Some(core) => core,
+            None => {
+                // Reclaim slots of dead subscribers, then try once more.
+                let mut gate = crate::ring::gate::GateState::default();
+                crate::ring::gate::reap_dead(&map, &mut gate);
+                ReaderCore::join(map.clone(), at, u64::from(me.pid), me.start_time, now)
+                    .ok_or_else(|| Error::NoFreeSlot(path.to_path_buf()))?
+            }
+        };
+        Ok(Self {
+            core,
+            scratch: Vec::new(),
+            empty_polls: 0,
+            closed: false,
+            pending_gap: None,
+        })
+    }
+
+    /// The segment's validated header.
+    pub fn info(&self) -> &SegmentInfo {
+        self.core.view.info()
+    }
+
+    /// The next position this reader will read.
+    pub fn position(&self) -> u64 {
+        self.core.position()
+    }
+
+    /// Reads the next message without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if the ring breaks the record format (this ring
+    /// cannot be read further), [`Error::Evicted`], [`Error::SlotLost`].
+    pub fn try_read(&mut self) -> Result<ReadEvent<'_>, Error> {
+        if let Some((messages, bytes)) = self.pending_gap.take() {
+            return Ok(ReadEvent::Gap { messages, bytes });
+        }
+        loop {
+            let record = match self.peek()? {
+                Peek::Record(r) => r,
+                Peek::Gap { messages, bytes } => return Ok(ReadEvent::Gap { messages, bytes }),
+                Peek::Empty => {
+                    return Ok(if self.check_closed()? {
+                        ReadEvent::Closed
+                    } else {
+                        ReadEvent::Empty
+                    })
+                }
+            };
+            self.empty_polls = 0;
+            match self.core.geometry().policy {
+                Policy::Block => {
+                    self.core.begin_hold().map_err(|f| self.fault(f))?;
+                    return Ok(ReadEvent::Message(Message {
+                        reader: self,
+                        record,
+                        copied: false,
+                        release: true,
+                    }));
+                }
+                Policy::Overwrite => {
+                    let words = (record.len as usize).div_ceil(16);
+                    if self.scratch.len() < words {
+                        self.scratch.resize(words, 0);
+                    }
+                    // SAFETY: `scratch` holds at least `len` bytes; u128 has no
+                    // invalid bit patterns, so viewing it as bytes is sound.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            self.scratch.as_mut_ptr().cast::<u8>(),
+                            record.len as usize,
+                        )
+                    };
+                    if self.core.copy_validated(&record, dst) {
+                        return Ok(ReadEvent::Message(Message {
+                            reader: self,
+                            record,
+                            copied: true,
+                            release: true,
+                        }));
+                    }
+                    // Lapped while copying: the next peek reports the gap.
+                }
+            }
+        }
+    }
+
+    /// Reads the next message, waiting with `wait` for at most `timeout`
+    /// (`None`: forever). Never returns [`ReadEvent::Empty`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::try_read`], plus [`Error::Timeout`].
+    pub fn read(
+        &mut self,
+        wait: WaitStrategy,
+        timeout: Option<Duration>,
+    ) -> Result<ReadEvent<'_>, Error> {
+        let deadline = Deadline::after(timeout);
+        while !self.probe()? {
+            if deadline.passed() {
+                return Err(Error::Timeout);
+            }
+            self.wait_ready(wait, deadline);
+        }
+        self.try_read()
+    }
+
+    /// True if `try_read` would return something other than `Empty`; keeps
+    /// a gap it finds for `try_read` to report.
+    fn probe(&mut self) -> Result<bool, Error> {
+        if self.pending_gap.is_some() {
+            return Ok(true);
+        }
+        match self.peek()? {
+            Peek::Record(_) => Ok(true),
+            Peek::Gap { messages, bytes } => {
+                self.pending_gap = Some((messages, bytes));
+                Ok(true)
+            }
+            Peek::Empty => self.check_closed(),
+        }
+    }
+
+    /// Reads up to `max` messages in place and hands each payload to `f`,
+    /// then releases them all with one store. Returns what it found.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::try_read`]; messages handed to `f` before the error count.
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> Result<Drained, Error> {
+        let mut out = Drained::default();
+        while out.messages < max {
+            match self.try_read()? {
+                ReadEvent::Message(mut m) => {
+                    f(m.payload());
+                    m.release = false;
+                    out.messages += 1;
+                }
+                ReadEvent::Gap { messages, bytes } => {
+                    out.lost_messages += messages;
+                    out.lost_bytes += bytes;
+                }
+                ReadEvent::Empty => break,
+                ReadEvent::Closed => {
+                    out.closed = true;
+                    break;
+                }
+            }
+        }
+        self.core.release();
+        Ok(out)
+    }
+
+    fn peek(&mut self) -> Result<Peek, Error> {
+        self.core.peek().map_err(|f| self.fault(f))
+    }
+
+    fn fault(&self, f: ReadFault) -> Error {
+        match f {
+            ReadFault::Corrupt { position, what } => {
+                Error::corrupt(&self.info().path, format!("at position {position}: {what}"))
+            }
+            ReadFault::Evicted => Error::Evicted,
+            ReadFault::SlotLost => Error::SlotLost,
+        }
+    }
+
+    /// True once the publisher is gone and the ring is drained.
+    fn check_closed(&mut self) -> Result<bool, Error> {
+        if self.closed {
+            return Ok(true);
+        }
+        self.empty_polls = self.empty_polls.wrapping_add(1);
+        let ctrl = self.core.view.control();
+        // Acquire: pairs with the writer's Release store of CLOSED, after its
+        // final tail store.
+        let closed = ctrl.writer_state.load(Ordering::Acquire) == WRITER_CLOSED;
+        let gone =
+            closed || (self.empty_polls % LIVENESS_POLLS == 0 && !self.info().publisher.is_alive());
+        if !gone {
+            return Ok(false);
+        }
+        // The publisher may have committed more before it went: look again,
+        // comparing against the tail too.
+        match self.core.verify_empty().map_err(|f| self.fault(f))? {
+            Peek::Empty => {
+                self.closed = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Checks the publisher's liveness now (normally done every few thousand
+    /// empty polls and on every sleep).
+    pub fn publisher_alive(&self) -> bool {
+        let ctrl = self.core.view.control();
+        // Relaxed: a hint; `try_read` confirms with Acquire.
+        ctrl.writer_state.load(Ordering::Relaxed) != WRITER_CLOSED
+            && self.info().publisher.is_alive()
+    }
+
+    /// Whether a read would find something (a message, a gap, an error or
+    /// the end), without consuming anything. Cheap: one stamp load.
+    pub fn is_ready(&self) -> bool {
+        self.closed || self.core.poll_ready()
+    }
+
+    /// Waits until [`Self::is_ready`], the deadline, or one sleep ends.
+    fn wait_ready(&mut self, wait: WaitStrategy, deadline: Deadline) -> bool {
+        let ctrl = self.core.view.control();
+        let ready = wait::wait_until(&[ctrl], wait, deadline, || self.core.poll_ready());
+        if !ready {
+            // A sleep ended without news: is the publisher still there?
+            self.empty_polls = LIVENESS_POLLS - 1;
+        }
+        ready
+    }
+
+    /// The control block, for waiting on several rings at once.
+    pub(crate) fn control(&self) -> &crate::layout::Control {
+        self.core.view.control()
+    }
+
+    /// Committed, unread ring bytes: `(position, tail)` (for the bridge).
+    pub fn unread_range(&self) -> (u64, u64) {
+        // SYNC: tail-publish (Acquire): the records below it are committed.
+        let tail = self.core.view.control().tail.load(Ordering::Acquire);
+        (self.core.position(), tail)
+    }
+
+    /// Subscriber slot status check: `Ok` while this reader still owns its slot.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Evicted`] or [`Error::SlotLost`].
+    pub fn check_slot(&self) -> Result<(), Error> {
+        match self.core.slot_status() {
+            crate::ring::gate::SlotStatus::Active => Ok(()),
+            crate::ring::gate::SlotStatus::Evicted => Err(Error::Evicted),
+            crate::ring::gate::SlotStatus::Lost => Err(Error::SlotLost),
+        }
+    }
+}
+
+impl Drop for RingReader {
+    fn drop(&mut self) {
+        self.core.leave();
+        if self.closed {
+            // Last one out of a finished ring removes it.
+            let _ = crate::sweep::remove_if_unread(&self.core.view);
+        }
+    }
+}
+
+/// Waits until any of `readers` is ready (see [`RingReader::is_ready`]), the
+/// timeout passes, or one sleep (at most [`wait::MAX_SLEEP`]) ends. Returns
+/// whether one is ready. Under [`WaitStrategy::Block`] it sleeps on all the
+/// rings' futexes at once.
+pub fn wait_any(readers: &[&RingReader], wait: WaitStrategy, timeout: Option<Duration>) -> bool {
+    let controls: Vec<&crate::layout::Control> = readers.iter().map(|r| r.control()).collect();
+    wait::wait_until(&controls, wait, Deadline::after(timeout), || {
+        readers.iter().any(|r| r.is_ready())
+    })
+}
+
+/// What [`RingReader::drain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Drained {
+    /// Messages handed to the callback.
+    pub messages: usize,
+    /// Messages lost to overwrites before them.
+    pub lost_messages: u64,
+    /// Bytes lost to overwrites before them.
+    pub lost_bytes: u64,
+    /// The publisher is gone and the ring is drained.
+    pub closed: bool,
+}
+
+/// One message read from a ring. Consumed (and, for a single read, released
+/// to the publisher) when dropped.
+#[derive(Debug)]
+pub struct Message<'a> {
+    reader: &'a mut RingReader,
+    record: RecordRef,
+    copied: bool,
+    /// Release to the publisher on drop (false inside a batch).
+    release: bool,
+}
+
+impl Message<'_> {
+    /// The payload bytes: in place in the ring (Block policy) or a validated
+    /// copy (Overwrite policy). 16-byte aligned.
+    pub fn payload(&self) -> &[u8] {
+        if self.copied {
+            // SAFETY: `scratch` holds at least `len` initialized bytes (the
+            // validated copy made by `try_read`).
+            unsafe {
+                std::slice::from_raw_parts(
+                    self.reader.scratch.as_ptr().cast::<u8>(),
+                    self.record.len as usize,
+                )
+            }
+        } else {
+            // SAFETY: Block policy: the record is committed and not released,
+            // so the writer does not overwrite it while `self` borrows the
+            // reader (our slot position, or our hold when evicted, gates it);
+            // `peek` validated the range against the ring's bounds.
+            unsafe {
+                self.reader
+                    .core
+                    .view
+                    .data_slice(self.record.payload_offset, self.record.len as usize)
+            }
+        }
+    }
+
+    /// The record's absolute ring position.
+    pub fn position(&self) -> u64 {
+        self.record.position
+    }
+
+    /// The publisher's sequence number for this message (wraps at 2^32).
+    pub fn sequence(&self) -> u32 {
+        self.record.seq
+    }
+}
+
+impl Drop for Message<'_> {
+    fn drop(&mut self) {
+        let (end, next) = (self.record.end, self.record.seq.wrapping_add(1));
+        if self.release {
+            self.reader.core.consume_to(end, next);
+        } else {
+            self.reader.core.advance_to(end, next);
+        }
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}

@@ -1,0 +1,120 @@
+//! How a blocked reader or writer waits.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    layout::Control,
+    notify,
+    sync::{spin_loop, yield_now, AtomicU32},
+};
+
+/// How to wait for a message (or, for a publisher, for space).
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_bus::WaitStrategy;
+/// // Lowest latency, burns a core while waiting:
+/// let hot = WaitStrategy::BusySpin;
+/// // The default: spin briefly, then sleep on the ring's futex.
+/// assert_eq!(WaitStrategy::default(), WaitStrategy::Block { spins: 256 });
+/// # let _ = hot;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WaitStrategy {
+    /// Poll in a tight loop (`spin_loop` hint). Lowest latency; one core at 100 %.
+    BusySpin,
+    /// Poll `spins` times, then yield the CPU between polls.
+    SpinThenYield {
+        /// Polls before the first yield.
+        spins: u32,
+    },
+    /// Poll `spins` times, then sleep on the ring's futex until the publisher
+    /// wakes us. Uses no CPU while idle; costs a wake-up (~5-10 µs) per sleep.
+    Block {
+        /// Polls before sleeping.
+        spins: u32,
+    },
+}
+
+impl Default for WaitStrategy {
+    fn default() -> Self {
+        Self::Block { spins: 256 }
+    }
+}
+
+/// Longest single sleep of a blocked waiter: it then re-checks liveness of
+/// the peer it waits on (a crashed publisher wakes nobody) and new publishers.
+pub const MAX_SLEEP: Duration = Duration::from_millis(50);
+
+/// A deadline helper: `None` waits forever.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline(Option<Instant>);
+
+impl Deadline {
+    pub(crate) fn after(timeout: Option<Duration>) -> Self {
+        Self(timeout.and_then(|t| Instant::now().checked_add(t)))
+    }
+
+    pub(crate) fn passed(&self) -> bool {
+        self.0.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Time left, capped at `cap`.
+    pub(crate) fn remaining(&self, cap: Duration) -> Duration {
+        match self.0 {
+            Some(d) => d.saturating_duration_since(Instant::now()).min(cap),
+            None => cap,
+        }
+    }
+}
+
+/// Waits until `ready()` holds for one of the rings whose control blocks are
+/// `controls`, the deadline passes, or (Block strategy) one sleep of at most
+/// [`MAX_SLEEP`] ends. Returns `ready()`'s last answer.
+///
+/// Under [`WaitStrategy::Block`] this registers as a waiter on every ring,
+/// re-checks, then sleeps on all futex words at once (`futex_waitv`).
+pub(crate) fn wait_until(
+    controls: &[&Control],
+    strategy: WaitStrategy,
+    deadline: Deadline,
+    mut ready: impl FnMut() -> bool,
+) -> bool {
+    let spins = match strategy {
+        WaitStrategy::BusySpin => u32::MAX,
+        WaitStrategy::SpinThenYield { spins } | WaitStrategy::Block { spins } => spins,
+    };
+    let mut n = 0u32;
+    loop {
+        if ready() {
+            return true;
+        }
+        if deadline.passed() {
+            return false;
+        }
+        if n < spins {
+            n += 1;
+            spin_loop();
+            continue;
+        }
+        match strategy {
+            WaitStrategy::BusySpin => {}
+            WaitStrategy::SpinThenYield { .. } => yield_now(),
+            WaitStrategy::Block { .. } => {
+                let seen: Vec<(&AtomicU32, u32)> = controls
+                    .iter()
+                    .map(|c| (&c.futex, notify::prepare(c)))
+                    .collect();
+                let ready_now = ready();
+                if !ready_now {
+                    notify::futex_wait_any(&seen, Some(deadline.remaining(MAX_SLEEP)));
+                }
+                for c in controls {
+                    notify::finish(c);
+                }
+                return ready_now || ready();
+            }
+        }
+    }
+}
