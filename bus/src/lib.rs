@@ -77,7 +77,9 @@ pub use crate::{
         create_dir_all, default_root, publisher_id_of, ring_path, topic_dir, validate_name,
         DEFAULT_BUS, DEFAULT_ROOT, MAX_NAME_LEN, RING_EXT, ROOT_ENV,
     },
-    ring_reader::{wait_any, Drained, Message, ReadEvent, RingReader, StartAt},
+    ring_reader::{
+        wait_any, wait_probes, Drained, Message, ReadEvent, ReadyProbe, RingReader, StartAt,
+    },
     ring_writer::{Loan, RingWriter, WriterStats},
     segment::{max_message_limit, RingConfig, SegmentInfo, INIT_WAIT},
     sweep::sweep_topic,

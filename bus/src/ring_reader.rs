@@ -190,9 +190,15 @@ impl RingReader {
         self.try_read()
     }
 
-    /// True if `try_read` would return something other than `Empty`; keeps
-    /// a gap it finds for `try_read` to report.
-    fn probe(&mut self) -> Result<bool, Error> {
+    /// True if [`Self::try_read`] would return something other than
+    /// `Empty`. Consumes nothing: a gap it finds is kept for `try_read` (or
+    /// [`Self::take_gap`]) to report. Lets callers that poll several rings pick
+    /// one before borrowing it for a message.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::try_read`].
+    pub fn probe(&mut self) -> Result<bool, Error> {
         if self.pending_gap.is_some() {
             return Ok(true);
         }
@@ -203,6 +209,27 @@ impl RingReader {
                 Ok(true)
             }
             Peek::Empty => self.check_closed(),
+        }
+    }
+
+    /// Takes a gap found by [`Self::probe`]: `(messages, bytes)` lost.
+    pub fn take_gap(&mut self) -> Option<(u64, u64)> {
+        self.pending_gap.take()
+    }
+
+    /// True once [`ReadEvent::Closed`] was seen: the publisher is gone and
+    /// everything it committed has been read.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// A handle that can wait for this reader's next message from another
+    /// thread (e.g. a blocking task of an async runtime). It watches the
+    /// position the reader is at now.
+    pub fn ready_probe(&self) -> ReadyProbe {
+        ReadyProbe {
+            map: self.core.view.clone(),
+            position: self.core.position(),
         }
     }
 
@@ -346,6 +373,35 @@ pub fn wait_any(readers: &[&RingReader], wait: WaitStrategy, timeout: Option<Dur
     let controls: Vec<&crate::layout::Control> = readers.iter().map(|r| r.control()).collect();
     wait::wait_until(&controls, wait, Deadline::after(timeout), || {
         readers.iter().any(|r| r.is_ready())
+    })
+}
+
+/// Waits for a ring's next message without borrowing its reader; see
+/// [`RingReader::ready_probe`] and [`wait_probes`].
+#[derive(Debug, Clone)]
+pub struct ReadyProbe {
+    map: Arc<Mapping>,
+    position: u64,
+}
+
+impl ReadyProbe {
+    fn is_ready(&self) -> bool {
+        let mask = self.map.geometry().mask();
+        // Relaxed: a hint; the reader re-reads with Acquire.
+        let stamp = self.map.word(self.position & mask).load(Ordering::Relaxed);
+        let ctrl = self.map.control();
+        stamp != 0 && stamp & !crate::layout::STAMP_FLAGS >= self.position
+            || ctrl.tail.load(Ordering::Relaxed) > self.position
+            || ctrl.writer_state.load(Ordering::Relaxed) == WRITER_CLOSED
+    }
+}
+
+/// Waits until any probe's ring has news, the timeout passes, or one sleep
+/// (at most [`wait::MAX_SLEEP`]) ends. Returns whether one is ready.
+pub fn wait_probes(probes: &[ReadyProbe], wait: WaitStrategy, timeout: Option<Duration>) -> bool {
+    let controls: Vec<&crate::layout::Control> = probes.iter().map(|p| p.map.control()).collect();
+    wait::wait_until(&controls, wait, Deadline::after(timeout), || {
+        probes.iter().any(ReadyProbe::is_ready)
     })
 }
 

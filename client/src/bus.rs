@@ -1,0 +1,349 @@
+//! [`Bus`]: a named set of topics under a root directory.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use shmbus_bus::{self as bus, Policy, RingConfig, StartAt, WaitStrategy};
+
+use crate::{
+    codec::{self, Checkable, Publishable},
+    publisher::Publisher,
+    subscriber::Subscriber,
+    Error, Result,
+};
+
+/// Where topics live: `<root>/<bus name>/<topic>/`.
+///
+/// Cheap to clone; opening a bus touches nothing on disk until a publisher
+/// or subscriber is created.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus::Bus;
+/// # let root = std::env::temp_dir().join(format!("shmbus-doc-bus-{}", std::process::id()));
+/// let bus = Bus::builder().root(&root).name("robot").build().unwrap();
+/// assert_eq!(bus.name(), "robot");
+/// # std::fs::remove_dir_all(&root).ok();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Bus {
+    root: PathBuf,
+    name: String,
+    group_access: bool,
+    topic: TopicOptions,
+}
+
+/// Ring parameters for the publishers this bus creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicOptions {
+    /// Ring bytes per publisher (a power of two). Default 4 MiB.
+    pub capacity: u64,
+    /// Largest archived message. Default 1 MiB.
+    pub max_message: u64,
+    /// Most subscribers per publisher ring. Default 64.
+    pub slots: u32,
+    /// Flow control. Default [`Policy::Block`].
+    pub policy: Policy,
+    /// Untethered eviction (Block only): a subscriber that holds a publisher
+    /// back this long is evicted. Default `None` (only dead ones are).
+    pub evict_after: Option<Duration>,
+}
+
+impl Default for TopicOptions {
+    fn default() -> Self {
+        let ring = RingConfig::default();
+        Self {
+            capacity: ring.capacity,
+            max_message: ring.max_message,
+            slots: ring.slots,
+            policy: ring.policy,
+            evict_after: ring.evict_after,
+        }
+    }
+}
+
+/// Builds a [`Bus`].
+#[derive(Debug, Clone, Default)]
+pub struct BusBuilder {
+    root: Option<PathBuf>,
+    name: Option<String>,
+    group_access: bool,
+    topic: TopicOptions,
+}
+
+impl BusBuilder {
+    /// Root directory (default: `$SHMBUS_ROOT`, else `/dev/shm/shmbus`). Point
+    /// it at a hugetlbfs or `huge=always` tmpfs mount for huge pages.
+    pub fn root(mut self, root: impl AsRef<Path>) -> Self {
+        self.root = Some(root.as_ref().to_path_buf());
+        self
+    }
+
+    /// Bus name (default `"default"`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Let the owning group read and write the bus (files 0660, dirs 0770)
+    /// instead of the owner only (0600 / 0700).
+    pub fn group_access(mut self, yes: bool) -> Self {
+        self.group_access = yes;
+        self
+    }
+
+    /// Ring bytes per publisher (power of two).
+    pub fn capacity(mut self, bytes: u64) -> Self {
+        self.topic.capacity = bytes;
+        self
+    }
+
+    /// Largest archived message.
+    pub fn max_message(mut self, bytes: u64) -> Self {
+        self.topic.max_message = bytes;
+        self
+    }
+
+    /// Most subscribers per publisher ring.
+    pub fn slots(mut self, slots: u32) -> Self {
+        self.topic.slots = slots;
+        self
+    }
+
+    /// Flow-control policy of new rings.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.topic.policy = policy;
+        self
+    }
+
+    /// Untethered eviction delay (Block policy).
+    pub fn evict_after(mut self, after: Option<Duration>) -> Self {
+        self.topic.evict_after = after;
+        self
+    }
+
+    /// Validates names and options.
+    ///
+    /// # Errors
+    ///
+    /// A bad bus name or ring option.
+    pub fn build(self) -> Result<Bus> {
+        let name = self.name.unwrap_or_else(|| bus::DEFAULT_BUS.to_string());
+        bus::validate_name("bus", &name)?;
+        let bus = Bus {
+            root: self.root.unwrap_or_else(bus::default_root),
+            name,
+            group_access: self.group_access,
+            topic: self.topic,
+        };
+        bus.ring_config().validate()?;
+        Ok(bus)
+    }
+}
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+impl Bus {
+    /// The default bus under the default root.
+    ///
+    /// # Errors
+    ///
+    /// Only if `SHMBUS_ROOT` is unusable later; building itself cannot fail.
+    pub fn open_default() -> Result<Self> {
+        Self::builder().build()
+    }
+
+    /// A named bus under the default root.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Bus`] with an invalid-name error.
+    pub fn open(name: &str) -> Result<Self> {
+        Self::builder().name(name).build()
+    }
+
+    /// Starts building a bus.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+
+    /// The bus name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Options for new rings.
+    pub fn topic_options(&self) -> &TopicOptions {
+        &self.topic
+    }
+
+    /// A copy of this bus whose new publishers use `options`.
+    pub fn with_topic_options(&self, options: TopicOptions) -> Self {
+        Self {
+            topic: options,
+            ..self.clone()
+        }
+    }
+
+    /// The directory of `topic` (validated).
+    ///
+    /// # Errors
+    ///
+    /// A bad topic name.
+    pub fn topic_dir(&self, topic: &str) -> Result<PathBuf> {
+        Ok(bus::topic_dir(&self.root, &self.name, topic)?)
+    }
+
+    pub(crate) fn dir_mode(&self) -> u32 {
+        if self.group_access {
+            0o770
+        } else {
+            0o700
+        }
+    }
+
+    pub(crate) fn ring_config(&self) -> RingConfig {
+        RingConfig {
+            capacity: self.topic.capacity,
+            max_message: self.topic.max_message,
+            slots: self.topic.slots,
+            policy: self.topic.policy,
+            evict_after: self.topic.evict_after,
+            mode: if self.group_access { 0o660 } else { 0o600 },
+            ..RingConfig::default()
+        }
+    }
+
+    /// A unique publisher id: `<label>-<pid>-<n>`.
+    pub(crate) fn new_publisher_id(label: &str) -> String {
+        let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        format!("{label}-{}-{n}", std::process::id())
+    }
+
+    /// Creates a publisher of `T` on `topic`.
+    ///
+    /// # Errors
+    ///
+    /// A bad topic name, [`Error::TypeMismatch`] if live publishers of the
+    /// topic use another type, file-system errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shmbus::Bus;
+    /// # let root = std::env::temp_dir().join(format!("shmbus-doc-pub-{}", std::process::id()));
+    /// let bus = Bus::builder().root(&root).build().unwrap();
+    /// let mut publisher = bus.publisher::<u64>("ticks").unwrap();
+    /// publisher.send(&42).unwrap();
+    /// # drop(publisher); std::fs::remove_dir_all(&root).ok();
+    /// ```
+    pub fn publisher<T>(&self, topic: &str) -> Result<Publisher<T>>
+    where
+        T: Publishable,
+        T::Archived: Checkable,
+    {
+        self.publisher_named(topic, "p")
+    }
+
+    /// Like [`Self::publisher`], with a label that starts the publisher's id
+    /// (seen in file names, logs and the bridge).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::publisher`]; a label that is not a valid name.
+    pub fn publisher_named<T>(&self, topic: &str, label: &str) -> Result<Publisher<T>>
+    where
+        T: Publishable,
+        T::Archived: Checkable,
+    {
+        assert!(
+            std::mem::align_of::<T::Archived>() <= codec::MAX_ALIGN,
+            "archived types must need at most 16-byte alignment"
+        );
+        Publisher::create(self, topic, label)
+    }
+
+    /// Subscribes to every publisher of `topic`, present and future, starting
+    /// at their newest messages.
+    ///
+    /// # Errors
+    ///
+    /// A bad topic name; [`Error::TypeMismatch`] if a publisher of the topic
+    /// carries another type.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shmbus::Bus;
+    /// # use std::time::Duration;
+    /// # let root = std::env::temp_dir().join(format!("shmbus-doc-sub-{}", std::process::id()));
+    /// let bus = Bus::builder().root(&root).build().unwrap();
+    /// let mut subscriber = bus.subscriber::<String>("chat").unwrap();
+    /// let mut publisher = bus.publisher::<String>("chat").unwrap();
+    /// publisher.send(&"hello".to_string()).unwrap();
+    /// let sample = subscriber.recv_timeout(Duration::from_secs(5)).unwrap();
+    /// assert_eq!(sample.as_str(), "hello"); // &ArchivedString, read in place
+    /// # drop(sample); drop((subscriber, publisher)); std::fs::remove_dir_all(&root).ok();
+    /// ```
+    pub fn subscriber<T>(&self, topic: &str) -> Result<Subscriber<T>>
+    where
+        T: rkyv::Archive,
+        T::Archived: Checkable,
+    {
+        self.subscriber_with(topic, StartAt::Latest, WaitStrategy::default())
+    }
+
+    /// Subscribes with a start position and a wait strategy.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::subscriber`].
+    pub fn subscriber_with<T>(
+        &self,
+        topic: &str,
+        start: StartAt,
+        wait: WaitStrategy,
+    ) -> Result<Subscriber<T>>
+    where
+        T: rkyv::Archive,
+        T::Archived: Checkable,
+    {
+        Subscriber::create(self, topic, start, wait)
+    }
+
+    /// Topics that exist on this bus (directories under it).
+    ///
+    /// # Errors
+    ///
+    /// If the bus directory exists but cannot be read.
+    pub fn topics(&self) -> Result<Vec<String>> {
+        let dir = self.root.join(&self.name);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(Error::Bus(shmbus_bus::Error::Io {
+                    path: dir,
+                    source: e,
+                }))
+            }
+        };
+        let mut topics: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| bus::validate_name("topic", n).is_ok())
+            .collect();
+        topics.sort();
+        Ok(topics)
+    }
+}
