@@ -87,6 +87,9 @@ pub const SLOT_EVICTED: u64 = 2;
 /// The slot is being claimed: its owner is filling in pid and position.
 /// The writer ignores it (except to reclaim it from a dead owner).
 pub const SLOT_CLAIMING: u64 = 3;
+/// An untethered reader (a bridge exporting with a retention budget): it
+/// gates the writer only while it pins bytes (`held != 0`), at `position`.
+pub const SLOT_UNTETHERED: u64 = 4;
 /// Mask of the state bits in `Slot::state`.
 pub const SLOT_STATE_MASK: u64 = 0xff;
 

@@ -12,6 +12,7 @@
 //! - [`wait_any`]: sleeping on several rings at once (futex_waitv).
 //! - [`ProcessId`]: liveness by pid and start time.
 //! - [`sweep_topic`]: removing rings whose publisher and readers are gone.
+//! - [`RawReader`] / [`ReplicaWriter`]: ring bytes out and in, for the bridge.
 //!
 //! # Example
 //!
@@ -55,6 +56,8 @@ mod notify;
 #[cfg(not(loom))]
 mod paths;
 #[cfg(not(loom))]
+mod raw;
+#[cfg(not(loom))]
 mod ring_reader;
 #[cfg(not(loom))]
 mod ring_writer;
@@ -77,6 +80,7 @@ pub use crate::{
         create_dir_all, default_root, publisher_id_of, ring_path, topic_dir, validate_name,
         DEFAULT_BUS, DEFAULT_ROOT, MAX_NAME_LEN, RING_EXT, ROOT_ENV,
     },
+    raw::{RawChunk, RawReader, ReplicaChunk, ReplicaWriter},
     ring_reader::{
         wait_any, wait_probes, Drained, Message, ReadEvent, ReadyProbe, RingReader, StartAt,
     },

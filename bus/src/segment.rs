@@ -240,6 +240,18 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts(self.data_ptr(off), len) }
     }
 
+    /// The ring data bytes `off..off + len` for the writer to receive into
+    /// (the file is zero-filled, so the bytes are initialized).
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::data_uninit`].
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn data_mut(&self, off: u64, len: usize) -> &mut [u8] {
+        // SAFETY: per the caller; file-backed memory is always initialized.
+        unsafe { &mut *(std::ptr::from_mut(self.data_uninit(off, len)) as *mut [u8]) }
+    }
+
     /// The ring data bytes `off..off + len` for the writer to fill.
     ///
     /// # Safety
@@ -344,6 +356,20 @@ fn now_unix_ns() -> u64 {
 
 /// Creates and initializes a segment at `path`, failing if it exists.
 pub(crate) fn create(path: &Path, config: &RingConfig) -> Result<Arc<Mapping>, Error> {
+    create_at(path, config, 0)
+}
+
+/// Like [`create`], with positions starting at `start` (16-aligned).
+pub(crate) fn create_at(
+    path: &Path,
+    config: &RingConfig,
+    start: u64,
+) -> Result<Arc<Mapping>, Error> {
+    if start % 16 != 0 || start > u64::MAX / 4 {
+        return Err(Error::InvalidConfig(format!(
+            "start position {start} is not 16-aligned"
+        )));
+    }
     config.validate()?;
     let me = ProcessId::current().map_err(|e| Error::io("/proc/self/stat", e))?;
     let dir = path
@@ -442,6 +468,9 @@ pub(crate) fn create(path: &Path, config: &RingConfig) -> Result<Arc<Mapping>, E
         );
     }
     control.writer_state.store(WRITER_OPEN, Ordering::Relaxed);
+    control.tail.store(start, Ordering::Relaxed);
+    control.head.store(start, Ordering::Relaxed);
+    control.limit.store(start, Ordering::Relaxed);
     // SYNC: segment-init. Release: an opener that loads MAGIC (Acquire) sees
     // every field above.
     header.magic.store(MAGIC, Ordering::Release);

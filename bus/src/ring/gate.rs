@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use super::{Geometry, View};
 use crate::{
-    layout::{Slot, SLOT_ACTIVE, SLOT_CLAIMING, SLOT_EVICTED, SLOT_FREE, SLOT_STATE_MASK},
+    layout::{
+        Slot, SLOT_ACTIVE, SLOT_CLAIMING, SLOT_EVICTED, SLOT_FREE, SLOT_STATE_MASK, SLOT_UNTETHERED,
+    },
     sync::{fence, Ordering},
 };
 
@@ -46,8 +48,9 @@ fn scan<V: View>(view: &V, tail: u64) -> (u64, Option<(usize, u64, u64)>) {
             // everything below its position happen before our overwrite.
             SLOT_ACTIVE => slot.position.load(Ordering::Acquire),
             // SYNC: hold-evict. An evicted subscriber still pins the sample it
-            // holds; Acquire pairs with its Release store of `held = 0`.
-            SLOT_EVICTED if slot.held.load(Ordering::Acquire) != 0 => {
+            // holds, an untethered one the bytes it pinned; Acquire pairs with
+            // its Release store of `held = 0`.
+            SLOT_EVICTED | SLOT_UNTETHERED if slot.held.load(Ordering::Acquire) != 0 => {
                 slot.position.load(Ordering::Acquire)
             }
             _ => continue,
@@ -237,6 +240,7 @@ pub(crate) enum JoinAt {
 pub(crate) fn join<V: View>(
     view: &V,
     at: JoinAt,
+    tethered: bool,
     pid: u64,
     start_time: u64,
     now_ns: u64,
@@ -270,7 +274,12 @@ pub(crate) fn join<V: View>(
         slot.held.store(0, Ordering::Relaxed);
         slot.heartbeat.store(now_ns, Ordering::Relaxed);
         slot.position.store(wanted, Ordering::Relaxed);
-        let active = generation | SLOT_ACTIVE;
+        let active = generation
+            | if tethered {
+                SLOT_ACTIVE
+            } else {
+                SLOT_UNTETHERED
+            };
         // Release: pairs with the writer's Acquire state load in its scan.
         slot.state.store(active, Ordering::Release);
         // SYNC: join-limit (see `refresh_limit`).
@@ -334,6 +343,21 @@ pub(crate) fn leave<V: View>(view: &V, claim: &SlotClaim) {
             .state
             .compare_exchange(evicted, free, Ordering::Release, Ordering::Relaxed);
     }
+}
+
+/// Pins the bytes from `position` on for an untethered reader and returns
+/// the first position that is safe to read: the writer honours a limit and
+/// may already overwrite below it (SYNC: join-limit, as for a joiner).
+pub(crate) fn pin<V: View>(view: &V, claim: &SlotClaim, position: u64) -> u64 {
+    let slot = &view.slots()[claim.index];
+    // Relaxed: both published to the writer's scan by the fence below (its
+    // scan loads `held` with Acquire after its own fence).
+    slot.position.store(position, Ordering::Relaxed);
+    slot.held.store(1, Ordering::Relaxed);
+    fence(Ordering::SeqCst);
+    // Relaxed: ordered by the fence.
+    let limit = view.control().limit.load(Ordering::Relaxed);
+    position.max(limit)
 }
 
 /// Marks the subscriber as holding a sample; returns the slot's status. Only

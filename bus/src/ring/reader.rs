@@ -76,8 +76,21 @@ impl<V: View> ReaderCore<V> {
         start_time: u64,
         now_ns: u64,
     ) -> Option<Self> {
+        Self::join_as(view, at, true, pid, start_time, now_ns)
+    }
+
+    /// Joins tethered (the normal subscriber) or untethered (gates the writer
+    /// only while pinning; see [`gate::pin`]).
+    pub(crate) fn join_as(
+        view: V,
+        at: gate::JoinAt,
+        tethered: bool,
+        pid: u64,
+        start_time: u64,
+        now_ns: u64,
+    ) -> Option<Self> {
         let geo = *view.geometry();
-        let (claim, position) = gate::join(&view, at, pid, start_time, now_ns)?;
+        let (claim, position) = gate::join(&view, at, tethered, pid, start_time, now_ns)?;
         let mut reader = Self {
             view,
             geo,
@@ -375,6 +388,34 @@ impl<V: View> ReaderCore<V> {
             return false;
         }
         true
+    }
+
+    /// Sets the released position directly (raw readers: the bridge).
+    pub(crate) fn release_to(&mut self, position: u64) {
+        if let Some(claim) = &self.claim {
+            gate::release(&self.view, claim, position);
+        }
+    }
+
+    /// Moves the read position (raw readers: the bridge).
+    pub(crate) fn seek(&mut self, position: u64) {
+        self.position = position;
+        self.expected_seq = None;
+    }
+
+    /// Untethered readers: pins from `position`; returns the first safe position.
+    pub(crate) fn pin(&mut self, position: u64) -> u64 {
+        match &self.claim {
+            Some(claim) => gate::pin(&self.view, claim, position),
+            None => position,
+        }
+    }
+
+    /// Untethered readers: drops the pin.
+    pub(crate) fn unpin(&mut self) {
+        if let Some(claim) = &self.claim {
+            gate::unhold(&self.view, claim);
+        }
     }
 
     /// Whether this reader's slot is still its own.

@@ -73,6 +73,128 @@ impl<V: View> WriterCore<V> {
         }
     }
 
+    /// Takes over a freshly initialized ring whose positions start at
+    /// `start` (a replica continuing a remote stream; `Control` was
+    /// initialized to `start` by the creator).
+    pub(crate) fn new_at(view: V, start: u64) -> Self {
+        Self {
+            write: start,
+            tail: start,
+            head: start,
+            limit: start,
+            ..Self::new(view)
+        }
+    }
+
+    /// Reserves `len` bytes of whole records (a replica chunk) at the write
+    /// position: same gate and head rules as [`Self::reserve`].
+    pub(crate) fn reserve_raw(&mut self, len: u64) -> Result<u64, ReserveFail> {
+        let cap = self.geo.capacity;
+        if len == 0 || len > cap / 2 || len % 16 != 0 {
+            return Err(ReserveFail::TooLarge);
+        }
+        let end = self.write + len;
+        if self.geo.policy == Policy::Block && end > self.limit + cap {
+            self.refresh_gate(end);
+            if end > self.limit + cap {
+                return Err(ReserveFail::Full);
+            }
+        }
+        let touch_end = match self.geo.policy {
+            Policy::Overwrite => end + RECORD_HEADER,
+            Policy::Block => (end + RECORD_HEADER).min(self.limit + cap),
+        };
+        self.advance_head(touch_end);
+        Ok(self.write)
+    }
+
+    /// Validates and publishes `len` bytes of records received into the ring
+    /// at the write position. The first record's stamp arrives separately
+    /// (`first_stamp`) so that no reader sees it before validation; every
+    /// other stamp and all meta words are already in the ring. Returns the
+    /// number of data records, or the position and reason of the first
+    /// framing error (then nothing is published).
+    pub(crate) fn commit_raw(
+        &mut self,
+        first_stamp: u64,
+        len: u64,
+    ) -> Result<u32, (u64, &'static str)> {
+        let cap = self.geo.capacity;
+        let mask = self.geo.mask();
+        let start = self.write;
+        let end = start + len;
+        let mut pos = start;
+        let mut records = 0u32;
+        let mut last_seq = None;
+        while pos < end {
+            let off = pos & mask;
+            let stamp = if pos == start {
+                first_stamp
+            } else {
+                // Relaxed: this thread received these bytes itself.
+                self.view.word(off).load(Ordering::Relaxed)
+            };
+            let (rec_len, seq) = split_meta(self.view.word(off + 8).load(Ordering::Relaxed));
+            let size = if stamp == data_stamp(pos) {
+                if u64::from(rec_len) > self.geo.max_message {
+                    return Err((pos, "record longer than the ring's maximum message"));
+                }
+                if let Some(prev) = last_seq {
+                    if seq != u32::wrapping_add(prev, 1) {
+                        return Err((pos, "record sequence numbers are not consecutive"));
+                    }
+                }
+                last_seq = Some(seq);
+                records += 1;
+                record_size(u64::from(rec_len))
+            } else if stamp == padding_stamp(pos) {
+                if u64::from(rec_len) + RECORD_HEADER != cap - off {
+                    return Err((pos, "padding does not end at the ring's end"));
+                }
+                cap - off
+            } else {
+                return Err((pos, "record stamp does not match its position"));
+            };
+            if off + size > cap {
+                return Err((pos, "record crosses the ring's end"));
+            }
+            if pos + size > end {
+                return Err((pos, "record extends past the end of the chunk"));
+            }
+            pos += size;
+        }
+        if let Some(seq) = last_seq {
+            self.seq = seq.wrapping_add(1);
+        }
+        if end + RECORD_HEADER <= self.limit + cap || self.geo.policy == Policy::Overwrite {
+            let next = end & mask;
+            // Relaxed: ordered before the first stamp's Release below.
+            self.view
+                .word(next + 8)
+                .store(meta_word(0, self.seq), Ordering::Relaxed);
+            self.view.word(next).store(0, Ordering::Relaxed);
+        }
+        // SYNC: commit. The whole chunk becomes visible with its first stamp.
+        self.view
+            .word(start & mask)
+            .store(first_stamp, Ordering::Release);
+        self.write = end;
+        self.published = self.published.wrapping_add(u64::from(records));
+        self.publish_raw();
+        Ok(records)
+    }
+
+    /// `publish` for replica chunks (whose records carry the remote sequence).
+    fn publish_raw(&mut self) {
+        let ctrl = self.view.control();
+        // SYNC: tail-publish.
+        ctrl.tail.store(self.write, Ordering::Release);
+        // Relaxed: a statistic.
+        ctrl.published.store(self.published, Ordering::Relaxed);
+        self.tail = self.write;
+        self.notify();
+    }
+
     /// The position the next record will be written at.
     pub(crate) fn write_position(&self) -> u64 {
         self.write

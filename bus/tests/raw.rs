@@ -1,0 +1,176 @@
+//! Forwarding ring bytes: RawReader -> (bytes) -> ReplicaWriter, the path the
+//! bridge takes, within one process.
+
+use std::{fs, path::PathBuf};
+
+use shmbus_bus::{
+    Error, RawChunk, RawReader, ReadEvent, ReplicaWriter, RingConfig, RingReader, RingWriter,
+    StartAt,
+};
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = PathBuf::from(format!("/dev/shm/shmbus-test-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config() -> RingConfig {
+    RingConfig {
+        capacity: 1 << 14,
+        max_message: 2048,
+        slots: 4,
+        ..RingConfig::default()
+    }
+}
+
+/// Copies one chunk from `raw` into `replica` the way a receiver does.
+fn forward(
+    raw: &RawReader,
+    replica: &mut ReplicaWriter,
+    start: u64,
+    end: u64,
+) -> Result<u32, Error> {
+    // SAFETY: the range came from next_chunk and is not released.
+    let (a, b) = unsafe { raw.slices(start, end) };
+    let bytes: Vec<u8> = a.iter().chain(b).copied().collect();
+    let mut chunk = replica.reserve(end - start, Default::default(), None)?;
+    let (stamp, x, y) = chunk.buffers();
+    stamp.copy_from_slice(&bytes[..8]);
+    x.copy_from_slice(&bytes[8..8 + x.len()]);
+    let rest = 8 + x.len();
+    y.copy_from_slice(&bytes[rest..]);
+    chunk.commit()
+}
+
+#[test]
+fn records_forwarded_across_wraps_read_identically() {
+    let dir = TempDir::new("raw");
+    let src = dir.0.join("src.ring");
+    let mut w = RingWriter::create(&src, &config()).unwrap();
+    let mut raw = RawReader::open(&src, StartAt::Latest, true).unwrap();
+    // The replica starts where the source stream is.
+    let mut replica =
+        ReplicaWriter::create(&dir.0.join("replica.ring"), &config(), raw.start_position())
+            .unwrap();
+    let mut local = RingReader::open(&dir.0.join("replica.ring"), StartAt::Latest).unwrap();
+    let mut sent = 0u32;
+    let mut pos = raw.start_position();
+    for round in 0..200u32 {
+        for i in 0..5u32 {
+            let n = round * 5 + i;
+            w.try_write(&n.to_le_bytes().repeat(1 + (n as usize % 90)))
+                .unwrap();
+        }
+        match raw.next_chunk(pos, 4096).unwrap() {
+            RawChunk::Records {
+                start,
+                end,
+                records,
+            } => {
+                assert_eq!(forward(&raw, &mut replica, start, end).unwrap(), records);
+                sent += records;
+                pos = end;
+                raw.release_to(end);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Drain what arrived so far.
+        while let ReadEvent::Message(m) = local.try_read().unwrap() {
+            let n = u32::from_le_bytes(m.payload()[..4].try_into().unwrap());
+            assert_eq!(m.payload(), n.to_le_bytes().repeat(1 + (n as usize % 90)));
+            assert_eq!(m.sequence(), n);
+        }
+    }
+    assert_eq!(sent, 1000);
+    assert_eq!(
+        replica.position(),
+        w.stats().tail,
+        "positions mirror the source"
+    );
+}
+
+#[test]
+fn bad_chunks_are_refused_and_publish_nothing() {
+    let dir = TempDir::new("rawbad");
+    let mut replica = ReplicaWriter::create(&dir.0.join("r.ring"), &config(), 4096).unwrap();
+    let mut local = RingReader::open(&dir.0.join("r.ring"), StartAt::Latest).unwrap();
+    // A stamp for the wrong position.
+    let mut chunk = replica.reserve(32, Default::default(), None).unwrap();
+    let (stamp, rest, _) = chunk.buffers();
+    stamp.copy_from_slice(&(8192u64 | 1).to_le_bytes());
+    rest[..8].copy_from_slice(&4u64.to_le_bytes());
+    assert!(matches!(chunk.commit(), Err(Error::Corrupt { .. })));
+    // A length beyond the maximum.
+    let mut chunk = replica.reserve(32, Default::default(), None).unwrap();
+    let (stamp, rest, _) = chunk.buffers();
+    stamp.copy_from_slice(&(4096u64 | 1).to_le_bytes());
+    rest[..8].copy_from_slice(&5000u64.to_le_bytes());
+    assert!(matches!(chunk.commit(), Err(Error::Corrupt { .. })));
+    // A record running past the chunk.
+    let mut chunk = replica.reserve(32, Default::default(), None).unwrap();
+    let (stamp, rest, _) = chunk.buffers();
+    stamp.copy_from_slice(&(4096u64 | 1).to_le_bytes());
+    rest[..8].copy_from_slice(&100u64.to_le_bytes());
+    assert!(matches!(chunk.commit(), Err(Error::Corrupt { .. })));
+    assert!(matches!(
+        replica.reserve(24, Default::default(), None),
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(matches!(local.try_read().unwrap(), ReadEvent::Empty));
+    // A good one still lands at the same position.
+    let mut chunk = replica.reserve(32, Default::default(), None).unwrap();
+    let (stamp, rest, _) = chunk.buffers();
+    stamp.copy_from_slice(&(4096u64 | 1).to_le_bytes());
+    rest[..8].copy_from_slice(&3u64.to_le_bytes());
+    rest[8..11].copy_from_slice(b"abc");
+    assert_eq!(chunk.commit().unwrap(), 1);
+    match local.try_read().unwrap() {
+        ReadEvent::Message(m) => assert_eq!(m.payload(), b"abc"),
+        other => panic!("{other:?}"),
+    };
+}
+
+#[test]
+fn untethered_reader_never_blocks_the_publisher_and_sees_laps() {
+    let dir = TempDir::new("untethered");
+    let src = dir.0.join("src.ring");
+    let mut w = RingWriter::create(&src, &config()).unwrap();
+    let mut raw = RawReader::open(&src, StartAt::Latest, false).unwrap();
+    let start = raw.start_position();
+    for i in 0..1000u32 {
+        w.try_write(&i.to_le_bytes().repeat(32))
+            .expect("untethered reader does not gate");
+    }
+    assert!(matches!(
+        raw.next_chunk(start, 4096).unwrap(),
+        RawChunk::Lapped { .. }
+    ));
+    // Pinned, it gates: the safe start is at or after the writer's limit.
+    let safe = raw.pin(raw.head());
+    assert!(safe >= raw.head());
+    let RawChunk::Records { end, .. } = raw.next_chunk(safe, 1 << 13).unwrap() else {
+        panic!()
+    };
+    let mut full = false;
+    for i in 0..1000u32 {
+        if w.try_write(&i.to_le_bytes().repeat(32)).is_err() {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "a pin holds the publisher back");
+    assert!(
+        matches!(raw.next_chunk(safe, 1 << 13).unwrap(), RawChunk::Records { end: e, .. } if e == end)
+    );
+    raw.unpin();
+    w.try_write(b"free again").unwrap();
+}
