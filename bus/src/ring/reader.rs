@@ -397,12 +397,6 @@ impl<V: View> ReaderCore<V> {
         }
     }
 
-    /// Moves the read position (raw readers: the bridge).
-    pub(crate) fn seek(&mut self, position: u64) {
-        self.position = position;
-        self.expected_seq = None;
-    }
-
     /// Untethered readers: pins from `position`; returns the first safe position.
     pub(crate) fn pin(&mut self, position: u64) -> u64 {
         match &self.claim {
