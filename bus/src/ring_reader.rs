@@ -155,15 +155,21 @@ impl RingReader {
                             record.len as usize,
                         )
                     };
-                    if self.core.copy_validated(&record, dst) {
-                        return Ok(ReadEvent::Message(Message {
-                            reader: self,
-                            record,
-                            copied: true,
-                            release: true,
-                        }));
+                    match self.core.copy_validated(&record, dst) {
+                        Peek::Record(record) => {
+                            return Ok(ReadEvent::Message(Message {
+                                reader: self,
+                                record,
+                                copied: true,
+                                release: true,
+                            }))
+                        }
+                        Peek::Gap { messages, bytes } => {
+                            return Ok(ReadEvent::Gap { messages, bytes })
+                        }
+                        // Lapped while copying: the next peek reports the gap.
+                        Peek::Empty => {}
                     }
-                    // Lapped while copying: the next peek reports the gap.
                 }
             }
         }

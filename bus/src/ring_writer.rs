@@ -3,7 +3,6 @@
 use std::{mem::MaybeUninit, path::Path, sync::Arc, time::Duration};
 
 use crate::{
-    layout::RECORD_HEADER,
     ring::{
         writer::{ReserveFail, Reserved, WriterCore},
         View,
@@ -76,7 +75,7 @@ impl RingWriter {
     /// [`Error::Full`] (Block policy, subscribers hold the space),
     /// [`Error::TooLarge`].
     pub fn try_loan(&mut self, len: usize) -> Result<Loan<'_>, Error> {
-        let reserved = self.reserve_once(len)?;
+        let reserved = self.reserve_once(len, len)?;
         Ok(Loan {
             writer: self,
             reserved,
@@ -95,51 +94,36 @@ impl RingWriter {
         wait: WaitStrategy,
         timeout: Option<Duration>,
     ) -> Result<Loan<'_>, Error> {
-        let reserved = self.reserve_waiting(len, wait, timeout)?;
+        let reserved = self.reserve_waiting(len, len, wait, timeout)?;
         Ok(Loan {
             writer: self,
             reserved,
         })
     }
 
-    /// Reserves room for up to `len` bytes and the whole contiguous free space
-    /// after it (up to the maximum message size), so a serializer that does not
-    /// know its output size in advance can try the biggest buffer available.
+    /// Reserves room for at least `len` bytes, and up to `want` bytes if that
+    /// much is free right now without waiting or wrapping: a serializer that
+    /// learns its output size only by writing can try a generous buffer first.
     ///
     /// # Errors
     ///
     /// As [`Self::loan`].
-    pub fn loan_at_least(
+    pub fn loan_up_to(
         &mut self,
         len: usize,
+        want: usize,
         wait: WaitStrategy,
         timeout: Option<Duration>,
     ) -> Result<Loan<'_>, Error> {
-        let reserved = self.reserve_waiting(len, wait, timeout)?;
-        let room = self.contiguous_room(reserved);
+        let reserved = self.reserve_waiting(len, want, wait, timeout)?;
         Ok(Loan {
             writer: self,
-            reserved: Reserved {
-                position: reserved.position,
-                len: room.max(reserved.len),
-            },
+            reserved,
         })
     }
 
-    /// Payload bytes free from `r`'s start without waiting and without wrapping.
-    fn contiguous_room(&mut self, r: Reserved) -> u64 {
-        let geo = *self.core.geometry();
-        let to_end = geo.capacity - (r.position & geo.mask()) - RECORD_HEADER;
-        let mut room = to_end.min(geo.max_message);
-        // Round down to what the gate allows right now (Overwrite: anything).
-        while room > r.len && !self.core.has_space(room) {
-            room = (room / 2).max(r.len);
-        }
-        room
-    }
-
-    fn reserve_once(&mut self, len: usize) -> Result<Reserved, Error> {
-        match self.core.reserve(len as u64) {
+    fn reserve_once(&mut self, len: usize, want: usize) -> Result<Reserved, Error> {
+        match self.core.reserve_up_to(len as u64, want as u64) {
             Ok(r) => Ok(r),
             Err(ReserveFail::Full) => {
                 // Relaxed: a statistic.
@@ -160,13 +144,14 @@ impl RingWriter {
     fn reserve_waiting(
         &mut self,
         len: usize,
+        want: usize,
         wait: WaitStrategy,
         timeout: Option<Duration>,
     ) -> Result<Reserved, Error> {
         let deadline = Deadline::after(timeout);
         let mut polls = 0u32;
         loop {
-            match self.reserve_once(len) {
+            match self.reserve_once(len, want) {
                 Err(Error::Full) => {}
                 other => return other,
             }
@@ -209,7 +194,7 @@ impl RingWriter {
     ///
     /// [`Error::Full`], [`Error::TooLarge`].
     pub fn try_write(&mut self, payload: &[u8]) -> Result<(), Error> {
-        let r = self.reserve_once(payload.len())?;
+        let r = self.reserve_once(payload.len(), payload.len())?;
         self.core.write_payload(&r, payload);
         self.core.commit(r, payload.len() as u64);
         self.core.publish();
@@ -227,7 +212,7 @@ impl RingWriter {
         wait: WaitStrategy,
         timeout: Option<Duration>,
     ) -> Result<(), Error> {
-        let r = self.reserve_waiting(payload.len(), wait, timeout)?;
+        let r = self.reserve_waiting(payload.len(), payload.len(), wait, timeout)?;
         self.core.write_payload(&r, payload);
         self.core.commit(r, payload.len() as u64);
         self.core.publish();
@@ -251,7 +236,7 @@ impl RingWriter {
         let mut n = 0;
         let mut result = Ok(());
         for payload in payloads {
-            match self.reserve_waiting(payload.len(), wait, timeout) {
+            match self.reserve_waiting(payload.len(), payload.len(), wait, timeout) {
                 Ok(r) => {
                     self.core.write_payload(&r, payload);
                     self.core.commit(r, payload.len() as u64);

@@ -131,10 +131,10 @@ impl<T: Publishable> Publisher<T> {
     ) -> Result<()> {
         let max = self.writer.max_message();
         let hint = self.size_hint.min(max);
-        // First try: all contiguous room available now (at least `hint`).
+        // First try: room for the last size, and up to twice that if free now.
         let mut loan = self
             .writer
-            .loan_at_least(hint, wait, timeout)
+            .loan_up_to(hint, hint.saturating_mul(2).max(256), wait, timeout)
             .map_err(|e| timeout_err(e, timeout))?;
         let len = match codec::serialize_into(message, loan.as_uninit()) {
             Ok(len) => len,

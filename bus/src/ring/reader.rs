@@ -166,7 +166,12 @@ impl<V: View> ReaderCore<V> {
                     seq,
                     end: pos + size,
                 };
-                return Ok(self.check_sequence(record));
+                // Overwrite: the meta word may be torn by a lapping writer;
+                // the sequence is checked after the copy is validated.
+                return Ok(match self.geo.policy {
+                    Policy::Block => self.check_sequence(record),
+                    Policy::Overwrite => Peek::Record(record),
+                });
             }
             if stamp == padding_stamp(pos) {
                 let (len, _) = split_meta(self.view.word(off + 8).load(Ordering::Relaxed));
@@ -370,14 +375,17 @@ impl<V: View> ReaderCore<V> {
 
     /// Copies the record's payload out with reads that tolerate a concurrent
     /// writer, then confirms the writer had not started overwriting it.
-    /// Returns false if the copy may be torn (the reader was lapped).
-    pub(crate) fn copy_validated(&mut self, record: &RecordRef, dst: &mut [u8]) -> bool {
+    /// Returns `Record` with a good copy, `Gap` if messages were lost before
+    /// it (the record is read again next time), or `Empty` if the copy may be
+    /// torn (the reader was lapped; the next peek continues from `head`).
+    pub(crate) fn copy_validated(&mut self, record: &RecordRef, dst: &mut [u8]) -> Peek {
         debug_assert_eq!(dst.len(), record.len as usize);
         // SAFETY: `record` was validated by `peek`: the payload range lies
         // inside the ring data.
         unsafe { self.view.read_payload(record.payload_offset, dst) };
-        // SYNC: head-advance. If any byte copied came from a newer lap, the
-        // writer's head store before it is visible after this fence.
+        // SYNC: head-advance. If any byte copied (or the meta word) came from
+        // a newer lap, the writer's head store before it is visible after
+        // this fence.
         fence(Ordering::Acquire);
         // Relaxed: ordered by the fence.
         let head = self.view.control().head.load(Ordering::Relaxed);
@@ -385,9 +393,9 @@ impl<V: View> ReaderCore<V> {
             // Lapped while copying: the record is lost too.
             self.lost_bytes += head - self.position;
             self.position = head;
-            return false;
+            return Peek::Empty;
         }
-        true
+        self.check_sequence(*record)
     }
 
     /// Sets the released position directly (raw readers: the bridge).

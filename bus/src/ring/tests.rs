@@ -143,14 +143,18 @@ fn overwrite_reader_reports_exact_loss() {
         match r.peek().unwrap() {
             Peek::Record(rec) => {
                 let mut buf = vec![0; rec.len as usize];
-                if r.copy_validated(&rec, &mut buf) {
-                    assert_eq!(buf, payload(u64::from(rec.seq), 40));
-                    if let Some(prev) = last {
-                        assert!(rec.seq > prev);
+                match r.copy_validated(&rec, &mut buf) {
+                    Peek::Record(rec) => {
+                        assert_eq!(buf, payload(u64::from(rec.seq), 40));
+                        if let Some(prev) = last {
+                            assert!(rec.seq > prev);
+                        }
+                        last = Some(rec.seq);
+                        r.consume_to(rec.end, rec.seq.wrapping_add(1));
+                        received += 1;
                     }
-                    last = Some(rec.seq);
-                    r.consume_to(rec.end, rec.seq.wrapping_add(1));
-                    received += 1;
+                    Peek::Gap { messages, .. } => lost += messages,
+                    Peek::Empty => {}
                 }
             }
             Peek::Gap { messages, bytes } => {
@@ -277,13 +281,17 @@ fn threads_overwrite_policy_never_delivers_torn_data() {
             match r.peek().unwrap() {
                 Peek::Record(rec) => {
                     let mut buf = vec![0; rec.len as usize];
-                    if r.copy_validated(&rec, &mut buf) {
-                        assert_eq!(buf, payload(u64::from(rec.seq), rec.len as usize), "torn");
-                        r.consume_to(rec.end, rec.seq.wrapping_add(1));
-                        received += 1;
-                        if u64::from(rec.seq) == N - 1 {
-                            return (received, lost);
+                    match r.copy_validated(&rec, &mut buf) {
+                        Peek::Record(rec) => {
+                            assert_eq!(buf, payload(u64::from(rec.seq), rec.len as usize), "torn");
+                            r.consume_to(rec.end, rec.seq.wrapping_add(1));
+                            received += 1;
+                            if u64::from(rec.seq) == N - 1 {
+                                return (received, lost);
+                            }
                         }
+                        Peek::Gap { messages, .. } => lost += messages,
+                        Peek::Empty => {}
                     }
                 }
                 Peek::Gap { messages, .. } => lost += messages,

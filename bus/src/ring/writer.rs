@@ -4,7 +4,7 @@
 use super::{gate::GateState, Geometry, Policy, View};
 use crate::{
     layout::{
-        data_stamp, meta_word, padding_stamp, record_size, split_meta, RECORD_HEADER,
+        data_stamp, meta_word, padding_stamp, record_size, split_meta, RECORD_ALIGN, RECORD_HEADER,
         STAMP_COMMITTED, STAMP_FLAGS, STAMP_PADDING, WRITER_CLOSED,
     },
     sync::{fence, Ordering},
@@ -227,18 +227,20 @@ impl<V: View> WriterCore<V> {
         (start, start + size)
     }
 
-    /// True if the record could be placed without waiting for subscribers.
-    pub(crate) fn has_space(&mut self, len: u64) -> bool {
-        let (_, end) = self.placement(len);
-        self.geo.policy == Policy::Overwrite || end <= self.limit + self.geo.capacity
-    }
-
     /// Reserves a record with room for `len` payload bytes.
     ///
     /// Under the Block policy this fails with `Full` when subscribers hold the
     /// space; the caller decides whether to wait ([`Self::refresh_gate`] runs
     /// liveness and eviction checks).
+    #[cfg(any(test, loom))]
     pub(crate) fn reserve(&mut self, len: u64) -> Result<Reserved, ReserveFail> {
+        self.reserve_up_to(len, len)
+    }
+
+    /// Reserves room for at least `len` payload bytes and, if it is free now
+    /// without waiting or wrapping, up to `want` (for serializers that learn
+    /// their output size only by writing).
+    pub(crate) fn reserve_up_to(&mut self, len: u64, want: u64) -> Result<Reserved, ReserveFail> {
         if len > self.geo.max_message {
             return Err(ReserveFail::TooLarge);
         }
@@ -253,6 +255,17 @@ impl<V: View> WriterCore<V> {
                 return Err(ReserveFail::Full);
             }
         }
+        // Extend to `want` within the ring's end, the maximum message and
+        // (Block) the current gate.
+        let mut room = want
+            .max(len)
+            .min(self.geo.max_message)
+            .min(cap - (start & self.geo.mask()) - RECORD_HEADER);
+        if self.geo.policy == Policy::Block {
+            let gate_room = (self.limit + cap).saturating_sub(start + RECORD_HEADER);
+            room = room.min(gate_room & !(RECORD_ALIGN - 1)).max(len);
+        }
+        let end = start + record_size(room);
         // Everything this record may touch, including the next stamp it
         // clears (never past the gate: a stamp there is not cleared).
         let touch_end = match self.geo.policy {
@@ -265,7 +278,7 @@ impl<V: View> WriterCore<V> {
         }
         Ok(Reserved {
             position: start,
-            len,
+            len: room,
         })
     }
 
