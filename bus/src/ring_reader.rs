@@ -62,6 +62,8 @@ pub struct RingReader {
     closed: bool,
     /// A gap found by a probe, reported by the next `try_read`.
     pending_gap: Option<(u64, u64)>,
+    /// Overwrite policy: a record a probe copied and validated into `scratch`.
+    pending_copy: Option<RecordRef>,
 }
 
 impl RingReader {
@@ -96,6 +98,7 @@ impl RingReader {
             empty_polls: 0,
             closed: false,
             pending_gap: None,
+            pending_copy: None,
         })
     }
 
@@ -116,62 +119,63 @@ impl RingReader {
     /// [`Error::Corrupt`] if the ring breaks the record format (this ring
     /// cannot be read further), [`Error::Evicted`], [`Error::SlotLost`].
     pub fn try_read(&mut self) -> Result<ReadEvent<'_>, Error> {
+        if !self.probe()? {
+            return Ok(ReadEvent::Empty);
+        }
         if let Some((messages, bytes)) = self.pending_gap.take() {
             return Ok(ReadEvent::Gap { messages, bytes });
         }
-        loop {
-            let record = match self.peek()? {
-                Peek::Record(r) => r,
-                Peek::Gap { messages, bytes } => return Ok(ReadEvent::Gap { messages, bytes }),
-                Peek::Empty => {
-                    return Ok(if self.check_closed()? {
-                        ReadEvent::Closed
-                    } else {
-                        ReadEvent::Empty
-                    })
-                }
-            };
-            self.empty_polls = 0;
-            match self.core.geometry().policy {
-                Policy::Block => {
-                    self.core.begin_hold().map_err(|f| self.fault(f))?;
-                    return Ok(ReadEvent::Message(Message {
-                        reader: self,
-                        record,
-                        copied: false,
-                        release: true,
-                    }));
-                }
-                Policy::Overwrite => {
-                    let words = (record.len as usize).div_ceil(16);
-                    if self.scratch.len() < words {
-                        self.scratch.resize(words, 0);
-                    }
-                    // SAFETY: `scratch` holds at least `len` bytes; u128 has no
-                    // invalid bit patterns, so viewing it as bytes is sound.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            self.scratch.as_mut_ptr().cast::<u8>(),
-                            record.len as usize,
-                        )
-                    };
-                    match self.core.copy_validated(&record, dst) {
-                        Peek::Record(record) => {
-                            return Ok(ReadEvent::Message(Message {
-                                reader: self,
-                                record,
-                                copied: true,
-                                release: true,
-                            }))
-                        }
-                        Peek::Gap { messages, bytes } => {
-                            return Ok(ReadEvent::Gap { messages, bytes })
-                        }
-                        // Lapped while copying: the next peek reports the gap.
-                        Peek::Empty => {}
-                    }
-                }
+        if self.closed {
+            return Ok(ReadEvent::Closed);
+        }
+        self.empty_polls = 0;
+        if let Some(record) = self.pending_copy.take() {
+            return Ok(ReadEvent::Message(Message {
+                reader: self,
+                record,
+                copied: true,
+                release: true,
+            }));
+        }
+        // Block policy: `probe` found this record; peeking is idempotent.
+        let Peek::Record(record) = self.peek()? else {
+            return Ok(ReadEvent::Empty);
+        };
+        self.core.begin_hold().map_err(|f| self.fault(f))?;
+        Ok(ReadEvent::Message(Message {
+            reader: self,
+            record,
+            copied: false,
+            release: true,
+        }))
+    }
+
+    /// Overwrite policy: copies `record` out and validates the copy. `true`
+    /// if it left a message or a gap to report, `false` if lapped meanwhile.
+    fn copy_out(&mut self, record: RecordRef) -> bool {
+        let words = (record.len as usize).div_ceil(16);
+        if self.scratch.len() < words {
+            self.scratch.resize(words, 0);
+        }
+        // SAFETY: `scratch` holds at least `len` bytes; u128 has no invalid
+        // bit patterns, so viewing it as bytes is sound.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.scratch.as_mut_ptr().cast::<u8>(),
+                record.len as usize,
+            )
+        };
+        match self.core.copy_validated(&record, dst) {
+            Peek::Record(record) => {
+                self.pending_copy = Some(record);
+                true
             }
+            Peek::Gap { messages, bytes } => {
+                self.pending_gap = Some((messages, bytes));
+                true
+            }
+            // Lapped while copying: the next peek continues from `head`.
+            Peek::Empty => false,
         }
     }
 
@@ -205,16 +209,25 @@ impl RingReader {
     ///
     /// As [`Self::try_read`].
     pub fn probe(&mut self) -> Result<bool, Error> {
-        if self.pending_gap.is_some() {
+        if self.pending_gap.is_some() || self.pending_copy.is_some() || self.closed {
             return Ok(true);
         }
-        match self.peek()? {
-            Peek::Record(_) => Ok(true),
-            Peek::Gap { messages, bytes } => {
-                self.pending_gap = Some((messages, bytes));
-                Ok(true)
+        loop {
+            match self.peek()? {
+                Peek::Record(record) => match self.core.geometry().policy {
+                    Policy::Block => return Ok(true),
+                    Policy::Overwrite => {
+                        if self.copy_out(record) {
+                            return Ok(true);
+                        }
+                    }
+                },
+                Peek::Gap { messages, bytes } => {
+                    self.pending_gap = Some((messages, bytes));
+                    return Ok(true);
+                }
+                Peek::Empty => return self.check_closed(),
             }
-            Peek::Empty => self.check_closed(),
         }
     }
 
@@ -318,6 +331,13 @@ impl RingReader {
             && self.info().publisher.is_alive()
     }
 
+    /// Makes the next empty read check whether the publisher is still alive
+    /// (normally done every few thousand empty polls). Call it after a wait
+    /// that found nothing, so a crashed publisher is noticed promptly.
+    pub fn check_publisher_soon(&mut self) {
+        self.empty_polls = LIVENESS_POLLS - 1;
+    }
+
     /// Whether a read would find something (a message, a gap, an error or
     /// the end), without consuming anything. Cheap: one stamp load.
     pub fn is_ready(&self) -> bool {
@@ -330,7 +350,7 @@ impl RingReader {
         let ready = wait::wait_until(&[ctrl], wait, deadline, || self.core.poll_ready());
         if !ready {
             // A sleep ended without news: is the publisher still there?
-            self.empty_polls = LIVENESS_POLLS - 1;
+            self.check_publisher_soon();
         }
         ready
     }

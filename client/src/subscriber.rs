@@ -161,6 +161,16 @@ where
         self.checked = false;
     }
 
+    /// After a wait slice without news: look for new publishers, and make the
+    /// next probe of each ring check its publisher is alive (a crashed one
+    /// wakes nobody).
+    fn idle_checks(&mut self) {
+        for source in &mut self.sources {
+            source.reader.check_publisher_soon();
+        }
+        self.rescan();
+    }
+
     /// Attaches publishers that appeared since the last scan.
     fn rescan(&mut self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
@@ -312,8 +322,19 @@ where
                     archived,
                 }))
             }
+            // Overwrite: the copy showed messages were lost before this one
+            // (it is read next time).
+            ReadEvent::Gap { messages, bytes } => {
+                self.lost_messages += messages;
+                self.events.push_back(TopicEvent::Lost {
+                    publisher: id.to_string(),
+                    messages,
+                    bytes,
+                });
+                Ok(None)
+            }
             // Lost a race with a lapping writer between probe and read.
-            _ => Ok(None),
+            ReadEvent::Empty | ReadEvent::Closed => Ok(None),
         }
     }
 
@@ -365,7 +386,7 @@ where
         let readers: Vec<&RingReader> = self.sources.iter().map(|s| &s.reader).collect();
         let ready = bus::wait_any(&readers, self.wait, Some(slice));
         if !ready {
-            self.rescan();
+            self.idle_checks();
         }
         Ok(self.find_ready()?.is_some())
     }
@@ -456,7 +477,7 @@ where
             .await
             .unwrap_or(false);
             if !ready {
-                self.rescan();
+                self.idle_checks();
             }
         }
         match self.try_recv()? {
