@@ -2,10 +2,12 @@
 
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::Backoff;
+
 use crate::{
     layout::Control,
     notify,
-    sync::{spin_loop, yield_now, AtomicU32},
+    sync::{spin_loop, AtomicU32},
 };
 
 /// How to wait for a message (or, for a publisher, for space).
@@ -86,6 +88,8 @@ pub(crate) fn wait_until(
         WaitStrategy::SpinThenYield { spins } | WaitStrategy::Block { spins } => spins,
     };
     let mut n = 0u32;
+    // Exponential spinning, then yields (crossbeam's Backoff).
+    let backoff = Backoff::new();
     loop {
         if ready() {
             return true;
@@ -100,7 +104,7 @@ pub(crate) fn wait_until(
         }
         match strategy {
             WaitStrategy::BusySpin => {}
-            WaitStrategy::SpinThenYield { .. } => yield_now(),
+            WaitStrategy::SpinThenYield { .. } => backoff.snooze(),
             WaitStrategy::Block { .. } => {
                 let seen: Vec<(&AtomicU32, u32)> = controls
                     .iter()
