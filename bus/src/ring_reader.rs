@@ -119,17 +119,14 @@ impl RingReader {
     /// [`Error::Corrupt`] if the ring breaks the record format (this ring
     /// cannot be read further), [`Error::Evicted`], [`Error::SlotLost`].
     pub fn try_read(&mut self) -> Result<ReadEvent<'_>, Error> {
-        if !self.probe()? {
+        if self.core.geometry().policy == Policy::Overwrite && !self.probe()? {
             return Ok(ReadEvent::Empty);
         }
         if let Some((messages, bytes)) = self.pending_gap.take() {
             return Ok(ReadEvent::Gap { messages, bytes });
         }
-        if self.closed {
-            return Ok(ReadEvent::Closed);
-        }
-        self.empty_polls = 0;
         if let Some(record) = self.pending_copy.take() {
+            self.empty_polls = 0;
             return Ok(ReadEvent::Message(Message {
                 reader: self,
                 record,
@@ -137,17 +134,29 @@ impl RingReader {
                 release: true,
             }));
         }
-        // Block policy: `probe` found this record; peeking is idempotent.
-        let Peek::Record(record) = self.peek()? else {
-            return Ok(ReadEvent::Empty);
-        };
-        self.core.begin_hold().map_err(|f| self.fault(f))?;
-        Ok(ReadEvent::Message(Message {
-            reader: self,
-            record,
-            copied: false,
-            release: true,
-        }))
+        if self.closed {
+            return Ok(ReadEvent::Closed);
+        }
+        // Block policy: read in place (peeking is idempotent, so a `probe`
+        // before this found the same record).
+        match self.peek()? {
+            Peek::Record(record) => {
+                self.empty_polls = 0;
+                self.core.begin_hold().map_err(|f| self.fault(f))?;
+                Ok(ReadEvent::Message(Message {
+                    reader: self,
+                    record,
+                    copied: false,
+                    release: true,
+                }))
+            }
+            Peek::Gap { messages, bytes } => Ok(ReadEvent::Gap { messages, bytes }),
+            Peek::Empty => Ok(if self.check_closed()? {
+                ReadEvent::Closed
+            } else {
+                ReadEvent::Empty
+            }),
+        }
     }
 
     /// Overwrite policy: copies `record` out and validates the copy. `true`
