@@ -75,7 +75,18 @@ impl RingReader {
     /// [`Error::VersionMismatch`], [`Error::SizeMismatch`], [`Error::Corrupt`],
     /// [`Error::NoFreeSlot`], [`Error::Io`].
     pub fn open(path: &Path, start: StartAt) -> Result<Self, Error> {
-        let map = segment::open(path)?;
+        Self::open_waiting(path, start, segment::INIT_WAIT)
+    }
+
+    /// Like [`Self::open`], waiting at most `init_wait` (instead of
+    /// [`crate::INIT_WAIT`]) for the segment's creator to finish initializing
+    /// it. With a zero wait, a half-made segment gives `NotInitialized` at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::open`].
+    pub fn open_waiting(path: &Path, start: StartAt, init_wait: Duration) -> Result<Self, Error> {
+        let map = segment::open_waiting(path, init_wait)?;
         let me = ProcessId::current().map_err(|e| Error::io("/proc/self/stat", e))?;
         let at = match start {
             StartAt::Latest => JoinAt::Latest,

@@ -532,6 +532,11 @@ fn cstring(p: &Path) -> Result<std::ffi::CString, Error> {
 /// Opens an existing segment for reading: validates the header, maps the
 /// control part read-write and the data read-only.
 pub(crate) fn open(path: &Path) -> Result<Arc<Mapping>, Error> {
+    open_waiting(path, INIT_WAIT)
+}
+
+/// Like [`open`], waiting at most `init_wait` for a creator to finish.
+pub(crate) fn open_waiting(path: &Path, init_wait: Duration) -> Result<Arc<Mapping>, Error> {
     let file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -539,7 +544,7 @@ pub(crate) fn open(path: &Path) -> Result<Arc<Mapping>, Error> {
         }
         Err(e) => return Err(Error::io(path, e)),
     };
-    let info = read_header(path, &file)?;
+    let info = read_header(path, &file, init_wait)?;
     // SAFETY: the control part is only accessed through atomics (see `View`).
     let control_map = unsafe { MmapOptions::new().len(info.data_offset).map_mut(&file) }
         .map_err(|e| Error::io(path, e))?;
@@ -566,8 +571,12 @@ pub(crate) fn open(path: &Path) -> Result<Arc<Mapping>, Error> {
 }
 
 /// Reads and validates the header of an open segment file.
-pub(crate) fn read_header(path: &Path, file: &File) -> Result<SegmentInfo, Error> {
-    let deadline = Instant::now() + INIT_WAIT;
+pub(crate) fn read_header(
+    path: &Path,
+    file: &File,
+    init_wait: Duration,
+) -> Result<SegmentInfo, Error> {
+    let deadline = Instant::now() + init_wait;
     loop {
         let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if size >= PAGE as u64 {

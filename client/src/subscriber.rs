@@ -1,7 +1,7 @@
 //! [`Subscriber`]: reads every publisher of a topic, in place.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     marker::PhantomData,
     path::PathBuf,
     ptr::NonNull,
@@ -80,8 +80,12 @@ pub struct Subscriber<T: Archive> {
     checked: bool,
     events: VecDeque<TopicEvent>,
     lost_messages: u64,
-    /// A type error found while scanning, reported once by the next receive.
-    pending_error: Option<Error>,
+    /// Errors found while scanning (a ring of another type, a corrupt
+    /// ring), each reported once by the next receives.
+    pending_errors: VecDeque<Error>,
+    /// Ring files seen half-made, and since when: retried without waiting,
+    /// reported once they stay so for `INIT_WAIT`.
+    uninitialized: HashMap<String, Instant>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -113,12 +117,22 @@ where
             checked: true,
             events: VecDeque::new(),
             lost_messages: 0,
-            pending_error: None,
+            pending_errors: VecDeque::new(),
+            uninitialized: HashMap::new(),
             _type: PhantomData,
         };
         sub.rescan();
-        if let Some(e) = sub.pending_error.take() {
-            return Err(e);
+        // A publisher of another type makes this subscription wrong; a
+        // damaged ring does not (it is reported by the next receive).
+        if let Some(i) = sub
+            .pending_errors
+            .iter()
+            .position(|e| matches!(e, Error::TypeMismatch { .. }))
+        {
+            return Err(sub
+                .pending_errors
+                .remove(i)
+                .unwrap_or(Error::Timeout(Duration::ZERO)));
         }
         sub.start = StartAt::Oldest;
         Ok(sub)
@@ -184,20 +198,35 @@ where
             if self.known.contains(id) {
                 continue;
             }
-            let reader = match RingReader::open(&path, self.start) {
+            let reader = match RingReader::open_waiting(&path, self.start, Duration::ZERO) {
                 Ok(r) => r,
-                // Being created, or removed meanwhile: try again next scan.
-                Err(bus::Error::NotFound(_) | bus::Error::NotInitialized(_)) => continue,
+                // Removed meanwhile: nothing to do.
+                Err(bus::Error::NotFound(_)) => continue,
+                // Being created: retry at the next scan, without blocking;
+                // report it once it stays half-made for INIT_WAIT.
+                Err(e @ bus::Error::NotInitialized(_)) => {
+                    let since = *self
+                        .uninitialized
+                        .entry(id.to_string())
+                        .or_insert_with(Instant::now);
+                    if since.elapsed() >= bus::INIT_WAIT {
+                        self.uninitialized.remove(id);
+                        self.known.insert(id.to_string());
+                        self.pending_errors.push_back(Error::Bus(e));
+                    }
+                    continue;
+                }
                 Err(e) => {
                     self.known.insert(id.to_string());
-                    self.pending_error.get_or_insert(Error::Bus(e));
+                    self.pending_errors.push_back(Error::Bus(e));
                     continue;
                 }
             };
+            self.uninitialized.remove(id);
             self.known.insert(id.to_string());
             let info = reader.info();
             if info.type_fingerprint != codec::fingerprint::<T>() {
-                self.pending_error.get_or_insert(Error::TypeMismatch {
+                self.pending_errors.push_back(Error::TypeMismatch {
                     topic: self.topic.clone(),
                     expected: codec::type_name::<T>().to_string(),
                     found: if info.type_name.is_empty() {
@@ -222,7 +251,7 @@ where
     /// Finds a source with a message ready, dealing with gaps, finished
     /// publishers and evictions on the way. Consumes nothing.
     fn find_ready(&mut self) -> Result<Option<usize>> {
-        if let Some(e) = self.pending_error.take() {
+        if let Some(e) = self.pending_errors.pop_front() {
             return Err(e);
         }
         let mut k = 0;

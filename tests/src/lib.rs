@@ -1,1 +1,25 @@
-//! placeholder
+//! Support code for shmbus's multi-process integration tests.
+//!
+//! The tests in `tests/tests/` start the `peer` helper binary
+//! (`src/bin/peer.rs`) as publisher and subscriber processes, the way tokio's
+//! `tests-integration` does, and judge them by exit code and report:
+//!
+//! - [`msg`]: the test message, whose payload bytes and checksum are derived
+//!   from (publisher, sequence) so any receiver can verify content;
+//! - [`tracker`]: the subscriber-side verifier (content, per-publisher order,
+//!   losses, publishers gone or broken);
+//! - [`report`]: the machine-readable summary a subscriber writes;
+//! - [`args`]: the helper's tiny command-line parser;
+//! - [`harness`]: private roots under `/dev/shm`, child processes with line
+//!   channels, and a watchdog that kills children of a test that hangs;
+//! - [`ringfile`]: reading and patching segment files from outside (control
+//!   counters, record walking, corruption).
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod args;
+pub mod harness;
+pub mod msg;
+pub mod report;
+pub mod ringfile;
+pub mod tracker;
