@@ -12,7 +12,10 @@ use rkyv::{
     api::high::{HighSerializer, HighValidator},
     bytecheck::CheckBytes,
     rancor,
-    ser::{allocator::ArenaHandle, writer::Buffer},
+    ser::{
+        allocator::{Arena, ArenaHandle},
+        writer::Buffer,
+    },
     Archive, Portable, Serialize,
 };
 
@@ -64,14 +67,35 @@ pub fn fingerprint<T: Archive>() -> u64 {
     h | 1
 }
 
+/// rkyv's scratch allocator, kept by a publisher across messages (saves a
+/// thread-local lookup and the arena's warm-up per message).
+pub(crate) struct Scratch(Arena);
+
+impl Scratch {
+    pub(crate) fn new() -> Self {
+        Self(Arena::new())
+    }
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scratch")
+    }
+}
+
 /// Serializes `value` into `buf`; returns the archive's length, or `None` if
 /// it did not fit (or rkyv failed, which the caller tells apart by retrying
 /// with the largest buffer).
 pub(crate) fn serialize_into<T: Publishable>(
     value: &T,
     buf: &mut [MaybeUninit<u8>],
+    scratch: &mut Scratch,
 ) -> Result<usize, rancor::Error> {
-    let written = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, Buffer::from(buf))?;
+    let written = rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(
+        value,
+        Buffer::from(buf),
+        scratch.0.acquire(),
+    )?;
     Ok(written.len())
 }
 
@@ -102,12 +126,13 @@ mod tests {
 
     #[test]
     fn serialize_reports_overflow() {
+        let mut arena = Scratch::new();
         let mut small = [MaybeUninit::uninit(); 4];
-        assert!(serialize_into(&A { x: 1 }, &mut small).is_err());
+        assert!(serialize_into(&A { x: 1 }, &mut small, &mut arena).is_err());
         #[repr(align(16))]
         struct Aligned([MaybeUninit<u8>; 64]);
         let mut big = Aligned([MaybeUninit::uninit(); 64]);
-        let n = serialize_into(&A { x: 7 }, &mut big.0).unwrap();
+        let n = serialize_into(&A { x: 7 }, &mut big.0, &mut arena).unwrap();
         // SAFETY: `n` bytes were initialized by the serializer.
         let bytes = unsafe { std::slice::from_raw_parts(big.0.as_ptr().cast::<u8>(), n) };
         assert_eq!(access_checked::<ArchivedA>(bytes).unwrap().x, 7);

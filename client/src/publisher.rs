@@ -26,6 +26,8 @@ pub struct Publisher<T: Archive> {
     wait: WaitStrategy,
     /// Bytes the last message archived to: the first buffer offered to rkyv.
     size_hint: usize,
+    /// rkyv's scratch allocator, reused across messages.
+    arena: codec::Scratch,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -50,6 +52,7 @@ impl<T: Publishable> Publisher<T> {
             id,
             wait: WaitStrategy::default(),
             size_hint: 64,
+            arena: codec::Scratch::new(),
             _type: PhantomData,
         })
     }
@@ -136,7 +139,7 @@ impl<T: Publishable> Publisher<T> {
             .writer
             .loan_up_to(hint, hint.saturating_mul(2).max(256), wait, timeout)
             .map_err(|e| timeout_err(e, timeout))?;
-        let len = match codec::serialize_into(message, loan.as_uninit()) {
+        let len = match codec::serialize_into(message, loan.as_uninit(), &mut self.arena) {
             Ok(len) => len,
             Err(first) => {
                 if loan.len() >= max {
@@ -147,7 +150,7 @@ impl<T: Publishable> Publisher<T> {
                     .writer
                     .loan(max, wait, timeout)
                     .map_err(|e| timeout_err(e, timeout))?;
-                codec::serialize_into(message, loan.as_uninit())
+                codec::serialize_into(message, loan.as_uninit(), &mut self.arena)
                     .map_err(|e| too_large_or(e, max))?
             }
         };
@@ -184,6 +187,7 @@ impl<T: Publishable> Publisher<T> {
         let loan = self.writer.loan(len, self.wait, None)?;
         Ok(MessageLoan {
             loan,
+            arena: &mut self.arena,
             written: None,
             _type: PhantomData,
         })
@@ -264,6 +268,7 @@ fn check_topic_type(
 #[derive(Debug)]
 pub struct MessageLoan<'a, T> {
     loan: Loan<'a>,
+    arena: &'a mut codec::Scratch,
     written: Option<usize>,
     _type: PhantomData<fn(&T)>,
 }
@@ -276,7 +281,7 @@ impl<T: Publishable> MessageLoan<'_, T> {
     /// [`Error::TooLarge`] if the archive does not fit the loan.
     pub fn write(&mut self, message: &T) -> Result<()> {
         let max = self.loan.len();
-        let len = codec::serialize_into(message, self.loan.as_uninit())
+        let len = codec::serialize_into(message, self.loan.as_uninit(), self.arena)
             .map_err(|e| too_large_or(e, max))?;
         self.written = Some(len);
         Ok(())

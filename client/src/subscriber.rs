@@ -86,6 +86,8 @@ pub struct Subscriber<T: Archive> {
     /// Ring files seen half-made, and since when: retried without waiting,
     /// reported once they stay so for `INIT_WAIT`.
     uninitialized: HashMap<String, Instant>,
+    /// The topic directory's mtime at the last scan.
+    dir_modified: Option<std::time::SystemTime>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -119,6 +121,7 @@ where
             lost_messages: 0,
             pending_errors: VecDeque::new(),
             uninitialized: HashMap::new(),
+            dir_modified: None,
             _type: PhantomData,
         };
         sub.rescan();
@@ -185,8 +188,18 @@ where
         self.rescan();
     }
 
+    /// Rescans if the topic directory changed since the last scan (or a
+    /// half-made ring is pending a retry).
+    fn rescan_if_changed(&mut self) {
+        let modified = std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
+        if modified != self.dir_modified || !self.uninitialized.is_empty() {
+            self.rescan();
+        }
+    }
+
     /// Attaches publishers that appeared since the last scan.
     fn rescan(&mut self) {
+        self.dir_modified = std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
@@ -300,8 +313,19 @@ where
             }
         }
         self.empty_polls = self.empty_polls.wrapping_add(1);
-        if self.empty_polls % RESCAN_POLLS == 0 {
-            self.rescan();
+        // With no publisher there is nothing to spin on: look for one at every
+        // poll (one `stat` while the directory is unchanged).
+        if self.sources.is_empty() || self.empty_polls % RESCAN_POLLS == 0 {
+            let before = self.sources.len();
+            self.rescan_if_changed();
+            if let Some(e) = self.pending_errors.pop_front() {
+                return Err(e);
+            }
+            if self.sources.len() > before {
+                // New publishers: look at them now (their history included).
+                self.empty_polls = 1;
+                return self.find_ready();
+            }
         }
         Ok(None)
     }
