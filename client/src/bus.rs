@@ -223,10 +223,12 @@ impl Bus {
         }
     }
 
-    /// A unique publisher id: `<label>-<pid>-<n>`.
+    /// A unique publisher id: `<label>-<pid>.<start time>-<n>` (the start
+    /// time keeps ids unique when the OS reuses a pid).
     pub(crate) fn new_publisher_id(label: &str) -> String {
         let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        format!("{label}-{}-{n}", std::process::id())
+        let start = shmbus_bus::ProcessId::current().map_or(0, |p| p.start_time);
+        format!("{label}-{}.{start}-{n}", std::process::id())
     }
 
     /// Creates a publisher of `T` on `topic`.
