@@ -1,1 +1,80 @@
-//! placeholder
+//! The shmbus bridge: carries shmbus topics between hosts over TCP.
+//!
+//! A bridge subscribes to the local rings of exported topics and forwards
+//! whole ring slices — record headers included, the wire format *is* the ring
+//! format — to a peer bridge, sending them with `MSG_ZEROCOPY` straight from
+//! the mapped pages. The peer receives each slice straight into a local
+//! replica ring, where its own subscribers read the records in place.
+//!
+//! ```text
+//! service ──rkyv──▶ ring (shm) ──bridge: sendmsg(MSG_ZEROCOPY)──▶ TCP
+//!     TCP ──bridge: recv into replica ring──▶ ring (shm) ──▶ remote service
+//! ```
+//!
+//! # Layers
+//!
+//! - [`proto`]: the sans-IO core, deterministic and tested without sockets
+//!   or clocks.
+//!   - [`proto::frame`]: the wire frames (layout in the module docs), with
+//!     bounds-checked decoding that never panics and a DATA header that is
+//!     encoded on its own so the payload can be sent from ring memory.
+//!   - [`proto::handshake`]: mutual HMAC-SHA256 challenge-response over a
+//!     pre-shared key, bound to both nonces, both names and the connection
+//!     role.
+//!   - [`proto::zc`]: `MSG_ZEROCOPY` completion bookkeeping: which ring
+//!     position the kernel no longer reads, and the fallback-to-plain policy.
+//!   - [`proto::stream`]: per-stream positions: what the sender may release
+//!     or must keep pinned, and which DATA/GAP/END a receiver accepts.
+//! - [`io`]: the syscalls. [`io::zerocopy::ZeroCopySocket`] sends a DATA
+//!   header plus up to two ring slices per `sendmsg` and parses completion
+//!   notifications; [`io::frame_reader::FrameReader`] reads frames with DATA
+//!   payloads going straight into their destination.
+//! - [`config`]: the daemon's TOML configuration with command-line overrides,
+//!   allow-lists and export modes (untethered by default: a slow remote must
+//!   never hold local publishers back).
+//! - [`daemon`]: the `shmbus-bridge` daemon: ring discovery, connections
+//!   (one sender and one receiver thread each), replica rings, counters.
+//! - [`error`]: [`BridgeError`], wrapping each module's error type.
+//! - [`log`]: the daemon's one-line-per-event logger.
+//!
+//! # Data path
+//!
+//! Sender, per exported ring: take the committed slice `[sent, tail)` (two
+//! `&[u8]` if it wraps), encode a [`DataHeader`](proto::frame::DataHeader),
+//! call [`ZeroCopySocket::send_vectored`](io::zerocopy::ZeroCopySocket::send_vectored)
+//! with the connection's byte offset after it as `release_to`, reap
+//! completions, and map them back to ring positions
+//! ([`proto::stream::ExportPositions`]). Tethered exports release ring space
+//! at `min(peer ACK, kernel completion)`; untethered ones pin it only while
+//! the kernel may still read it.
+//!
+//! Receiver: read [`HEADER_LEN`](proto::frame::HEADER_LEN) bytes, parse the
+//! [`FrameHeader`](proto::frame::FrameHeader), read up to its
+//! [`prefix_len`](proto::frame::FrameHeader::prefix_len), [`decode`](proto::frame::decode);
+//! for DATA read exactly `len` bytes into the `&mut [u8]` claimed in the
+//! replica ring, validate the record framing, publish, and ACK.
+//!
+//! # Example
+//!
+//! ```
+//! use shmbus_bridge::proto::frame::{decode, DataHeader, Decoded, Frame};
+//!
+//! let ring = [0xAAu8; 100];
+//! let hdr = DataHeader { stream: 3, start_position: 4000, len: ring.len() as u32 }.encode()?;
+//! // On the wire: `hdr`, then the ring bytes (sent from the ring itself).
+//! let Decoded::Frame { frame: Frame::Data(d), consumed } = decode(&hdr)? else { unreachable!() };
+//! assert_eq!((d.start_position, d.len, consumed), (4000, 100, hdr.len()));
+//! # Ok::<(), shmbus_bridge::proto::frame::FrameError>(())
+//! ```
+
+pub mod config;
+#[cfg(target_os = "linux")]
+pub mod daemon;
+pub mod error;
+pub mod io;
+pub mod log;
+pub mod proto;
+#[cfg(test)]
+mod test_util;
+
+pub use error::BridgeError;

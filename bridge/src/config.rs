@@ -1,0 +1,925 @@
+//! Daemon configuration: a TOML file plus command-line overrides.
+//!
+//! Precedence, highest first: command-line flags, the `SHMBUS_ROOT`
+//! environment variable (root only), the file, the defaults. A list given on
+//! the command line (`--peer`, `--export`, `--import`) replaces the file's
+//! list. Everything is validated up front with messages that say what to
+//! change; the pre-shared key file is read and checked here too.
+//!
+//! # File format
+//!
+//! ```toml
+//! node_name = "robot-1"            # default: the host name
+//! bus = "default"                  # default "default"
+//! root = "/dev/shm/shmbus"         # default "/dev/shm/shmbus"
+//! listen = "127.0.0.1:7878"        # default; "off" only dials; a non-loopback address needs:
+//! allow_non_loopback_listen = false
+//! key_file = "/etc/shmbus/bridge.key"   # required, mode 0600 or stricter
+//! log_level = "info"               # error | warn | info | debug | trace
+//! heartbeat_interval_ms = 1000
+//! peer_timeout_ms = 5000           # at least twice the heartbeat interval
+//! zerocopy = true                  # MSG_ZEROCOPY for large sends (falls back by itself)
+//! chunk_bytes = 262144             # largest DATA payload per frame (more if a record needs it)
+//! max_replica_capacity = 1073741824  # largest remote ring this bridge mirrors
+//! stats_file = "/run/shmbus-bridge.stats"  # rewritten every second, on SIGUSR1 and at exit
+//!
+//! [[peer]]                         # bridges to connect to
+//! name = "base-station"            # the name the peer must present
+//! address = "10.0.0.2:7878"
+//!
+//! [[export]]                       # local topics offered to peers
+//! topics = "imu*"                  # glob: * any run, ? one character
+//! mode = "untethered"              # default
+//! retention_bytes = 67108864       # default 64 MiB (untethered only)
+//!
+//! [[export]]
+//! topics = "commands"
+//! mode = "tethered"
+//!
+//! [[import]]                       # remote topics accepted from peers
+//! topics = "*"
+//! ```
+//!
+//! # Exports: tethered or untethered
+//!
+//! The default mode is **untethered**: the bridge never holds local
+//! publishers back. It keeps up to `retention_bytes` of unacknowledged data
+//! per stream for resending after a reconnect; when a slow or absent peer
+//! falls further behind, the oldest data is dropped for that peer only and
+//! the peer receives an exact GAP. This is the default because a bridge is a
+//! subscriber of every exported ring: if it were tethered, one slow remote
+//! link would stall every local publisher of the topic and so degrade every
+//! local subscriber, silently, far from the cause. **Tethered** exports are
+//! lossless end to end and opt-in for topics where the remote copy must be
+//! complete and local back-pressure is acceptable.
+//!
+//! Allow-lists deny by default: a topic is exported only if an export
+//! pattern matches it (the first matching rule decides the mode), and
+//! imported only if an import pattern matches.
+
+use std::{
+    fmt, fs, io,
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::proto::{frame::MAX_NAME_LEN, handshake::PresharedKey};
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+/// Default bus name.
+pub const DEFAULT_BUS: &str = "default";
+/// Default root directory of the bus.
+pub const DEFAULT_ROOT: &str = "/dev/shm/shmbus";
+/// Default retention budget of an untethered export, per stream.
+pub const DEFAULT_RETENTION_BYTES: u64 = 64 << 20;
+/// Default heartbeat interval.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time without any frame after which a peer is considered dead.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default largest DATA payload per frame.
+pub const DEFAULT_CHUNK_BYTES: u64 = 256 << 10;
+/// Default largest remote ring capacity mirrored into a local replica.
+pub const DEFAULT_MAX_REPLICA_CAPACITY: u64 = 1 << 30;
+/// Largest accepted key file.
+pub const MAX_KEY_FILE_LEN: u64 = 4096;
+/// Keys shorter than this are accepted with a warning.
+pub const RECOMMENDED_KEY_LEN: usize = 16;
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The config file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file (or `<string>`).
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A setting has an invalid value.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The setting (file key or flag).
+        field: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The listen address is not loopback and that was not explicitly allowed.
+    #[error("listen address {addr} is not a loopback address; set `allow_non_loopback_listen = true` (or pass --allow-non-loopback-listen) to accept bridges from other hosts")]
+    NonLoopbackListen {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// No key file was configured.
+    #[error("no pre-shared key configured: set `key_file` in the config or pass --key-file (e.g. create one with `head -c 32 /dev/urandom > bridge.key && chmod 600 bridge.key`)")]
+    MissingKeyFile,
+    /// The key file could not be read.
+    #[error("cannot read pre-shared key file {path}: {source}")]
+    ReadKey {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The key file exists but is unusable.
+    #[error("unusable pre-shared key file {path}: {reason}")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The key file can be read or written by other users.
+    #[error("pre-shared key file {path} is accessible by other users (mode {mode:04o}); run `chmod 600 {path}`")]
+    KeyPermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// The default.
+    #[default]
+    Info,
+    /// Per-connection detail.
+    Debug,
+    /// Per-frame detail.
+    Trace,
+}
+
+/// A topic-name glob: `*` matches any run of characters (also none), `?`
+/// exactly one; everything else matches itself.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_bridge::config::TopicPattern;
+/// let p = TopicPattern::new("imu.?.raw*")?;
+/// assert!(p.matches("imu.1.raw"));
+/// assert!(p.matches("imu.2.raw-v2"));
+/// assert!(!p.matches("imu.12.raw"));
+/// # Ok::<(), shmbus_bridge::config::ConfigError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct TopicPattern {
+    text: String,
+    chars: Vec<char>,
+}
+
+impl TopicPattern {
+    /// Parses a pattern.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] if it is empty, longer than a topic name may
+    /// be, or contains `/` or control characters.
+    pub fn new(text: &str) -> Result<Self, ConfigError> {
+        check_pattern("topic pattern", text)?;
+        Ok(Self {
+            text: text.to_owned(),
+            chars: text.chars().collect(),
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether `topic` matches. Linear-time backtracking over the last `*`,
+    /// so hostile patterns cannot blow up.
+    pub fn matches(&self, topic: &str) -> bool {
+        let p = &self.chars;
+        let t: Vec<char> = topic.chars().collect();
+        let (mut pi, mut ti) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while ti < t.len() {
+            match p.get(pi) {
+                Some('*') => {
+                    star = Some((pi, ti));
+                    pi += 1;
+                }
+                Some(&c) if c == '?' || c == t[ti] => {
+                    pi += 1;
+                    ti += 1;
+                }
+                _ => match star {
+                    Some((sp, st)) => {
+                        pi = sp + 1;
+                        ti = st + 1;
+                        star = Some((sp, st + 1));
+                    }
+                    None => return false,
+                },
+            }
+        }
+        p[pi..].iter().all(|&c| c == '*')
+    }
+}
+
+impl fmt::Debug for TopicPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TopicPattern({:?})", self.text)
+    }
+}
+
+/// How an exported topic treats a slow peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportMode {
+    /// Lossless: the bridge gates local publishers until the peer has
+    /// acknowledged (and the kernel released) the data.
+    Tethered,
+    /// Local publishers never wait on the network; the bridge retains up to
+    /// `retention_bytes` per stream for the peer and reports an exact GAP
+    /// beyond that.
+    Untethered {
+        /// Retention budget per stream, in bytes (> 0).
+        retention_bytes: u64,
+    },
+}
+
+impl Default for ExportMode {
+    /// Untethered with [`DEFAULT_RETENTION_BYTES`]: see the module docs.
+    fn default() -> Self {
+        Self::Untethered {
+            retention_bytes: DEFAULT_RETENTION_BYTES,
+        }
+    }
+}
+
+/// One export allow-list entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportRule {
+    /// Topics it covers.
+    pub pattern: TopicPattern,
+    /// Their mode.
+    pub mode: ExportMode,
+}
+
+/// One import allow-list entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportRule {
+    /// Topics it covers.
+    pub pattern: TopicPattern,
+}
+
+/// A bridge to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The node name the peer must present in its HELLO.
+    pub name: String,
+    /// `host:port` (a host name, an IPv4 address or a bracketed IPv6 address),
+    /// resolved when connecting.
+    pub address: String,
+}
+
+/// Command-line flags. Each one overrides the config file.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(
+    name = "shmbus-bridge",
+    version,
+    about = "Forwards shmbus topics between hosts over TCP with MSG_ZEROCOPY"
+)]
+pub struct Cli {
+    /// Config file (TOML).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's name, presented to peers [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Bus name [default: default].
+    #[arg(long, value_name = "NAME")]
+    pub bus: Option<String>,
+    /// Bus root directory [default: /dev/shm/shmbus].
+    #[arg(long, env = "SHMBUS_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Address to accept peers on, or `off` to only dial [default: 127.0.0.1:7878].
+    #[arg(long, value_name = "IP:PORT|off")]
+    pub listen: Option<String>,
+    /// Allow listening on a non-loopback address.
+    #[arg(long)]
+    pub allow_non_loopback_listen: bool,
+    /// Peer to connect to; repeatable; replaces the file's peers.
+    #[arg(long = "peer", value_name = "NAME=HOST:PORT")]
+    pub peers: Vec<String>,
+    /// Topic pattern to export, with an optional mode; repeatable; replaces
+    /// the file's exports. Sizes take K, M, G suffixes (binary).
+    #[arg(long = "export", value_name = "PATTERN[:tethered|:untethered[=BYTES]]")]
+    pub exports: Vec<String>,
+    /// Topic pattern to import; repeatable; replaces the file's imports.
+    #[arg(long = "import", value_name = "PATTERN")]
+    pub imports: Vec<String>,
+    /// Pre-shared key file (mode 0600 or stricter).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Log verbosity [default: info].
+    #[arg(long, value_enum)]
+    pub log_level: Option<LogLevel>,
+    /// Heartbeat interval in milliseconds [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Peer timeout in milliseconds [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub peer_timeout_ms: Option<u64>,
+    /// Never use MSG_ZEROCOPY (plain copying sends only).
+    #[arg(long)]
+    pub no_zerocopy: bool,
+    /// Largest DATA payload per frame, e.g. 256K [default: 256K].
+    #[arg(long, value_name = "BYTES")]
+    pub chunk_bytes: Option<String>,
+    /// Largest remote ring capacity to mirror, e.g. 1G [default: 1G].
+    #[arg(long, value_name = "BYTES")]
+    pub max_replica_capacity: Option<String>,
+    /// File to write counters to (every second, on SIGUSR1 and at exit).
+    #[arg(long, value_name = "FILE")]
+    pub stats_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_name: Option<String>,
+    bus: Option<String>,
+    root: Option<PathBuf>,
+    listen: Option<String>,
+    allow_non_loopback_listen: Option<bool>,
+    key_file: Option<PathBuf>,
+    log_level: Option<LogLevel>,
+    heartbeat_interval_ms: Option<u64>,
+    peer_timeout_ms: Option<u64>,
+    zerocopy: Option<bool>,
+    chunk_bytes: Option<u64>,
+    max_replica_capacity: Option<u64>,
+    stats_file: Option<PathBuf>,
+    #[serde(default, rename = "peer")]
+    peers: Vec<FilePeer>,
+    #[serde(default, rename = "export")]
+    exports: Vec<FileExport>,
+    #[serde(default, rename = "import")]
+    imports: Vec<FileImport>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePeer {
+    name: String,
+    address: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ModeName {
+    Tethered,
+    Untethered,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileExport {
+    topics: String,
+    mode: Option<ModeName>,
+    retention_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileImport {
+    topics: String,
+}
+
+/// The validated configuration of a bridge daemon.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's name (1..=255 bytes of `[A-Za-z0-9._-]`).
+    pub node_name: String,
+    /// Bus name.
+    pub bus: String,
+    /// Bus root directory (absolute).
+    pub root: PathBuf,
+    /// Address to accept peers on; `None`: only dial.
+    pub listen: Option<SocketAddr>,
+    /// Bridges to connect to (unique names).
+    pub peers: Vec<PeerConfig>,
+    /// Export allow-list, in order; the first match decides.
+    pub exports: Vec<ExportRule>,
+    /// Import allow-list.
+    pub imports: Vec<ImportRule>,
+    /// Where the key was read from.
+    pub key_file: PathBuf,
+    /// The pre-shared key.
+    pub key: PresharedKey,
+    /// Log verbosity.
+    pub log_level: LogLevel,
+    /// How often to send HEARTBEAT.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a peer is dropped.
+    pub peer_timeout: Duration,
+    /// Whether large sends may use `MSG_ZEROCOPY`.
+    pub zerocopy: bool,
+    /// Largest DATA payload per frame (a frame carries more when one record
+    /// is larger), 4 KiB to 16 MiB.
+    pub chunk_bytes: u64,
+    /// Largest remote ring capacity mirrored into a replica; larger streams
+    /// are not imported.
+    pub max_replica_capacity: u64,
+    /// Where to write counters, if anywhere.
+    pub stats_file: Option<PathBuf>,
+    /// Problems that do not stop the daemon (group-readable key, short key);
+    /// the daemon logs them at startup.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Loads the configuration: reads the file named by `--config` (if any),
+    /// applies the command-line overrides, validates, and reads the key.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting and what to do.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let (text, path) = match &cli.config {
+            Some(path) => {
+                let text = fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                (text, path.clone())
+            }
+            None => (String::new(), PathBuf::from("<none>")),
+        };
+        Self::from_toml(&text, &path, cli)
+    }
+
+    /// Like [`Config::load`] with the file's contents given as `text`
+    /// (`path` is only used in messages).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting and what to do.
+    pub fn from_toml(text: &str, path: &Path, cli: &Cli) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Self::resolve(file, cli)
+    }
+
+    fn resolve(file: FileConfig, cli: &Cli) -> Result<Self, ConfigError> {
+        let mut warnings = Vec::new();
+
+        let node_name = match cli.node_name.clone().or(file.node_name) {
+            Some(n) => n,
+            None => host_name()?,
+        };
+        check_node_name("node_name", &node_name)?;
+
+        let bus = cli
+            .bus
+            .clone()
+            .or(file.bus)
+            .unwrap_or_else(|| DEFAULT_BUS.to_owned());
+        check_bus_name(&bus)?;
+
+        let root = cli
+            .root
+            .clone()
+            .or(file.root)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+        if !root.is_absolute() {
+            return Err(invalid(
+                "root",
+                format!("{} is not an absolute path", root.display()),
+            ));
+        }
+
+        let listen_text = cli
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: Option<SocketAddr> = if listen_text == "off" {
+            None
+        } else {
+            Some(listen_text.parse().map_err(|_| {
+                invalid(
+                    "listen",
+                    format!("{listen_text:?} is not IP:PORT (e.g. 127.0.0.1:7878 or [::1]:7878) or \"off\""),
+                )
+            })?)
+        };
+        let allow_remote =
+            cli.allow_non_loopback_listen || file.allow_non_loopback_listen.unwrap_or(false);
+        if let Some(addr) = listen {
+            if !addr.ip().is_loopback() && !allow_remote {
+                return Err(ConfigError::NonLoopbackListen { addr });
+            }
+        }
+
+        let peers = if cli.peers.is_empty() {
+            file.peers
+                .into_iter()
+                .map(|p| PeerConfig {
+                    name: p.name,
+                    address: p.address,
+                })
+                .collect()
+        } else {
+            cli.peers
+                .iter()
+                .map(|s| parse_peer_flag(s))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        for (i, p) in peers.iter().enumerate() {
+            check_node_name("peer name", &p.name)?;
+            check_peer_address(&p.address)?;
+            if p.name == node_name {
+                return Err(invalid(
+                    "peer name",
+                    format!("{:?} is this node's own name", p.name),
+                ));
+            }
+            if peers[..i].iter().any(|q| q.name == p.name) {
+                return Err(invalid(
+                    "peer name",
+                    format!("{:?} is listed twice", p.name),
+                ));
+            }
+        }
+
+        let exports = if cli.exports.is_empty() {
+            file.exports
+                .into_iter()
+                .map(|e| {
+                    Ok(ExportRule {
+                        pattern: TopicPattern::new(&e.topics)?,
+                        mode: export_mode(e.mode, e.retention_bytes)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()?
+        } else {
+            cli.exports
+                .iter()
+                .map(|s| parse_export_flag(s))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+
+        let imports = if cli.imports.is_empty() {
+            file.imports
+                .into_iter()
+                .map(|i| TopicPattern::new(&i.topics).map(|pattern| ImportRule { pattern }))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            cli.imports
+                .iter()
+                .map(|s| TopicPattern::new(s).map(|pattern| ImportRule { pattern }))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+
+        let heartbeat_ms = cli
+            .heartbeat_interval_ms
+            .or(file.heartbeat_interval_ms)
+            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL.as_millis() as u64);
+        let timeout_ms = cli
+            .peer_timeout_ms
+            .or(file.peer_timeout_ms)
+            .unwrap_or(DEFAULT_PEER_TIMEOUT.as_millis() as u64);
+        if heartbeat_ms == 0 {
+            return Err(invalid("heartbeat_interval_ms", "must be at least 1"));
+        }
+        if timeout_ms < heartbeat_ms.saturating_mul(2) {
+            return Err(invalid(
+                "peer_timeout_ms",
+                format!("{timeout_ms} must be at least twice heartbeat_interval_ms ({heartbeat_ms}), or one late heartbeat drops the peer"),
+            ));
+        }
+
+        let chunk_bytes = match &cli.chunk_bytes {
+            Some(s) => parse_size(s)?,
+            None => file.chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES),
+        };
+        if !(4096..=u64::from(crate::proto::frame::MAX_DATA_LEN)).contains(&chunk_bytes) {
+            return Err(invalid(
+                "chunk_bytes",
+                format!("{chunk_bytes} must be from 4K to 16M"),
+            ));
+        }
+        let max_replica_capacity = match &cli.max_replica_capacity {
+            Some(s) => parse_size(s)?,
+            None => file
+                .max_replica_capacity
+                .unwrap_or(DEFAULT_MAX_REPLICA_CAPACITY),
+        };
+        if max_replica_capacity < 4096 {
+            return Err(invalid(
+                "max_replica_capacity",
+                format!("{max_replica_capacity} must be at least 4K (the smallest ring)"),
+            ));
+        }
+        let zerocopy = !cli.no_zerocopy && file.zerocopy.unwrap_or(true);
+        let stats_file = cli.stats_file.clone().or(file.stats_file);
+
+        let key_file = cli
+            .key_file
+            .clone()
+            .or(file.key_file)
+            .ok_or(ConfigError::MissingKeyFile)?;
+        let key = load_key(&key_file, &mut warnings)?;
+
+        Ok(Self {
+            node_name,
+            bus,
+            root,
+            listen,
+            peers,
+            exports,
+            imports,
+            key_file,
+            key,
+            log_level: cli.log_level.or(file.log_level).unwrap_or_default(),
+            heartbeat_interval: Duration::from_millis(heartbeat_ms),
+            peer_timeout: Duration::from_millis(timeout_ms),
+            zerocopy,
+            chunk_bytes,
+            max_replica_capacity,
+            stats_file,
+            warnings,
+        })
+    }
+
+    /// The export rule for `topic`: the first whose pattern matches, or
+    /// `None` if the topic must not be exported.
+    pub fn export_rule(&self, topic: &str) -> Option<&ExportRule> {
+        self.exports.iter().find(|r| r.pattern.matches(topic))
+    }
+
+    /// Whether a remote `topic` may be imported.
+    pub fn imports_topic(&self, topic: &str) -> bool {
+        self.imports.iter().any(|r| r.pattern.matches(topic))
+    }
+}
+
+/// Reads and checks a pre-shared key file.
+///
+/// The key is the file's bytes with trailing ASCII whitespace removed (so
+/// `openssl rand -hex 32 > key` and raw random bytes both work; both peers
+/// derive the same key from the same file). The file must be a regular file
+/// of at most [`MAX_KEY_FILE_LEN`] bytes, not accessible by other users, and
+/// the key must not be empty. A group-readable file or a key shorter than
+/// [`RECOMMENDED_KEY_LEN`] adds a warning.
+///
+/// # Errors
+///
+/// [`ConfigError::ReadKey`], [`ConfigError::KeyPermissions`] or
+/// [`ConfigError::BadKey`].
+pub fn load_key(path: &Path, warnings: &mut Vec<String>) -> Result<PresharedKey, ConfigError> {
+    let read_err = |source| ConfigError::ReadKey {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = fs::metadata(path).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(ConfigError::BadKey {
+            path: path.to_owned(),
+            reason: "not a regular file".into(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o007 != 0 {
+        return Err(ConfigError::KeyPermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    if mode & 0o070 != 0 {
+        warnings.push(format!(
+            "pre-shared key file {} is accessible by its group (mode {mode:04o}); consider `chmod 600`",
+            path.display()
+        ));
+    }
+    if meta.len() > MAX_KEY_FILE_LEN {
+        return Err(ConfigError::BadKey {
+            path: path.to_owned(),
+            reason: format!("{} bytes is larger than the {MAX_KEY_FILE_LEN}-byte maximum; is this the right file?", meta.len()),
+        });
+    }
+    let mut bytes = fs::read(path).map_err(read_err)?;
+    let len = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    let key = PresharedKey::new(&bytes[..len]);
+    // Best effort: do not leave key bytes in freed memory.
+    bytes.fill(0);
+    std::hint::black_box(&bytes);
+    let key = key.ok_or_else(|| ConfigError::BadKey {
+        path: path.to_owned(),
+        reason: "the file is empty (or only whitespace); write a random key into it, e.g. `head -c 32 /dev/urandom`".into(),
+    })?;
+    if key.len() < RECOMMENDED_KEY_LEN {
+        warnings.push(format!(
+            "pre-shared key in {} is only {} bytes; use at least {RECOMMENDED_KEY_LEN} random bytes",
+            path.display(),
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+fn host_name() -> Result<String, ConfigError> {
+    let name = fs::read_to_string("/proc/sys/kernel/hostname").map_err(|e| {
+        invalid(
+            "node_name",
+            format!("not set and the host name is unreadable ({e}); set node_name"),
+        )
+    })?;
+    let name = name.trim().to_owned();
+    check_node_name("node_name", &name).map_err(|_| {
+        invalid(
+            "node_name",
+            format!("not set and the host name {name:?} is not a valid node name; set node_name"),
+        )
+    })?;
+    Ok(name)
+}
+
+fn check_node_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(invalid(
+            field,
+            format!("{name:?} must be 1 to {MAX_NAME_LEN} bytes long"),
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(invalid(
+            field,
+            format!("{name:?} may contain only letters, digits, '.', '_' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_bus_name(bus: &str) -> Result<(), ConfigError> {
+    if bus.is_empty() || bus.len() > MAX_NAME_LEN {
+        return Err(invalid(
+            "bus",
+            format!("{bus:?} must be 1 to {MAX_NAME_LEN} bytes long"),
+        ));
+    }
+    if bus == "." || bus == ".." || bus.contains('/') || bus.chars().any(char::is_control) {
+        return Err(invalid(
+            "bus",
+            format!("{bus:?} must not be '.' or '..' or contain '/' or control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_pattern(field: &str, text: &str) -> Result<(), ConfigError> {
+    if text.is_empty() || text.len() > MAX_NAME_LEN {
+        return Err(invalid(
+            field,
+            format!("{text:?} must be 1 to {MAX_NAME_LEN} bytes long"),
+        ));
+    }
+    if text.contains('/') || text.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("{text:?} must not contain '/' or control characters (topic names cannot)"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_peer_address(address: &str) -> Result<(), ConfigError> {
+    let bad = || {
+        invalid(
+            "peer address",
+            format!("{address:?} is not HOST:PORT (e.g. 10.0.0.2:7878, bridge.example:7878 or [fd00::2]:7878)"),
+        )
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 || host.is_empty() {
+        return Err(bad());
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').ok_or_else(bad)?;
+        inner.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+    } else if host.contains(':') || host.contains(char::is_whitespace) || host.contains('/') {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn export_mode(mode: Option<ModeName>, retention: Option<u64>) -> Result<ExportMode, ConfigError> {
+    match (mode.unwrap_or(ModeName::Untethered), retention) {
+        (ModeName::Tethered, Some(_)) => Err(invalid(
+            "retention_bytes",
+            "only applies to untethered exports (a tethered export retains everything unacknowledged)",
+        )),
+        (ModeName::Tethered, None) => Ok(ExportMode::Tethered),
+        (ModeName::Untethered, Some(0)) => Err(invalid("retention_bytes", "must be greater than 0")),
+        (ModeName::Untethered, r) => Ok(ExportMode::Untethered {
+            retention_bytes: r.unwrap_or(DEFAULT_RETENTION_BYTES),
+        }),
+    }
+}
+
+/// `NAME=HOST:PORT`.
+fn parse_peer_flag(s: &str) -> Result<PeerConfig, ConfigError> {
+    let (name, address) = s
+        .split_once('=')
+        .ok_or_else(|| invalid("--peer", format!("{s:?} is not NAME=HOST:PORT")))?;
+    Ok(PeerConfig {
+        name: name.to_owned(),
+        address: address.to_owned(),
+    })
+}
+
+/// `PATTERN`, `PATTERN:tethered`, `PATTERN:untethered` or
+/// `PATTERN:untethered=SIZE`.
+fn parse_export_flag(s: &str) -> Result<ExportRule, ConfigError> {
+    let Some((pattern, mode)) = s.rsplit_once(':') else {
+        return Ok(ExportRule {
+            pattern: TopicPattern::new(s)?,
+            mode: ExportMode::default(),
+        });
+    };
+    let (name, size) = match mode.split_once('=') {
+        Some((n, size)) => (n, Some(parse_size(size)?)),
+        None => (mode, None),
+    };
+    let name = match name {
+        "tethered" => ModeName::Tethered,
+        "untethered" => ModeName::Untethered,
+        other => {
+            return Err(invalid(
+                "--export",
+                format!("unknown mode {other:?} in {s:?}; use PATTERN, PATTERN:tethered or PATTERN:untethered[=SIZE]"),
+            ))
+        }
+    };
+    Ok(ExportRule {
+        pattern: TopicPattern::new(pattern)?,
+        mode: export_mode(Some(name), size)?,
+    })
+}
+
+/// A byte count with an optional binary suffix: `4096`, `64K`, `64M`, `1G`
+/// (also `KiB`, `MiB`, `GiB`).
+fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let bad = || {
+        invalid(
+            "size",
+            format!("{s:?} is not a size like 65536, 64K, 64M or 1G"),
+        )
+    };
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, suffix) = s.split_at(digits_end);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match suffix {
+        "" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests;

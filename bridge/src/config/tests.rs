@@ -1,0 +1,435 @@
+//! Unit tests of configuration loading.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use clap::Parser;
+
+use super::*;
+
+/// A private temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    /// `tag` must be unique per test (tests run in parallel).
+    fn new(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("shmbus-bridge-test-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, name: &str, contents: &[u8], mode: u32) -> PathBuf {
+        let p = self.0.join(name);
+        fs::write(&p, contents).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn key_config(dir: &TempDir) -> String {
+    let key = dir.file("bridge.key", b"0123456789abcdef0123456789abcdef\n", 0o600);
+    format!(
+        "node_name = \"node-a\"\nkey_file = {:?}\n",
+        key.display().to_string()
+    )
+}
+
+fn load(text: &str, cli: &Cli) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("test.toml"), cli)
+}
+
+fn cli(args: &[&str]) -> Cli {
+    let mut argv = vec!["shmbus-bridge"];
+    argv.extend_from_slice(args);
+    Cli::try_parse_from(argv).unwrap()
+}
+
+fn err_text(r: Result<Config, ConfigError>) -> String {
+    r.expect_err("config should be rejected").to_string()
+}
+
+#[test]
+fn minimal_file_gets_documented_defaults() {
+    let dir = TempDir::new("minimal");
+    let c = load(&key_config(&dir), &Cli::default()).unwrap();
+    assert_eq!(c.node_name, "node-a");
+    assert_eq!(c.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+    assert_eq!(c.bus, DEFAULT_BUS);
+    assert_eq!(c.root, Path::new(DEFAULT_ROOT));
+    assert_eq!(c.log_level, LogLevel::Info);
+    assert_eq!(c.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL);
+    assert_eq!(c.peer_timeout, DEFAULT_PEER_TIMEOUT);
+    assert!(c.peers.is_empty());
+    // Allow-lists deny by default.
+    assert!(c.export_rule("anything").is_none());
+    assert!(!c.imports_topic("anything"));
+    assert_eq!(c.key.len(), 32, "trailing newline is not part of the key");
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn full_file() {
+    let dir = TempDir::new("full");
+    let text = format!(
+        r#"{}
+bus = "plant"
+root = "/dev/shm/other"
+listen = "[::1]:9000"
+log_level = "debug"
+heartbeat_interval_ms = 200
+peer_timeout_ms = 400
+
+[[peer]]
+name = "base"
+address = "10.0.0.2:7878"
+
+[[peer]]
+name = "cam-host"
+address = "[fd00::2]:7878"
+
+[[export]]
+topics = "cmd*"
+mode = "tethered"
+
+[[export]]
+topics = "imu.?"
+retention_bytes = 1048576
+
+[[export]]
+topics = "*"
+
+[[import]]
+topics = "remote.*"
+"#,
+        key_config(&dir)
+    );
+    let c = load(&text, &Cli::default()).unwrap();
+    assert_eq!(c.bus, "plant");
+    assert_eq!(c.root, Path::new("/dev/shm/other"));
+    assert_eq!(c.listen, Some("[::1]:9000".parse().unwrap()));
+    assert_eq!(c.log_level, LogLevel::Debug);
+    assert_eq!(c.heartbeat_interval, Duration::from_millis(200));
+    assert_eq!(c.peers.len(), 2);
+    assert_eq!(c.peers[1].address, "[fd00::2]:7878");
+    assert_eq!(c.export_rule("cmd.arm").unwrap().mode, ExportMode::Tethered);
+    assert_eq!(
+        c.export_rule("imu.1").unwrap().mode,
+        ExportMode::Untethered {
+            retention_bytes: 1 << 20
+        }
+    );
+    // First match wins; the catch-all gets the default mode.
+    assert_eq!(c.export_rule("imu.12").unwrap().mode, ExportMode::default());
+    assert!(c.imports_topic("remote.x"));
+    assert!(!c.imports_topic("local.x"));
+}
+
+#[test]
+fn command_line_overrides_the_file() {
+    let dir = TempDir::new("cli");
+    let text = format!(
+        "{}listen = \"127.0.0.1:1\"\n[[peer]]\nname = \"p\"\naddress = \"h:1\"\n[[export]]\ntopics = \"file\"\n",
+        key_config(&dir)
+    );
+    let other_key = dir.file("other.key", b"another key of enough length", 0o400);
+    let c = load(
+        &text,
+        &cli(&[
+            "--listen",
+            "127.0.0.2:9",
+            "--node-name",
+            "cli-node",
+            "--root",
+            "/dev/shm/cli",
+            "--peer",
+            "q=example.org:7878",
+            "--export",
+            "a*:tethered",
+            "--export",
+            "b:untethered=2M",
+            "--export",
+            "c",
+            "--import",
+            "*",
+            "--key-file",
+            other_key.to_str().unwrap(),
+            "--log-level",
+            "trace",
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.listen, Some("127.0.0.2:9".parse().unwrap()));
+    assert_eq!(c.node_name, "cli-node");
+    assert_eq!(c.root, Path::new("/dev/shm/cli"));
+    assert_eq!(
+        c.peers,
+        [PeerConfig {
+            name: "q".into(),
+            address: "example.org:7878".into()
+        }]
+    );
+    assert_eq!(c.exports.len(), 3, "CLI exports replace the file's");
+    assert_eq!(c.exports[0].mode, ExportMode::Tethered);
+    assert_eq!(
+        c.exports[1].mode,
+        ExportMode::Untethered {
+            retention_bytes: 2 << 20
+        }
+    );
+    assert_eq!(c.exports[2].mode, ExportMode::default());
+    assert!(c.export_rule("file").is_none());
+    assert!(c.imports_topic("x"));
+    assert_eq!(c.key_file, other_key);
+    assert_eq!(c.log_level, LogLevel::Trace);
+}
+
+#[test]
+fn non_loopback_listen_must_be_explicit() {
+    let dir = TempDir::new("listen");
+    let text = format!("{}listen = \"0.0.0.0:7878\"\n", key_config(&dir));
+    let e = err_text(load(&text, &Cli::default()));
+    assert!(e.contains("allow_non_loopback_listen"), "{e}");
+    assert!(load(&text, &cli(&["--allow-non-loopback-listen"])).is_ok());
+    let allowed = format!("{text}allow_non_loopback_listen = true\n");
+    assert_eq!(
+        load(&allowed, &Cli::default()).unwrap().listen,
+        Some("0.0.0.0:7878".parse().unwrap())
+    );
+    let off = format!("{}listen = \"off\"\n", key_config(&dir));
+    assert_eq!(load(&off, &Cli::default()).unwrap().listen, None);
+}
+
+#[test]
+fn data_path_settings() {
+    let dir = TempDir::new("datapath");
+    let c = load(&key_config(&dir), &Cli::default()).unwrap();
+    assert!(c.zerocopy);
+    assert_eq!(c.chunk_bytes, DEFAULT_CHUNK_BYTES);
+    assert_eq!(c.max_replica_capacity, DEFAULT_MAX_REPLICA_CAPACITY);
+    assert_eq!(c.stats_file, None);
+    let text = format!(
+        "{}zerocopy = false\nchunk_bytes = 65536\nmax_replica_capacity = 8388608\nstats_file = \"/tmp/s\"\n",
+        key_config(&dir)
+    );
+    let c = load(&text, &Cli::default()).unwrap();
+    assert!(!c.zerocopy);
+    assert_eq!(c.chunk_bytes, 65536);
+    assert_eq!(c.max_replica_capacity, 8 << 20);
+    assert_eq!(c.stats_file.as_deref(), Some(Path::new("/tmp/s")));
+    let c = load(
+        &key_config(&dir),
+        &cli(&[
+            "--no-zerocopy",
+            "--chunk-bytes",
+            "1M",
+            "--max-replica-capacity",
+            "64M",
+        ]),
+    )
+    .unwrap();
+    assert!(!c.zerocopy);
+    assert_eq!(c.chunk_bytes, 1 << 20);
+    assert_eq!(c.max_replica_capacity, 64 << 20);
+    for bad in [
+        "chunk_bytes = 100\n",
+        "chunk_bytes = 33554432\n",
+        "max_replica_capacity = 1\n",
+    ] {
+        let text = format!("{}{bad}", key_config(&dir));
+        assert!(load(&text, &Cli::default()).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn bad_settings_give_clear_errors() {
+    let dir = TempDir::new("bad");
+    let base = key_config(&dir);
+    let cases: &[(&str, &str)] = &[
+        ("nonsense = 1\n", "unknown field"),
+        ("listen = 7878\n", "invalid type"),
+        ("listen = \"localhost:7878\"\n", "is not IP:PORT"),
+        ("log_level = \"loud\"\n", "unknown variant"),
+        ("bus = \"a/b\"\n", "must not be"),
+        ("bus = \"..\"\n", "must not be"),
+        ("root = \"relative/dir\"\n", "not an absolute path"),
+        ("heartbeat_interval_ms = 0\n", "at least 1"),
+        ("heartbeat_interval_ms = 1000\npeer_timeout_ms = 1500\n", "at least twice"),
+        ("[[peer]]\nname = \"x\"\naddress = \"nohost\"\n", "is not HOST:PORT"),
+        ("[[peer]]\nname = \"x\"\naddress = \"h:0\"\n", "is not HOST:PORT"),
+        ("[[peer]]\nname = \"x\"\naddress = \"[zz]:1\"\n", "is not HOST:PORT"),
+        ("[[peer]]\nname = \"bad name\"\naddress = \"h:1\"\n", "may contain only"),
+        ("[[peer]]\nname = \"node-a\"\naddress = \"h:1\"\n", "own name"),
+        (
+            "[[peer]]\nname = \"x\"\naddress = \"h:1\"\n[[peer]]\nname = \"x\"\naddress = \"h:2\"\n",
+            "listed twice",
+        ),
+        ("[[export]]\ntopics = \"t\"\nmode = \"tethered\"\nretention_bytes = 5\n", "only applies"),
+        ("[[export]]\ntopics = \"t\"\nretention_bytes = 0\n", "greater than 0"),
+        ("[[export]]\ntopics = \"t\"\nmode = \"lossy\"\n", "unknown variant"),
+        ("[[export]]\ntopics = \"a/b\"\n", "must not contain '/'"),
+        ("[[import]]\ntopics = \"\"\n", "1 to 255 bytes"),
+    ];
+    for (extra, needle) in cases {
+        let e = err_text(load(&format!("{base}{extra}"), &Cli::default()));
+        assert!(e.contains(needle), "{extra:?}: {e:?} lacks {needle:?}");
+    }
+    let e = err_text(load(
+        &format!("{base}node_name = \"dup\"\n"),
+        &Cli::default(),
+    ));
+    assert!(e.contains("test.toml"), "parse errors name the file: {e}");
+    for (flag, needle) in [
+        (&["--export", "t:tetherd"][..], "unknown mode"),
+        (&["--export", "t:untethered=12X"][..], "not a size"),
+        (&["--peer", "no-equals-sign"][..], "NAME=HOST:PORT"),
+        (&["--node-name", ""][..], "1 to 255 bytes"),
+    ] {
+        let e = err_text(load(&base, &cli(flag)));
+        assert!(e.contains(needle), "{flag:?}: {e:?} lacks {needle:?}");
+    }
+}
+
+#[test]
+fn config_file_errors() {
+    let e = Config::load(&Cli {
+        config: Some(PathBuf::from("/nonexistent/shmbus/bridge.toml")),
+        ..Cli::default()
+    })
+    .unwrap_err();
+    assert!(matches!(e, ConfigError::ReadFile { .. }));
+    assert!(e.to_string().contains("/nonexistent/shmbus/bridge.toml"));
+    let dir = TempDir::new("cfgfile");
+    let path = dir.file("bridge.toml", key_config(&dir).as_bytes(), 0o600);
+    let c = Config::load(&Cli {
+        config: Some(path),
+        ..Cli::default()
+    })
+    .unwrap();
+    assert_eq!(c.node_name, "node-a");
+}
+
+#[test]
+fn key_file_checks() {
+    let dir = TempDir::new("key");
+    let with_key = |path: &Path| {
+        format!(
+            "node_name = \"n\"\nkey_file = {:?}\n",
+            path.display().to_string()
+        )
+    };
+
+    assert!(matches!(
+        load("node_name = \"n\"\n", &Cli::default()),
+        Err(ConfigError::MissingKeyFile)
+    ));
+    let missing = dir.0.join("missing.key");
+    let e = load(&with_key(&missing), &Cli::default()).unwrap_err();
+    assert!(matches!(e, ConfigError::ReadKey { .. }));
+    assert!(e.to_string().contains("missing.key"), "{e}");
+
+    let world = dir.file("world.key", b"0123456789abcdef", 0o644);
+    let e = load(&with_key(&world), &Cli::default()).unwrap_err();
+    assert!(matches!(e, ConfigError::KeyPermissions { mode: 0o644, .. }));
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+
+    let group = dir.file("group.key", b"0123456789abcdef", 0o640);
+    let c = load(&with_key(&group), &Cli::default()).unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert!(c.warnings[0].contains("group"), "{:?}", c.warnings);
+
+    for (name, contents) in [("empty.key", &b""[..]), ("blank.key", &b" \n\r\n\t"[..])] {
+        let p = dir.file(name, contents, 0o600);
+        let e = load(&with_key(&p), &Cli::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::BadKey { .. }));
+        assert!(e.to_string().contains("empty"), "{e}");
+    }
+
+    let short = dir.file("short.key", b"abc\n", 0o600);
+    let c = load(&with_key(&short), &Cli::default()).unwrap();
+    assert_eq!(c.key.len(), 3);
+    assert!(c.warnings[0].contains("only 3 bytes"), "{:?}", c.warnings);
+
+    let huge = dir.file(
+        "huge.key",
+        &vec![b'k'; MAX_KEY_FILE_LEN as usize + 1],
+        0o600,
+    );
+    assert!(matches!(
+        load(&with_key(&huge), &Cli::default()),
+        Err(ConfigError::BadKey { .. })
+    ));
+
+    let subdir = dir.0.join("key-dir");
+    fs::create_dir(&subdir).unwrap();
+    fs::set_permissions(&subdir, fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(matches!(
+        load(&with_key(&subdir), &Cli::default()),
+        Err(ConfigError::BadKey { .. })
+    ));
+
+    // Raw binary keys keep all their bytes except trailing whitespace.
+    let binary = dir.file("binary.key", &[0, 1, 2, 0xFF, b'\n', 7, b' '], 0o600);
+    assert_eq!(
+        load(&with_key(&binary), &Cli::default()).unwrap().key.len(),
+        6
+    );
+}
+
+#[test]
+fn topic_patterns() {
+    let cases = [
+        ("*", "", true),
+        ("*", "anything.at.all", true),
+        ("imu", "imu", true),
+        ("imu", "imu2", false),
+        ("imu*", "imu", true),
+        ("imu*", "imu.raw", true),
+        ("*raw", "imu.raw", true),
+        ("*raw", "imu.raw.x", false),
+        ("i?u", "imu", true),
+        ("i?u", "iu", false),
+        ("a*b*c", "axxbyyc", true),
+        ("a*b*c", "axxbyy", false),
+        ("*.*", "a.b", true),
+        ("*.*", "ab", false),
+        ("**x", "x", true),
+        ("?é?", "aéb", true),
+        ("?", "é", true),
+    ];
+    for (pattern, topic, expected) in cases {
+        assert_eq!(
+            TopicPattern::new(pattern).unwrap().matches(topic),
+            expected,
+            "{pattern:?} vs {topic:?}"
+        );
+    }
+    // Backtracking stays linear-ish on a hostile pattern.
+    let p = TopicPattern::new(&format!("{}b", "a*".repeat(100))).unwrap();
+    assert!(!p.matches(&"a".repeat(200)));
+    for bad in ["", "a/b", "tab\there"] {
+        assert!(TopicPattern::new(bad).is_err(), "{bad:?}");
+    }
+    assert!(TopicPattern::new(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size("4096").unwrap(), 4096);
+    assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+    assert_eq!(parse_size("3MiB").unwrap(), 3 << 20);
+    assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+    for bad in ["", "K", "1T", "-1", "1.5M", "99999999999999999999G"] {
+        assert!(parse_size(bad).is_err(), "{bad:?}");
+    }
+}

@@ -1,0 +1,459 @@
+//! The bridge daemon: listener, dialers, one sender and one receiver thread
+//! per connection, and the state kept per peer across reconnects.
+//!
+//! # Threads
+//!
+//! - the catalog thread rescans the bus for exportable rings every 100 ms
+//!   (and rewrites the stats file every second, if configured);
+//! - the listener accepts connections (loopback by default); each gets a
+//!   thread that runs the handshake and then the connection;
+//! - one dialer thread per configured peer connects, runs the connection,
+//!   and reconnects with exponential backoff;
+//! - a connection runs two threads: the *sender* writes every frame
+//!   (ANNOUNCE, DATA from the local rings, GAP, END, HEARTBEAT, and the ACKs
+//!   and SUBSCRIBEs of the import side); the *receiver* reads every frame
+//!   (DATA into replica rings, the peer's SUBSCRIBE and ACK for exports).
+//!   They talk through a [`link::Link`].
+//!
+//! # State per peer
+//!
+//! A peer (keyed by the authenticated node name) owns, for the daemon's
+//! lifetime, the export readers (one [`RawReader`](shmbus_bus::RawReader)
+//! per exported ring: tethered ones keep unacknowledged data across a
+//! reconnect) and the import replicas (one
+//! [`ReplicaWriter`](shmbus_bus::ReplicaWriter) per remote publisher). One
+//! connection at a time leases them; a newer connection from the same peer
+//! takes over from a stale one. If two bridges dial each other, the
+//! connection initiated by the node with the smaller name is kept.
+//!
+//! A peer that fails the handshake gets nothing and is logged with the
+//! reason; a peer that breaks the protocol after it gets an ERROR frame and
+//! is disconnected. Neither affects other peers' connections.
+
+pub mod backoff;
+pub mod catalog;
+mod conn;
+mod export;
+mod import;
+pub mod link;
+pub mod naming;
+pub mod replica;
+pub mod stats;
+
+use std::{
+    collections::HashMap,
+    io,
+    net::{SocketAddr, TcpListener, ToSocketAddrs},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Condvar, Mutex,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    config::{Config, PeerConfig},
+    log,
+    proto::handshake::Role,
+};
+
+use self::{
+    backoff::Backoff,
+    catalog::{Catalog, SCAN_INTERVAL},
+    export::ExportSet,
+    import::ImportSet,
+    link::Link,
+    stats::{PeerStats, Stats},
+};
+
+/// Connections accepted but not yet authenticated, at most; more are closed
+/// at once (a flood of idle connections cannot exhaust threads).
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// Shortest reconnect delay.
+pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// Longest reconnect delay.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The listen address could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source} (is another bridge running, or is the address wrong?)"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Spawn(#[source] io::Error),
+}
+
+/// State shared by all threads of the daemon.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    stop: AtomicBool,
+    pub(crate) catalog: Catalog,
+    pub(crate) stats: Stats,
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    pending: AtomicUsize,
+    connections: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Whether the daemon is shutting down.
+    pub(crate) fn stopping(&self) -> bool {
+        // Relaxed: a flag polled by every loop; it publishes no data.
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// The stop flag, for readers that poll it.
+    pub(crate) fn stop_flag(&self) -> &AtomicBool {
+        &self.stop
+    }
+
+    fn peer(&self, name: &str) -> Arc<Peer> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(peers.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(Peer {
+                name: name.to_owned(),
+                slot: Mutex::new(PeerSlot::default()),
+                cv: Condvar::new(),
+                stats: self.stats.peer(name),
+            })
+        }))
+    }
+
+    /// Sleeps up to `d`, waking early on shutdown; false if shutting down.
+    fn sleep(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        while !self.stopping() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            thread::sleep(left.min(Duration::from_millis(50)));
+        }
+        false
+    }
+}
+
+/// One authenticated peer, for the daemon's lifetime.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) name: String,
+    slot: Mutex<PeerSlot>,
+    cv: Condvar,
+    pub(crate) stats: Arc<PeerStats>,
+}
+
+#[derive(Debug, Default)]
+struct PeerSlot {
+    /// The connection leasing the streams, and the node that initiated it.
+    active: Option<(Arc<Link>, String)>,
+    exports: ExportSet,
+    imports: ImportSet,
+}
+
+/// Outcome of [`Peer::acquire`].
+enum Lease {
+    Granted(ExportSet, ImportSet),
+    /// Another healthy connection with this peer wins the tie-break.
+    Duplicate,
+    /// The old connection did not let go in time, or shutdown.
+    Busy,
+}
+
+impl Peer {
+    /// Leases the peer's streams to a new connection initiated by
+    /// `initiator`, taking over from the current one unless that one wins
+    /// the tie-break (the smaller initiator name, when the two were opened
+    /// from different sides).
+    fn acquire(&self, shared: &Shared, link: &Arc<Link>, initiator: &str) -> Lease {
+        let deadline = Instant::now() + shared.config.peer_timeout + Duration::from_secs(10);
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((old, old_initiator)) = &slot.active {
+            if old_initiator != initiator && old_initiator.as_str() < initiator && !old.stopping() {
+                return Lease::Duplicate;
+            }
+            old.close("replaced by a newer connection from the same peer", false);
+            if Instant::now() > deadline || shared.stopping() {
+                return Lease::Busy;
+            }
+            slot = self
+                .cv
+                .wait_timeout(slot, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        slot.active = Some((Arc::clone(link), initiator.to_owned()));
+        Lease::Granted(
+            std::mem::take(&mut slot.exports),
+            std::mem::take(&mut slot.imports),
+        )
+    }
+
+    /// Returns the streams after a connection ended.
+    fn release(&self, exports: ExportSet, imports: ImportSet) {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        slot.exports = exports;
+        slot.imports = imports;
+        slot.active = None;
+        self.cv.notify_all();
+    }
+}
+
+/// A running bridge daemon (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    shared: Arc<Shared>,
+}
+
+impl Daemon {
+    /// A daemon for `config`; nothing runs until [`Daemon::run`].
+    pub fn new(config: Config) -> Self {
+        let stats = Stats::new(&config.node_name);
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                stop: AtomicBool::new(false),
+                catalog: Catalog::new(),
+                stats,
+                peers: Mutex::new(HashMap::new()),
+                pending: AtomicUsize::new(0),
+                connections: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Asks [`Daemon::run`] to return: connections send ERROR(shutdown) to
+    /// their peers and close, rings and subscriber slots are released.
+    pub fn shutdown(&self) {
+        // Relaxed: see `Shared::stopping`.
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// The counters as text (see [`stats`]).
+    pub fn stats_text(&self) -> String {
+        self.shared.stats.render()
+    }
+
+    /// Writes the counters to the configured stats file, if any.
+    pub fn write_stats_file(&self) {
+        if let Some(path) = &self.shared.config.stats_file {
+            if let Err(e) = self.shared.stats.write_file(path) {
+                log::warning!("cannot write stats file {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Runs until [`Daemon::shutdown`]: listens, dials, forwards.
+    ///
+    /// # Errors
+    ///
+    /// [`DaemonError`] if the listen address cannot be bound or a thread
+    /// cannot start; errors of single connections are logged, not returned.
+    pub fn run(&self) -> Result<(), DaemonError> {
+        let shared = &self.shared;
+        let listener = match shared.config.listen {
+            Some(addr) => {
+                let l =
+                    TcpListener::bind(addr).map_err(|source| DaemonError::Bind { addr, source })?;
+                let local = l.local_addr().unwrap_or(addr);
+                log::info!("listening on {local}");
+                l.set_nonblocking(true)
+                    .map_err(|source| DaemonError::Bind { addr, source })?;
+                Some(l)
+            }
+            None => None,
+        };
+        shared.catalog.scan(&shared.config);
+        let mut threads = Vec::new();
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .map_err(DaemonError::Spawn)
+        };
+        let s = Arc::clone(shared);
+        let d = self.clone();
+        threads.push(spawn(
+            "catalog".into(),
+            Box::new(move || catalog_loop(&s, &d)),
+        )?);
+        if let Some(l) = listener {
+            let s = Arc::clone(shared);
+            threads.push(spawn(
+                "listener".into(),
+                Box::new(move || listen_loop(&s, &l)),
+            )?);
+        }
+        for peer in shared.config.peers.clone() {
+            let s = Arc::clone(shared);
+            threads.push(spawn(
+                format!("dial-{}", peer.name),
+                Box::new(move || dial_loop(&s, &peer)),
+            )?);
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        // The listener has stopped, so no connection thread is added now.
+        let conns =
+            std::mem::take(&mut *shared.connections.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in conns {
+            let _ = t.join();
+        }
+        // Drop every reader and replica: leaves subscriber slots, closes replicas.
+        shared
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        log::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Hold and end-marker files of replicas older than this are removed (see
+/// [`replica::expire_markers`]): a bridge down for longer resumes its
+/// streams from the sender's oldest data instead.
+pub const MARKER_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+fn catalog_loop(shared: &Shared, daemon: &Daemon) {
+    let mut last_stats = Instant::now();
+    let mut last_expiry: Option<Instant> = None;
+    while shared.sleep(SCAN_INTERVAL) {
+        shared.catalog.scan(&shared.config);
+        if last_stats.elapsed() >= Duration::from_secs(1) {
+            daemon.write_stats_file();
+            last_stats = Instant::now();
+        }
+        if last_expiry.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            expire_markers(&shared.config);
+            last_expiry = Some(Instant::now());
+        }
+    }
+}
+
+fn expire_markers(config: &Config) {
+    let Ok(topics) = std::fs::read_dir(config.root.join(&config.bus)) else {
+        return;
+    };
+    for t in topics.flatten() {
+        let Ok(topic) = t.file_name().into_string() else {
+            continue;
+        };
+        if shmbus_bus::validate_name("topic", &topic).is_ok() && config.imports_topic(&topic) {
+            let n = replica::expire_markers(&t.path(), MARKER_EXPIRY);
+            if n > 0 {
+                log::info!("removed {n} expired replica markers in topic {topic}");
+            }
+        }
+    }
+}
+
+fn listen_loop(shared: &Arc<Shared>, listener: &TcpListener) {
+    while !shared.stopping() {
+        match listener.accept() {
+            Ok((stream, addr)) => {
+                // Relaxed: a counter bounding resource use; it orders nothing.
+                if shared.pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
+                    shared.pending.fetch_sub(1, Ordering::Relaxed);
+                    shared.stats.rejected_connections.add(1);
+                    log::warning!("refused connection from {addr}: {MAX_PENDING_HANDSHAKES} handshakes already pending");
+                    continue;
+                }
+                let s = Arc::clone(shared);
+                let spawned =
+                    thread::Builder::new()
+                        .name(format!("conn-{addr}"))
+                        .spawn(move || {
+                            let _ = stream.set_nonblocking(false);
+                            conn::serve(&s, stream, addr, Role::Acceptor, None);
+                        });
+                match spawned {
+                    Ok(h) => {
+                        let mut conns =
+                            shared.connections.lock().unwrap_or_else(|e| e.into_inner());
+                        conns.retain(|h| !h.is_finished());
+                        conns.push(h);
+                    }
+                    Err(e) => {
+                        // Relaxed: as above.
+                        shared.pending.fetch_sub(1, Ordering::Relaxed);
+                        log::error!("cannot start a thread for {addr}: {e}");
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let _ = crate::io::socket::poll_once(
+                    std::os::fd::AsRawFd::as_raw_fd(listener),
+                    libc::POLLIN,
+                    Duration::from_millis(100),
+                );
+            }
+            Err(e) => {
+                log::warning!("accept failed: {e}");
+                shared.sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn dial_loop(shared: &Arc<Shared>, peer: &PeerConfig) {
+    let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
+    let mut failures = 0u32;
+    while !shared.stopping() {
+        let addr = match peer.address.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => Some(a),
+            Ok(None) => None,
+            Err(e) => {
+                log_dial_failure(failures, &peer.name, &peer.address, &e.to_string());
+                None
+            }
+        };
+        let mut worked = false;
+        if let Some(addr) = addr {
+            match std::net::TcpStream::connect_timeout(&addr, shared.config.peer_timeout) {
+                Ok(stream) => {
+                    // Relaxed: as in `listen_loop`.
+                    shared.pending.fetch_add(1, Ordering::Relaxed);
+                    let outcome =
+                        conn::serve(shared, stream, addr, Role::Initiator, Some(&peer.name));
+                    worked = outcome.authenticated && outcome.lasted > Duration::from_secs(1);
+                    failures = if outcome.authenticated {
+                        0
+                    } else {
+                        failures + 1
+                    };
+                }
+                Err(e) => {
+                    log_dial_failure(failures, &peer.name, &peer.address, &e.to_string());
+                    failures += 1;
+                }
+            }
+        }
+        if worked {
+            backoff.reset();
+        }
+        let mut jitter = [0u8; 2];
+        let _ = crate::io::random::fill(&mut jitter);
+        shared.sleep(backoff.next_delay(u16::from_le_bytes(jitter)));
+    }
+}
+
+fn log_dial_failure(failures: u32, name: &str, address: &str, why: &str) {
+    if failures == 0 {
+        log::warning!("cannot connect to peer {name} at {address}: {why}; retrying with backoff");
+    } else {
+        log::debug!("cannot connect to peer {name} at {address}: {why}");
+    }
+}

@@ -1,0 +1,162 @@
+//! File names of replica rings and the bridge's marker files, sans-IO.
+//!
+//! A remote publisher `P` of peer `N` is mirrored into the local topic
+//! directory as `<stem>.<epoch>.ring`, where the stem is `N.P` (or hashed
+//! parts when that would not be a valid name of at most 96 bytes with room
+//! for the epoch), and the epoch counts the replicas made for that stream:
+//! a new one after a gap or a bridge restart. Local subscribers of the topic
+//! read it like any local publisher's ring.
+//!
+//! Beside it the bridge keeps hidden files that subscribers and sweeps
+//! ignore:
+//!
+//! - `.<stem>.<epoch>.hold`: a hard link to the replica ring. When the
+//!   bridge dies, subscribers drain the ring and remove its name; the link
+//!   keeps the ring (and its exact tail, the position to resume from)
+//!   until the restarted bridge has made the next epoch.
+//! - `.<stem>.ended`: the remote publisher finished and everything was
+//!   received; a bridge that sees the stream announced again (the sender
+//!   restarted before its ring was removed) does not import it twice.
+
+use sha2::{Digest, Sha256};
+use shmbus_bus::{validate_name, MAX_NAME_LEN};
+
+/// Room kept in a replica name for `.<epoch>` (a `u64` in decimal).
+const EPOCH_ROOM: usize = 1 + 20;
+/// Longest peer name used verbatim in a hashed stem.
+const MAX_PEER_PART: usize = 32;
+
+/// The stem of the replica names of `publisher` from peer `peer`.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_bridge::daemon::naming::replica_stem;
+/// assert_eq!(replica_stem("base", "p-12-0"), "base.p-12-0");
+/// assert!(replica_stem("base", &"x".repeat(90)).starts_with("base.h"));
+/// assert!(replica_stem("bad/name", "p").starts_with('h'));
+/// ```
+pub fn replica_stem(peer: &str, publisher: &str) -> String {
+    let plain = format!("{peer}.{publisher}");
+    if plain.len() + EPOCH_ROOM <= MAX_NAME_LEN && validate_name("replica", &plain).is_ok() {
+        return plain;
+    }
+    let peer_part = if peer.len() <= MAX_PEER_PART && validate_name("peer", peer).is_ok() {
+        peer.to_owned()
+    } else {
+        hashed(peer)
+    };
+    format!("{peer_part}.{}", hashed(publisher))
+}
+
+fn hashed(s: &str) -> String {
+    let digest = Sha256::digest(s.as_bytes());
+    let mut out = String::with_capacity(17);
+    out.push('h');
+    for b in &digest[..8] {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The publisher id (ring file stem) of epoch `epoch`.
+pub fn replica_id(stem: &str, epoch: u64) -> String {
+    format!("{stem}.{epoch}")
+}
+
+/// The hold file name of a replica id.
+pub fn hold_name(replica_id: &str) -> String {
+    format!(".{replica_id}.hold")
+}
+
+/// The end-marker file name of a stem.
+pub fn ended_name(stem: &str) -> String {
+    format!(".{stem}.ended")
+}
+
+/// What a file in a topic directory is, for a given stem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// `<stem>.<epoch>.ring`.
+    Ring(u64),
+    /// `.<stem>.<epoch>.hold`.
+    Hold(u64),
+}
+
+/// Classifies `file_name` for `stem`; `None` if it belongs to another
+/// stream or is not a bridge file.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_bridge::daemon::naming::{classify, Entry};
+/// assert_eq!(classify("n.p.7.ring", "n.p"), Some(Entry::Ring(7)));
+/// assert_eq!(classify(".n.p.7.hold", "n.p"), Some(Entry::Hold(7)));
+/// assert_eq!(classify("n.p.7.8.ring", "n.p"), None); // stem "n.p.7"
+/// ```
+pub fn classify(file_name: &str, stem: &str) -> Option<Entry> {
+    let epoch = |rest: &str| -> Option<u64> {
+        let digits = rest.strip_prefix(stem)?.strip_prefix('.')?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    };
+    if let Some(rest) = file_name.strip_suffix(".ring") {
+        return epoch(rest).map(Entry::Ring);
+    }
+    let rest = file_name.strip_prefix('.')?.strip_suffix(".hold")?;
+    epoch(rest).map(Entry::Hold)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stems_are_valid_names_with_room_for_the_epoch() {
+        let long = "p".repeat(MAX_NAME_LEN);
+        let cases = [
+            ("n", "p-1-0"),
+            ("node.with.dots", "label-123-4"),
+            (&*"n".repeat(200), "p"),
+            ("n", &*long),
+            ("ünïcode", "p"),
+            ("a/b", "../x"),
+        ];
+        for (peer, publisher) in cases {
+            let stem = replica_stem(peer, publisher);
+            let id = replica_id(&stem, u64::MAX);
+            assert!(id.len() <= MAX_NAME_LEN, "{id}");
+            validate_name("replica", &id).unwrap();
+            assert_eq!(
+                classify(&format!("{id}.ring"), &stem),
+                Some(Entry::Ring(u64::MAX))
+            );
+            assert_eq!(
+                classify(&hold_name(&id), &stem),
+                Some(Entry::Hold(u64::MAX))
+            );
+            // Deterministic, so a restarted bridge finds its files again.
+            assert_eq!(stem, replica_stem(peer, publisher));
+        }
+        assert_ne!(replica_stem("n", &long), replica_stem("n", &long[1..]));
+    }
+
+    #[test]
+    fn classify_rejects_other_files() {
+        for name in [
+            "n.p.ring",
+            "n.p..ring",
+            "n.p.x.ring",
+            "n.p.1.ring.tmp",
+            ".n.p.1.ring.tmp",
+            "n.p.1.hold",
+            ".n.p.ended",
+            "m.p.1.ring",
+            "n.p.99999999999999999999999.ring",
+        ] {
+            assert_eq!(classify(name, "n.p"), None, "{name}");
+        }
+    }
+}

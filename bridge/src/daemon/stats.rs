@@ -1,0 +1,253 @@
+//! Counters of the daemon, per peer and per stream, and their text form.
+//!
+//! The text is one record per line, `key=value` pairs separated by spaces,
+//! so scripts and tests parse it with a split; the first word says what the
+//! line describes:
+//!
+//! ```text
+//! bridge node=alpha uptime_ms=5012 handshake_failures=3 rejected_connections=0
+//! peer name=beta connected=1 connections=2 reconnects=1 protocol_errors=0 bytes_sent=... bytes_received=... zc_completed_ids=... zc_copied_ids=... zc_switched_to_plain=...
+//! stream peer=beta dir=out topic=imu publisher=p-7-0 bytes=... messages=... frames=... zc_sends=... plain_sends=... enobufs=... gaps=... gap_bytes=... position=... peer_tail=...
+//! ```
+//!
+//! `dir=out` streams are exported (sent), `dir=in` imported (received);
+//! `peer_tail` of an imported stream is the sender's tail from its last
+//! HEARTBEAT. Values are cumulative since the daemon started.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Instant,
+};
+
+/// Direction of a stream relative to this bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dir {
+    /// Exported: read from a local ring, sent to the peer.
+    Out,
+    /// Imported: received from the peer into a replica ring.
+    In,
+}
+
+impl Dir {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Out => "out",
+            Self::In => "in",
+        }
+    }
+}
+
+/// A counter: `Relaxed` everywhere, since counters publish no other data and
+/// readers only need an eventually consistent value.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        // Relaxed: see the type docs.
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets the value (for gauges such as positions).
+    pub fn set(&self, n: u64) {
+        // Relaxed: see the type docs.
+        self.0.store(n, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        // Relaxed: see the type docs.
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of one peer.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    /// Whether a connection is established now.
+    pub connected: AtomicBool,
+    /// Authenticated connections so far.
+    pub connections: Counter,
+    /// Connections that ended with a protocol error (either side's).
+    pub protocol_errors: Counter,
+    /// Bytes written to the peer.
+    pub bytes_sent: Counter,
+    /// Bytes read from the peer.
+    pub bytes_received: Counter,
+    /// Zero-copy send ids completed by the kernel.
+    pub zc_completed_ids: Counter,
+    /// Of those, ids the kernel flagged COPIED (deferred copy: no gain).
+    pub zc_copied_ids: Counter,
+    /// Connections switched to plain sends because completions came back COPIED.
+    pub zc_switched_to_plain: Counter,
+}
+
+/// Counters of one stream.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Ring bytes sent or received (DATA payloads).
+    pub bytes: Counter,
+    /// Data records sent or received.
+    pub messages: Counter,
+    /// DATA frames.
+    pub frames: Counter,
+    /// `sendmsg` calls with `MSG_ZEROCOPY` (out).
+    pub zc_sends: Counter,
+    /// Plain `sendmsg` calls: small sends, switched-off zero-copy, fallbacks (out).
+    pub plain_sends: Counter,
+    /// Zero-copy calls refused with `ENOBUFS` and sent plainly (out).
+    pub enobufs: Counter,
+    /// Gaps sent (out) or received (in).
+    pub gaps: Counter,
+    /// Bytes lost in those gaps.
+    pub gap_bytes: Counter,
+    /// Next position to send (out) or the replica's position (in).
+    pub position: Counter,
+    /// The sender's tail from its heartbeat (in) or the ring's tail (out).
+    pub peer_tail: Counter,
+}
+
+type StreamKey = (String, Dir, String, String);
+
+/// All counters of a daemon.
+#[derive(Debug)]
+pub struct Stats {
+    node: String,
+    started: Instant,
+    /// Connections whose handshake failed (bad key, version, garbage, timeout).
+    pub handshake_failures: Counter,
+    /// Connections turned away before the handshake (too many pending).
+    pub rejected_connections: Counter,
+    peers: Mutex<BTreeMap<String, Arc<PeerStats>>>,
+    streams: Mutex<BTreeMap<StreamKey, Arc<StreamStats>>>,
+}
+
+impl Stats {
+    /// Empty counters for node `node`.
+    pub fn new(node: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+            started: Instant::now(),
+            handshake_failures: Counter::default(),
+            rejected_connections: Counter::default(),
+            peers: Mutex::new(BTreeMap::new()),
+            streams: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The counters of `peer` (created on first use).
+    pub fn peer(&self, peer: &str) -> Arc<PeerStats> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(peers.entry(peer.to_owned()).or_default())
+    }
+
+    /// The counters of a stream (created on first use).
+    pub fn stream(&self, peer: &str, dir: Dir, topic: &str, publisher: &str) -> Arc<StreamStats> {
+        let key = (peer.to_owned(), dir, topic.to_owned(), publisher.to_owned());
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(streams.entry(key).or_default())
+    }
+
+    /// The text form (see the module docs).
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "bridge node={} uptime_ms={} handshake_failures={} rejected_connections={}",
+            self.node,
+            self.started.elapsed().as_millis(),
+            self.handshake_failures.get(),
+            self.rejected_connections.get()
+        );
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, p) in peers.iter() {
+            let connections = p.connections.get();
+            let _ = writeln!(
+                s,
+                "peer name={name} connected={} connections={connections} reconnects={} protocol_errors={} bytes_sent={} bytes_received={} zc_completed_ids={} zc_copied_ids={} zc_switched_to_plain={}",
+                // Relaxed: a display value.
+                u8::from(p.connected.load(Ordering::Relaxed)),
+                connections.saturating_sub(1),
+                p.protocol_errors.get(),
+                p.bytes_sent.get(),
+                p.bytes_received.get(),
+                p.zc_completed_ids.get(),
+                p.zc_copied_ids.get(),
+                p.zc_switched_to_plain.get(),
+            );
+        }
+        drop(peers);
+        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        for ((peer, dir, topic, publisher), c) in streams.iter() {
+            let _ = writeln!(
+                s,
+                "stream peer={peer} dir={} topic={topic} publisher={publisher} bytes={} messages={} frames={} zc_sends={} plain_sends={} enobufs={} gaps={} gap_bytes={} position={} peer_tail={}",
+                dir.as_str(),
+                c.bytes.get(),
+                c.messages.get(),
+                c.frames.get(),
+                c.zc_sends.get(),
+                c.plain_sends.get(),
+                c.enobufs.get(),
+                c.gaps.get(),
+                c.gap_bytes.get(),
+                c.position.get(),
+                c.peer_tail.get(),
+            );
+        }
+        s
+    }
+
+    /// Writes [`Self::render`] to `path` atomically (a temporary file renamed
+    /// over it).
+    ///
+    /// # Errors
+    ///
+    /// The file-system error.
+    pub fn write_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, self.render())?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_is_key_value_lines() {
+        let s = Stats::new("alpha");
+        let p = s.peer("beta");
+        p.connections.add(2);
+        let st = s.stream("beta", Dir::Out, "imu", "p-1-0");
+        st.bytes.add(4096);
+        st.gaps.add(1);
+        let text = s.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("bridge node=alpha "));
+        assert!(lines[1].contains(" connections=2 reconnects=1 "), "{text}");
+        assert!(
+            lines[2].starts_with("stream peer=beta dir=out topic=imu publisher=p-1-0 bytes=4096 ")
+        );
+        assert!(lines[2].contains(" gaps=1 "));
+        for line in &lines {
+            for kv in line.split(' ').skip(1) {
+                assert!(kv.split_once('=').is_some(), "{kv}");
+            }
+        }
+        // Same key, same counters.
+        assert!(Arc::ptr_eq(
+            &st,
+            &s.stream("beta", Dir::Out, "imu", "p-1-0")
+        ));
+    }
+}
