@@ -17,6 +17,9 @@ use crate::{codec, Bus, Checkable, Error, Result};
 /// empty polls, and after every sleep of a blocking wait.
 const RESCAN_POLLS: u32 = 1 << 12;
 
+/// How often a blocked subscriber of a topic without publishers looks for one.
+const NO_PUBLISHER_POLL: Duration = Duration::from_millis(5);
+
 /// Something that happened to a topic, besides messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicEvent {
@@ -432,9 +435,15 @@ where
         if self.find_ready()?.is_some() {
             return Ok(true);
         }
-        let slice = deadline.map_or(bus::MAX_SLEEP, |d| {
-            d.saturating_duration_since(Instant::now())
-                .min(bus::MAX_SLEEP)
+        // With no publisher yet there is nothing to sleep on: look for one
+        // every few milliseconds (a `stat` each) instead of every slice.
+        let max = if self.sources.is_empty() {
+            NO_PUBLISHER_POLL
+        } else {
+            bus::MAX_SLEEP
+        };
+        let slice = deadline.map_or(max, |d| {
+            d.saturating_duration_since(Instant::now()).min(max)
         });
         let readers: Vec<&RingReader> = self.sources.iter().map(|s| &s.reader).collect();
         let ready = bus::wait_any(&readers, self.wait, Some(slice));

@@ -13,7 +13,12 @@
 //!    sends `--count` small typed messages (default 2 million), every
 //!    subscriber receives all of them (two read in place one by one, one in
 //!    batches) and checks order and content;
-//! 2. latency: ping-pong between two processes that busy-spin; one-way
+//! 2. bridge hop over loopback: two `shmbus-bridge` daemons (run as
+//!    processes of this binary through the bridge library) carry a topic from
+//!    this bus to a second bus root, the "remote host", over 127.0.0.1; a
+//!    subscriber there reads the publisher's messages in place and reports
+//!    messages/s and the latency the hop adds;
+//! 3. latency: ping-pong between two processes that busy-spin; one-way
 //!    latency is half the measured round trip.
 //!
 //! Topics are named after the orchestrator's pid, so runs never collide; the
@@ -89,6 +94,7 @@ fn main() -> ExitCode {
                     "publisher" => run_publisher(args),
                     "subscriber" => run_subscriber(args),
                     "ping" => run_ping(args),
+                    "bridge" => run_bridge(args),
                     "pong" => run_pong(args),
                     other => Err(format!("unknown role {other:?}").into()),
                 }
@@ -123,13 +129,6 @@ struct Stage {
 }
 
 /// The demo's stages, run in order.
-///
-/// The bridge hop over loopback is the next stage to add, together with
-/// `shmbus-bridge`: a `stage_bridge_hop` that starts an exporting and an
-/// importing bridge on 127.0.0.1, publishes on this bus, subscribes on a
-/// second bus root fed by the importer, and reports messages/s and the
-/// latency the hop adds. It goes between the throughput stages and `latency`:
-/// `Stage { name: "bridge hop over loopback", run: stage_bridge_hop }`.
 const STAGES: &[Stage] = &[
     Stage {
         name: "throughput: 1 publisher -> 3 subscribers, send_batch of 64",
@@ -138,6 +137,10 @@ const STAGES: &[Stage] = &[
     Stage {
         name: "throughput: 1 publisher -> 3 subscribers, one send per message",
         run: stage_throughput_single,
+    },
+    Stage {
+        name: "bridge hop over loopback: publisher -> bridge -> TCP -> bridge -> subscriber",
+        run: stage_bridge_hop,
     },
     Stage {
         name: "latency: ping-pong between 2 processes, busy-spin",
@@ -172,7 +175,7 @@ fn orchestrate(mut args: Args) -> Result<()> {
             break;
         }
     }
-    for suffix in ["ticks", "ticks1", "ping", "pong"] {
+    for suffix in ["ticks", "ticks1", "bridged", "ping", "pong"] {
         if let Ok(dir) = bus.topic_dir(&format!("{}-{suffix}", demo.run)) {
             // Rings are removed by their owners; a sweep catches what a killed
             // process left, and only an empty directory is removed.
@@ -209,10 +212,21 @@ struct Relayed {
 }
 
 fn spawn(demo: &Demo, label: &str, args: &[&str]) -> Result<Relayed> {
-    let mut child = Command::new(std::env::current_exe()?)
+    spawn_with(demo, label, args, None)
+}
+
+/// Like [`spawn`]; `root` sets `SHMBUS_ROOT` for the child (another "host"),
+/// and the child's stdin is a pipe it may watch for the orchestrator's EOF.
+fn spawn_with(demo: &Demo, label: &str, args: &[&str], root: Option<&str>) -> Result<Relayed> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
         .args(args)
         .stdout(Stdio::piped())
-        .spawn()?;
+        .stdin(Stdio::piped());
+    if let Some(root) = root {
+        command.env(shmbus_bus::ROOT_ENV, root);
+    }
+    let mut child = command.spawn()?;
     demo.children
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -309,7 +323,188 @@ fn stage_latency(demo: &Demo) -> Result<()> {
     wait_all(vec![ping_proc, pong_proc])
 }
 
+/// Two bridge daemons between this bus and a second root (the remote host)
+/// over 127.0.0.1; a publisher here, a subscriber there.
+fn stage_bridge_hop(demo: &Demo) -> Result<()> {
+    let topic = format!("{}-bridged", demo.run);
+    let remote_root = format!("/dev/shm/shmbus-demo-remote-{}", std::process::id());
+    let key = format!("/dev/shm/shmbus-demo-{}.key", std::process::id());
+    let cleanup = || {
+        let _ = std::fs::remove_dir_all(&remote_root);
+        let _ = std::fs::remove_file(&key);
+    };
+    let result = (|| -> Result<()> {
+        write_key(&key)?;
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let local_root = Bus::open_default()?.root().display().to_string();
+        let count = (demo.count / 4).to_string();
+        // Importer on the "remote host" listens; the exporter dials it.
+        let importer = spawn_with(
+            demo,
+            "bridge remote",
+            &[
+                "bridge",
+                "--node",
+                "remote",
+                "--root",
+                &remote_root,
+                "--listen",
+                &listen,
+                "--import",
+                &topic,
+                "--key",
+                &key,
+            ],
+            None,
+        )?;
+        let export = format!("{topic}:tethered");
+        let peer = format!("remote={listen}");
+        let exporter = spawn_with(
+            demo,
+            "bridge local",
+            &[
+                "bridge",
+                "--node",
+                "local",
+                "--root",
+                &local_root,
+                "--listen",
+                "off",
+                "--peer",
+                &peer,
+                "--export",
+                &export,
+                "--key",
+                &key,
+            ],
+            None,
+        )?;
+        let subscriber = spawn_with(
+            demo,
+            "remote sub",
+            &[
+                "subscriber",
+                "--topic",
+                &topic,
+                "--count",
+                &count,
+                "--index",
+                "1",
+                "--mode",
+                "recv",
+            ],
+            Some(&remote_root),
+        )?;
+        // The exporting bridge's reader is the one subscriber the publisher waits for.
+        let publisher = spawn(
+            demo,
+            "publisher",
+            &[
+                "publisher",
+                "--topic",
+                &topic,
+                "--count",
+                &count,
+                "--subscribers",
+                "1",
+                "--batch",
+                "64",
+                "--stamp",
+                "true",
+                "--settle-ms",
+                "300",
+            ],
+        )?;
+        let pubsub = wait_all(vec![publisher, subscriber]);
+        // Closing their stdin stops the bridges; they print their counters.
+        let bridges = wait_all(vec![exporter, importer]);
+        pubsub.and(bridges)
+    })();
+    cleanup();
+    result
+}
+
+fn write_key(path: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(hex.as_bytes())?;
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 // ---------------------------------------------------------------- processes
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A bridge daemon, through the `shmbus-bridge` library: runs until the
+/// orchestrator closes our stdin, then prints its counters.
+fn run_bridge(mut args: Args) -> Result<()> {
+    let node: String = args.req("node")?;
+    let root: String = args.req("root")?;
+    let listen: String = args.req("listen")?;
+    let key: String = args.req("key")?;
+    let peer: Option<String> = args.opt("peer")?;
+    let export: Option<String> = args.opt("export")?;
+    let import: Option<String> = args.opt("import")?;
+    args.finish()?;
+    let mut argv = vec![
+        "shmbus-bridge".to_string(),
+        "--node-name".into(),
+        node,
+        "--root".into(),
+        root,
+        "--listen".into(),
+        listen,
+        "--key-file".into(),
+        key,
+        "--log-level".into(),
+        "warn".into(),
+    ];
+    for (flag, value) in [("--peer", peer), ("--export", export), ("--import", import)] {
+        if let Some(v) = value {
+            argv.push(flag.into());
+            argv.push(v);
+        }
+    }
+    let cli = <shmbus_bridge::config::Cli as clap::Parser>::try_parse_from(argv)?;
+    let config = shmbus_bridge::config::Config::load(&cli)?;
+    let daemon = shmbus_bridge::daemon::Daemon::new(config);
+    let stopper = daemon.clone();
+    thread::spawn(move || {
+        // EOF on stdin: the orchestrator is done with us.
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        stopper.shutdown();
+    });
+    daemon.run()?;
+    for line in daemon.stats_text().lines() {
+        if line.starts_with("stream") || line.starts_with("peer") {
+            say(line);
+        }
+    }
+    Ok(())
+}
 
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
@@ -326,9 +521,15 @@ fn run_publisher(mut args: Args) -> Result<()> {
     let count: u64 = args.req("count")?;
     let subscribers: usize = args.req("subscribers")?;
     let batch: usize = args.or("batch", 1)?;
+    let stamp: bool = args.or("stamp", false)?;
+    let settle_ms: u64 = args.or("settle-ms", 0)?;
     args.finish()?;
     let bus = Bus::open_default()?;
     let mut publisher = bus.publisher::<Tick>(&topic)?;
+    let tick = |seq| Tick {
+        sent_ns: if stamp { monotonic_ns() } else { 0 },
+        ..Tick::new(seq)
+    };
     say(&format!(
         "pid {}: ring {}, {} KiB, waiting for {subscribers} subscribers",
         std::process::id(),
@@ -343,18 +544,26 @@ fn run_publisher(mut args: Args) -> Result<()> {
         thread::sleep(Duration::from_millis(1));
     }
     let archived = rkyv::to_bytes::<rkyv::rancor::Error>(&Tick::new(0))?.len();
+    let mut first = 0;
+    if settle_ms > 0 {
+        // Over a bridge, the remote replica ring appears with the first
+        // message; give the remote subscriber time to attach before the rest.
+        publisher.send(&tick(0))?;
+        thread::sleep(Duration::from_millis(settle_ms));
+        first = 1;
+    }
     let started = Instant::now();
     if batch <= 1 {
-        for seq in 0..count {
-            publisher.send(&Tick::new(seq))?;
+        for seq in first..count {
+            publisher.send(&tick(seq))?;
         }
     } else {
         // One tail store and at most one wake-up per batch.
         let mut ticks = Vec::with_capacity(batch);
-        let mut seq = 0;
+        let mut seq = first;
         while seq < count {
             ticks.clear();
-            ticks.extend((seq..count.min(seq + batch as u64)).map(Tick::new));
+            ticks.extend((seq..count.min(seq + batch as u64)).map(tick));
             publisher.send_batch(ticks.iter())?;
             seq += ticks.len() as u64;
         }
@@ -390,6 +599,8 @@ fn run_subscriber(mut args: Args) -> Result<()> {
     let mut next = 0u64;
     let mut bad = 0u64;
     let mut started = None;
+    // Publish-to-receive latencies of stamped messages (every 64th).
+    let mut latencies = Vec::new();
     while next < count {
         if mode == "drain" {
             let n = sub.drain(4096, |t| {
@@ -405,6 +616,10 @@ fn run_subscriber(mut args: Args) -> Result<()> {
             Ok(t) => {
                 started.get_or_insert_with(Instant::now);
                 bad += u64::from(!Tick::check(&t, next));
+                let sent = t.sent_ns.to_native();
+                if sent != 0 && next % 64 == 0 {
+                    latencies.push(monotonic_ns().saturating_sub(sent));
+                }
                 next += 1;
             }
             Err(Error::Timeout(d)) if d.is_zero() => {}
@@ -431,6 +646,16 @@ fn run_subscriber(mut args: Args) -> Result<()> {
     } else {
         "recv, in place"
     };
+    if !latencies.is_empty() {
+        latencies.sort_unstable();
+        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        say(&format!(
+            "publish-to-receive latency under full load ({} samples): median {:.1} us, p99 {:.1} us",
+            latencies.len(),
+            pct(0.5) as f64 / 1e3,
+            pct(0.99) as f64 / 1e3
+        ));
+    }
     say(&format!(
         "subscriber {index} ({how}): {next} messages in {secs:.3} s: {} msg/s; \
          order and content {}",
