@@ -13,13 +13,17 @@
 //! - [`harness`]: private roots under `/dev/shm`, child processes with line
 //!   channels, and a watchdog that kills children of a test that hangs;
 //! - [`ringfile`]: reading and patching segment files from outside (control
-//!   counters, record walking, corruption).
+//!   counters, record walking, corruption);
+//! - [`netns`]: two "hosts" as network namespaces joined by veth, with
+//!   random loss (nftables), rate limits (tbf) and per-namespace sysctls; the
+//!   `fault-proxy` helper adds delay, throttling and mid-stream cuts.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 pub mod args;
 pub mod harness;
 pub mod msg;
+pub mod netns;
 pub mod report;
 pub mod ringfile;
 pub mod tracker;
