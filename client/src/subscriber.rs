@@ -17,6 +17,10 @@ use crate::{codec, Bus, Checkable, Error, Result};
 /// empty polls, and after every sleep of a blocking wait.
 const RESCAN_POLLS: u32 = 1 << 12;
 
+/// Upper bound of a directory time's granularity (a kernel clock tick is 1
+/// to 10 ms): changes this recent may hide others made in the same tick.
+const MTIME_GRANULARITY: Duration = Duration::from_millis(50);
+
 /// How often a blocked subscriber of a topic without publishers looks for one.
 const NO_PUBLISHER_POLL: Duration = Duration::from_millis(5);
 
@@ -79,7 +83,8 @@ pub struct Subscriber<T: Archive> {
     /// Publishers seen (so a finished one is not re-attached).
     known: HashSet<String>,
     next: usize,
-    empty_polls: u32,
+    /// Receive polls so far (for the periodic rescan).
+    polls: u32,
     checked: bool,
     events: VecDeque<TopicEvent>,
     lost_messages: u64,
@@ -118,7 +123,7 @@ where
             sources: Vec::new(),
             known: HashSet::new(),
             next: 0,
-            empty_polls: 0,
+            polls: 0,
             checked: true,
             events: VecDeque::new(),
             lost_messages: 0,
@@ -193,9 +198,18 @@ where
 
     /// Rescans if the topic directory changed since the last scan (or a
     /// half-made ring is pending a retry).
+    ///
+    /// Directory times are coarse (a clock tick): a file added in the same
+    /// tick as the last scan leaves the time unchanged, so a directory
+    /// changed within [`MTIME_GRANULARITY`] of now is rescanned regardless.
     fn rescan_if_changed(&mut self) {
         let modified = std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
-        if modified != self.dir_modified || !self.uninitialized.is_empty() {
+        let recent = modified.is_none_or(|m| {
+            std::time::SystemTime::now()
+                .duration_since(m)
+                .map_or(true, |age| age < MTIME_GRANULARITY)
+        });
+        if modified != self.dir_modified || recent || !self.uninitialized.is_empty() {
             self.rescan();
         }
     }
@@ -267,6 +281,13 @@ where
     /// Finds a source with a message ready, dealing with gaps, finished
     /// publishers and evictions on the way. Consumes nothing.
     fn find_ready(&mut self) -> Result<Option<usize>> {
+        // Look for new publishers every RESCAN_POLLS polls, busy or idle (a
+        // subscriber kept busy by some publishers must still find new ones),
+        // and at every poll while there is none (one `stat` per poll).
+        self.polls = self.polls.wrapping_add(1);
+        if self.sources.is_empty() || self.polls % RESCAN_POLLS == 0 {
+            self.rescan_if_changed();
+        }
         if let Some(e) = self.pending_errors.pop_front() {
             return Err(e);
         }
@@ -315,21 +336,6 @@ where
                 }
             }
         }
-        self.empty_polls = self.empty_polls.wrapping_add(1);
-        // With no publisher there is nothing to spin on: look for one at every
-        // poll (one `stat` while the directory is unchanged).
-        if self.sources.is_empty() || self.empty_polls % RESCAN_POLLS == 0 {
-            let before = self.sources.len();
-            self.rescan_if_changed();
-            if let Some(e) = self.pending_errors.pop_front() {
-                return Err(e);
-            }
-            if self.sources.len() > before {
-                // New publishers: look at them now (their history included).
-                self.empty_polls = 1;
-                return self.find_ready();
-            }
-        }
         Ok(None)
     }
 
@@ -346,7 +352,6 @@ where
             return Ok(None);
         };
         self.next = i + 1;
-        self.empty_polls = 0;
         let topic = &self.topic;
         let checked = self.checked;
         let source = &mut self.sources[i];

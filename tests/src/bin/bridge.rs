@@ -1,0 +1,125 @@
+//! `bridge`: the `shmbus-bridge` daemon, built into this package so tests can
+//! run the real daemon without depending on another package's binaries.
+//!
+//! ```text
+//! bridge [shmbus-bridge flags...]
+//! ```
+//!
+//! Takes exactly the flags of `shmbus-bridge` (`--node-name`, `--root`,
+//! `--listen`, `--peer`, `--export`, `--import`, `--key-file`,
+//! `--stats-file`, ...), loads them with `shmbus_bridge::config::Config`
+//! and runs `shmbus_bridge::daemon::Daemon` until SIGTERM or SIGINT, or
+//! until its standard input reaches EOF (so a test that closes the pipe, or
+//! dies, stops it). SIGUSR1 prints the counters to stderr and the stats
+//! file, as the real daemon does; they are printed and written at exit too.
+//! The process also dies with the thread that started it
+//! (`PR_SET_PDEATHSIG`). Exit codes: 0 clean shutdown, 1 daemon failure, 2
+//! invalid configuration.
+
+use std::{io::Read as _, process::ExitCode, thread};
+
+use shmbus_bridge::{
+    config::{Cli, Config, LogLevel},
+    daemon::Daemon,
+    log,
+};
+
+fn main() -> ExitCode {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let argv = std::iter::once("shmbus-bridge".to_string()).chain(std::env::args().skip(1));
+    let cli = match <Cli as clap::Parser>::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    log::init(config.log_level, &config.node_name);
+    for w in &config.warnings {
+        log::write(LogLevel::Warn, format_args!("{w}"));
+    }
+    let signals = match block_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bridge: cannot block signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let daemon = Daemon::new(config);
+    let on_signal = daemon.clone();
+    let spawned = thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || signal_loop(&signals, &on_signal));
+    if let Err(e) = spawned {
+        eprintln!("bridge: cannot start the signal thread: {e}");
+        return ExitCode::FAILURE;
+    }
+    let on_eof = daemon.clone();
+    let spawned = thread::Builder::new().name("stdin".into()).spawn(move || {
+        let mut buf = [0u8; 256];
+        // EOF (or an error) on stdin: whoever started us is done with us.
+        while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+        on_eof.shutdown();
+    });
+    if let Err(e) = spawned {
+        eprintln!("bridge: cannot start the stdin thread: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = daemon.run();
+    eprint!("{}", daemon.stats_text());
+    daemon.write_stats_file();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bridge: bridge daemon failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGUSR1 in this thread and every thread it
+/// starts later; the signal thread takes them with `sigwait`.
+fn block_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it below.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+    }
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(std::io::Error::from_raw_os_error(r));
+    }
+    Ok(set)
+}
+
+fn signal_loop(set: &libc::sigset_t, daemon: &Daemon) {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is an initialised sigset_t whose signals are blocked
+        // in every thread; `sig` is a live c_int.
+        if unsafe { libc::sigwait(set, &mut sig) } != 0 {
+            continue;
+        }
+        if sig == libc::SIGUSR1 {
+            eprint!("{}", daemon.stats_text());
+            daemon.write_stats_file();
+        } else {
+            log::write(LogLevel::Info, format_args!("signal {sig}: shutting down"));
+            daemon.shutdown();
+            return;
+        }
+    }
+}
