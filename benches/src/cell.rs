@@ -181,24 +181,9 @@ impl RoleArgs {
 
     /// Parses the arguments produced by [`RoleArgs::to_args`].
     pub fn parse(args: &[String]) -> Result<RoleArgs> {
-        let mut map = BTreeMap::new();
-        let mut it = args.iter();
-        while let Some(k) = it.next() {
-            let v = it
-                .next()
-                .ok_or_else(|| anyhow!("role argument {k} has no value"))?;
-            map.insert(k.as_str(), v.as_str());
-        }
-        let get = |k: &str| -> Result<&str> {
-            map.get(k)
-                .copied()
-                .ok_or_else(|| anyhow!("role argument {k} is missing"))
-        };
-        let num = |k: &str| -> Result<u64> {
-            get(k)?
-                .parse::<u64>()
-                .with_context(|| format!("role argument {k} is not a number"))
-        };
+        let args = KvArgs::parse(args)?;
+        let get = |k: &str| args.get(k);
+        let num = |k: &str| args.num(k);
         let index = usize::try_from(num("--index")?)?;
         let role = match get("--role")? {
             "leader" => Role::Leader,
@@ -225,6 +210,50 @@ impl RoleArgs {
                 warmup_msgs: num("--warmup-msgs")?,
             },
         })
+    }
+}
+
+/// `--key value` pairs of a role process's command line.
+#[derive(Debug, Clone, Default)]
+pub struct KvArgs {
+    map: BTreeMap<String, String>,
+}
+
+impl KvArgs {
+    /// Pairs up `args` (`--key value ...`).
+    ///
+    /// ```
+    /// let a: Vec<String> = ["--size", "64", "--system", "floor"].map(String::from).to_vec();
+    /// let kv = shmbus_benches::cell::KvArgs::parse(&a).unwrap();
+    /// assert_eq!(kv.num("--size").unwrap(), 64);
+    /// assert_eq!(kv.get("--system").unwrap(), "floor");
+    /// assert!(kv.get("--cpu").is_err());
+    /// ```
+    pub fn parse(args: &[String]) -> Result<KvArgs> {
+        let mut map = BTreeMap::new();
+        let mut it = args.iter();
+        while let Some(k) = it.next() {
+            let v = it
+                .next()
+                .ok_or_else(|| anyhow!("role argument {k} has no value"))?;
+            map.insert(k.clone(), v.clone());
+        }
+        Ok(KvArgs { map })
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Result<&str> {
+        self.map
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| anyhow!("role argument {key} is missing"))
+    }
+
+    /// The value of `key` as a number.
+    pub fn num(&self, key: &str) -> Result<u64> {
+        self.get(key)?
+            .parse::<u64>()
+            .with_context(|| format!("role argument {key} is not a number"))
     }
 }
 

@@ -22,7 +22,9 @@
 
 pub mod cell;
 pub mod machine;
+pub mod msg;
 pub mod os;
+pub mod pair;
 pub mod payload;
 pub mod report;
 pub mod roles;

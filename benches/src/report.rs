@@ -275,14 +275,18 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
 
     for name in &plan.systems {
         if let Some(sys) = systems::by_name(name) {
+            // Systems may share a footnote (the shmbus variants do): once each.
             for n in sys.notes() {
-                notes.items.push((*n).to_owned());
+                if !notes.items.iter().any(|t| t == n) {
+                    notes.items.push((*n).to_owned());
+                }
             }
         }
     }
     notes.items.push(
         "Queue depth: 2 messages in ping-pong rows, 256 in stream rows for systems with a \
-         configurable queue (floor, iceoryx2); uds and pipe use the kernel's default buffers."
+         configurable queue (floor, iceoryx2, shmbus: a ring holding that many records); uds and \
+         pipe use the kernel's default buffers."
             .to_owned(),
     );
     notes.items.push(

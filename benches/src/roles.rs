@@ -166,6 +166,7 @@ fn spec(args: &RoleArgs, name: &str) -> ChannelSpec {
             args.cell.receivers
         },
         wait: args.cell.bench.wait(),
+        stream: !args.cell.bench.is_pingpong(),
         connect_timeout: CONNECT_TIMEOUT,
     }
 }

@@ -257,13 +257,7 @@ pub fn run_cell(plan: &Plan, cell: &Cell, n: usize) -> Outcome {
 }
 
 fn run_in_dir(plan: &Plan, cell: &Cell, dir: &Path, run_id: &str) -> Result<Outcome> {
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating run directory {}", dir.display()))?;
-    }
+    create_private_dir(dir)?;
     let followers = if cell.bench.is_pingpong() {
         1
     } else {
@@ -387,20 +381,47 @@ fn run_in_dir(plan: &Plan, cell: &Cell, dir: &Path, run_id: &str) -> Result<Outc
     }
 }
 
-fn log_path(dir: &Path, role: Role) -> PathBuf {
+/// Path of a role's log (its stdout and stderr) in the run directory.
+pub fn log_path(dir: &Path, role: Role) -> PathBuf {
     dir.join(format!("log-{}", role.tag()))
 }
 
 fn spawn(plan: &Plan, args: &RoleArgs) -> Result<Child> {
-    let log = File::create(log_path(&args.dir, args.role))?;
-    let log2 = log.try_clone()?;
-    Command::new(&plan.exe)
-        .args(args.to_args())
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .spawn()
+    spawn_logged(&plan.exe, &args.to_args(), &log_path(&args.dir, args.role))
         .with_context(|| format!("spawning {} as {}", plan.exe.display(), args.role.tag()))
+}
+
+/// Creates a run directory only this user can enter (0700); it must not exist.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating run directory {}", dir.display()))
+}
+
+/// Starts `exe args` with stdin closed and stdout and stderr going to `log`.
+pub fn spawn_logged(exe: &Path, args: &[String], log: &Path) -> Result<Child> {
+    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("spawning {}", exe.display()))
+}
+
+/// The last non-empty line of a role's log (its error message, usually).
+pub fn last_log_line(log: &Path) -> String {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_owned()
 }
 
 fn kill_all(children: &mut [(Role, Child)]) {

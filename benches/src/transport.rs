@@ -97,6 +97,9 @@ pub struct ChannelSpec {
     pub receivers: usize,
     /// Waiting policy of this row.
     pub wait: Wait,
+    /// True in stream rows (throughput, fan-out), where a receiver may take
+    /// messages in batches; false in ping-pong rows (one message in flight).
+    pub stream: bool,
     /// How long `open_*` may wait for the other side before failing.
     pub connect_timeout: Duration,
 }

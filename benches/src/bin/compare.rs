@@ -22,7 +22,8 @@ compare: side-by-side IPC benchmark (markdown on stdout, progress on stderr)
 OPTIONS
   --quick              smoke run: 1 round, short measurements
   --rows LIST          rows to run: latency,throughput,blocking,fanout (default: all)
-  --systems LIST       systems to run (default: all built in; see --list)
+  --systems LIST       systems to run (default: all built in; see --list); quote
+                       names with spaces: --systems 'floor,shmbus (raw bytes)'
   --sizes LIST         latency payload sizes in bytes (default: 64,1024,65536,1048576)
   --throughput-sizes LIST   (default: 64,4096)
   --blocking-sizes LIST     (default: 64)

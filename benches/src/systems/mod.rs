@@ -6,6 +6,7 @@ pub mod floor;
 #[cfg(feature = "iceoryx2")]
 pub mod iceoryx2;
 pub mod pipe;
+pub mod shmbus;
 pub mod uds;
 
 /// Name of the hardware-floor system every row is compared against.
@@ -18,7 +19,12 @@ pub const ICEORYX2: &str = "iceoryx2";
 /// To add a system: write a module implementing
 /// [`System`](crate::transport::System) and add it here.
 pub fn all() -> Vec<Box<dyn System>> {
-    let mut v: Vec<Box<dyn System>> = vec![Box::new(floor::Floor)];
+    let mut v: Vec<Box<dyn System>> = vec![
+        Box::new(floor::Floor),
+        Box::new(shmbus::typed::ShmbusTyped { checked: true }),
+        Box::new(shmbus::typed::ShmbusTyped { checked: false }),
+        Box::new(shmbus::raw::ShmbusRaw),
+    ];
     #[cfg(feature = "iceoryx2")]
     v.push(Box::new(iceoryx2::Iceoryx2));
     v.push(Box::new(uds::Uds));

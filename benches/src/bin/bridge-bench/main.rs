@@ -1,0 +1,151 @@
+//! `bridge-bench`: throughput of the shmbus bridge against plain TCP.
+//!
+//! ```text
+//! bridge-bench [--rounds N] [--quick]
+//! ```
+//!
+//! For 64 B, 4 KiB and 64 KiB messages, over loopback and over a veth pair
+//! between two network namespaces (root only), it moves a fixed volume
+//! three ways and prints a markdown table:
+//!
+//! - `tcp`: a sender process writes the messages (batched ~256 KiB writes)
+//!   to a receiver process that discards them: the ceiling.
+//! - `bridge zc` / `bridge copy`: a publisher process writes the same
+//!   messages into a ring on bus root A; an exporting bridge (tethered,
+//!   so lossless) sends them to an importing bridge that writes a replica
+//!   ring on root B; this process drains it and checks every message's
+//!   sequence number and check byte. `copy` runs both bridges with
+//!   `--no-zerocopy`.
+//!
+//! Sender CPU is getrusage (via `wait4`) of the sending processes: the
+//! publisher plus the exporting bridge, or the TCP sender, over their whole
+//! life (setup included). The exporting bridge's counters say which sends
+//! were really zero-copy.
+
+mod child;
+mod netns;
+mod payload;
+mod roles;
+mod run;
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use crate::run::{Path, Row, Variant};
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some(role @ ("bridge" | "publish" | "tcp-send" | "tcp-recv")) => {
+            roles::run(role, &args[1..])
+        }
+        _ => drive(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bridge-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Message size and the payload volume moved per run for it.
+const SIZES: [(usize, u64); 3] = [(64, 128 << 20), (4 << 10, 1 << 30), (64 << 10, 1 << 30)];
+
+fn drive(args: &[String]) -> Result<()> {
+    let mut rounds = 3usize;
+    let mut quick = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--rounds" => {
+                rounds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&r| r > 0)
+                    .ok_or_else(|| anyhow::anyhow!("--rounds needs a positive number"))?;
+            }
+            "--quick" => quick = true,
+            "-h" | "--help" => {
+                println!("usage: bridge-bench [--rounds N] [--quick]");
+                return Ok(());
+            }
+            other => {
+                bail!("unknown argument {other:?} (usage: bridge-bench [--rounds N] [--quick])")
+            }
+        }
+    }
+    let started = Instant::now();
+    println!("{}", machine());
+    let veth = match netns::unavailable() {
+        Some(why) => {
+            println!("veth rows skipped: {why}\n");
+            None
+        }
+        None => Some(netns::VethPair::create()?),
+    };
+    let mut paths = vec![Path::Loopback];
+    if let Some(pair) = &veth {
+        paths.push(Path::Veth(pair));
+    }
+    let mut rows = Vec::new();
+    for path in &paths {
+        for &(size, volume) in &SIZES {
+            let volume = if quick { volume / 8 } else { volume };
+            let count = volume / size as u64;
+            let mut ceiling = None;
+            for variant in [Variant::Tcp, Variant::BridgeZc, Variant::BridgeCopy] {
+                let row = Row::measure(path, variant, size, count, rounds)?;
+                eprintln!("{}", row.progress());
+                if variant == Variant::Tcp {
+                    ceiling = Some(row.gbps());
+                }
+                rows.push((row, ceiling));
+            }
+        }
+    }
+    println!("{}", run::table(&rows));
+    println!(
+        "{rounds} rounds per row, median shown; total run {:.0} s; load average at end: {}",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
+    Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// One paragraph describing the machine.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / (1024.0 * 1024.0));
+    format!(
+        "# bridge-bench\n\nMachine: Linux {}, {cpus} CPUs ({cpu}), {mem_gib:.0} GiB RAM; load average at start: {}\n",
+        kernel.trim(),
+        loadavg()
+    )
+}
