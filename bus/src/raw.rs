@@ -350,10 +350,10 @@ impl ReplicaChunk<'_> {
         let rest = self.len.saturating_sub(8);
         let first = rest.min(cap - off - 8);
         let map = &self.writer.core.view;
-        // SAFETY: the ranges are inside the writable data mapping
-        // (off + 8 + first <= cap; the wrapped part < cap), reserved by
-        // `reserve_raw` and not readable by subscribers before commit (the
-        // stamp at `start` is not yet written); they do not overlap.
+        // The ranges are inside the writable data mapping (off + 8 + first <=
+        // cap; the wrapped part < cap) and do not overlap.
+        // SAFETY: in bounds and disjoint (above); reserved by `reserve_raw`, and
+        // unreadable by subscribers before commit (the stamp at `start` is unset).
         let (a, b) = unsafe {
             (
                 map.data_mut(off + 8, first as usize),

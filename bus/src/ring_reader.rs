@@ -521,10 +521,11 @@ impl Message<'_> {
                 )
             }
         } else {
-            // SAFETY: Block policy: the record is committed and not released,
-            // so the writer does not overwrite it while `self` borrows the
-            // reader (our slot position, or our hold when evicted, gates it);
-            // `peek` validated the range against the ring's bounds.
+            // Block policy: the record is committed and not released, so the
+            // writer does not overwrite it while `self` borrows the reader
+            // (our slot position, or our hold when evicted, gates it).
+            // SAFETY: unchanged while borrowed (above); `peek` validated the
+            // range against the ring's bounds.
             unsafe {
                 self.reader
                     .core

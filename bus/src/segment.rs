@@ -295,10 +295,11 @@ unsafe impl View for Arc<Mapping> {
     #[inline]
     fn word(&self, off: u64) -> &AtomicU64 {
         debug_assert!(off % 8 == 0 && off < self.geometry.capacity);
-        // SAFETY: 8-aligned (page-aligned base, off % 8 == 0) and in bounds per
-        // the trait contract. Readers map the data read-only and only ever load
-        // these words: Relaxed/Acquire loads of a lock-free AtomicU64 are plain
-        // loads on the platforms we build for, so read-only memory is fine.
+        // Readers map the data read-only and only ever load these words:
+        // Relaxed/Acquire loads of a lock-free AtomicU64 are plain loads on the
+        // platforms we build for, so read-only memory is fine.
+        // SAFETY: 8-aligned (page-aligned base, off % 8 == 0), in bounds per
+        // the trait contract, and only loaded from where mapped read-only.
         unsafe { &*self.data_ptr(off).cast::<AtomicU64>() }
     }
 

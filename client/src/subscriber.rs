@@ -586,11 +586,11 @@ impl<T: Archive> std::ops::Deref for Sample<'_, T> {
     type Target = T::Archived;
 
     fn deref(&self) -> &T::Archived {
-        // SAFETY: `archived` points into `message`'s payload, validated (or
-        // vouched for) as an archived `T`; the payload stays valid and
-        // unchanged while `message` lives (it borrows the ring reader, whose
-        // slot pins the bytes, or holds the validated copy), and `self`
-        // borrows `message`.
+        // The payload stays valid and unchanged while `message` lives: it
+        // borrows the ring reader, whose slot pins the bytes, or holds the
+        // validated copy; and `self` borrows `message`.
+        // SAFETY: `archived` points into that payload, validated (or vouched
+        // for) as an archived `T`.
         unsafe { self.archived.as_ref() }
     }
 }

@@ -809,13 +809,14 @@ fn send_data(
     }
     .encode()?;
     let conn_end = wire.conn_offset + DATA_HEADER_LEN as u64 + len;
-    // SAFETY: `start..end` was just returned by `next_chunk` of this reader,
-    // and stays protected until the kernel is done with the send: tethered,
-    // the reader released only up to `release_target() <= sent == start` and
-    // releases further only once the tracker reports the completion
-    // (`protect`); untethered, the reader is pinned at `pin_position() <=
-    // start` (pinned in `pump` before `next_chunk` confirmed the range
-    // intact), and stays pinned while `kernel_busy`.
+    // Protection until the kernel is done with the send: tethered, the reader
+    // released only up to `release_target() <= sent == start` and releases
+    // further only once the tracker reports the completion (`protect`);
+    // untethered, the reader is pinned at `pin_position() <= start` (pinned
+    // in `pump` before `next_chunk` confirmed the range intact), and stays
+    // pinned while `kernel_busy`.
+    // SAFETY: `start..end` was just returned by `next_chunk` of this reader
+    // and stays protected as described above.
     let (a, b) = unsafe { st.reader.slices(start, end) };
     let one = [a];
     let two = [a, b];

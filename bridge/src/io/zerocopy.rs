@@ -402,10 +402,10 @@ impl ZeroCopySocket {
         msg.msg_iov = iov.as_mut_ptr();
         msg.msg_iovlen = n as _;
         let flags = libc::MSG_NOSIGNAL | if zc { libc::MSG_ZEROCOPY } else { 0 };
-        // SAFETY: `msg` points to `n` iovecs, each describing a live, readable
-        // borrowed slice (`header`, a header slot, or `payload`) that outlives
-        // this call; sendmsg only reads them. The kernel's later reads for
-        // MSG_ZEROCOPY go through its own page references, not these pointers.
+        // The kernel's later reads for MSG_ZEROCOPY go through its own page
+        // references, not these pointers.
+        // SAFETY: `msg` points to `n` iovecs, each a live, readable borrowed
+        // slice (`header`, a header slot, or `payload`) outliving this call.
         let r = unsafe { libc::sendmsg(self.stream.as_raw_fd(), &msg, flags) };
         match r {
             r if r > 0 => Ok(r as usize),
@@ -569,10 +569,10 @@ fn extended_errors(msg: &libc::msghdr) -> impl Iterator<Item = libc::sock_extend
     std::iter::from_fn(move || {
         while !cmsg.is_null() {
             let current = cmsg;
-            // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR return either null or a
-            // pointer to a cmsghdr lying entirely inside the control buffer,
-            // which is aligned for cmsghdr (CmsgBuf); the next header is
-            // found from the current one's cmsg_len with bounds checks.
+            // CMSG_FIRSTHDR/CMSG_NXTHDR return either null or a pointer to a
+            // cmsghdr lying entirely inside the control buffer, which is
+            // aligned for cmsghdr (CmsgBuf).
+            // SAFETY: `current` is such a header; NXTHDR bounds-checks the next.
             cmsg = unsafe { libc::CMSG_NXTHDR(msg, current) };
             // SAFETY: as above, `current` points to a complete, aligned
             // cmsghdr inside the buffer.
@@ -590,11 +590,10 @@ fn extended_errors(msg: &libc::msghdr) -> impl Iterator<Item = libc::sock_extend
             if !is_recverr || (hdr.cmsg_len as usize) < need || offset + need > control_len {
                 continue;
             }
-            // SAFETY: the message is at least CMSG_LEN(size_of ee) long and,
-            // checked just above, lies within the bytes the kernel wrote, so
-            // CMSG_DATA(current) has size_of::<sock_extended_err>() readable
-            // bytes; read_unaligned makes no alignment assumption, and the
-            // struct is plain integers (any bit pattern is valid).
+            // The message is at least CMSG_LEN(size_of ee) long and, checked
+            // just above, lies within the bytes the kernel wrote.
+            // SAFETY: so CMSG_DATA(current) has size_of::<sock_extended_err>()
+            // readable bytes; read_unaligned needs no alignment; plain integers.
             let ee = unsafe {
                 ptr::read_unaligned(libc::CMSG_DATA(current).cast::<libc::sock_extended_err>())
             };
