@@ -8,10 +8,11 @@
 //! - `consume/*`: messages are published untimed in chunks, then only their
 //!   consumption is timed: `RingReader::try_read` and `RingReader::drain`
 //!   (the receiver touches one payload byte: this is the ring's own cost).
-//! - `validation/*`: the typed `Subscriber::try_recv` with rkyv validation
-//!   (checked) and with `trust_publishers` (unchecked); the difference is the
-//!   validation cost per message size (the receiver reads `seq` and the
-//!   payload length only).
+//! - `validation/*`: rkyv's checked `access` against `access_unchecked` on an
+//!   archive in memory (the validation alone), and the typed
+//!   `Subscriber::try_recv` with validation (checked) and with
+//!   `trust_publishers` (unchecked), per message size (the receiver reads
+//!   `seq` and the payload length only).
 //! - `batch/*`: 64 messages of 64 B per iteration: `write_batch`,
 //!   `send_batch`, and `drain` raw and typed.
 //!
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shmbus::{Bus, Publisher, StartAt, Subscriber, WaitStrategy};
-use shmbus_benches::msg::{self, Msg};
+use shmbus_benches::msg::{self, ArchivedMsg, Msg};
 use shmbus_benches::payload;
 use shmbus_bus::{ReadEvent, RingConfig, RingReader, RingWriter};
 
@@ -232,6 +233,29 @@ fn validation(c: &mut Criterion) {
     let bus = bus(dir.path());
     let mut g = c.benchmark_group("validation");
     for size in SIZES {
+        // rkyv's access alone, on an archive in memory: what validation adds.
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&Msg {
+            seq: 1,
+            payload: pattern(1, size),
+        })
+        .expect("serializing");
+        g.bench_function(BenchmarkId::new("rkyv_access_checked", size), |b| {
+            b.iter(|| {
+                rkyv::access::<ArchivedMsg, rkyv::rancor::Error>(black_box(&archive[..]))
+                    .expect("valid archive")
+                    .seq
+                    .to_native()
+            })
+        });
+        g.bench_function(BenchmarkId::new("rkyv_access_unchecked", size), |b| {
+            b.iter(|| {
+                // SAFETY: `archive` is rkyv's own serialization of a `Msg`,
+                // aligned (AlignedVec) and unmodified.
+                unsafe { rkyv::access_unchecked::<ArchivedMsg>(black_box(&archive[..])) }
+                    .seq
+                    .to_native()
+            })
+        });
         let m = Msg {
             seq: 1,
             payload: pattern(1, size),
