@@ -74,6 +74,7 @@ pub mod error;
 pub mod io;
 pub mod log;
 pub mod proto;
+pub mod signals;
 #[cfg(test)]
 mod test_util;
 

@@ -46,20 +46,9 @@ fn main() -> ExitCode {
     for w in &config.warnings {
         log::write(LogLevel::Warn, format_args!("{w}"));
     }
-    let signals = match block_signals() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("bridge: cannot block signals: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let daemon = Daemon::new(config);
-    let on_signal = daemon.clone();
-    let spawned = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || signal_loop(&signals, &on_signal));
-    if let Err(e) = spawned {
-        eprintln!("bridge: cannot start the signal thread: {e}");
+    if let Err(e) = shmbus_bridge::signals::handle_signals(&daemon) {
+        eprintln!("bridge: cannot set up signal handling: {e}");
         return ExitCode::FAILURE;
     }
     let on_eof = daemon.clone();
@@ -81,45 +70,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("bridge: bridge daemon failed: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Blocks SIGTERM, SIGINT and SIGUSR1 in this thread and every thread it
-/// starts later; the signal thread takes them with `sigwait`.
-fn block_signals() -> std::io::Result<libc::sigset_t> {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it below.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGUSR1);
-    }
-    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if r != 0 {
-        return Err(std::io::Error::from_raw_os_error(r));
-    }
-    Ok(set)
-}
-
-fn signal_loop(set: &libc::sigset_t, daemon: &Daemon) {
-    loop {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: `set` is an initialised sigset_t whose signals are blocked
-        // in every thread; `sig` is a live c_int.
-        if unsafe { libc::sigwait(set, &mut sig) } != 0 {
-            continue;
-        }
-        if sig == libc::SIGUSR1 {
-            eprint!("{}", daemon.stats_text());
-            daemon.write_stats_file();
-        } else {
-            log::write(LogLevel::Info, format_args!("signal {sig}: shutting down"));
-            daemon.shutdown();
-            return;
         }
     }
 }
