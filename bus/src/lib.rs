@@ -51,22 +51,8 @@ mod sync;
 #[cfg(not(loom))]
 mod error;
 #[cfg(not(loom))]
-mod liveness;
-mod notify;
-#[cfg(not(loom))]
-mod paths;
-#[cfg(not(loom))]
-mod raw;
-#[cfg(not(loom))]
-mod ring_reader;
-#[cfg(not(loom))]
-mod ring_writer;
-#[cfg(not(loom))]
-mod segment;
-#[cfg(not(loom))]
-mod sweep;
-#[cfg(not(loom))]
-mod wait;
+mod handle;
+mod shm;
 
 pub use ring::gate::LIVENESS_INTERVAL;
 pub use ring::Policy;
@@ -74,18 +60,22 @@ pub use ring::Policy;
 #[cfg(not(loom))]
 pub use crate::{
     error::Error,
-    liveness::{is_alive, ProcessId},
-    notify::FUTEX_WAITV_MAX,
-    paths::{
-        create_dir_all, default_root, publisher_id_of, ring_path, topic_dir, validate_name,
-        DEFAULT_BUS, DEFAULT_ROOT, MAX_NAME_LEN, RING_EXT, ROOT_ENV,
+    handle::{
+        raw::{RawChunk, RawReader, ReplicaChunk, ReplicaWriter},
+        reader::{
+            wait_any, wait_probes, Drained, Message, ReadEvent, ReadyProbe, RingReader, StartAt,
+        },
+        writer::{Loan, RingWriter, WriterStats},
     },
-    raw::{RawChunk, RawReader, ReplicaChunk, ReplicaWriter},
-    ring_reader::{
-        wait_any, wait_probes, Drained, Message, ReadEvent, ReadyProbe, RingReader, StartAt,
+    shm::{
+        futex::FUTEX_WAITV_MAX,
+        liveness::{is_alive, ProcessId},
+        paths::{
+            create_dir_all, default_root, publisher_id_of, ring_path, topic_dir, validate_name,
+            DEFAULT_BUS, DEFAULT_ROOT, MAX_NAME_LEN, RING_EXT, ROOT_ENV,
+        },
+        segment::{max_message_limit, RingConfig, SegmentInfo, INIT_WAIT},
+        sweep::sweep_topic,
+        wait::{WaitStrategy, MAX_SLEEP},
     },
-    ring_writer::{Loan, RingWriter, WriterStats},
-    segment::{max_message_limit, RingConfig, SegmentInfo, INIT_WAIT},
-    sweep::sweep_topic,
-    wait::{WaitStrategy, MAX_SLEEP},
 };

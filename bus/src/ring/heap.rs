@@ -114,12 +114,12 @@ unsafe impl View for std::sync::Arc<HeapSegment> {
 
     #[cfg(not(loom))]
     fn futex_wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-        crate::notify::futex_wait(word, expected, timeout);
+        crate::shm::futex::futex_wait(word, expected, timeout);
     }
 
     #[cfg(not(loom))]
     fn futex_wake(&self, word: &AtomicU32) {
-        crate::notify::futex_wake(word);
+        crate::shm::futex::futex_wake(word);
     }
 
     // Loom cannot model the futex syscall; this is its semantics: the value

@@ -17,7 +17,7 @@ use super::{
     writer::WriterCore,
     Geometry, Policy, View,
 };
-use crate::notify;
+use crate::shm::futex as notify;
 
 fn segment(policy: Policy, evict_after: Option<Duration>) -> Arc<HeapSegment> {
     Arc::new(HeapSegment::new(

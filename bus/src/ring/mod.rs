@@ -1,7 +1,7 @@
 //! The single-writer byte ring: the algorithm, independent of where its memory lives.
 //!
 //! [`WriterCore`] and [`ReaderCore`] run over a [`View`]: the mapped segment in
-//! production ([`crate::segment`]), a heap copy in unit and loom tests
+//! production ([`crate::shm::segment`]), a heap copy in unit and loom tests
 //! ([`heap`]). See [`crate::layout`] for the record format.
 //!
 //! # Synchronization pairs

@@ -4,15 +4,15 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use crate::{
     layout::WRITER_CLOSED,
-    liveness::ProcessId,
     ring::{
         gate::JoinAt,
         reader::{Peek, ReadFault, ReaderCore, RecordRef},
         Policy, View,
     },
-    segment::{self, Mapping, SegmentInfo},
+    shm::liveness::ProcessId,
+    shm::segment::{self, Mapping, SegmentInfo},
+    shm::wait::{self, Deadline, WaitStrategy},
     sync::Ordering,
-    wait::{self, Deadline, WaitStrategy},
     Error,
 };
 
@@ -438,7 +438,7 @@ impl Drop for RingReader {
         self.core.leave();
         if self.closed {
             // Last one out of a finished ring removes it.
-            let _ = crate::sweep::remove_if_unread(&self.core.view);
+            let _ = crate::shm::sweep::remove_if_unread(&self.core.view);
         }
     }
 }

@@ -35,9 +35,9 @@ use crate::{
         LAYOUT_VERSION, MAGIC, MAX_CAPACITY, MAX_SLOTS, MIN_CAPACITY, PAGE, POLICY_BLOCK,
         POLICY_OVERWRITE, RECORD_HEADER, SLOTS_OFFSET, TYPE_NAME_MAX, WRITER_OPEN,
     },
-    liveness::{self, ProcessId},
-    notify,
     ring::{Geometry, Policy, View},
+    shm::futex,
+    shm::liveness::{self, ProcessId},
     sync::{AtomicU32, AtomicU64, Ordering},
     Error,
 };
@@ -330,11 +330,11 @@ unsafe impl View for Arc<Mapping> {
     }
 
     fn futex_wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-        notify::futex_wait(word, expected, timeout);
+        futex::futex_wait(word, expected, timeout);
     }
 
     fn futex_wake(&self, word: &AtomicU32) {
-        notify::futex_wake(word);
+        futex::futex_wake(word);
     }
 
     fn process_alive(&self, pid: u64, start_time: u64) -> bool {

@@ -7,16 +7,16 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use crate::{
     layout::{data_stamp, padding_stamp, record_size, split_meta, WRITER_CLOSED},
-    liveness::ProcessId,
     ring::{
         gate::{JoinAt, SlotStatus},
         reader::ReaderCore,
         writer::{ReserveFail, WriterCore},
         View,
     },
-    segment::{self, Mapping, RingConfig, SegmentInfo},
+    shm::liveness::ProcessId,
+    shm::segment::{self, Mapping, RingConfig, SegmentInfo},
+    shm::wait::{self, Deadline, WaitStrategy},
     sync::Ordering,
-    wait::{self, Deadline, WaitStrategy},
     Error, StartAt,
 };
 
@@ -319,7 +319,7 @@ impl ReplicaWriter {
 impl Drop for ReplicaWriter {
     fn drop(&mut self) {
         self.core.close();
-        let _ = crate::sweep::remove_if_unread(&self.core.view);
+        let _ = crate::shm::sweep::remove_if_unread(&self.core.view);
     }
 }
 

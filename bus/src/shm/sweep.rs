@@ -14,10 +14,10 @@ use std::{
 
 use crate::{
     layout::{SLOT_FREE, SLOT_STATE_MASK, WRITER_CLOSED},
-    liveness,
-    paths::RING_EXT,
     ring::View,
-    segment::{self, Mapping},
+    shm::liveness,
+    shm::paths::RING_EXT,
+    shm::segment::{self, Mapping},
     sync::Ordering,
     Error,
 };

@@ -7,9 +7,9 @@ use crate::{
         writer::{ReserveFail, Reserved, WriterCore},
         View,
     },
-    segment::{self, Mapping, RingConfig, SegmentInfo},
+    shm::segment::{self, Mapping, RingConfig, SegmentInfo},
+    shm::wait::{Deadline, WaitStrategy, MAX_SLEEP},
     sync::{fence, spin_loop, yield_now, Ordering},
-    wait::{Deadline, WaitStrategy, MAX_SLEEP},
     Error,
 };
 
@@ -305,7 +305,7 @@ impl Drop for RingWriter {
         if self.unlink_on_drop {
             // Removes the file only if no live subscriber still reads it;
             // otherwise the last one out (or the next sweep) removes it.
-            let _ = crate::sweep::remove_if_unread(&self.core.view);
+            let _ = crate::shm::sweep::remove_if_unread(&self.core.view);
         }
     }
 }

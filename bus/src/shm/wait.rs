@@ -6,7 +6,7 @@ use crossbeam_utils::Backoff;
 
 use crate::{
     layout::Control,
-    notify,
+    shm::futex,
     sync::{spin_loop, AtomicU32},
 };
 
@@ -108,14 +108,14 @@ pub(crate) fn wait_until(
             WaitStrategy::Block { .. } => {
                 let seen: Vec<(&AtomicU32, u32)> = controls
                     .iter()
-                    .map(|c| (&c.futex, notify::prepare(c)))
+                    .map(|c| (&c.futex, futex::prepare(c)))
                     .collect();
                 let ready_now = ready();
                 if !ready_now {
-                    notify::futex_wait_any(&seen, Some(deadline.remaining(MAX_SLEEP)));
+                    futex::futex_wait_any(&seen, Some(deadline.remaining(MAX_SLEEP)));
                 }
                 for c in controls {
-                    notify::finish(c);
+                    futex::finish(c);
                 }
                 return ready_now || ready();
             }

@@ -1,0 +1,10 @@
+//! The public handles: each binds a ring core to a mapped segment.
+//!
+//! - [`writer`]: [`crate::RingWriter`] and its [`crate::Loan`].
+//! - [`reader`]: [`crate::RingReader`], one subscriber's cursor.
+//! - [`raw`]: [`crate::RawReader`] and [`crate::ReplicaWriter`], ring bytes
+//!   out and in for the bridge.
+
+pub(crate) mod raw;
+pub(crate) mod reader;
+pub(crate) mod writer;
