@@ -74,7 +74,8 @@ pub enum Error {
     },
     /// Untethered eviction: this subscriber held the publisher back too long.
     Evicted,
-    /// This subscriber's slot was taken away (it was declared dead).
+    /// This subscriber's slot was taken away (a foreign write to the
+    /// control file: subscribers of a ring share it).
     SlotLost,
 }
 
@@ -100,8 +101,10 @@ impl fmt::Display for Error {
             Self::NotASegment(p) => write!(f, "{} is not a shmbus segment", p.display()),
             Self::VersionMismatch { path, found, expected } => write!(
                 f,
-                "{} has layout version {found}, this build speaks {expected}: run publishers and subscribers of the same shmbus version",
-                path.display()
+                "{} has layout version {found} ({}), this build speaks {expected} ({}): run publishers and subscribers of the same shmbus version",
+                path.display(),
+                layout_name(*found),
+                layout_name(*expected),
             ),
             Self::SizeMismatch { path, expected, found } => write!(
                 f,
@@ -123,8 +126,19 @@ impl fmt::Display for Error {
             Self::Evicted => f.write_str(
                 "subscriber was evicted for holding the publisher back too long: resubscribe to continue (messages were lost)",
             ),
-            Self::SlotLost => f.write_str("subscriber slot was reclaimed: resubscribe to continue"),
+            Self::SlotLost => f.write_str(
+                "subscriber slot was taken by a foreign write to the control file: resubscribe to continue",
+            ),
         }
+    }
+}
+
+/// What each layout version was, for error messages.
+fn layout_name(version: u32) -> &'static str {
+    match version {
+        1 => "one file per ring",
+        2 => "a data file and a control file per ring",
+        _ => "unknown to this build",
     }
 }
 

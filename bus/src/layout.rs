@@ -1,50 +1,76 @@
-//! The byte layout of a ring segment: one file, four regions.
+//! The byte layout of a ring: two files, a data file and a control file.
 //!
 //! ```text
-//! offset 0        SegmentHeader   immutable after creation; `magic` written last
-//! offset 1024     Control         writer-owned words (tail, head, limit, ...), notify line
-//! offset 2048     Slot[n]         one 128-byte line per subscriber
-//! data_offset     ring data       page-aligned, `capacity` bytes (a power of two)
+//! data file `<id>.ring` (written by the publisher only; subscribers map it read-only)
+//! offset 0            SegmentHeader   immutable after creation; `magic` written last
+//! offset PAGE         Producer        every word only the publisher writes: tail, head,
+//!                                     limit, published, the futex word, writer state, counters
+//! offset 2 * PAGE     ring data       `capacity` bytes (a power of two)
+//!
+//! control file `<id>.ctl` (shared read-write by the publisher and its subscribers)
+//! offset 0            ControlHeader   magic, version, slot count, the ring's id
+//! offset 128          Waiters         sleeping-reader count, the publisher's space futex
+//! offset 256          Slot[n]         one 128-byte line per subscriber
+//! lock byte 0         held by the publisher (open-file-description lock)
+//! lock byte k + 1     held by the owner of slot k
 //! ```
 //!
 //! Everything is little-endian; the header records the endianness and the
-//! segment is refused on a host of the other kind. Subscribers map the first
-//! three regions read-write and the ring data read-only.
+//! segment is refused on a host of the other kind (and the crate does not
+//! build for one). Layout version 1 (one file per ring) is refused with an
+//! error naming both versions.
 //!
 //! # Records
 //!
 //! A record is a 16-byte header followed by the payload, padded to 16 bytes:
 //!
 //! ```text
-//! word 0 (u64)  commit stamp: position | COMMITTED [| PADDING]; 0 = not written
-//! word 1 (u64)  payload length (low 32 bits) | message sequence number (high 32 bits)
+//! word 0 (u64)  commit stamp: position | COMMITTED [| PADDING | GAP]; 0 = not written
+//! word 1 (u64)  payload length (low 32 bits) | low 32 bits of the sequence number (high 32)
 //! ```
 //!
 //! A record never wraps: when it does not fit before the end of the ring, a
 //! padding record (stamp with `PADDING`, length = bytes to the end) fills up
-//! to the end and the record starts at offset 0 of the next lap. Positions are
-//! absolute byte offsets (`u64`, never wrap in practice); the stamp carries the
-//! record's own position, so a stale header from an earlier lap never matches.
+//! to the end and the record starts at offset 0 of the next lap. A gap record
+//! (stamp with `GAP`) carries an 8-byte payload: the exact number of messages
+//! lost before the next record (a replica writer publishes it when its source
+//! lost data). Positions are absolute byte offsets (`u64`, never wrap in
+//! practice); the stamp carries the record's own position, so a stale header
+//! from an earlier lap never matches. Sequence numbers are 64-bit: a reader
+//! extends the stored low half with the publisher's `published` counter (see
+//! `ring::records::extend_sequence`), exact while a ring holds fewer than
+//! 2^31 records, which [`MAX_CAPACITY`] guarantees.
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("shmbus needs a 64-bit target: ring positions and offsets are u64 mapped as usize");
+#[cfg(not(target_endian = "little"))]
+compile_error!("shmbus needs a little-endian target: the ring layout is little-endian");
 
 use crate::sync::{AtomicU32, AtomicU64};
 
-/// "shmbus\0\x01" as a little-endian u64: identifies a ring segment.
+/// "shmbus\0\x01" as a little-endian u64: identifies a ring data file.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"shmbus\x00\x01");
-/// Bumped on any change to this file's layout.
-pub const LAYOUT_VERSION: u32 = 1;
+/// "shmbctl\x01" as a little-endian u64: identifies a ring control file.
+pub const CTL_MAGIC: u64 = u64::from_le_bytes(*b"shmbctl\x01");
+/// Bumped on any change to this file's layout. Version 1 was one file per ring.
+pub const LAYOUT_VERSION: u32 = 2;
 /// Stored by the creator; reads back differently on a host of the other endianness.
 pub const ENDIAN_TAG: u32 = 0x0102_0304;
 
-/// Offset of [`Control`] in the segment.
-pub const CONTROL_OFFSET: usize = 1024;
-/// Offset of the first [`Slot`] in the segment.
-pub const SLOTS_OFFSET: usize = 2048;
+/// Memory page; the regions of the data file start on page boundaries.
+pub const PAGE: usize = 4096;
+/// Offset of [`Producer`] in the data file.
+pub const PRODUCER_OFFSET: usize = PAGE;
+/// Offset of the ring data in the data file.
+pub const DATA_OFFSET: usize = 2 * PAGE;
+/// Offset of [`Waiters`] in the control file.
+pub const WAITERS_OFFSET: usize = 128;
+/// Offset of the first [`Slot`] in the control file.
+pub const SLOTS_OFFSET: usize = 256;
 /// Size of one subscriber slot.
 pub const SLOT_SIZE: usize = 128;
-/// Most subscriber slots a segment may have.
+/// Most subscriber slots a ring may have.
 pub const MAX_SLOTS: u32 = 1024;
-/// Ring data starts on a page boundary (also the unit memmap2 offsets need).
-pub const PAGE: usize = 4096;
 /// Longest type name stored in the header.
 pub const TYPE_NAME_MAX: usize = 256;
 
@@ -52,15 +78,23 @@ pub const TYPE_NAME_MAX: usize = 256;
 pub const RECORD_ALIGN: u64 = 16;
 /// Header bytes in front of every payload.
 pub const RECORD_HEADER: u64 = 16;
+/// Payload bytes of a gap record (the lost-message count, a u64).
+pub const GAP_PAYLOAD: u64 = 8;
 /// Smallest ring.
 pub const MIN_CAPACITY: u64 = 4096;
-/// Largest ring (1 TiB): keeps every offset computation far from overflow.
-pub const MAX_CAPACITY: u64 = 1 << 40;
+/// Largest ring (16 GiB): a ring then holds fewer than 2^31 records (16 bytes
+/// each at least), which keeps 64-bit sequence numbers exact from their
+/// stored low halves, and every offset computation far from overflow.
+pub const MAX_CAPACITY: u64 = 1 << 34;
+/// Largest payload a record header can describe (its length field is 32 bits).
+pub const MAX_RECORD_PAYLOAD: u64 = u32::MAX as u64 - RECORD_ALIGN;
 
 /// Commit-stamp bit: the record at this position is complete.
 pub const STAMP_COMMITTED: u64 = 0x1;
 /// Commit-stamp bit: the record is padding up to the end of the ring.
 pub const STAMP_PADDING: u64 = 0x2;
+/// Commit-stamp bit: the record reports messages lost upstream (a gap record).
+pub const STAMP_GAP: u64 = 0x4;
 /// The stamp bits that are not part of the position.
 pub const STAMP_FLAGS: u64 = RECORD_ALIGN - 1;
 
@@ -72,24 +106,32 @@ pub const POLICY_OVERWRITE: u32 = 2;
 /// Header flag: the ring is a replica written by a bridge (never re-exported).
 pub const FLAG_REPLICA: u32 = 0x1;
 
-/// `Control::writer_state`: the publisher is (as far as it knows) alive.
+/// `Producer::writer_state`: the publisher is (as far as it knows) alive.
 pub const WRITER_OPEN: u32 = 1;
-/// `Control::writer_state`: the publisher closed the ring; nothing more will come.
+/// `Producer::writer_state`: the publisher closed the ring; nothing more will come.
 pub const WRITER_CLOSED: u32 = 2;
 
 /// Slot states (low 8 bits of `Slot::state`; the rest is a generation count
-/// bumped on every claim so a stale CAS can never free a re-used slot).
+/// bumped on every claim, so a stale CAS never acts on a re-used slot and no
+/// (slot, generation) pair is ever handed out twice).
 pub const SLOT_FREE: u64 = 0;
 /// The slot belongs to a live subscriber whose position gates the writer.
 pub const SLOT_ACTIVE: u64 = 1;
 /// The subscriber was evicted for lag; it gates only while it holds a sample.
 pub const SLOT_EVICTED: u64 = 2;
-/// The slot is being claimed: its owner is filling in pid and position.
-/// The writer ignores it (except to reclaim it from a dead owner).
+/// The slot is being claimed by the holder of its lock: the writer ignores it.
 pub const SLOT_CLAIMING: u64 = 3;
 /// An untethered reader (a bridge exporting with a retention budget): it
 /// gates the writer only while it pins bytes (`held != 0`), at `position`.
 pub const SLOT_UNTETHERED: u64 = 4;
+/// Joined by the publisher at creation on behalf of a registered subscriber
+/// (`reg_index`, `reg_generation`): gates from the first record; alive while
+/// that registration's lock is held; adopted by the subscriber when it opens
+/// the ring.
+pub const SLOT_PREJOINED: u64 = 5;
+/// A durable slot whose owner died: still gates at `position` until
+/// `orphaned_at + lease_ns`, so a restarted owner reattaches without loss.
+pub const SLOT_ORPHANED: u64 = 6;
 /// Mask of the state bits in `Slot::state`.
 pub const SLOT_STATE_MASK: u64 = 0xff;
 
@@ -105,6 +147,12 @@ pub const fn padding_stamp(position: u64) -> u64 {
     position | STAMP_COMMITTED | STAMP_PADDING
 }
 
+/// The commit stamp of a gap record at `position`.
+#[inline]
+pub const fn gap_stamp(position: u64) -> u64 {
+    position | STAMP_COMMITTED | STAMP_GAP
+}
+
 /// Rounds `n` up to the record alignment.
 #[inline]
 pub const fn align_record(n: u64) -> u64 {
@@ -117,26 +165,35 @@ pub const fn record_size(len: u64) -> u64 {
     RECORD_HEADER + align_record(len)
 }
 
-/// Packs word 1 of a record header.
+/// Packs word 1 of a record header: the length and the low half of the sequence.
 #[inline]
-pub const fn meta_word(len: u32, seq: u32) -> u64 {
-    (len as u64) | ((seq as u64) << 32)
+pub const fn meta_word(len: u32, seq: u64) -> u64 {
+    (len as u64) | ((seq as u32 as u64) << 32)
 }
 
-/// Unpacks word 1 of a record header into (length, sequence).
+/// Unpacks word 1 of a record header into (length, low 32 bits of the sequence).
 #[inline]
 pub const fn split_meta(meta: u64) -> (u32, u32) {
     (meta as u32, (meta >> 32) as u32)
 }
 
-/// Where the regions of a segment with `slots` subscriber slots start.
+/// Bytes of a control file with `slots` subscriber slots (whole pages).
 #[inline]
-pub const fn data_offset(slots: u32) -> usize {
+pub const fn control_file_len(slots: u32) -> usize {
     let end = SLOTS_OFFSET + slots as usize * SLOT_SIZE;
     (end + PAGE - 1) & !(PAGE - 1)
 }
 
-/// The immutable description of a segment, at offset 0.
+/// The lock byte of the publisher in the control file.
+pub const PUBLISHER_LOCK_BYTE: u64 = 0;
+
+/// The lock byte of slot `index` in the control file.
+#[inline]
+pub const fn slot_lock_byte(index: usize) -> u64 {
+    index as u64 + 1
+}
+
+/// The immutable description of a ring, at offset 0 of its data file.
 ///
 /// Written once by the creator before `magic`; read once by openers after
 /// `magic` (Acquire), copied and validated: nothing here is trusted or
@@ -145,19 +202,19 @@ pub const fn data_offset(slots: u32) -> usize {
 #[derive(Debug)]
 pub struct SegmentHeader {
     /// [`MAGIC`]; stored last with Release (SYNC: segment-init, paired with
-    /// the Acquire load in `segment::open`).
+    /// the Acquire load in `shm::segment::read_header`).
     pub magic: AtomicU64,
     /// [`LAYOUT_VERSION`].
     pub layout_version: AtomicU32,
     /// [`ENDIAN_TAG`] as written by the creator.
     pub endian: AtomicU32,
-    /// Offset of the ring data (page-aligned).
+    /// Offset of the ring data ([`DATA_OFFSET`]).
     pub data_offset: AtomicU64,
     /// Ring data bytes, a power of two.
     pub capacity: AtomicU64,
     /// Largest payload a record may carry.
     pub max_message: AtomicU64,
-    /// Number of subscriber slots.
+    /// Number of subscriber slots in the control file.
     pub slot_count: AtomicU32,
     /// [`POLICY_BLOCK`] or [`POLICY_OVERWRITE`].
     pub policy: AtomicU32,
@@ -165,12 +222,15 @@ pub struct SegmentHeader {
     pub flags: AtomicU32,
     /// Reserved, zero.
     pub reserved0: AtomicU32,
+    /// A random number naming this ring; its control file carries the same,
+    /// so a data file is never paired with another ring's control file.
+    pub ring_id: AtomicU64,
     /// Untethered eviction: evict a subscriber that holds the writer back
     /// this long (nanoseconds); 0 = never evict a live subscriber.
     pub evict_after_ns: AtomicU64,
-    /// Publisher's process id.
+    /// Publisher's process id (a label for tools; liveness is by lock).
     pub publisher_pid: AtomicU64,
-    /// Publisher's process start time (clock ticks since boot, from /proc).
+    /// Publisher's process start time (a label for tools).
     pub publisher_start: AtomicU64,
     /// Creation time, nanoseconds since the Unix epoch.
     pub created_unix_ns: AtomicU64,
@@ -184,35 +244,31 @@ pub struct SegmentHeader {
     pub type_name: [AtomicU64; TYPE_NAME_MAX / 8],
 }
 
-/// Writer-owned words and the notify line, at [`CONTROL_OFFSET`].
+/// Every word only the publisher writes, at [`PRODUCER_OFFSET`] of the data
+/// file. Subscribers map it read-only: they cannot move the publisher's
+/// positions, and they read each word as untrusted input (validated).
 ///
 /// Each group sits on its own 128-byte line so readers polling one do not
 /// steal the others from the writer.
 #[repr(C, align(128))]
 #[derive(Debug)]
-pub struct Control {
-    /// End of the committed records (a record boundary). Writer-only; stored
-    /// with Release after the records' commit stamps (SYNC: tail-publish).
+pub struct Producer {
+    /// End of the committed records (a record boundary), stored with Release
+    /// after the records' commit stamps (SYNC: tail-publish).
     pub tail: AtomicU64,
-    /// Start of the oldest intact record. Writer-only; advanced *before* the
-    /// writer overwrites the record (SYNC: head-advance).
+    /// Start of the oldest intact record, advanced *before* the writer
+    /// overwrites the record (SYNC: head-advance).
     pub head: AtomicU64,
-    /// The gate the writer currently honours: it writes below `limit + capacity`
-    /// only. Writer-only (SYNC: join-limit).
+    /// The gate the writer honours, published for joiners (it writes below
+    /// `limit + capacity` only; SYNC: join-limit). The writer decides with
+    /// its own private copy and never reads this back.
     pub limit: AtomicU64,
-    /// Number of records published (the next message sequence number).
+    /// Records published (the sequence number of the next record, 64-bit).
     pub published: AtomicU64,
     _pad0: [u8; 128 - 32],
     /// Futex word: bumped by the writer when it wakes sleepers (SYNC: notify).
     pub futex: AtomicU32,
-    /// Number of readers about to sleep or sleeping on `futex`.
-    pub waiters: AtomicU32,
-    /// Futex word the writer sleeps on while the ring is full; bumped by a
-    /// subscriber that releases space while `space_waiters != 0`.
-    pub space_futex: AtomicU32,
-    /// Nonzero while the writer sleeps for space.
-    pub space_waiters: AtomicU32,
-    _pad1: [u8; 112],
+    _pad1: [u8; 124],
     /// [`WRITER_OPEN`] / [`WRITER_CLOSED`]. On its own, rarely written line
     /// so that idle readers can poll it without disturbing the writer.
     pub writer_state: AtomicU32,
@@ -224,43 +280,84 @@ pub struct Control {
     _pad3: [u8; 104],
 }
 
-/// One subscriber's line in the table, at `SLOTS_OFFSET + i * SLOT_SIZE`.
+/// The control file's first line, at offset 0.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ControlHeader {
+    /// [`CTL_MAGIC`]; stored last with Release (SYNC: segment-init).
+    pub magic: AtomicU64,
+    /// [`LAYOUT_VERSION`].
+    pub layout_version: AtomicU32,
+    /// Number of slots; must equal the data header's.
+    pub slot_count: AtomicU32,
+    /// Must equal the data header's `ring_id`.
+    pub ring_id: AtomicU64,
+}
+
+/// The shared words of waiting, at [`WAITERS_OFFSET`] of the control file.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct Waiters {
+    /// Number of readers about to sleep or sleeping on `Producer::futex`.
+    pub waiters: AtomicU32,
+    /// Futex word the writer sleeps on while the ring is full; bumped by a
+    /// subscriber that releases space while `space_waiters != 0`.
+    pub space_futex: AtomicU32,
+    /// Nonzero while the writer sleeps for space.
+    pub space_waiters: AtomicU32,
+    _pad: [u8; 116],
+}
+
+/// One subscriber's line in the table, at `SLOTS_OFFSET + i * SLOT_SIZE` of
+/// the control file.
 #[repr(C, align(128))]
 #[derive(Debug)]
 pub struct Slot {
-    /// `generation << 8 | state` ([`SLOT_FREE`], [`SLOT_ACTIVE`], [`SLOT_EVICTED`]).
+    /// `generation << 8 | state` ([`SLOT_FREE`], [`SLOT_ACTIVE`], ...).
     pub state: AtomicU64,
     /// Everything before this position is released by the subscriber. Written
     /// by the subscriber with Release, read by the writer's gate scan with
     /// Acquire (SYNC: release-position).
     pub position: AtomicU64,
-    /// Owner's process id.
-    pub pid: AtomicU64,
-    /// Owner's process start time (ticks since boot); with `pid` this names
-    /// the process even if the pid is reused.
-    pub start_time: AtomicU64,
     /// Nonzero while the subscriber holds a borrowed sample (only used when
-    /// untethered eviction is on; SYNC: hold-evict).
+    /// untethered eviction is on; SYNC: hold-evict) or pins bytes (untethered).
     pub held: AtomicU64,
-    /// Last time the subscriber advanced, CLOCK_MONOTONIC nanoseconds.
-    pub heartbeat: AtomicU64,
-    _pad: [u8; 80],
+    /// Nonzero while the owner counts itself in `Waiters::waiters` (so whoever
+    /// reclaims the slot of a reader killed asleep takes its count back).
+    pub sleeping: AtomicU64,
+    /// Owner's process id (a label for tools; liveness is by lock).
+    pub pid: AtomicU64,
+    /// Owner's process start time (a label for tools).
+    pub start_time: AtomicU64,
+    /// [`SLOT_PREJOINED`]: the registry entry this slot was joined for.
+    pub reg_index: AtomicU64,
+    /// [`SLOT_PREJOINED`]: that entry's generation.
+    pub reg_generation: AtomicU64,
+    /// Durable slots: the owner's key (nonzero), so a restarted owner finds it.
+    pub durable_key: AtomicU64,
+    /// Durable slots: how long the slot outlives its owner, nanoseconds.
+    pub lease_ns: AtomicU64,
+    /// [`SLOT_ORPHANED`]: when the owner was found dead (the view's clock).
+    pub orphaned_at: AtomicU64,
+    _pad: [u8; 40],
 }
 
 #[cfg(not(loom))]
 const _: () = {
     use core::mem::{align_of, size_of};
-    assert!(size_of::<SegmentHeader>() <= CONTROL_OFFSET);
-    assert!(size_of::<Control>() == 384);
-    assert!(CONTROL_OFFSET + size_of::<Control>() <= SLOTS_OFFSET);
+    assert!(size_of::<SegmentHeader>() <= PAGE);
+    assert!(size_of::<Producer>() == 384);
+    assert!(size_of::<ControlHeader>() <= WAITERS_OFFSET);
+    assert!(WAITERS_OFFSET + size_of::<Waiters>() <= SLOTS_OFFSET);
     assert!(size_of::<Slot>() == SLOT_SIZE);
-    assert!(align_of::<Slot>() == 128 && align_of::<Control>() == 128);
+    assert!(align_of::<Slot>() == 128 && align_of::<Producer>() == 128);
     assert!(STAMP_FLAGS == 0xf);
+    assert!(MAX_CAPACITY / RECORD_HEADER < 1 << 31);
 };
 
 #[cfg(any(test, loom))]
-impl Control {
-    /// A zeroed control block on the heap (tests and loom models).
+impl Producer {
+    /// A zeroed producer page on the heap (tests and loom models).
     pub(crate) fn new_zeroed() -> Self {
         Self {
             tail: AtomicU64::new(0),
@@ -269,10 +366,7 @@ impl Control {
             published: AtomicU64::new(0),
             _pad0: [0; 96],
             futex: AtomicU32::new(0),
-            waiters: AtomicU32::new(0),
-            space_futex: AtomicU32::new(0),
-            space_waiters: AtomicU32::new(0),
-            _pad1: [0; 112],
+            _pad1: [0; 124],
             writer_state: AtomicU32::new(WRITER_OPEN),
             _pad2: [0; 4],
             evictions: AtomicU64::new(0),
@@ -283,17 +377,36 @@ impl Control {
 }
 
 #[cfg(any(test, loom))]
+impl Waiters {
+    /// Zeroed waiting words on the heap (tests and loom models).
+    pub(crate) fn new_zeroed() -> Self {
+        Self {
+            waiters: AtomicU32::new(0),
+            space_futex: AtomicU32::new(0),
+            space_waiters: AtomicU32::new(0),
+            _pad: [0; 116],
+        }
+    }
+}
+
+#[cfg(any(test, loom))]
 impl Slot {
     /// A free slot on the heap (tests and loom models).
     pub(crate) fn new_free() -> Self {
+        let z = || AtomicU64::new(0);
         Self {
             state: AtomicU64::new(SLOT_FREE),
-            position: AtomicU64::new(0),
-            pid: AtomicU64::new(0),
-            start_time: AtomicU64::new(0),
-            held: AtomicU64::new(0),
-            heartbeat: AtomicU64::new(0),
-            _pad: [0; 80],
+            position: z(),
+            held: z(),
+            sleeping: z(),
+            pid: z(),
+            start_time: z(),
+            reg_index: z(),
+            reg_generation: z(),
+            durable_key: z(),
+            lease_ns: z(),
+            orphaned_at: z(),
+            _pad: [0; 40],
         }
     }
 }
@@ -313,16 +426,16 @@ mod tests {
     #[test]
     fn meta_round_trips() {
         assert_eq!(
-            split_meta(meta_word(1234, 0xdead_beef)),
+            split_meta(meta_word(1234, 0x7_dead_beef)),
             (1234, 0xdead_beef)
         );
     }
 
     #[test]
-    fn data_offset_is_page_aligned() {
-        assert_eq!(data_offset(0), PAGE);
-        assert_eq!(data_offset(16), PAGE);
-        assert_eq!(data_offset(64), 12288);
-        assert_eq!(data_offset(64) % PAGE, 0);
+    fn control_file_is_whole_pages() {
+        assert_eq!(control_file_len(1), PAGE);
+        assert_eq!(control_file_len(30), PAGE);
+        assert_eq!(control_file_len(31), 2 * PAGE);
+        assert_eq!(control_file_len(MAX_SLOTS) % PAGE, 0);
     }
 }

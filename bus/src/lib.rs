@@ -61,20 +61,26 @@ pub use ring::Policy;
 pub use crate::{
     error::Error,
     handle::{
+        observer::{Observed, RingObserver},
         raw::{RawChunk, RawReader, ReplicaChunk, ReplicaWriter},
         reader::{
-            wait_any, wait_probes, Drained, Message, ReadEvent, ReadyProbe, RingReader, StartAt,
+            wait_any, wait_probes, Drained, Message, ReadEvent, ReaderOptions, ReadyProbe,
+            RingReader, StartAt,
         },
         writer::{Loan, RingWriter, WriterStats},
     },
     shm::{
         futex::FUTEX_WAITV_MAX,
-        liveness::{is_alive, ProcessId},
+        listing::{list_rings, RingEntry},
+        liveness::ProcessId,
         paths::{
             create_dir_all, default_root, publisher_id_of, ring_path, topic_dir, validate_name,
-            DEFAULT_BUS, DEFAULT_ROOT, MAX_NAME_LEN, RING_EXT, ROOT_ENV,
+            CTL_EXT, DEFAULT_BUS, DEFAULT_ROOT, MAX_NAME_LEN, RING_EXT, ROOT_ENV,
         },
-        segment::{max_message_limit, RingConfig, SegmentInfo, INIT_WAIT},
+        registry::Registration,
+        segment::{
+            control_path_of, inspect_ring, max_message_limit, RingConfig, SegmentInfo, INIT_WAIT,
+        },
         sweep::sweep_topic,
         wait::{WaitStrategy, MAX_SLEEP},
     },

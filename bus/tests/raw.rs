@@ -87,7 +87,7 @@ fn records_forwarded_across_wraps_read_identically() {
         while let ReadEvent::Message(m) = local.try_read().unwrap() {
             let n = u32::from_le_bytes(m.payload()[..4].try_into().unwrap());
             assert_eq!(m.payload(), n.to_le_bytes().repeat(1 + (n as usize % 90)));
-            assert_eq!(m.sequence(), n);
+            assert_eq!(m.sequence(), u64::from(n));
         }
     }
     assert_eq!(sent, 1000);

@@ -184,6 +184,12 @@ fn corrupt_headers_are_refused_with_clear_errors() {
         "{e}"
     );
     assert!(e.to_string().contains("same shmbus version"));
+    // A ring of the first layout (one file per ring) names both layouts.
+    let e = tampered(&dir, 8, &1u32.to_le_bytes());
+    let text = e.to_string();
+    assert!(matches!(e, Error::VersionMismatch { found: 1, .. }), "{e}");
+    assert!(text.contains("one file per ring"), "{text}");
+    assert!(text.contains("a data file and a control file"), "{text}");
     let e = tampered(&dir, 12, &0x0403_0201u32.to_le_bytes());
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
     let e = tampered(&dir, 24, &12345u64.to_le_bytes()); // capacity
@@ -194,7 +200,7 @@ fn corrupt_headers_are_refused_with_clear_errors() {
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
     let e = tampered(&dir, 44, &7u32.to_le_bytes()); // policy
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
-    let e = tampered(&dir, 16, &8192u64.to_le_bytes()); // data offset
+    let e = tampered(&dir, 16, &4096u64.to_le_bytes()); // data offset
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
     let e = tampered(&dir, 0, b"NOTSHMBU");
     assert!(matches!(e, Error::NotASegment(_)), "{e}");
@@ -225,7 +231,7 @@ fn corrupt_records_give_errors_not_panics() {
     w.try_write(&[1; 100]).unwrap();
     // Corrupt the length word of the first record (data starts at the page
     // after the slots).
-    let data = layout::data_offset(4) as u64;
+    let data = layout::DATA_OFFSET as u64;
     let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.write_all_at(&u32::MAX.to_le_bytes(), data + 8).unwrap();
     let e = r.try_read().expect_err("corrupt length");
@@ -252,7 +258,7 @@ fn overwrite_ring_never_blocks_and_counts_loss() {
             ReadEvent::Message(m) => {
                 let first = u32::from_le_bytes(m.payload()[..4].try_into().unwrap());
                 assert_eq!(m.payload(), first.to_le_bytes().repeat(16));
-                assert_eq!(m.sequence(), first);
+                assert_eq!(m.sequence(), u64::from(first));
                 got += 1;
             }
             ReadEvent::Gap { messages, .. } => lost += messages,
@@ -281,7 +287,15 @@ fn sweep_removes_rings_of_gone_publishers_only() {
     assert!(!dir.path("gone.ring").exists());
     assert!(dir.path("read.ring").exists(), "still has a live reader");
     assert!(dir.path("notes.txt").exists());
+    // The last reader out of a ring whose publisher is gone removes it.
     drop(reader);
-    assert_eq!(sweep_topic(&dir.0).unwrap(), 1);
+    assert!(!dir.path("read.ring").exists());
+    assert!(!dir.path("read.ctl").exists());
+    assert_eq!(sweep_topic(&dir.0).unwrap(), 0);
     drop(live);
+    assert_eq!(
+        fs::read_dir(&dir.0).unwrap().count(),
+        1,
+        "only notes.txt is left"
+    );
 }

@@ -6,17 +6,22 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use crate::{
-    layout::{data_stamp, padding_stamp, record_size, split_meta, WRITER_CLOSED},
+    handle::reader::join_error,
+    layout::{WRITER_CLOSED, WRITER_OPEN},
     ring::{
-        gate::{JoinAt, SlotStatus},
+        gate::{JoinAt, JoinRequest, SlotStatus},
         reader::ReaderCore,
+        records::{self, StampKind},
         writer::{ReserveFail, WriterCore},
-        View,
+        Policy, View,
     },
-    shm::liveness::ProcessId,
-    shm::segment::{self, Mapping, RingConfig, SegmentInfo},
-    shm::wait::{self, Deadline, WaitStrategy},
-    sync::Ordering,
+    shm::{
+        futex::Sleeper,
+        liveness::ProcessId,
+        segment::{self, Mapping, RingConfig, SegmentInfo, Start},
+        wait::{self, Deadline, WaitStrategy},
+    },
+    sync::{load_acquire_ro, load_acquire_ro32, Ordering},
     Error, StartAt,
 };
 
@@ -47,6 +52,12 @@ pub enum RawChunk {
 /// what it has not released ([`Self::release_to`]). Untethered, the publisher
 /// ignores it except while it pins bytes ([`Self::pin`]): then it may lose
 /// data (a [`RawChunk::Lapped`]) but never holds the publisher back for long.
+/// Durable ([`Self::open_durable`]), its slot outlives it for a lease, so a
+/// restarted owner resumes where it was without loss.
+///
+/// Raw readers hand out ring bytes in place, so they refuse Overwrite rings
+/// (whose bytes can change under a reader); read those with a
+/// [`crate::RingReader`], which copies and validates.
 #[derive(Debug)]
 pub struct RawReader {
     core: ReaderCore<Arc<Mapping>>,
@@ -59,13 +70,60 @@ impl RawReader {
     ///
     /// As [`crate::RingReader::open`].
     pub fn open(path: &Path, start: StartAt, tethered: bool) -> Result<Self, Error> {
+        Self::open_inner(path, start, tethered, None)
+    }
+
+    /// Opens the ring at `path` with a durable, tethered slot named `key`
+    /// (nonzero): if a previous owner with that key died, this reader
+    /// reattaches at the position it had released up to (see
+    /// [`Self::start_position`]); the slot keeps gating the publisher for
+    /// `lease` after its owner dies, and the ring's files stay until it is
+    /// reaped.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::open`]; [`Error::InvalidConfig`] for a zero key.
+    pub fn open_durable(
+        path: &Path,
+        start: StartAt,
+        key: u64,
+        lease: Duration,
+    ) -> Result<Self, Error> {
+        if key == 0 {
+            return Err(Error::InvalidConfig(
+                "a durable slot's key must be nonzero".into(),
+            ));
+        }
+        let lease = u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX);
+        Self::open_inner(path, start, true, Some((key, lease)))
+    }
+
+    fn open_inner(
+        path: &Path,
+        start: StartAt,
+        tethered: bool,
+        durable: Option<(u64, u64)>,
+    ) -> Result<Self, Error> {
         let map = segment::open(path)?;
+        if map.info().policy == Policy::Overwrite {
+            return Err(Error::InvalidConfig(format!(
+                "{}: raw readers read in place and refuse Overwrite rings (use a RingReader, which copies)",
+                path.display()
+            )));
+        }
         let me = ProcessId::current().map_err(|e| Error::io("/proc/self/stat", e))?;
-        let at = match start {
-            StartAt::Latest => JoinAt::Latest,
-            StartAt::Oldest => JoinAt::Oldest,
+        let req = JoinRequest {
+            at: match start {
+                StartAt::Latest => JoinAt::Latest,
+                StartAt::Oldest => JoinAt::Oldest,
+            },
+            tethered,
+            durable,
+            pid: u64::from(me.pid),
+            start_time: me.start_time,
         };
-        let core = ReaderCore::join_as(map, at, tethered, u64::from(me.pid), me.start_time, 0)
+        let core = ReaderCore::join(map, &req)
+            .map_err(|e| join_error(path, e))?
             .ok_or_else(|| Error::NoFreeSlot(path.to_path_buf()))?;
         Ok(Self { core })
     }
@@ -83,25 +141,20 @@ impl RawReader {
     /// The published tail.
     pub fn tail(&self) -> u64 {
         // SYNC: tail-publish (Acquire): every stamp below it is visible.
-        self.core.view.control().tail.load(Ordering::Acquire)
+        load_acquire_ro(&self.core.view.producer().tail)
     }
 
     /// The oldest intact record's position.
     pub fn head(&self) -> u64 {
         // SYNC: head-advance (Acquire).
-        self.core.view.control().head.load(Ordering::Acquire)
+        load_acquire_ro(&self.core.view.producer().head)
     }
 
-    /// True once the publisher closed the ring or died.
+    /// True once the publisher closed the ring or died (its lock is free).
     pub fn publisher_gone(&self) -> bool {
         // Acquire: pairs with the writer's Release store of CLOSED (after its final tail).
-        self.core
-            .view
-            .control()
-            .writer_state
-            .load(Ordering::Acquire)
-            == WRITER_CLOSED
-            || !self.info().publisher.is_alive()
+        load_acquire_ro32(&self.core.view.producer().writer_state) != WRITER_OPEN
+            || !self.core.view.publisher_alive()
     }
 
     /// Whether this reader still owns its slot.
@@ -117,53 +170,60 @@ impl RawReader {
         }
     }
 
-    /// Finds the whole records from `start` (a record boundary) up to the
-    /// tail, at most `max_len` bytes (at least one record if it fits).
+    /// Finds the whole records from `start` (a record boundary this reader
+    /// found earlier, or its start position) up to the tail, at most
+    /// `max_len` bytes (at least one record if it fits).
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] if the records break the format, or a single record
-    /// is longer than `max_len`.
+    /// [`Error::Corrupt`] if the records or the publisher's positions break
+    /// the format, or a single record is longer than `max_len`;
+    /// [`Error::InvalidConfig`] if `start` is not a record position between
+    /// the ring's head and tail.
     pub fn next_chunk(&self, start: u64, max_len: u64) -> Result<RawChunk, Error> {
+        let geo = *self.core.geometry();
         let tail = self.tail();
-        if start >= tail {
+        let head = self.head();
+        records::check_span(&geo, head, tail).map_err(|what| self.corrupt(tail, what))?;
+        if !records::is_record_aligned(start) || start > tail {
+            return Err(Error::InvalidConfig(format!(
+                "{}: position {start} is not a record position at or below the tail {tail}",
+                self.info().path.display()
+            )));
+        }
+        if start == tail {
             return Ok(RawChunk::Empty);
         }
-        if self.head() > start {
-            return Ok(RawChunk::Lapped { head: self.head() });
+        if head > start {
+            return Ok(RawChunk::Lapped { head });
         }
-        let geo = self.core.geometry();
-        let (cap, mask) = (geo.capacity, geo.mask());
         let mut pos = start;
         let mut records = 0;
         while pos < tail {
-            let off = pos & mask;
+            let off = pos & geo.mask();
             // SYNC: commit (Acquire).
-            let stamp = self.core.view.word(off).load(Ordering::Acquire);
+            let stamp = load_acquire_ro(self.core.view.word(off));
             // Relaxed: ordered after the Acquire above.
-            let (len, _) = split_meta(self.core.view.word(off + 8).load(Ordering::Relaxed));
-            let size = if stamp == data_stamp(pos) && u64::from(len) <= geo.max_message {
-                record_size(u64::from(len))
-            } else if stamp == padding_stamp(pos) {
-                cap - off
-            } else if self.head() > pos {
-                return Ok(RawChunk::Lapped { head: self.head() });
-            } else {
-                return Err(self.corrupt(pos, "record stamp or length invalid"));
+            let meta = self.core.view.word(off + 8).load(Ordering::Relaxed);
+            let kind = records::classify(stamp, pos);
+            let header = match records::check_header(&geo, pos, kind, meta) {
+                Ok(h) => h,
+                Err(_) if self.head() > pos => return Ok(RawChunk::Lapped { head: self.head() }),
+                Err(what) => return Err(self.corrupt(pos, what)),
             };
-            if off + size > cap {
-                return Err(self.corrupt(pos, "record crosses the ring's end"));
-            }
-            if pos + size - start > max_len {
+            if pos + header.size - start > max_len {
                 if pos == start {
                     return Err(self.corrupt(pos, "record longer than the chunk limit"));
                 }
                 break;
             }
-            if stamp & crate::layout::STAMP_PADDING == 0 {
+            if kind == StampKind::Data {
                 records += 1;
             }
-            pos += size;
+            pos += header.size;
+        }
+        if pos > tail {
+            return Err(self.corrupt(pos, "tail: not at a record boundary"));
         }
         // Untethered and unpinned, the writer may have lapped the walk.
         if self.head() > start {
@@ -192,14 +252,20 @@ impl RawReader {
         let geo = self.core.geometry();
         let (cap, mask) = (geo.capacity, geo.mask());
         let off = start & mask;
-        let len = end - start;
+        let len = end.saturating_sub(start).min(cap);
         let first = len.min(cap - off);
-        // SAFETY: in bounds (first <= cap - off; the rest < cap as len <= cap);
-        // protected from writes per the caller.
+        // SAFETY: protected from writes per the caller; `data_slice` checks
+        // the bounds (first <= cap - off; the rest < cap as len <= cap).
         unsafe {
             (
-                self.core.view.data_slice(off, first as usize),
-                self.core.view.data_slice(0, (len - first) as usize),
+                self.core
+                    .view
+                    .data_slice(off, first as usize)
+                    .unwrap_or_default(),
+                self.core
+                    .view
+                    .data_slice(0, (len - first) as usize)
+                    .unwrap_or_default(),
             )
         }
     }
@@ -229,11 +295,17 @@ impl RawReader {
         strategy: WaitStrategy,
         timeout: Option<Duration>,
     ) -> bool {
-        let ctrl = self.core.view.control();
-        wait::wait_until(&[ctrl], strategy, Deadline::after(timeout), || {
+        let view = &self.core.view;
+        let producer = view.producer();
+        let sleeper = Sleeper {
+            futex: &producer.futex,
+            waiters: &view.waiters().waiters,
+            sleeping: self.core.claim().map(|c| &view.slots()[c.index].sleeping),
+        };
+        wait::wait_until(&[sleeper], strategy, Deadline::after(timeout), || {
             // Relaxed: hints; the caller re-reads the tail with Acquire.
-            ctrl.tail.load(Ordering::Relaxed) > position
-                || ctrl.writer_state.load(Ordering::Relaxed) == WRITER_CLOSED
+            producer.tail.load(Ordering::Relaxed) > position
+                || producer.writer_state.load(Ordering::Relaxed) == WRITER_CLOSED
         })
     }
 }
@@ -253,14 +325,88 @@ impl ReplicaWriter {
     ///
     /// As [`crate::RingWriter::create`].
     pub fn create(path: &Path, config: &RingConfig, start: u64) -> Result<Self, Error> {
+        Self::create_inner(path, config, start, None)
+    }
+
+    /// Like [`Self::create`], for a stream whose next sequence number is
+    /// known (`seq`); otherwise the first chunk's first record sets it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::create`].
+    pub fn create_numbered(
+        path: &Path,
+        config: &RingConfig,
+        start: u64,
+        seq: u64,
+    ) -> Result<Self, Error> {
+        Self::create_inner(path, config, start, Some(seq))
+    }
+
+    fn create_inner(
+        path: &Path,
+        config: &RingConfig,
+        start: u64,
+        seq: Option<u64>,
+    ) -> Result<Self, Error> {
         let config = RingConfig {
             replica: true,
             ..config.clone()
         };
-        let map = segment::create_at(path, &config, start)?;
+        let map = segment::create(
+            path,
+            &config,
+            Start {
+                position: start,
+                seq,
+            },
+        )?;
         Ok(Self {
-            core: WriterCore::new_at(map, start),
+            core: WriterCore::new_at(map, start, seq),
         })
+    }
+
+    /// Publishes a gap record: `count` messages of the source stream were
+    /// lost before the next chunk. Local subscribers see exactly that count
+    /// as lost, in this same ring. Waits for room like [`Self::reserve`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`], [`Error::Corrupt`].
+    pub fn write_gap(
+        &mut self,
+        count: u64,
+        wait: WaitStrategy,
+        timeout: Option<Duration>,
+    ) -> Result<(), Error> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            match self.core.reserve_up_to(crate::layout::GAP_PAYLOAD, 0) {
+                Ok(r) => {
+                    self.core.commit_gap(r, count);
+                    self.core.publish();
+                    return Ok(());
+                }
+                Err(ReserveFail::Full) => {
+                    if deadline.passed() {
+                        return Err(Error::Timeout);
+                    }
+                    backoff(wait);
+                }
+                Err(ReserveFail::TooLarge) => {
+                    return Err(Error::TooLarge {
+                        len: crate::layout::GAP_PAYLOAD,
+                        max: self.core.geometry().max_message,
+                    })
+                }
+                Err(ReserveFail::Corrupt { position, what }) => {
+                    return Err(Error::corrupt(
+                        &self.info().path,
+                        format!("at position {position}: {what}"),
+                    ))
+                }
+            }
+        }
     }
 
     /// The segment's validated header.
@@ -306,18 +452,31 @@ impl ReplicaWriter {
                     if deadline.passed() {
                         return Err(Error::Timeout);
                     }
-                    match wait {
-                        WaitStrategy::BusySpin => std::hint::spin_loop(),
-                        _ => std::thread::sleep(Duration::from_micros(200)),
-                    }
+                    backoff(wait);
+                }
+                Err(ReserveFail::Corrupt { position, what }) => {
+                    return Err(Error::corrupt(
+                        &self.info().path,
+                        format!("at position {position}: {what}"),
+                    ))
                 }
             }
         }
     }
 }
 
+fn backoff(wait: WaitStrategy) {
+    match wait {
+        WaitStrategy::BusySpin => std::hint::spin_loop(),
+        _ => std::thread::sleep(Duration::from_micros(200)),
+    }
+}
+
 impl Drop for ReplicaWriter {
     fn drop(&mut self) {
+        if !self.core.view.in_creator_process() {
+            return; // a forked child: the ring is the parent's
+        }
         self.core.close();
         let _ = crate::shm::sweep::remove_if_unread(&self.core.view);
     }
@@ -351,7 +510,8 @@ impl ReplicaChunk<'_> {
         let first = rest.min(cap - off - 8);
         let map = &self.writer.core.view;
         // The ranges are inside the writable data mapping (off + 8 + first <=
-        // cap; the wrapped part < cap) and do not overlap.
+        // cap; the wrapped part < cap) and do not overlap (reserve_raw caps a
+        // chunk at half the ring).
         // SAFETY: in bounds and disjoint (above); reserved by `reserve_raw`, and
         // unreadable by subscribers before commit (the stamp at `start` is unset).
         let (a, b) = unsafe {

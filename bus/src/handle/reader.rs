@@ -3,16 +3,21 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use crate::{
-    layout::WRITER_CLOSED,
+    layout::WRITER_OPEN,
     ring::{
-        gate::JoinAt,
+        gate::{JoinAt, JoinError, JoinRequest, SlotStatus},
         reader::{Peek, ReadFault, ReaderCore, RecordRef},
         Policy, View,
     },
-    shm::liveness::ProcessId,
-    shm::segment::{self, Mapping, SegmentInfo},
-    shm::wait::{self, Deadline, WaitStrategy},
-    sync::Ordering,
+    shm::{
+        fs::Access,
+        futex::Sleeper,
+        liveness::ProcessId,
+        registry::Registration,
+        segment::{self, Mapping, SegmentInfo},
+        wait::{self, Deadline, WaitStrategy},
+    },
+    sync::{load_acquire_ro, Ordering},
     Error,
 };
 
@@ -48,6 +53,40 @@ pub enum ReadEvent<'a> {
 /// How many empty polls pass between liveness checks of the publisher.
 const LIVENESS_POLLS: u32 = 1 << 14;
 
+/// How to open a ring for reading; see [`RingReader::open_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct ReaderOptions<'a> {
+    /// Where to start (a pre-joined slot starts at the ring's first record).
+    pub start: StartAt,
+    /// How long to wait for the ring's creator to finish initializing it.
+    pub init_wait: Duration,
+    /// Accept files of the owner's group (a bus shared in group mode), not
+    /// only the caller's own.
+    pub group: bool,
+    /// The subscriber's registration in the topic: its pre-joined slot, if
+    /// the publisher made one, is adopted (everything from the first record).
+    pub registration: Option<&'a Registration>,
+}
+
+impl Default for ReaderOptions<'_> {
+    fn default() -> Self {
+        Self {
+            start: StartAt::Latest,
+            init_wait: segment::INIT_WAIT,
+            group: false,
+            registration: None,
+        }
+    }
+}
+
+/// Maps a failed join to the bus error.
+pub(crate) fn join_error(path: &Path, e: JoinError) -> Error {
+    match e {
+        JoinError::Corrupt(what) => Error::corrupt(segment::control_path_of(path), what),
+        JoinError::Io(e) => Error::io(segment::control_path_of(path), e),
+    }
+}
+
 /// A subscriber's cursor over one ring.
 ///
 /// # Examples
@@ -75,7 +114,13 @@ impl RingReader {
     /// [`Error::VersionMismatch`], [`Error::SizeMismatch`], [`Error::Corrupt`],
     /// [`Error::NoFreeSlot`], [`Error::Io`].
     pub fn open(path: &Path, start: StartAt) -> Result<Self, Error> {
-        Self::open_waiting(path, start, segment::INIT_WAIT)
+        Self::open_with(
+            path,
+            &ReaderOptions {
+                start,
+                ..ReaderOptions::default()
+            },
+        )
     }
 
     /// Like [`Self::open`], waiting at most `init_wait` (instead of
@@ -86,31 +131,74 @@ impl RingReader {
     ///
     /// As [`Self::open`].
     pub fn open_waiting(path: &Path, start: StartAt, init_wait: Duration) -> Result<Self, Error> {
-        let map = segment::open_waiting(path, init_wait)?;
+        Self::open_with(
+            path,
+            &ReaderOptions {
+                start,
+                init_wait,
+                ..ReaderOptions::default()
+            },
+        )
+    }
+
+    /// Opens the ring at `path` with `options`: adopts the slot the
+    /// publisher pre-joined for `options.registration` if there is one (then
+    /// reading starts at the ring's first record), else joins a free slot or
+    /// the slot of a dead subscriber.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::open`]; [`Error::Evicted`] if the publisher evicted the
+    /// pre-joined slot for lag before it was adopted (open again to join at
+    /// `options.start`).
+    pub fn open_with(path: &Path, options: &ReaderOptions<'_>) -> Result<Self, Error> {
+        let access = if options.group {
+            Access::Group
+        } else {
+            Access::Owner
+        };
+        let mut map = segment::open_with(path, options.init_wait, access)?;
         let me = ProcessId::current().map_err(|e| Error::io("/proc/self/stat", e))?;
-        let at = match start {
-            StartAt::Latest => JoinAt::Latest,
-            StartAt::Oldest => JoinAt::Oldest,
+        let req = JoinRequest {
+            at: match options.start {
+                StartAt::Latest => JoinAt::Latest,
+                StartAt::Oldest => JoinAt::Oldest,
+            },
+            tethered: true,
+            durable: None,
+            pid: u64::from(me.pid),
+            start_time: me.start_time,
         };
-        let now = monotonic_ns();
-        let core = match ReaderCore::join(map.clone(), at, u64::from(me.pid), me.start_time, now) {
-            Some(core) => core,
-            None => {
-                // Reclaim slots of dead subscribers, then try once more.
-                let mut gate = crate::ring::gate::GateState::default();
-                crate::ring::gate::reap_dead(&map, &mut gate);
-                ReaderCore::join(map.clone(), at, u64::from(me.pid), me.start_time, now)
-                    .ok_or_else(|| Error::NoFreeSlot(path.to_path_buf()))?
+        if let Some(reg) = options.registration {
+            match ReaderCore::adopt(map, &req, u64::from(reg.index()), reg.generation())
+                .map_err(|e| join_error(path, e))?
+            {
+                Ok(core) => return Ok(Self::with_core(core)),
+                Err((_, true)) => return Err(Error::Evicted),
+                Err((m, false)) => map = m,
             }
-        };
-        Ok(Self {
+        }
+        let core = ReaderCore::join(map, &req)
+            .map_err(|e| join_error(path, e))?
+            .ok_or_else(|| Error::NoFreeSlot(path.to_path_buf()))?;
+        Ok(Self::with_core(core))
+    }
+
+    fn with_core(core: ReaderCore<Arc<Mapping>>) -> Self {
+        Self {
             core,
             scratch: Vec::new(),
             empty_polls: 0,
             closed: false,
             pending_gap: None,
             pending_copy: None,
-        })
+        }
+    }
+
+    /// The slot this reader owns: (index, generation). No (index,
+    /// generation) pair of a ring is ever handed out twice.
+    pub fn slot(&self) -> Option<(usize, u64)> {
+        self.core.claim().map(|c| (c.index, c.generation()))
     }
 
     /// The segment's validated header.
@@ -172,7 +260,7 @@ impl RingReader {
 
     /// Overwrite policy: copies `record` out and validates the copy. `true`
     /// if it left a message or a gap to report, `false` if lapped meanwhile.
-    fn copy_out(&mut self, record: RecordRef) -> bool {
+    fn copy_out(&mut self, record: RecordRef) -> Result<bool, Error> {
         let words = (record.len as usize).div_ceil(16);
         if self.scratch.len() < words {
             self.scratch.resize(words, 0);
@@ -185,7 +273,8 @@ impl RingReader {
                 record.len as usize,
             )
         };
-        match self.core.copy_validated(&record, dst) {
+        let copied = self.core.copy_validated(&record, dst);
+        Ok(match copied.map_err(|f| self.fault(f))? {
             Peek::Record(record) => {
                 self.pending_copy = Some(record);
                 true
@@ -196,7 +285,7 @@ impl RingReader {
             }
             // Lapped while copying: the next peek continues from `head`.
             Peek::Empty => false,
-        }
+        })
     }
 
     /// Reads the next message, waiting with `wait` for at most `timeout`
@@ -237,7 +326,7 @@ impl RingReader {
                 Peek::Record(record) => match self.core.geometry().policy {
                     Policy::Block => return Ok(true),
                     Policy::Overwrite => {
-                        if self.copy_out(record) {
+                        if self.copy_out(record)? {
                             return Ok(true);
                         }
                     }
@@ -289,14 +378,14 @@ impl RingReader {
             while out.messages < max {
                 match self.peek()? {
                     Peek::Record(record) => {
-                        // SAFETY: committed, unreleased, bounds-checked by `peek`
-                        // (as in `Message::payload`).
-                        f(unsafe {
+                        // SAFETY: committed, unreleased (as in `Message::payload`).
+                        let payload = unsafe {
                             self.core
                                 .view
                                 .data_slice(record.payload_offset, record.len as usize)
-                        });
-                        self.core.advance_to(record.end, record.seq.wrapping_add(1));
+                        };
+                        f(payload.unwrap_or_default());
+                        self.core.advance_to(record.end, record.seq + 1);
                         out.messages += 1;
                     }
                     Peek::Gap { messages, bytes } => {
@@ -354,12 +443,9 @@ impl RingReader {
             return Ok(true);
         }
         self.empty_polls = self.empty_polls.wrapping_add(1);
-        let ctrl = self.core.view.control();
-        // Acquire: pairs with the writer's Release store of CLOSED, after its
-        // final tail store.
-        let closed = ctrl.writer_state.load(Ordering::Acquire) == WRITER_CLOSED;
+        let closed = self.core.writer_closed().map_err(|f| self.fault(f))?;
         let gone =
-            closed || (self.empty_polls % LIVENESS_POLLS == 0 && !self.info().publisher.is_alive());
+            closed || (self.empty_polls % LIVENESS_POLLS == 0 && !self.core.view.publisher_alive());
         if !gone {
             return Ok(false);
         }
@@ -377,10 +463,15 @@ impl RingReader {
     /// Checks the publisher's liveness now (normally done every few thousand
     /// empty polls and on every sleep).
     pub fn publisher_alive(&self) -> bool {
-        let ctrl = self.core.view.control();
-        // Relaxed: a hint; `try_read` confirms with Acquire.
-        ctrl.writer_state.load(Ordering::Relaxed) != WRITER_CLOSED
-            && self.info().publisher.is_alive()
+        // Relaxed: a hint; `try_read` confirms with Acquire. Liveness is the
+        // publisher's lock: it works across pid namespaces.
+        self.core
+            .view
+            .producer()
+            .writer_state
+            .load(Ordering::Relaxed)
+            == WRITER_OPEN
+            && self.core.view.publisher_alive()
     }
 
     /// Makes the next empty read check whether the publisher is still alive
@@ -398,8 +489,8 @@ impl RingReader {
 
     /// Waits until [`Self::is_ready`], the deadline, or one sleep ends.
     fn wait_ready(&mut self, wait: WaitStrategy, deadline: Deadline) -> bool {
-        let ctrl = self.core.view.control();
-        let ready = wait::wait_until(&[ctrl], wait, deadline, || self.core.poll_ready());
+        let sleeper = self.sleeper();
+        let ready = wait::wait_until(&[sleeper], wait, deadline, || self.core.poll_ready());
         if !ready {
             // A sleep ended without news: is the publisher still there?
             self.check_publisher_soon();
@@ -407,15 +498,20 @@ impl RingReader {
         ready
     }
 
-    /// The control block, for waiting on several rings at once.
-    pub(crate) fn control(&self) -> &crate::layout::Control {
-        self.core.view.control()
+    /// This reader's place in the ring's sleep/wake handshake.
+    pub(crate) fn sleeper(&self) -> Sleeper<'_> {
+        let view = &self.core.view;
+        Sleeper {
+            futex: &view.producer().futex,
+            waiters: &view.waiters().waiters,
+            sleeping: self.core.claim().map(|c| &view.slots()[c.index].sleeping),
+        }
     }
 
     /// Committed, unread ring bytes: `(position, tail)` (for the bridge).
     pub fn unread_range(&self) -> (u64, u64) {
         // SYNC: tail-publish (Acquire): the records below it are committed.
-        let tail = self.core.view.control().tail.load(Ordering::Acquire);
+        let tail = load_acquire_ro(&self.core.view.producer().tail);
         (self.core.position(), tail)
     }
 
@@ -426,20 +522,24 @@ impl RingReader {
     /// [`Error::Evicted`] or [`Error::SlotLost`].
     pub fn check_slot(&self) -> Result<(), Error> {
         match self.core.slot_status() {
-            crate::ring::gate::SlotStatus::Active => Ok(()),
-            crate::ring::gate::SlotStatus::Evicted => Err(Error::Evicted),
-            crate::ring::gate::SlotStatus::Lost => Err(Error::SlotLost),
+            SlotStatus::Active => Ok(()),
+            SlotStatus::Evicted => Err(Error::Evicted),
+            SlotStatus::Lost => Err(Error::SlotLost),
         }
     }
 }
 
 impl Drop for RingReader {
     fn drop(&mut self) {
-        self.core.leave();
-        if self.closed {
-            // Last one out of a finished ring removes it.
-            let _ = crate::shm::sweep::remove_if_unread(&self.core.view);
+        if !self.core.view.in_creator_process() {
+            // A forked child: the slot and its lock are the parent's.
+            self.core.forget_slot();
+            return;
         }
+        self.core.leave();
+        // Last one out of a ring whose publisher is gone removes it (the
+        // lock test makes "last" exact: whoever unlocks last sees no lock).
+        let _ = crate::shm::sweep::remove_if_unread(&self.core.view);
     }
 }
 
@@ -448,8 +548,8 @@ impl Drop for RingReader {
 /// whether one is ready. Under [`WaitStrategy::Block`] it sleeps on all the
 /// rings' futexes at once.
 pub fn wait_any(readers: &[&RingReader], wait: WaitStrategy, timeout: Option<Duration>) -> bool {
-    let controls: Vec<&crate::layout::Control> = readers.iter().map(|r| r.control()).collect();
-    wait::wait_until(&controls, wait, Deadline::after(timeout), || {
+    let sleepers: Vec<Sleeper<'_>> = readers.iter().map(|r| r.sleeper()).collect();
+    wait::wait_until(&sleepers, wait, Deadline::after(timeout), || {
         readers.iter().any(|r| r.is_ready())
     })
 }
@@ -464,21 +564,29 @@ pub struct ReadyProbe {
 
 impl ReadyProbe {
     fn is_ready(&self) -> bool {
-        let mask = self.map.geometry().mask();
-        // Relaxed: a hint; the reader re-reads with Acquire.
-        let stamp = self.map.word(self.position & mask).load(Ordering::Relaxed);
-        let ctrl = self.map.control();
-        stamp != 0 && stamp & !crate::layout::STAMP_FLAGS >= self.position
-            || ctrl.tail.load(Ordering::Relaxed) > self.position
-            || ctrl.writer_state.load(Ordering::Relaxed) == WRITER_CLOSED
+        // Relaxed: hints; the reader re-reads with Acquire.
+        let stamp = self.map.word(self.position).load(Ordering::Relaxed);
+        let producer = self.map.producer();
+        crate::ring::records::classify(stamp, self.position)
+            != crate::ring::records::StampKind::NotYet
+            || producer.tail.load(Ordering::Relaxed) > self.position
+            || producer.writer_state.load(Ordering::Relaxed) != WRITER_OPEN
+    }
+
+    fn sleeper(&self) -> Sleeper<'_> {
+        Sleeper {
+            futex: &self.map.producer().futex,
+            waiters: &self.map.waiters().waiters,
+            sleeping: None,
+        }
     }
 }
 
 /// Waits until any probe's ring has news, the timeout passes, or one sleep
 /// (at most [`wait::MAX_SLEEP`]) ends. Returns whether one is ready.
 pub fn wait_probes(probes: &[ReadyProbe], wait: WaitStrategy, timeout: Option<Duration>) -> bool {
-    let controls: Vec<&crate::layout::Control> = probes.iter().map(|p| p.map.control()).collect();
-    wait::wait_until(&controls, wait, Deadline::after(timeout), || {
+    let sleepers: Vec<Sleeper<'_>> = probes.iter().map(ReadyProbe::sleeper).collect();
+    wait::wait_until(&sleepers, wait, Deadline::after(timeout), || {
         probes.iter().any(ReadyProbe::is_ready)
     })
 }
@@ -524,14 +632,16 @@ impl Message<'_> {
             // Block policy: the record is committed and not released, so the
             // writer does not overwrite it while `self` borrows the reader
             // (our slot position, or our hold when evicted, gates it).
-            // SAFETY: unchanged while borrowed (above); `peek` validated the
-            // range against the ring's bounds.
-            unsafe {
+            // SAFETY: unchanged while borrowed (above).
+            let payload = unsafe {
                 self.reader
                     .core
                     .view
                     .data_slice(self.record.payload_offset, self.record.len as usize)
-            }
+            };
+            // `peek` validated the range against the ring's bounds, and
+            // `data_slice` checks it again (release builds too).
+            payload.unwrap_or_default()
         }
     }
 
@@ -540,29 +650,20 @@ impl Message<'_> {
         self.record.position
     }
 
-    /// The publisher's sequence number for this message (wraps at 2^32).
-    pub fn sequence(&self) -> u32 {
+    /// The publisher's sequence number for this message (64-bit: never
+    /// wraps in practice).
+    pub fn sequence(&self) -> u64 {
         self.record.seq
     }
 }
 
 impl Drop for Message<'_> {
     fn drop(&mut self) {
-        let (end, next) = (self.record.end, self.record.seq.wrapping_add(1));
+        let (end, next) = (self.record.end, self.record.seq + 1);
         if self.release {
             self.reader.core.consume_to(end, next);
         } else {
             self.reader.core.advance_to(end, next);
         }
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }

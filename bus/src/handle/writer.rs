@@ -3,12 +3,16 @@
 use std::{mem::MaybeUninit, path::Path, sync::Arc, time::Duration};
 
 use crate::{
+    layout::{SLOT_ACTIVE, SLOT_PREJOINED, SLOT_STATE_MASK},
     ring::{
+        gate,
         writer::{ReserveFail, Reserved, WriterCore},
         View,
     },
-    shm::segment::{self, Mapping, RingConfig, SegmentInfo},
-    shm::wait::{Deadline, WaitStrategy, MAX_SLEEP},
+    shm::{
+        segment::{self, Mapping, RingConfig, SegmentInfo, Start},
+        wait::{Deadline, WaitStrategy, MAX_SLEEP},
+    },
     sync::{fence, spin_loop, yield_now, Ordering},
     Error,
 };
@@ -20,7 +24,11 @@ use crate::{
 /// is `Send` but not `Sync`: every method that writes takes `&mut self`.
 ///
 /// Dropping it publishes what was committed and marks the ring closed;
-/// subscribers drain it and then learn the publisher is gone.
+/// subscribers drain it and then learn the publisher is gone. The last
+/// handle out removes the ring's files. A `RingWriter` inherited by a child
+/// forked without exec does nothing when the child drops it (the ring, its
+/// lock and its files stay the parent's); note that the child's copy of the
+/// publisher's lock keeps the ring looking alive until the child exits too.
 ///
 /// # Examples
 ///
@@ -45,13 +53,26 @@ pub struct RingWriter {
 }
 
 impl RingWriter {
-    /// Creates the segment at `path` (which must not exist) and becomes its writer.
+    /// Creates the ring at `path` (its data file, which must not exist; the
+    /// control file `<id>.ctl` goes beside it) and becomes its writer.
+    /// Subscribers registered in the topic directory are joined from the
+    /// first record before the ring becomes visible.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`], [`Error::AlreadyExists`], [`Error::Io`].
+    /// [`Error::InvalidConfig`], [`Error::AlreadyExists`], [`Error::Io`]
+    /// (`ENOSPC` when the tmpfs is full: pages are reserved here, so a full
+    /// `/dev/shm` never surfaces later as SIGBUS), [`Error::NoFreeSlot`]
+    /// (more registered subscribers than slots).
     pub fn create(path: &Path, config: &RingConfig) -> Result<Self, Error> {
-        let map = segment::create(path, config)?;
+        let map = segment::create(
+            path,
+            config,
+            Start {
+                position: 0,
+                seq: Some(0),
+            },
+        )?;
         Ok(Self {
             core: WriterCore::new(map),
             unlink_on_drop: true,
@@ -123,21 +144,34 @@ impl RingWriter {
     }
 
     fn reserve_once(&mut self, len: usize, want: usize) -> Result<Reserved, Error> {
-        match self.core.reserve_up_to(len as u64, want as u64) {
+        let result = self.core.reserve_up_to(len as u64, want as u64);
+        self.reserve_result(result, len as u64)
+    }
+
+    fn reserve_result(
+        &mut self,
+        result: Result<Reserved, ReserveFail>,
+        len: u64,
+    ) -> Result<Reserved, Error> {
+        match result {
             Ok(r) => Ok(r),
             Err(ReserveFail::Full) => {
                 // Relaxed: a statistic.
                 self.core
                     .view
-                    .control()
+                    .producer()
                     .full_events
                     .fetch_add(1, Ordering::Relaxed);
                 Err(Error::Full)
             }
             Err(ReserveFail::TooLarge) => Err(Error::TooLarge {
-                len: len as u64,
+                len,
                 max: self.core.geometry().max_message,
             }),
+            Err(ReserveFail::Corrupt { position, what }) => Err(Error::corrupt(
+                &self.info().path,
+                format!("at position {position}: {what}"),
+            )),
         }
     }
 
@@ -174,18 +208,18 @@ impl RingWriter {
     /// without a fence to keep its hot path cheap, so a wake-up can be missed,
     /// and then this bound is the cost. Liveness checks run between sleeps.
     fn sleep_for_space(&mut self, deadline: Deadline) {
-        let ctrl = self.core.view.control();
+        let waiters = self.core.view.waiters();
         // Acquire: pairs with a subscriber's Release bump.
-        let seen = ctrl.space_futex.load(Ordering::Acquire);
+        let seen = waiters.space_futex.load(Ordering::Acquire);
         // Relaxed: ordered before the re-check by the fence.
-        ctrl.space_waiters.store(1, Ordering::Relaxed);
+        waiters.space_waiters.store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         let nap = deadline.remaining(MAX_SLEEP).min(Duration::from_millis(2));
         self.core
             .view
-            .futex_wait(&ctrl.space_futex, seen, Some(nap));
+            .futex_wait(&waiters.space_futex, seen, Some(nap));
         // Relaxed: only a hint to subscribers.
-        ctrl.space_waiters.store(0, Ordering::Relaxed);
+        waiters.space_waiters.store(0, Ordering::Relaxed);
     }
 
     /// Copies `payload` into the ring and publishes it, without waiting.
@@ -259,7 +293,7 @@ impl RingWriter {
 
     /// Counters and positions.
     pub fn stats(&self) -> WriterStats {
-        let ctrl = self.core.view.control();
+        let producer = self.core.view.producer();
         let subscribers = self
             .core
             .view
@@ -267,17 +301,19 @@ impl RingWriter {
             .iter()
             // Relaxed: a snapshot for display.
             .filter(|s| {
-                s.state.load(Ordering::Relaxed) & crate::layout::SLOT_STATE_MASK
-                    == crate::layout::SLOT_ACTIVE
+                matches!(
+                    s.state.load(Ordering::Relaxed) & SLOT_STATE_MASK,
+                    SLOT_ACTIVE | SLOT_PREJOINED
+                )
             })
             .count();
         WriterStats {
-            published: self.core.published(),
+            published: self.core.next_sequence(),
             tail: self.core.tail(),
             // Relaxed: snapshots for display.
-            head: ctrl.head.load(Ordering::Relaxed),
-            evictions: ctrl.evictions.load(Ordering::Relaxed),
-            full_events: ctrl.full_events.load(Ordering::Relaxed),
+            head: producer.head.load(Ordering::Relaxed),
+            evictions: producer.evictions.load(Ordering::Relaxed),
+            full_events: producer.full_events.load(Ordering::Relaxed),
             subscribers,
         }
     }
@@ -288,23 +324,35 @@ impl RingWriter {
         self.unlink_on_drop = !keep;
     }
 
-    /// Runs the liveness and eviction checks now, as a blocked writer does:
-    /// frees slots of dead subscribers. Returns how many were freed.
+    /// Probes every subscriber slot now (a blocked writer probes only the
+    /// one in its way, rate-limited) and frees those whose owner is provably
+    /// dead. Returns how many were freed.
     pub fn reap_dead_subscribers(&mut self) -> usize {
-        let before = self.core.gate.evictions;
-        let end = self.core.write_position() + self.core.geometry().capacity;
-        self.core.refresh_gate(end);
-        let _ = crate::ring::gate::reap_dead(&self.core.view, &mut self.core.gate);
-        (self.core.gate.evictions - before) as usize
+        let view = &self.core.view;
+        let now = view.now_ns();
+        let mut freed = 0;
+        for (index, slot) in view.slots().iter().enumerate() {
+            // Acquire: the slot's fields are its owner's (SYNC: slot-claim).
+            let state = slot.state.load(Ordering::Acquire);
+            if gate::reap_if_dead(view, index, state, now) {
+                freed += 1;
+                // Relaxed: a statistic.
+                view.producer().evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        freed
     }
 }
 
 impl Drop for RingWriter {
     fn drop(&mut self) {
+        if !self.core.view.in_creator_process() {
+            return; // a forked child: the ring is the parent's
+        }
         self.core.close();
         if self.unlink_on_drop {
-            // Removes the file only if no live subscriber still reads it;
-            // otherwise the last one out (or the next sweep) removes it.
+            // Removes the files only if no live subscriber still needs them;
+            // otherwise the last one out (or the next sweep) removes them.
             let _ = crate::shm::sweep::remove_if_unread(&self.core.view);
         }
     }
@@ -313,7 +361,7 @@ impl Drop for RingWriter {
 /// What a [`RingWriter`] has done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WriterStats {
-    /// Records published.
+    /// Records published (the next sequence number).
     pub published: u64,
     /// Published tail position (bytes written, padding included).
     pub tail: u64,

@@ -1,74 +1,121 @@
-//! The subscriber table: joining and leaving, the writer's gate, eviction.
+//! The subscriber table and the Block policy's gate.
 //!
-//! The writer honours a cached gate `limit` (it writes only below
-//! `limit + capacity`) and recomputes it from the table only when space seems
-//! short. A joiner and the writer meet with two Dekker-style handshakes
-//! (`join-limit`, `hold-evict`, see the table in [`super`]).
+//! **Ownership.** A slot belongs to whoever holds its lock: an
+//! open-file-description lock on its byte of the control file
+//! ([`slot_lock_byte`]). The kernel drops it when the owner dies, in any pid
+//! namespace that shares the file. So "dead" is "its lock can be taken", and
+//! taking the lock *is* claiming the slot: a join can never race a reap,
+//! because the reaper takes the same lock before it frees anything. The
+//! state word's generation, bumped on every claim, tells owners apart over
+//! time (no `(slot, generation)` pair is handed out twice); `pid` and start
+//! time are labels for tools only.
 //!
-//! Liveness: a slot whose owner process is provably dead (pid + start time
-//! from `/proc`, immune to pid reuse) is freed by the writer the next time it
-//! is blocked, at most [`LIVENESS_INTERVAL`] after the previous check, so a
-//! crashed subscriber holds a blocked publisher back for at most that long.
+//! **The gate.** The writer may write below `limit + capacity`, where `limit`
+//! is the lowest position any gating slot still needs. It recomputes the
+//! limit only when space seems short, publishes it for joiners, and keeps
+//! its own copy (SYNC: `join-limit`, `release-position`, `hold-evict`; see
+//! the table in [`super`]).
+//!
+//! **Liveness.** A blocked writer probes only the slot that holds the gate,
+//! at most once per [`LIVENESS_INTERVAL`] (a probe that finds a dead owner
+//! allows the next one at once): a crashed subscriber holds a blocked
+//! publisher back for at most about that long. A slot the publisher joined
+//! for a registered subscriber ([`SLOT_PREJOINED`]) lives while that
+//! registration's lock is held; a durable slot ([`SLOT_ORPHANED`]) outlives
+//! its owner for its lease.
+//!
+//! **Untrusted memory.** Subscribers of a ring share the control file: a slot
+//! position read here is clamped to a record-aligned value at most the
+//! published tail. A forged position can hold the writer back (like a slow
+//! subscriber: subscribers trust each other for flow control), never make it
+//! overwrite what another slot has not released.
 
-use std::time::{Duration, Instant};
+use std::{io, time::Duration};
 
-use super::{Geometry, View};
+use super::{records, Geometry, View};
 use crate::{
     layout::{
-        Slot, SLOT_ACTIVE, SLOT_CLAIMING, SLOT_EVICTED, SLOT_FREE, SLOT_STATE_MASK, SLOT_UNTETHERED,
+        slot_lock_byte, Slot, RECORD_ALIGN, SLOT_ACTIVE, SLOT_CLAIMING, SLOT_EVICTED, SLOT_FREE,
+        SLOT_ORPHANED, SLOT_PREJOINED, SLOT_STATE_MASK, SLOT_UNTETHERED,
     },
-    sync::{fence, Ordering},
+    sync::{fence, load_acquire_ro, Ordering},
 };
 
-/// How often a blocked writer re-checks whether the subscribers holding it
-/// back are still alive.
+/// How often a blocked writer re-checks whether the subscriber holding it
+/// back is still alive.
 pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Writer-local bookkeeping for liveness checks and untethered eviction.
+const LIVENESS_INTERVAL_NS: u64 = LIVENESS_INTERVAL.as_nanos() as u64;
+
+/// Writer-local bookkeeping for liveness probes and untethered eviction.
 #[derive(Debug, Default)]
 pub(crate) struct GateState {
-    last_liveness_check: Option<Instant>,
+    /// When the last probe found its slot alive (the view's clock).
+    last_probe_ns: Option<u64>,
     /// (slot, state word, position, since): who has held the writer back, since when.
-    blocked_by: Option<(usize, u64, u64, Instant)>,
+    blocked_by: Option<(usize, u64, u64, u64)>,
     /// Subscribers evicted or reaped by this writer.
     pub(crate) evictions: u64,
 }
 
-/// The lowest position any subscriber still needs, and which slot it is.
+/// The state word with the same generation and another state.
+#[inline]
+fn with_state(word: u64, state: u64) -> u64 {
+    (word & !SLOT_STATE_MASK) | state
+}
+
+/// The state word of the next claim after `word`: generation + 1.
+#[inline]
+fn next_claim(word: u64, state: u64) -> u64 {
+    (((word >> 8).wrapping_add(1)) << 8) | state
+}
+
+/// The position a slot holds the writer at, if it gates, sanitized.
+fn gating_position(slot: &Slot, state: u64, tail: u64) -> Option<u64> {
+    let position = match state & SLOT_STATE_MASK {
+        // SYNC: release-position. Acquire: the subscriber's reads of
+        // everything below its position happen before our overwrite.
+        SLOT_ACTIVE | SLOT_PREJOINED | SLOT_ORPHANED => slot.position.load(Ordering::Acquire),
+        // SYNC: hold-evict. An evicted subscriber still pins the sample it
+        // holds, an untethered one the bytes it pinned; Acquire pairs with
+        // its Release store of `held = 0`.
+        SLOT_EVICTED | SLOT_UNTETHERED if slot.held.load(Ordering::Acquire) != 0 => {
+            slot.position.load(Ordering::Acquire)
+        }
+        _ => return None,
+    };
+    // Untrusted (see the module docs): record-aligned, at most the tail.
+    Some((position & !(RECORD_ALIGN - 1)).min(tail))
+}
+
+/// The lowest position any subscriber still needs (at most `tail`), and
+/// which slot it is: (index, state word, position).
 fn scan<V: View>(view: &V, tail: u64) -> (u64, Option<(usize, u64, u64)>) {
     let mut gate = tail;
     let mut who = None;
     for (i, slot) in view.slots().iter().enumerate() {
-        // Acquire pairs with the joiner's Release store of ACTIVE (its
-        // position store is visible) and with the leaver's Release store of
-        // FREE (its reads happen before we overwrite).
+        // SYNC: slot-claim. Acquire pairs with the claimer's Release store
+        // of its state: its position store is visible.
         let state = slot.state.load(Ordering::Acquire);
-        let position = match state & SLOT_STATE_MASK {
-            // SYNC: release-position. Acquire: the subscriber's reads of
-            // everything below its position happen before our overwrite.
-            SLOT_ACTIVE => slot.position.load(Ordering::Acquire),
-            // SYNC: hold-evict. An evicted subscriber still pins the sample it
-            // holds, an untethered one the bytes it pinned; Acquire pairs with
-            // its Release store of `held = 0`.
-            SLOT_EVICTED | SLOT_UNTETHERED if slot.held.load(Ordering::Acquire) != 0 => {
-                slot.position.load(Ordering::Acquire)
+        if let Some(position) = gating_position(slot, state, tail) {
+            if position < gate || who.is_none() && position == gate {
+                gate = position;
+                who = Some((i, state, position));
             }
-            _ => continue,
-        };
-        if position < gate {
-            gate = position;
-            who = Some((i, state, position));
         }
     }
     (gate, who)
 }
 
-/// Recomputes the writer's limit and publishes it (SYNC: join-limit).
+/// Recomputes the writer's limit, publishes it for joiners (SYNC:
+/// join-limit) and returns it.
 ///
 /// `lowest` is the limit the writer needs for its next record; `target` (a
-/// record boundary at or after `lowest`) is as far as the limit may go when
-/// nobody holds it back: a smaller limit keeps more history for late joiners,
-/// a larger one means fewer scans. The result is always a record boundary.
+/// record boundary at or after `lowest`, at most `tail`) is as far as the
+/// limit may go when nobody holds it back: a smaller limit keeps more
+/// history for late joiners, a larger one means fewer scans. When blocked,
+/// the slot holding the gate is probed for liveness and, if configured,
+/// evicted for lag.
 pub(crate) fn refresh_limit<V: View>(
     view: &V,
     gate: &mut GateState,
@@ -78,15 +125,14 @@ pub(crate) fn refresh_limit<V: View>(
     target: u64,
 ) -> u64 {
     let clamp = |g: u64| if g >= lowest { g.min(target) } else { g };
-    let ctrl = view.control();
-    let mut reaped_once = false;
+    let producer = view.producer();
     loop {
         let (g, mut who) = scan(view, tail);
         let mut limit = clamp(g);
         loop {
-            // Relaxed: the SeqCst fence below orders it before the re-scan,
-            // and the joiner's fence orders its load after its ACTIVE store.
-            ctrl.limit.store(limit, Ordering::Relaxed);
+            // Release: a joiner that reads this limit (Acquire) then reads a
+            // tail at least this large (the limit never passes the tail).
+            producer.limit.store(limit, Ordering::Release);
             // SYNC: join-limit. Either this re-scan sees a joiner's ACTIVE
             // slot, or the joiner's load of `limit` sees the store above.
             fence(Ordering::SeqCst);
@@ -98,63 +144,126 @@ pub(crate) fn refresh_limit<V: View>(
             limit = l2;
             who = who2;
         }
-        if limit >= lowest || reaped_once {
+        if limit >= lowest {
+            gate.blocked_by = None;
             return limit;
         }
-        // Blocked: free slots of dead subscribers, evict laggards if configured.
-        reaped_once = true;
-        let changed = reap_dead(view, gate) | evict_laggard(view, gate, geo, who);
+        // Blocked: is the slot in the way dead? Has it lagged too long?
+        let changed = probe_holder(view, gate, who) || evict_laggard(view, gate, geo, who);
         if !changed {
             return limit;
         }
     }
 }
 
-/// Frees the slots of subscribers whose process is provably dead.
-/// Rate-limited to one pass per [`LIVENESS_INTERVAL`].
-pub(crate) fn reap_dead<V: View>(view: &V, gate: &mut GateState) -> bool {
-    let now = Instant::now();
+/// Probes the slot holding the gate (rate-limited); frees it if its owner is
+/// provably dead. Returns whether the gate may have moved.
+fn probe_holder<V: View>(view: &V, gate: &mut GateState, who: Option<(usize, u64, u64)>) -> bool {
+    let Some((index, state, _)) = who else {
+        return false;
+    };
+    let now = view.now_ns();
     if gate
-        .last_liveness_check
-        .is_some_and(|t| now.duration_since(t) < LIVENESS_INTERVAL)
+        .last_probe_ns
+        .is_some_and(|t| now.saturating_sub(t) < LIVENESS_INTERVAL_NS)
     {
         return false;
     }
-    gate.last_liveness_check = Some(now);
-    let mut changed = false;
-    for slot in view.slots() {
-        // Acquire: pairs with the claimer's Release of ACTIVE, so pid and
-        // start time are the owner's, not a previous owner's.
-        let state = slot.state.load(Ordering::Acquire);
-        if state & SLOT_STATE_MASK == SLOT_FREE {
-            continue;
-        }
-        // Relaxed: ordered after the state load above.
-        let pid = slot.pid.load(Ordering::Relaxed);
-        let start = slot.start_time.load(Ordering::Relaxed);
-        if view.process_alive(pid, start) {
-            continue;
-        }
-        // A dead process reads nothing more, so its slot can be freed at once.
-        // The CAS on the whole word (generation included) fails if the slot
-        // changed hands meanwhile. Relaxed failure: we just skip the slot.
-        if free_slot(slot, state) {
-            changed = true;
-            gate.evictions += 1;
-            // Relaxed: a statistic.
-            view.control().evictions.fetch_add(1, Ordering::Relaxed);
-        }
+    let freed = reap_if_dead(view, index, state, now);
+    // A probe that found a dead owner allows the next probe at once (the
+    // next slot in the way may be dead too); a live one waits an interval.
+    gate.last_probe_ns = (!freed).then_some(now);
+    if freed {
+        gate.evictions += 1;
+        // Relaxed: a statistic.
+        view.producer().evictions.fetch_add(1, Ordering::Relaxed);
     }
-    changed
+    freed
 }
 
-fn free_slot(slot: &Slot, state: u64) -> bool {
-    let free = (state & !SLOT_STATE_MASK) | SLOT_FREE;
-    // AcqRel: Acquire so the dead owner's last writes are ordered before our
-    // reuse; Release so a later claimer sees a clean slot.
-    slot.state
-        .compare_exchange(state, free, Ordering::AcqRel, Ordering::Relaxed)
-        .is_ok()
+/// Frees slot `index` (seen in `state`) if its owner is provably dead: a
+/// registration gone, a lease expired, or its lock free. A dead durable
+/// slot becomes [`SLOT_ORPHANED`] instead (it keeps gating for its lease).
+/// Returns whether the slot was freed.
+pub(crate) fn reap_if_dead<V: View>(view: &V, index: usize, state: u64, now: u64) -> bool {
+    let slot = &view.slots()[index];
+    match state & SLOT_STATE_MASK {
+        SLOT_FREE => return false,
+        SLOT_PREJOINED => {
+            // Relaxed: ordered after the Acquire state load by the caller's scan.
+            let reg = slot.reg_index.load(Ordering::Relaxed);
+            let generation = slot.reg_generation.load(Ordering::Relaxed);
+            if view.registry_alive(reg, generation) {
+                return false;
+            }
+        }
+        SLOT_ORPHANED => {
+            // Relaxed: as above.
+            let since = slot.orphaned_at.load(Ordering::Relaxed);
+            let lease = slot.lease_ns.load(Ordering::Relaxed);
+            if now.saturating_sub(since) < lease {
+                return false;
+            }
+        }
+        _ => {}
+    }
+    // Taking the lock proves the owner is gone (for a pre-joined or orphaned
+    // slot: that nobody is adopting it right now) and keeps claimers out
+    // while we change the slot.
+    let byte = slot_lock_byte(index);
+    if !matches!(view.try_lock(byte), Ok(true)) {
+        return false;
+    }
+    // Acquire: the dead owner's last writes are ordered before our reuse.
+    let current = slot.state.load(Ordering::Acquire);
+    let freed = if current != state {
+        false // changed hands meanwhile: the next scan sees it as it is now
+    } else if current & SLOT_STATE_MASK != SLOT_ORPHANED
+        && current & SLOT_STATE_MASK != SLOT_PREJOINED
+        // Relaxed: the slot's own field, ordered after the state load.
+        && slot.durable_key.load(Ordering::Relaxed) != 0
+    {
+        orphan(slot, current, now);
+        false
+    } else {
+        take_back_sleeping(view, slot);
+        // Release: a later claimer (after our unlock) sees a clean slot.
+        slot.state
+            .compare_exchange(
+                current,
+                with_state(current, SLOT_FREE),
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    };
+    view.unlock(byte);
+    freed
+}
+
+/// Marks a durable slot whose owner died as orphaned at `now`.
+fn orphan(slot: &Slot, current: u64, now: u64) {
+    // Relaxed: published by the Release CAS below.
+    slot.orphaned_at.store(now, Ordering::Relaxed);
+    // Release: readers of ORPHANED see `orphaned_at`. Relaxed failure: the
+    // slot changed meanwhile; the next probe looks again.
+    let _ = slot.state.compare_exchange(
+        current,
+        with_state(current, SLOT_ORPHANED),
+        Ordering::Release,
+        Ordering::Relaxed,
+    );
+}
+
+/// A reader killed while asleep left its count in `waiters`: take it back
+/// (the caller holds the slot's lock, so its owner is gone).
+fn take_back_sleeping<V: View>(view: &V, slot: &Slot) {
+    // Relaxed: a count for wake-ups; a stale value costs one extra wake or a
+    // sleep bounded by the waiter's timeout, never a lost message.
+    if slot.sleeping.swap(0, Ordering::Relaxed) != 0 {
+        let waiters = &view.waiters().waiters;
+        let _ = waiters.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
 }
 
 /// Untethered eviction: evicts the subscriber that has held the writer back,
@@ -169,30 +278,36 @@ fn evict_laggard<V: View>(
         gate.blocked_by = None;
         return false;
     };
-    if state & SLOT_STATE_MASK != SLOT_ACTIVE {
+    if !matches!(state & SLOT_STATE_MASK, SLOT_ACTIVE | SLOT_PREJOINED) {
         return false;
     }
-    let now = Instant::now();
+    let now = view.now_ns();
+    let after_ns = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
     match gate.blocked_by {
         Some((i, s, p, since)) if (i, s, p) == (index, state, position) => {
-            if now.duration_since(since) < after {
+            if now.saturating_sub(since) < after_ns {
                 return false;
             }
         }
         _ => {
             gate.blocked_by = Some((index, state, position, now));
-            if !after.is_zero() {
+            if after_ns != 0 {
                 return false;
             }
         }
     }
     gate.blocked_by = None;
     let slot = &view.slots()[index];
-    let evicted = (state & !SLOT_STATE_MASK) | SLOT_EVICTED;
-    // AcqRel / Relaxed failure: as in `free_slot`.
+    // AcqRel: Acquire so the subscriber's last releases are seen; Release so
+    // it sees EVICTED with our fence below. Relaxed failure: it moved.
     if slot
         .state
-        .compare_exchange(state, evicted, Ordering::AcqRel, Ordering::Relaxed)
+        .compare_exchange(
+            state,
+            with_state(state, SLOT_EVICTED),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
         .is_err()
     {
         return false;
@@ -203,7 +318,7 @@ fn evict_laggard<V: View>(
     fence(Ordering::SeqCst);
     gate.evictions += 1;
     // Relaxed: a statistic.
-    view.control().evictions.fetch_add(1, Ordering::Relaxed);
+    view.producer().evictions.fetch_add(1, Ordering::Relaxed);
     true
 }
 
@@ -211,8 +326,15 @@ fn evict_laggard<V: View>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SlotClaim {
     pub(crate) index: usize,
-    /// The ACTIVE state word (with its generation) this subscriber owns.
+    /// The state word (with its generation) this subscriber owns.
     pub(crate) state: u64,
+}
+
+impl SlotClaim {
+    /// The claim's generation (unique per slot over the ring's life).
+    pub(crate) fn generation(&self) -> u64 {
+        self.state >> 8
+    }
 }
 
 /// What a subscriber finds in its slot.
@@ -222,7 +344,8 @@ pub(crate) enum SlotStatus {
     Active,
     /// The writer evicted us for lag.
     Evicted,
-    /// The slot was taken from us (freed as dead or by a foreign process).
+    /// The slot is not ours any more (a foreign write: subscribers share the
+    /// control file).
     Lost,
 }
 
@@ -235,114 +358,346 @@ pub(crate) enum JoinAt {
     Oldest,
 }
 
-/// Claims a free slot and activates it at a safe start position.
-/// Returns `None` when every slot is taken.
-pub(crate) fn join<V: View>(
-    view: &V,
-    at: JoinAt,
-    tethered: bool,
-    pid: u64,
-    start_time: u64,
-    now_ns: u64,
-) -> Option<(SlotClaim, u64)> {
-    let ctrl = view.control();
-    for (index, slot) in view.slots().iter().enumerate() {
-        // Relaxed: the CAS below re-checks it.
-        let state = slot.state.load(Ordering::Relaxed);
-        if state & SLOT_STATE_MASK != SLOT_FREE {
-            continue;
+/// What kind of slot a join asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JoinRequest {
+    /// Where to start.
+    pub(crate) at: JoinAt,
+    /// Tethered (gates the writer) or untethered (gates only while pinning).
+    pub(crate) tethered: bool,
+    /// Durable: `(key, lease)`; the slot outlives its owner for the lease and
+    /// a new owner with the same key reattaches where it was.
+    pub(crate) durable: Option<(u64, u64)>,
+    /// Labels for tools.
+    pub(crate) pid: u64,
+    /// Labels for tools.
+    pub(crate) start_time: u64,
+}
+
+/// Why a join failed.
+#[derive(Debug)]
+pub(crate) enum JoinError {
+    /// A word read from shared memory is invalid; names the field.
+    Corrupt(&'static str),
+    /// Taking a lock failed (not "held by another": an OS error).
+    Io(io::Error),
+}
+
+/// A joined slot: the claim and the first position to read.
+pub(crate) type Joined = (SlotClaim, u64);
+
+/// Joins the table: reattaches to this owner's durable slot if it has one,
+/// else claims a free slot, else takes over the slot of a dead owner.
+/// `Ok(None)` when every slot belongs to a live owner.
+pub(crate) fn join<V: View>(view: &V, req: &JoinRequest) -> Result<Option<Joined>, JoinError> {
+    if let Some((key, _)) = req.durable {
+        if let Some(joined) = reattach(view, req, key)? {
+            return Ok(Some(joined));
         }
-        let generation = (state >> 8).wrapping_add(1) << 8;
-        let claiming = generation | SLOT_CLAIMING;
-        // Acquire: orders our field stores after any previous owner's use.
-        // Relaxed failure: try the next slot.
-        if slot
-            .state
-            .compare_exchange(state, claiming, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
+    }
+    let now = view.now_ns();
+    for free_pass in [true, false] {
+        for (index, slot) in view.slots().iter().enumerate() {
+            // Relaxed: a hint; the decision is made under the lock.
+            let hint = slot.state.load(Ordering::Relaxed) & SLOT_STATE_MASK == SLOT_FREE;
+            if hint != free_pass {
+                continue;
+            }
+            let byte = slot_lock_byte(index);
+            if !view.try_lock(byte).map_err(JoinError::Io)? {
+                continue; // a live owner (or another claimer, or a reaper)
+            }
+            // Acquire: a dead owner's (or reaper's) writes come before ours.
+            let current = slot.state.load(Ordering::Acquire);
+            if !claimable(view, slot, current, now) {
+                view.unlock(byte);
+                continue;
+            }
+            take_back_sleeping(view, slot);
+            let wanted = WantAt::Join(req.at);
+            return activate(view, index, current, req, wanted).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the caller, holding the slot's lock, may take a slot found in
+/// `state`: free, or left behind by a dead owner. A durable slot whose owner
+/// died is orphaned instead (kept for its lease).
+fn claimable<V: View>(view: &V, slot: &Slot, state: u64, now: u64) -> bool {
+    match state & SLOT_STATE_MASK {
+        SLOT_FREE => true,
+        SLOT_PREJOINED => {
+            // Relaxed: ordered after the Acquire state load.
+            let reg = slot.reg_index.load(Ordering::Relaxed);
+            let generation = slot.reg_generation.load(Ordering::Relaxed);
+            !view.registry_alive(reg, generation)
+        }
+        SLOT_ORPHANED => {
+            // Relaxed: as above.
+            let since = slot.orphaned_at.load(Ordering::Relaxed);
+            now.saturating_sub(since) >= slot.lease_ns.load(Ordering::Relaxed)
+        }
+        // Relaxed: as above.
+        _ if slot.durable_key.load(Ordering::Relaxed) != 0 => {
+            orphan(slot, state, now);
+            false
+        }
+        // The lock was free, so the owner is gone.
+        _ => true,
+    }
+}
+
+/// Where an activated slot starts.
+#[derive(Debug, Clone, Copy)]
+enum WantAt {
+    Join(JoinAt),
+    /// Resume at a position a previous owner released up to.
+    Resume(u64),
+}
+
+/// Fills a slot whose lock the caller holds and makes it gate, then finds
+/// the first position that is safe to read (SYNC: slot-claim, join-limit).
+/// On error the slot is freed and unlocked.
+fn activate<V: View>(
+    view: &V,
+    index: usize,
+    previous: u64,
+    req: &JoinRequest,
+    want: WantAt,
+) -> Result<Joined, JoinError> {
+    let slot = &view.slots()[index];
+    let byte = slot_lock_byte(index);
+    let geo = *view.geometry();
+    let producer = view.producer();
+    let fail = |what: &'static str| {
+        // Release: nothing of ours is left for a later claimer to see.
+        slot.state
+            .store(with_state(previous, SLOT_FREE), Ordering::Release);
+        view.unlock(byte);
+        Err(JoinError::Corrupt(what))
+    };
+    // SYNC: tail-publish / head-advance (Acquire): the stamps from there on
+    // are visible.
+    let tail = load_acquire_ro(&producer.tail);
+    let head = load_acquire_ro(&producer.head);
+    if let Err(what) = records::check_span(&geo, head, tail) {
+        return fail(what);
+    }
+    let wanted = match want {
+        WantAt::Join(JoinAt::Latest) => tail,
+        WantAt::Join(JoinAt::Oldest) => head,
+        WantAt::Resume(p) => p.clamp(head, tail),
+    };
+    let claiming = next_claim(previous, SLOT_CLAIMING);
+    // Relaxed: we hold the lock; the writer ignores CLAIMING; everything is
+    // published by the Release store of the final state below.
+    slot.state.store(claiming, Ordering::Relaxed);
+    slot.pid.store(req.pid, Ordering::Relaxed);
+    slot.start_time.store(req.start_time, Ordering::Relaxed);
+    slot.held.store(0, Ordering::Relaxed);
+    slot.sleeping.store(0, Ordering::Relaxed);
+    slot.reg_index.store(0, Ordering::Relaxed);
+    slot.reg_generation.store(0, Ordering::Relaxed);
+    let (key, lease) = req.durable.unwrap_or((0, 0));
+    slot.durable_key.store(key, Ordering::Relaxed);
+    slot.lease_ns.store(lease, Ordering::Relaxed);
+    slot.orphaned_at.store(0, Ordering::Relaxed);
+    slot.position.store(wanted, Ordering::Relaxed);
+    let active = with_state(
+        claiming,
+        if req.tethered {
+            SLOT_ACTIVE
+        } else {
+            SLOT_UNTETHERED
+        },
+    );
+    // SYNC: slot-claim. Release: pairs with the writer's Acquire state load
+    // in its scan (our position is visible with the state).
+    slot.state.store(active, Ordering::Release);
+    // SYNC: join-limit (see `refresh_limit`).
+    fence(Ordering::SeqCst);
+    let limit = load_acquire_ro(&producer.limit);
+    // The limit never passes the tail, which we read after it (Acquire).
+    let tail_now = load_acquire_ro(&producer.tail);
+    if !records::is_record_aligned(limit) || limit > tail_now {
+        return fail("limit is not a record position within the tail");
+    }
+    let position = if limit > wanted {
+        // The writer may already be overwriting below `limit`: start there
+        // (a record boundary: a subscriber position or a published tail).
+        // SYNC: release-position (Release).
+        slot.position.store(limit, Ordering::Release);
+        limit
+    } else {
+        wanted
+    };
+    Ok((
+        SlotClaim {
+            index,
+            state: active,
+        },
+        position,
+    ))
+}
+
+/// Reattaches to the durable slot of `key` whose previous owner is gone.
+fn reattach<V: View>(view: &V, req: &JoinRequest, key: u64) -> Result<Option<Joined>, JoinError> {
+    for (index, slot) in view.slots().iter().enumerate() {
+        // Relaxed: hints; confirmed under the lock.
+        if slot.durable_key.load(Ordering::Relaxed) != key
+            || slot.state.load(Ordering::Relaxed) & SLOT_STATE_MASK == SLOT_FREE
         {
             continue;
         }
-        // SYNC: tail-publish / head-advance (Acquire): the stamps from there on are visible.
-        let wanted = match at {
-            JoinAt::Latest => ctrl.tail.load(Ordering::Acquire),
-            JoinAt::Oldest => ctrl.head.load(Ordering::Acquire),
-        };
-        // Relaxed: published by the Release store of ACTIVE below.
-        slot.pid.store(pid, Ordering::Relaxed);
-        slot.start_time.store(start_time, Ordering::Relaxed);
-        slot.held.store(0, Ordering::Relaxed);
-        slot.heartbeat.store(now_ns, Ordering::Relaxed);
-        slot.position.store(wanted, Ordering::Relaxed);
-        let active = generation
-            | if tethered {
-                SLOT_ACTIVE
-            } else {
-                SLOT_UNTETHERED
-            };
-        // Release: pairs with the writer's Acquire state load in its scan.
-        slot.state.store(active, Ordering::Release);
-        // SYNC: join-limit (see `refresh_limit`).
-        fence(Ordering::SeqCst);
-        // Relaxed: ordered by the fence.
-        let limit = ctrl.limit.load(Ordering::Relaxed);
-        let position = if limit > wanted {
-            // The writer may already be overwriting below `limit`: start there
-            // (a record boundary: a subscriber position or a published tail).
-            // Release: SYNC: release-position.
-            slot.position.store(limit, Ordering::Release);
-            limit
-        } else {
-            wanted
-        };
-        return Some((
-            SlotClaim {
-                index,
-                state: active,
-            },
-            position,
-        ));
+        let byte = slot_lock_byte(index);
+        if !view.try_lock(byte).map_err(JoinError::Io)? {
+            continue; // its owner is alive: not ours to take
+        }
+        // Acquire: the previous owner's releases come before ours.
+        let current = slot.state.load(Ordering::Acquire);
+        // Relaxed: ordered after the state load; we hold the lock.
+        let same = slot.durable_key.load(Ordering::Relaxed) == key;
+        if current & SLOT_STATE_MASK == SLOT_FREE || !same {
+            view.unlock(byte);
+            continue;
+        }
+        // Acquire: the previous owner's release-position store.
+        let resume = slot.position.load(Ordering::Acquire) & !(RECORD_ALIGN - 1);
+        take_back_sleeping(view, slot);
+        return activate(view, index, current, req, WantAt::Resume(resume)).map(Some);
     }
-    None
+    Ok(None)
+}
+
+/// How an adoption of a pre-joined slot ended.
+#[derive(Debug)]
+pub(crate) enum Adopted {
+    /// The slot is ours now, reading from the returned position.
+    Joined(Joined),
+    /// The writer evicted the pre-joined slot for lag (untethered eviction)
+    /// before we opened the ring; it is freed.
+    Evicted,
+}
+
+/// Adopts the slot the publisher joined at creation for our registration
+/// (`reg_index`, `generation`). `Ok(None)` if there is none.
+pub(crate) fn adopt<V: View>(
+    view: &V,
+    req: &JoinRequest,
+    reg_index: u64,
+    generation: u64,
+) -> Result<Option<Adopted>, JoinError> {
+    for (index, slot) in view.slots().iter().enumerate() {
+        // Acquire: the creator's fields are visible (they were also published
+        // by the segment's magic before the ring became visible).
+        let state = slot.state.load(Ordering::Acquire);
+        let kind = state & SLOT_STATE_MASK;
+        // Relaxed: ordered after the Acquire above.
+        if !matches!(kind, SLOT_PREJOINED | SLOT_EVICTED)
+            || slot.reg_index.load(Ordering::Relaxed) != reg_index
+            || slot.reg_generation.load(Ordering::Relaxed) != generation
+        {
+            continue;
+        }
+        let byte = slot_lock_byte(index);
+        // A joiner may be looking at the slot under its lock for a moment.
+        let mut locked = false;
+        for _ in 0..1000 {
+            if view.try_lock(byte).map_err(JoinError::Io)? {
+                locked = true;
+                break;
+            }
+            crate::sync::yield_now();
+        }
+        if !locked {
+            continue;
+        }
+        // Acquire: as above.
+        let current = slot.state.load(Ordering::Acquire);
+        if current != state {
+            view.unlock(byte);
+            continue;
+        }
+        if kind == SLOT_EVICTED {
+            // Release: a later claimer sees a clean slot.
+            slot.held.store(0, Ordering::Release);
+            slot.state
+                .store(with_state(current, SLOT_FREE), Ordering::Release);
+            view.unlock(byte);
+            return Ok(Some(Adopted::Evicted));
+        }
+        // Acquire: the creator's position store.
+        let start = slot.position.load(Ordering::Acquire);
+        return activate(view, index, current, req, WantAt::Resume(start))
+            .map(|j| Some(Adopted::Joined(j)));
+    }
+    Ok(None)
+}
+
+/// Joins registered subscribers to a ring that is not visible yet: one slot
+/// each, gating from `start`. Returns how many were joined (at most the
+/// number of slots).
+pub(crate) fn prejoin<V: View>(view: &V, registrations: &[(u32, u64)], start: u64) -> usize {
+    let mut joined = 0;
+    for (slot, &(reg, generation)) in view.slots().iter().zip(registrations) {
+        // Relaxed: nobody else sees the ring yet; the segment's magic
+        // (Release) and its rename publish all of it.
+        slot.reg_index.store(u64::from(reg), Ordering::Relaxed);
+        slot.reg_generation.store(generation, Ordering::Relaxed);
+        slot.position.store(start, Ordering::Relaxed);
+        slot.state
+            .store((1 << 8) | SLOT_PREJOINED, Ordering::Relaxed);
+        joined += 1;
+    }
+    joined
 }
 
 /// Releases everything below `position` (SYNC: release-position).
 #[inline]
 pub(crate) fn release<V: View>(view: &V, claim: &SlotClaim, position: u64) {
     // Release: our reads of the released bytes happen before the writer's
-    // overwrite, which follows its Acquire load of this position.
+    // overwrite, which follows its Acquire load of this position. We hold
+    // the slot's lock, so the slot is still ours to write.
     view.slots()[claim.index]
         .position
         .store(position, Ordering::Release);
-    let ctrl = view.control();
+    let waiters = view.waiters();
     // Relaxed, no fence: the writer sleeps for space with a short timeout, so
     // a missed wake-up costs it at most that; our hot path stays one load.
-    if ctrl.space_waiters.load(Ordering::Relaxed) != 0 {
+    if waiters.space_waiters.load(Ordering::Relaxed) != 0 {
         // Release: the writer's Acquire load of the futex word then sees our position.
-        ctrl.space_futex.fetch_add(1, Ordering::Release);
-        view.futex_wake(&ctrl.space_futex);
+        waiters.space_futex.fetch_add(1, Ordering::Release);
+        view.futex_wake(&waiters.space_futex);
     }
 }
 
-/// Gives the slot back.
+/// Gives the slot back: frees it, then drops its lock.
 pub(crate) fn leave<V: View>(view: &V, claim: &SlotClaim) {
     let slot = &view.slots()[claim.index];
-    let free = (claim.state & !SLOT_STATE_MASK) | SLOT_FREE;
+    // Relaxed: our own flag; cleared before the state is freed (Release).
+    slot.held.store(0, Ordering::Relaxed);
     // Release (success): our reads happen before the writer, which loads the
-    // state with Acquire, reuses the space. Relaxed failure: the slot is no
-    // longer ours (evicted or reaped); then there is nothing to give back,
-    // except an evicted slot, which we free from its EVICTED state.
+    // state with Acquire, reuses the space. Relaxed failure: evicted (then
+    // free it from EVICTED) or taken by a foreign write (leave it alone).
     if slot
         .state
-        .compare_exchange(claim.state, free, Ordering::Release, Ordering::Relaxed)
+        .compare_exchange(
+            claim.state,
+            with_state(claim.state, SLOT_FREE),
+            Ordering::Release,
+            Ordering::Relaxed,
+        )
         .is_err()
     {
-        let evicted = (claim.state & !SLOT_STATE_MASK) | SLOT_EVICTED;
-        slot.held.store(0, Ordering::Release);
-        let _ = slot
-            .state
-            .compare_exchange(evicted, free, Ordering::Release, Ordering::Relaxed);
+        let _ = slot.state.compare_exchange(
+            with_state(claim.state, SLOT_EVICTED),
+            with_state(claim.state, SLOT_FREE),
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
     }
+    view.unlock(slot_lock_byte(claim.index));
 }
 
 /// Pins the bytes from `position` on for an untethered reader and returns
@@ -355,9 +710,9 @@ pub(crate) fn pin<V: View>(view: &V, claim: &SlotClaim, position: u64) -> u64 {
     slot.position.store(position, Ordering::Relaxed);
     slot.held.store(1, Ordering::Relaxed);
     fence(Ordering::SeqCst);
-    // Relaxed: ordered by the fence.
-    let limit = view.control().limit.load(Ordering::Relaxed);
-    position.max(limit)
+    let limit = load_acquire_ro(&view.producer().limit);
+    // Untrusted: only a record-aligned limit can be a start position.
+    position.max(limit & !(RECORD_ALIGN - 1))
 }
 
 /// Marks the subscriber as holding a sample; returns the slot's status. Only
@@ -392,9 +747,33 @@ fn status_of(slot: &Slot, claim: &SlotClaim) -> SlotStatus {
     let state = slot.state.load(Ordering::Relaxed);
     if state == claim.state {
         SlotStatus::Active
-    } else if state == (claim.state & !SLOT_STATE_MASK) | SLOT_EVICTED {
+    } else if state == with_state(claim.state, SLOT_EVICTED) {
         SlotStatus::Evicted
     } else {
         SlotStatus::Lost
     }
+}
+
+/// Whether any slot may still need data: a live owner's lock, a live
+/// registration's pre-joined slot, or an orphaned durable slot within its
+/// lease. Used to decide whether a ring whose publisher is gone can go.
+pub(crate) fn any_slot_needs_data<V: View>(view: &V, locked: impl Fn(usize) -> bool) -> bool {
+    let now = view.now_ns();
+    view.slots().iter().enumerate().any(|(index, slot)| {
+        // Acquire: pairs with the claimer's Release (its fields are visible).
+        let state = slot.state.load(Ordering::Acquire);
+        // Relaxed: ordered after the Acquire above.
+        match state & SLOT_STATE_MASK {
+            SLOT_FREE => false,
+            SLOT_PREJOINED => view.registry_alive(
+                slot.reg_index.load(Ordering::Relaxed),
+                slot.reg_generation.load(Ordering::Relaxed),
+            ),
+            SLOT_ORPHANED => {
+                now.saturating_sub(slot.orphaned_at.load(Ordering::Relaxed))
+                    < slot.lease_ns.load(Ordering::Relaxed)
+            }
+            _ => locked(index) || slot.durable_key.load(Ordering::Relaxed) != 0,
+        }
+    })
 }

@@ -1,35 +1,59 @@
-//! A ring whose shared state lives on the heap: for unit tests, Miri-style
-//! single-process tests and loom models (which cannot see processes or mmap).
+//! A ring whose shared state lives on the heap: for unit tests and loom
+//! models (which cannot see processes, files or mmap).
+//!
+//! Liveness locks are modelled faithfully: exclusive per owner (each
+//! [`HeapView`] is one owner, like one open file description), released
+//! when the owner "dies" ([`HeapSegment::crash`]). The clock is logical.
 
-use std::{collections::HashSet, sync::Mutex, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    sync::Arc,
+    time::Duration,
+};
 
-use super::{Geometry, View};
 #[cfg(loom)]
 use crate::sync::Ordering;
 use crate::{
-    layout::{Control, Slot},
-    sync::{AtomicU32, AtomicU64},
+    layout::{Producer, Slot, Waiters},
+    sync::{untracked, AtomicU32, AtomicU64},
 };
 
-/// Heap-backed segment state.
+use super::{Geometry, View};
+
+#[cfg(loom)]
+type Mutex<T> = loom::sync::Mutex<T>;
+#[cfg(not(loom))]
+type Mutex<T> = std::sync::Mutex<T>;
+
+/// Heap-backed ring state shared by every handle of one test.
 #[derive(Debug)]
 pub(crate) struct HeapSegment {
-    control: Control,
+    producer: Producer,
+    waiters: Waiters,
     slots: Vec<Slot>,
     words: Vec<AtomicU64>,
     #[cfg(loom)]
     cells: Vec<crate::sync::PayloadCell<u64>>,
     geometry: Geometry,
-    dead: Mutex<HashSet<u64>>,
+    /// Lock byte -> owner.
+    locks: Mutex<HashMap<u64, u64>>,
+    /// Live registrations (index, generation).
+    registrations: Mutex<HashSet<(u64, u64)>>,
+    /// Owners handed out so far.
+    owners: untracked::AtomicU64,
+    /// The logical clock, nanoseconds.
+    clock: untracked::AtomicU64,
     #[cfg(loom)]
     futex: (loom::sync::Mutex<()>, loom::sync::Condvar),
 }
 
 impl HeapSegment {
-    pub(crate) fn new(geometry: Geometry, slots: usize) -> Self {
+    pub(crate) fn new(geometry: Geometry, slots: usize) -> Arc<Self> {
         let words = (geometry.capacity / 8) as usize;
-        Self {
-            control: Control::new_zeroed(),
+        Arc::new(Self {
+            producer: Producer::new_zeroed(),
+            waiters: Waiters::new_zeroed(),
             slots: (0..slots).map(|_| Slot::new_free()).collect(),
             words: (0..words).map(|_| AtomicU64::new(0)).collect(),
             #[cfg(loom)]
@@ -37,57 +61,93 @@ impl HeapSegment {
                 .map(|_| crate::sync::PayloadCell::new(0))
                 .collect(),
             geometry,
-            dead: Mutex::new(HashSet::new()),
+            locks: Mutex::new(HashMap::new()),
+            registrations: Mutex::new(HashSet::new()),
+            owners: untracked::AtomicU64::new(0),
+            clock: untracked::AtomicU64::new(1),
             #[cfg(loom)]
             futex: (loom::sync::Mutex::new(()), loom::sync::Condvar::new()),
+        })
+    }
+
+    /// The owner `owner` died: the kernel drops every lock it held.
+    pub(crate) fn crash(&self, owner: u64) {
+        self.locks.lock().unwrap().retain(|_, o| *o != owner);
+    }
+
+    /// Registers a subscriber (index, generation) as alive, or not.
+    pub(crate) fn set_registered(&self, index: u64, generation: u64, alive: bool) {
+        let mut regs = self.registrations.lock().unwrap();
+        if alive {
+            regs.insert((index, generation));
+        } else {
+            regs.remove(&(index, generation));
         }
     }
 
-    /// Declares process `pid` dead for `process_alive`.
-    pub(crate) fn kill(&self, pid: u64) {
-        self.dead.lock().unwrap().insert(pid);
+    /// Advances the logical clock.
+    pub(crate) fn advance_clock(&self, by: Duration) {
+        self.clock
+            .fetch_add(by.as_nanos() as u64, untracked::Ordering::Relaxed);
     }
 }
 
-// SAFETY: `words` has capacity/8 entries, so every 8-aligned offset below the
-// capacity indexes it; control and slots live as long as `self`; payload
-// accesses index `words`/`cells` with bounds checks.
-unsafe impl View for std::sync::Arc<HeapSegment> {
-    fn control(&self) -> &Control {
-        &self.control
+/// One handle's view of a [`HeapSegment`]: its own lock owner.
+#[derive(Debug, Clone)]
+pub(crate) struct HeapView {
+    pub(crate) seg: Arc<HeapSegment>,
+    pub(crate) owner: u64,
+}
+
+/// A new view (a new lock owner) of `seg`.
+pub(crate) fn view(seg: &Arc<HeapSegment>) -> HeapView {
+    HeapView {
+        seg: seg.clone(),
+        owner: seg.owners.fetch_add(1, untracked::Ordering::Relaxed) + 1,
+    }
+}
+
+// SAFETY: `words` has capacity/8 entries and `word` masks every offset into
+// them; producer, waiters and slots live as long as the segment, which the
+// view keeps alive; payload accesses index `words`/`cells` with bounds checks.
+unsafe impl View for HeapView {
+    fn producer(&self) -> &Producer {
+        &self.seg.producer
+    }
+
+    fn waiters(&self) -> &Waiters {
+        &self.seg.waiters
     }
 
     fn slots(&self) -> &[Slot] {
-        &self.slots
+        &self.seg.slots
     }
 
     fn geometry(&self) -> &Geometry {
-        &self.geometry
+        &self.seg.geometry
     }
 
     fn word(&self, off: u64) -> &AtomicU64 {
-        &self.words[(off / 8) as usize]
+        &self.seg.words[((off & self.seg.geometry.mask()) / 8) as usize]
     }
 
     #[cfg(not(loom))]
     unsafe fn write_payload(&self, off: u64, src: &[u8]) {
-        let base = self.words.as_ptr() as *mut u8;
-        let end = off as usize + src.len();
-        assert!(end <= self.words.len() * 8);
-        // SAFETY: in bounds (checked above); atomics are UnsafeCells, so
-        // writing through a pointer derived from them is allowed; the caller
-        // guarantees no reader reads these bytes yet.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), base.add(off as usize), src.len()) };
+        for (i, chunk) in src.chunks(8).enumerate() {
+            let word = self.word(off + 8 * i as u64);
+            let mut bytes = word.load(untracked::Ordering::Relaxed).to_le_bytes();
+            bytes[..chunk.len()].copy_from_slice(chunk);
+            word.store(u64::from_le_bytes(bytes), untracked::Ordering::Relaxed);
+        }
     }
 
     #[cfg(not(loom))]
     unsafe fn read_payload(&self, off: u64, dst: &mut [u8]) {
-        let base = self.words.as_ptr() as *const u8;
-        let end = off as usize + dst.len();
-        assert!(end <= self.words.len() * 8);
-        for (i, b) in dst.iter_mut().enumerate() {
-            // SAFETY: in bounds (checked above); a volatile read, validated by the caller.
-            *b = unsafe { std::ptr::read_volatile(base.add(off as usize + i)) };
+        for (i, chunk) in dst.chunks_mut(8).enumerate() {
+            let word = self
+                .word(off + 8 * i as u64)
+                .load(untracked::Ordering::Relaxed);
+            chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
         }
     }
 
@@ -96,7 +156,7 @@ unsafe impl View for std::sync::Arc<HeapSegment> {
         for (i, chunk) in src.chunks(8).enumerate() {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
-            let cell = &self.cells[(off / 8) as usize + i];
+            let cell = &self.seg.cells[((off & self.seg.geometry.mask()) / 8) as usize + i];
             // SAFETY: loom checks that no read of this cell races this write.
             cell.with_mut(|p| unsafe { *p = u64::from_le_bytes(word) });
         }
@@ -105,7 +165,7 @@ unsafe impl View for std::sync::Arc<HeapSegment> {
     #[cfg(loom)]
     unsafe fn read_payload(&self, off: u64, dst: &mut [u8]) {
         for (i, chunk) in dst.chunks_mut(8).enumerate() {
-            let cell = &self.cells[(off / 8) as usize + i];
+            let cell = &self.seg.cells[((off & self.seg.geometry.mask()) / 8) as usize + i];
             // SAFETY: loom checks that no write of this cell races this read.
             let word = cell.with(|p| unsafe { *p });
             chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
@@ -127,21 +187,105 @@ unsafe impl View for std::sync::Arc<HeapSegment> {
     // bucket lock is the mutex here).
     #[cfg(loom)]
     fn futex_wait(&self, word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
-        let guard = self.futex.0.lock().unwrap();
+        let guard = self.seg.futex.0.lock().unwrap();
         // Relaxed: the kernel reads the word with no ordering either.
         if word.load(Ordering::Relaxed) != expected {
             return;
         }
-        drop(self.futex.1.wait(guard).unwrap());
+        drop(self.seg.futex.1.wait(guard).unwrap());
     }
 
     #[cfg(loom)]
     fn futex_wake(&self, _word: &AtomicU32) {
-        let _guard = self.futex.0.lock().unwrap();
-        self.futex.1.notify_all();
+        let _guard = self.seg.futex.0.lock().unwrap();
+        self.seg.futex.1.notify_all();
     }
 
-    fn process_alive(&self, pid: u64, _start_time: u64) -> bool {
-        !self.dead.lock().unwrap().contains(&pid)
+    fn try_lock(&self, byte: u64) -> io::Result<bool> {
+        let mut locks = self.seg.locks.lock().unwrap();
+        match locks.get(&byte) {
+            Some(&o) if o != self.owner => Ok(false),
+            _ => {
+                locks.insert(byte, self.owner);
+                Ok(true)
+            }
+        }
+    }
+
+    fn unlock(&self, byte: u64) {
+        let mut locks = self.seg.locks.lock().unwrap();
+        if locks.get(&byte) == Some(&self.owner) {
+            locks.remove(&byte);
+        }
+    }
+
+    fn registry_alive(&self, index: u64, generation: u64) -> bool {
+        self.seg
+            .registrations
+            .lock()
+            .unwrap()
+            .contains(&(index, generation))
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.seg.clock.load(untracked::Ordering::Relaxed)
+    }
+}
+
+/// Direct access for tests: damage words, inspect counters.
+#[cfg(all(test, not(loom)))]
+impl HeapSegment {
+    pub(crate) fn word_store(&self, off: u64, value: u64) {
+        use crate::sync::Ordering;
+        self.words[(off / 8) as usize].store(value, Ordering::Relaxed);
+    }
+
+    pub(crate) fn slot_state(&self, index: usize) -> u64 {
+        use crate::sync::Ordering;
+        self.slots[index].state.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn no_locks(&self) -> bool {
+        self.locks.lock().unwrap().is_empty()
+    }
+
+    pub(crate) fn producer_evictions(&self) -> u64 {
+        use crate::sync::Ordering;
+        self.producer.evictions.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn producer_head(&self) -> u64 {
+        use crate::sync::Ordering;
+        self.producer.head.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn producer_store_tail(&self, v: u64) {
+        use crate::sync::Ordering;
+        self.producer.tail.store(v, Ordering::Relaxed);
+    }
+
+    pub(crate) fn producer_store_head(&self, v: u64) {
+        use crate::sync::Ordering;
+        self.producer.head.store(v, Ordering::Relaxed);
+    }
+
+    pub(crate) fn producer_store_limit(&self, v: u64) {
+        use crate::sync::Ordering;
+        self.producer.limit.store(v, Ordering::Relaxed);
+    }
+
+    pub(crate) fn producer_store_writer_state(&self, v: u32) {
+        use crate::sync::Ordering;
+        self.producer.writer_state.store(v, Ordering::Relaxed);
+    }
+
+    pub(crate) fn waiters_count(&self) -> u32 {
+        use crate::sync::Ordering;
+        self.waiters.waiters.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn waiters_count_add(&self, n: u32) {
+        use crate::sync::Ordering;
+        self.waiters.waiters.fetch_add(n, Ordering::Relaxed);
     }
 }

@@ -11,16 +11,16 @@ use std::{sync::Arc, time::Duration};
 use loom::thread;
 
 use super::{
-    gate::JoinAt,
-    heap::HeapSegment,
+    gate::{JoinAt, JoinRequest},
+    heap::{self, HeapSegment, HeapView},
     reader::{Peek, ReaderCore},
     writer::WriterCore,
     Geometry, Policy, View,
 };
-use crate::shm::futex as notify;
+use crate::shm::futex::{self as notify, Sleeper};
 
 fn segment(policy: Policy, evict_after: Option<Duration>) -> Arc<HeapSegment> {
-    Arc::new(HeapSegment::new(
+    HeapSegment::new(
         Geometry {
             capacity: 64,
             max_message: 16,
@@ -28,10 +28,27 @@ fn segment(policy: Policy, evict_after: Option<Duration>) -> Arc<HeapSegment> {
             evict_after,
         },
         2,
-    ))
+    )
 }
 
-fn write_spin(w: &mut WriterCore<Arc<HeapSegment>>, value: u8, len: usize) {
+fn join_as(seg: &Arc<HeapSegment>, at: JoinAt, tethered: bool) -> ReaderCore<HeapView> {
+    let req = JoinRequest {
+        at,
+        tethered,
+        durable: None,
+        pid: 1,
+        start_time: 1,
+    };
+    ReaderCore::join(heap::view(seg), &req)
+        .expect("no fault")
+        .expect("free slot")
+}
+
+fn join(seg: &Arc<HeapSegment>, at: JoinAt) -> ReaderCore<HeapView> {
+    join_as(seg, at, true)
+}
+
+fn write_spin(w: &mut WriterCore<HeapView>, value: u8, len: usize) {
     loop {
         match w.reserve(len as u64) {
             Ok(r) => {
@@ -47,7 +64,7 @@ fn write_spin(w: &mut WriterCore<Arc<HeapSegment>>, value: u8, len: usize) {
 
 /// Reads `n` records (spinning with yields), checking each payload is the
 /// uniform byte it was written with. Returns the values in order.
-fn read_n(r: &mut ReaderCore<Arc<HeapSegment>>, n: usize) -> Vec<u8> {
+fn read_n(r: &mut ReaderCore<HeapView>, n: usize) -> Vec<u8> {
     let mut out = Vec::new();
     while out.len() < n {
         match r.peek().expect("no fault") {
@@ -58,7 +75,7 @@ fn read_n(r: &mut ReaderCore<Arc<HeapSegment>>, n: usize) -> Vec<u8> {
                 let v = buf.first().copied().unwrap_or(0);
                 assert!(buf.iter().all(|&b| b == v), "torn payload {buf:?}");
                 out.push(v);
-                r.consume_to(rec.end, rec.seq.wrapping_add(1));
+                r.consume_to(rec.end, rec.seq + 1);
             }
             Peek::Empty => thread::yield_now(),
             Peek::Gap { .. } => panic!("gap under Block"),
@@ -71,11 +88,11 @@ fn read_n(r: &mut ReaderCore<Arc<HeapSegment>>, n: usize) -> Vec<u8> {
 fn loom_publish_consume_visibility_and_wrap() {
     loom::model(|| {
         let seg = segment(Policy::Block, None);
-        let mut r = ReaderCore::join(seg.clone(), JoinAt::Latest, 1, 1, 0).unwrap();
+        let mut r = join(&seg, JoinAt::Latest);
         let writer = {
             let seg = seg.clone();
             thread::spawn(move || {
-                let mut w = WriterCore::new(seg);
+                let mut w = WriterCore::new(heap::view(&seg));
                 // 32 + 32 + (padding) 32: the third record wraps.
                 for v in 1..=3 {
                     write_spin(&mut w, v, 16);
@@ -91,11 +108,11 @@ fn loom_publish_consume_visibility_and_wrap() {
 fn loom_wrap_with_padding_record() {
     loom::model(|| {
         let seg = segment(Policy::Block, None);
-        let mut r = ReaderCore::join(seg.clone(), JoinAt::Latest, 1, 1, 0).unwrap();
+        let mut r = join(&seg, JoinAt::Latest);
         let writer = {
             let seg = seg.clone();
             thread::spawn(move || {
-                let mut w = WriterCore::new(seg);
+                let mut w = WriterCore::new(heap::view(&seg));
                 // 16 + 32 = 48 bytes, then a 32-byte record does not fit in
                 // the last 16: padding, then offset 0.
                 write_spin(&mut w, 1, 0);
@@ -115,7 +132,7 @@ fn loom_join_races_the_gate() {
         let writer = {
             let seg = seg.clone();
             thread::spawn(move || {
-                let mut w = WriterCore::new(seg);
+                let mut w = WriterCore::new(heap::view(&seg));
                 for v in 1..=4 {
                     write_spin(&mut w, v, 8);
                 }
@@ -124,7 +141,7 @@ fn loom_join_races_the_gate() {
         // Joins at whatever the writer has reached; whatever it then reads
         // must be intact and in order (loom flags an overwrite of a record
         // this reader was entitled to).
-        let mut r = ReaderCore::join(seg.clone(), JoinAt::Oldest, 1, 1, 0).unwrap();
+        let mut r = join(&seg, JoinAt::Oldest);
         let mut last = 0;
         loop {
             match r.peek().expect("no fault") {
@@ -134,7 +151,7 @@ fn loom_join_races_the_gate() {
                     unsafe { r.view.read_payload(rec.payload_offset, &mut buf) };
                     assert!(buf.iter().all(|&b| b == buf[0]) && buf[0] > last);
                     last = buf[0];
-                    r.consume_to(rec.end, rec.seq.wrapping_add(1));
+                    r.consume_to(rec.end, rec.seq + 1);
                     if last == 4 {
                         break;
                     }
@@ -152,11 +169,11 @@ fn loom_join_races_the_gate() {
 fn loom_leave_races_the_gate() {
     loom::model(|| {
         let seg = segment(Policy::Block, None);
-        let mut r = ReaderCore::join(seg.clone(), JoinAt::Latest, 1, 1, 0).unwrap();
+        let mut r = join(&seg, JoinAt::Latest);
         let writer = {
             let seg = seg.clone();
             thread::spawn(move || {
-                let mut w = WriterCore::new(seg);
+                let mut w = WriterCore::new(heap::view(&seg));
                 // More than a ring: completes only once the reader reads or leaves.
                 for v in 1..=3 {
                     write_spin(&mut w, v, 16);
@@ -174,11 +191,11 @@ fn loom_leave_races_the_gate() {
 fn loom_eviction_never_overwrites_a_held_record() {
     loom::model(|| {
         let seg = segment(Policy::Block, Some(Duration::ZERO));
-        let mut r = ReaderCore::join(seg.clone(), JoinAt::Latest, 1, 1, 0).unwrap();
+        let mut r = join(&seg, JoinAt::Latest);
         let writer = {
             let seg = seg.clone();
             thread::spawn(move || {
-                let mut w = WriterCore::new(seg);
+                let mut w = WriterCore::new(heap::view(&seg));
                 // Three 32-byte records into 64 bytes: the writer blocks on
                 // the reader and evicts it (evict_after = 0).
                 for v in 1..=3 {
@@ -199,7 +216,7 @@ fn loom_eviction_never_overwrites_a_held_record() {
                     // (loom checks exactly this).
                     unsafe { r.view.read_payload(rec.payload_offset, &mut buf) };
                     assert!(buf.iter().all(|&b| b == buf[0]));
-                    r.consume_to(rec.end, rec.seq.wrapping_add(1));
+                    r.consume_to(rec.end, rec.seq + 1);
                     seen += 1;
                 }
                 Ok(Peek::Empty) => thread::yield_now(),
@@ -214,28 +231,33 @@ fn loom_eviction_never_overwrites_a_held_record() {
 fn loom_no_missed_wakeup() {
     loom::model(|| {
         let seg = segment(Policy::Block, None);
-        let mut r = ReaderCore::join(seg.clone(), JoinAt::Latest, 1, 1, 0).unwrap();
+        let mut r = join(&seg, JoinAt::Latest);
         let writer = {
             let seg = seg.clone();
             thread::spawn(move || {
-                let mut w = WriterCore::new(seg);
+                let mut w = WriterCore::new(heap::view(&seg));
                 write_spin(&mut w, 7, 8);
             })
         };
         // The blocking wait protocol with no spinning and no timeout: a
         // missed wake-up leaves this thread asleep forever, which loom
         // reports as a deadlock.
-        let ctrl = seg.control();
+        let view = r.view.clone();
+        let sleeper = Sleeper {
+            futex: &view.producer().futex,
+            waiters: &view.waiters().waiters,
+            sleeping: None,
+        };
         loop {
             if r.poll_ready() {
                 break;
             }
-            let seen = notify::prepare(ctrl);
+            let seen = notify::prepare(&sleeper);
             let ready = r.poll_ready();
             if !ready {
-                seg.futex_wait(&ctrl.futex, seen, None);
+                view.futex_wait(sleeper.futex, seen, None);
             }
-            notify::finish(ctrl);
+            notify::finish(&sleeper);
         }
         assert_eq!(read_n(&mut r, 1), [7]);
         writer.join().unwrap();
@@ -247,11 +269,11 @@ fn loom_untethered_pin_protects_what_it_reads() {
     use crate::{layout::data_stamp, sync::Ordering};
     loom::model(|| {
         let seg = segment(Policy::Block, None);
-        let mut r = ReaderCore::join_as(seg.clone(), JoinAt::Latest, false, 1, 1, 0).unwrap();
+        let mut r = join_as(&seg, JoinAt::Latest, false);
         let writer = {
             let seg = seg.clone();
             thread::spawn(move || {
-                let mut w = WriterCore::new(seg);
+                let mut w = WriterCore::new(heap::view(&seg));
                 // An untethered reader gates only while it pins: this completes.
                 for v in 1..=4 {
                     write_spin(&mut w, v, 16);
@@ -260,13 +282,13 @@ fn loom_untethered_pin_protects_what_it_reads() {
         };
         // Pin the oldest record and read it in place if it is committed:
         // loom flags an overwrite that races the read.
-        let head = seg.control().head.load(Ordering::Acquire);
+        let head = r.view.producer().head.load(Ordering::Acquire);
         let safe = r.pin(head);
         let off = safe & 63;
-        if seg.word(off).load(Ordering::Acquire) == data_stamp(safe) {
+        if r.view.word(off).load(Ordering::Acquire) == data_stamp(safe) {
             let mut buf = [0u8; 16];
             // SAFETY: inside the ring; committed and pinned.
-            unsafe { seg.read_payload(off + 16, &mut buf) };
+            unsafe { r.view.read_payload(off + 16, &mut buf) };
             assert!(buf.iter().all(|&b| b == buf[0]));
         }
         r.unpin();

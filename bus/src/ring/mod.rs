@@ -1,23 +1,29 @@
 //! The single-writer byte ring: the algorithm, independent of where its memory lives.
 //!
-//! [`WriterCore`] and [`ReaderCore`] run over a [`View`]: the mapped segment in
-//! production ([`crate::shm::segment`]), a heap copy in unit and loom tests
-//! ([`heap`]). See [`crate::layout`] for the record format.
+//! [`writer::WriterCore`] and [`reader::ReaderCore`] run over a [`View`]: a
+//! mapped pair of ring files in production ([`crate::shm::segment`]), heap
+//! memory in unit and loom tests ([`heap`]). [`records`] owns the record
+//! format's rules, [`gate`] the subscriber table (join, leave, liveness,
+//! eviction, the Block policy's gate). See [`crate::layout`] for the bytes.
 //!
 //! # Synchronization pairs
 //!
 //! Every ordering in this module belongs to one of these pairs; the code
-//! labels each side with its `SYNC:` name.
+//! labels each side with its `SYNC:` name. Loads of the publisher's data file
+//! (stamps, `tail`, `head`, `limit`, `published`, the futex word) are Relaxed
+//! followed by `fence(Acquire)` in readers, because readers map that file
+//! read-only ([`crate::sync::load_acquire_ro`]).
 //!
 //! | name | release side | acquire side | what it orders |
 //! |---|---|---|---|
 //! | `commit` | writer stores a record's stamp (Release) | reader loads the stamp it waits for (Acquire) | the record's meta word, payload and the cleared next stamp are visible to the reader |
 //! | `tail-publish` | writer stores `tail` (Release) | reader/bridge/joiner loads `tail` (Acquire) | every stamp below `tail` is visible |
 //! | `release-position` | subscriber stores its slot `position` (Release) | writer's gate scan loads it (Acquire) | the subscriber's reads of released bytes happen before the writer overwrites them |
-//! | `head-advance` | writer stores `head`, then `fence(Release)`, then overwrites | overwrite-mode reader copies, `fence(Acquire)`, loads `head` | a reader that saw any overwritten byte sees the advanced `head` and discards its copy (seqlock) |
+//! | `head-advance` | writer stores `head`, then `fence(Release)`, then overwrites | overwrite-mode reader or observer copies, `fence(Acquire)`, loads `head` | a reader that saw any overwritten byte sees the advanced `head` and discards its copy (seqlock) |
 //! | `join-limit` | writer stores `limit`, `fence(SeqCst)`, scans slots | joiner stores its slot ACTIVE, `fence(SeqCst)`, loads `limit` | either the writer's scan sees the joiner, or the joiner starts at or after the writer's limit (Dekker) |
 //! | `hold-evict` | writer CASes a slot to EVICTED, `fence(SeqCst)`, loads `held` | subscriber stores `held`, `fence(SeqCst)`, loads `state` | an evicted subscriber never reads bytes the writer may overwrite (Dekker) |
 //! | `notify` | writer stores `tail`, `fence(SeqCst)`, loads `waiters` | reader bumps `waiters`, `fence(SeqCst)`, re-checks for data | no missed wake-up: one of the two sees the other (Dekker) |
+//! | `slot-claim` | claimer holds the slot's lock, stores the slot's fields, stores its state (Release) | writer's scan loads the state (Acquire) | a slot's fields are its current owner's; the lock makes the claim exclusive (no CAS race with a reaper: reaping takes the same lock) |
 
 pub(crate) mod gate;
 #[cfg(any(test, loom))]
@@ -25,14 +31,15 @@ pub(crate) mod heap;
 #[cfg(all(test, loom))]
 mod loom_tests;
 pub(crate) mod reader;
+pub(crate) mod records;
 #[cfg(all(test, not(loom)))]
 mod tests;
 pub(crate) mod writer;
 
-use std::time::Duration;
+use std::{io, time::Duration};
 
 use crate::{
-    layout::{Control, Slot},
+    layout::{Producer, Slot, Waiters},
     sync::{AtomicU32, AtomicU64},
 };
 
@@ -68,23 +75,29 @@ impl Geometry {
     }
 }
 
-/// Where a ring's shared state lives.
+/// Where a ring's shared state lives, as seen by one handle.
+///
+/// Each handle (writer, reader) has its own view: in production its own open
+/// file descriptions of the ring's files, so the liveness locks it takes are
+/// its own (locks of one description never conflict with each other).
 ///
 /// # Safety
 ///
 /// Implementors guarantee that:
-/// - `control` and `slots` stay valid for the life of the view;
-/// - `word(off)` is valid for every `off` that is a multiple of 8 below
-///   `geometry().capacity`;
+/// - `producer`, `waiters` and `slots` stay valid for the life of the view;
+/// - `word(off)` is valid for *every* `off` (it masks the offset into the
+///   ring, 8-aligned), so no caller can index past the mapping;
 /// - `write_payload`/`read_payload` touch only the ring data bytes named.
 pub(crate) unsafe trait View {
-    /// The writer-owned words and notify line.
-    fn control(&self) -> &Control;
+    /// The publisher's words (read-only memory for readers).
+    fn producer(&self) -> &Producer;
+    /// The waiting words (shared read-write).
+    fn waiters(&self) -> &Waiters;
     /// The subscriber table.
     fn slots(&self) -> &[Slot];
     /// The validated geometry.
     fn geometry(&self) -> &Geometry;
-    /// The 8-byte ring word at offset `off` (`off % 8 == 0`, `off < capacity`).
+    /// The 8-byte ring word at offset `off & (capacity - 1) & !7`.
     fn word(&self, off: u64) -> &AtomicU64;
     /// Copies `src` into the ring at offset `off`.
     ///
@@ -93,18 +106,29 @@ pub(crate) unsafe trait View {
     /// - only the single writer calls this;
     /// - `off..off + src.len()` lies inside a reserved, not yet committed record.
     unsafe fn write_payload(&self, off: u64, src: &[u8]);
-    /// Copies ring bytes at `off` into `dst` with reads that tolerate a
-    /// concurrent writer (the caller validates the copy afterwards).
+    /// Copies ring bytes at `off` into `dst` with per-word atomic (Relaxed)
+    /// loads, which tolerate a concurrent writer: the caller validates the
+    /// copy afterwards (seqlock) and orders it with `fence(Acquire)`.
     ///
     /// # Safety
     ///
-    /// - `off..off + dst.len()` lies inside the ring data.
+    /// - `off` is 8-aligned and `off..off + dst.len()` rounded up to 8 bytes
+    ///   lies inside the ring data.
     unsafe fn read_payload(&self, off: u64, dst: &mut [u8]);
     /// Blocks while `*word == expected`, until woken or `timeout` passes.
     fn futex_wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>);
     /// Wakes every thread blocked in `futex_wait` on `word`.
     fn futex_wake(&self, word: &AtomicU32);
-    /// Whether the process `pid` that started at `start_time` still runs.
-    /// Must be positive proof of death to return false (never a timer).
-    fn process_alive(&self, pid: u64, start_time: u64) -> bool;
+    /// Tries to take this view's exclusive lock on `byte` of the control
+    /// file: `Ok(true)` taken, `Ok(false)` held by someone else (alive).
+    fn try_lock(&self, byte: u64) -> io::Result<bool>;
+    /// Releases a lock this view took.
+    fn unlock(&self, byte: u64);
+    /// Whether a registered subscriber (registry entry `index` of
+    /// `generation`) is still alive. A false "alive" is allowed (it only
+    /// delays a reap); a false "dead" never.
+    fn registry_alive(&self, index: u64, generation: u64) -> bool;
+    /// A monotonic clock shared by all processes of the host (nanoseconds;
+    /// loom models use a logical clock): leases and untethered eviction.
+    fn now_ns(&self) -> u64;
 }

@@ -2,15 +2,19 @@
 //! validate its framing, and release consumed space.
 //!
 //! A reader spins on the stamp word of the record it waits for, not on a
-//! shared tail: one cache line per small message crosses the cores.
+//! shared tail: one cache line per small message crosses the cores. Every
+//! word it reads from the publisher's file is untrusted and checked by
+//! [`super::records`] before it is used; a bad one is a [`ReadFault::Corrupt`]
+//! naming the field.
 
 use super::{
-    gate::{self, SlotClaim, SlotStatus},
+    gate::{self, Adopted, JoinError, JoinRequest, SlotClaim, SlotStatus},
+    records::{self, StampKind},
     Geometry, Policy, View,
 };
 use crate::{
-    layout::{data_stamp, padding_stamp, record_size, split_meta, RECORD_HEADER, STAMP_FLAGS},
-    sync::{fence, Ordering},
+    layout::{RECORD_HEADER, WRITER_CLOSED, WRITER_OPEN},
+    sync::{fence, load_acquire_ro, load_acquire_ro32, Ordering},
 };
 
 /// A committed data record, validated against the ring's bounds.
@@ -22,8 +26,8 @@ pub(crate) struct RecordRef {
     pub(crate) payload_offset: u64,
     /// Payload length.
     pub(crate) len: u32,
-    /// The writer's sequence number for it.
-    pub(crate) seq: u32,
+    /// The writer's 64-bit sequence number for it.
+    pub(crate) seq: u64,
     /// Position just after the record.
     pub(crate) end: u64,
 }
@@ -35,19 +39,19 @@ pub(crate) enum Peek {
     Record(RecordRef),
     /// Nothing new yet.
     Empty,
-    /// Messages were lost before the next record (overwrite policy, or after
-    /// an eviction): exact counts.
+    /// Messages were lost before the next record (overwrite policy, after an
+    /// eviction, or a gap record from upstream): exact counts.
     Gap { messages: u64, bytes: u64 },
 }
 
 /// Why a ring cannot be read any further.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReadFault {
-    /// The ring's bytes break the record format at `position`.
+    /// A word of the ring breaks the format at `position`; `what` names it.
     Corrupt { position: u64, what: &'static str },
     /// The writer evicted this subscriber for lag (untethered eviction).
     Evicted,
-    /// This subscriber's slot was taken away (declared dead, or a foreign write).
+    /// This subscriber's slot was taken away (a foreign write).
     SlotLost,
 }
 
@@ -59,8 +63,8 @@ pub(crate) struct ReaderCore<V: View> {
     claim: Option<SlotClaim>,
     /// Next position to read.
     position: u64,
-    /// Sequence number expected next (None until the first record).
-    expected_seq: Option<u32>,
+    /// Sequence number expected next (None until known).
+    expected_seq: Option<u64>,
     /// Bytes skipped by laps since the last reported gap.
     lost_bytes: u64,
     /// True while a sample is held under the hold-evict protocol.
@@ -68,66 +72,96 @@ pub(crate) struct ReaderCore<V: View> {
 }
 
 impl<V: View> ReaderCore<V> {
-    /// Joins the ring's subscriber table. `None` if every slot is taken.
-    pub(crate) fn join(
-        view: V,
-        at: gate::JoinAt,
-        pid: u64,
-        start_time: u64,
-        now_ns: u64,
-    ) -> Option<Self> {
-        Self::join_as(view, at, true, pid, start_time, now_ns)
-    }
-
-    /// Joins tethered (the normal subscriber) or untethered (gates the writer
-    /// only while pinning; see [`gate::pin`]).
-    pub(crate) fn join_as(
-        view: V,
-        at: gate::JoinAt,
-        tethered: bool,
-        pid: u64,
-        start_time: u64,
-        now_ns: u64,
-    ) -> Option<Self> {
+    fn with_claim(view: V, claim: Option<SlotClaim>, position: u64) -> Self {
         let geo = *view.geometry();
-        let (claim, position) = gate::join(&view, at, tethered, pid, start_time, now_ns)?;
         let mut reader = Self {
             view,
             geo,
-            claim: Some(claim),
+            claim,
             position,
             expected_seq: None,
             lost_bytes: 0,
             holding: false,
         };
         reader.expected_seq = reader.sequence_at_start();
-        Some(reader)
+        reader
+    }
+
+    /// Joins the ring's subscriber table. `Ok(None)` if every slot is taken
+    /// by a live owner.
+    pub(crate) fn join(view: V, req: &JoinRequest) -> Result<Option<Self>, JoinError> {
+        Ok(gate::join(&view, req)?
+            .map(|(claim, position)| Self::with_claim(view, Some(claim), position)))
+    }
+
+    /// Adopts the slot the publisher joined for registration (`reg`, `generation`).
+    /// `Ok(Err(view))` hands the view back when there is no such slot.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn adopt(
+        view: V,
+        req: &JoinRequest,
+        reg: u64,
+        generation: u64,
+    ) -> Result<Result<Self, (V, bool)>, JoinError> {
+        match gate::adopt(&view, req, reg, generation)? {
+            Some(Adopted::Joined((claim, position))) => {
+                let mut reader = Self::with_claim(view, Some(claim), position);
+                // A pre-joined reader starts at the ring's first record: it
+                // expects the sequence number the ring started with.
+                reader.expected_seq = reader.sequence_at_start();
+                Ok(Ok(reader))
+            }
+            Some(Adopted::Evicted) => Ok(Err((view, true))),
+            None => Ok(Err((view, false))),
+        }
+    }
+
+    /// A reader without a slot (observers): it never gates the writer, so
+    /// it may be lapped on any policy and must copy records out.
+    pub(crate) fn observer(view: V, at: gate::JoinAt) -> Result<Self, ReadFault> {
+        let producer = view.producer();
+        let tail = load_acquire_ro(&producer.tail);
+        let head = load_acquire_ro(&producer.head);
+        records::check_span(view.geometry(), head, tail).map_err(|what| ReadFault::Corrupt {
+            position: tail,
+            what,
+        })?;
+        let position = match at {
+            gate::JoinAt::Latest => tail,
+            gate::JoinAt::Oldest => head,
+        };
+        Ok(Self::with_claim(view, None, position))
     }
 
     /// The sequence number of the record at our start position: from its
-    /// header, or from the hint the writer leaves beside a cleared stamp.
-    /// Needed so that a reader lapped before its first read still counts its
-    /// loss exactly. `None` if the writer raced past us meanwhile.
-    fn sequence_at_start(&mut self) -> Option<u32> {
+    /// header, or from the hint the writer leaves beside a cleared stamp,
+    /// extended to 64 bits with the publisher's `published` counter. Needed
+    /// so that a reader lapped before its first read still counts its loss
+    /// exactly. `None` if the writer raced past us meanwhile.
+    fn sequence_at_start(&mut self) -> Option<u64> {
         let mask = self.geo.mask();
         let mut pos = self.position;
         for _ in 0..2 {
             let off = pos & mask;
             // SYNC: commit (Acquire), as in `peek`.
-            let stamp = self.view.word(off).load(Ordering::Acquire);
+            let stamp = load_acquire_ro(self.view.word(off));
             // Relaxed: ordered after the Acquire above (or validated below).
-            let (_, seq) = split_meta(self.view.word(off + 8).load(Ordering::Relaxed));
-            if stamp == padding_stamp(pos) {
+            let meta = self.view.word(off + 8).load(Ordering::Relaxed);
+            let kind = records::classify(stamp, pos);
+            if kind == StampKind::Padding {
                 pos += self.geo.capacity - off;
                 continue;
             }
-            if stamp != data_stamp(pos) && stamp != 0 {
+            if !matches!(kind, StampKind::Data | StampKind::Gap | StampKind::NotYet) {
                 return None;
             }
             // SYNC: head-advance: a writer overwriting `pos` moved head first.
             fence(Ordering::Acquire);
-            let head = self.view.control().head.load(Ordering::Relaxed);
-            return (head <= self.position).then_some(seq);
+            let producer = self.view.producer();
+            let head = producer.head.load(Ordering::Relaxed);
+            let hint = producer.published.load(Ordering::Relaxed);
+            let (_, low) = crate::layout::split_meta(meta);
+            return (head <= self.position).then(|| records::extend_sequence(low, hint));
         }
         None
     }
@@ -141,66 +175,83 @@ impl<V: View> ReaderCore<V> {
         &self.geo
     }
 
-    /// Finds the next record without consuming it. Padding is skipped.
+    /// The slot this reader owns, if any.
+    pub(crate) fn claim(&self) -> Option<&SlotClaim> {
+        self.claim.as_ref()
+    }
+
+    fn corrupt<T>(&self, position: u64, what: &'static str) -> Result<T, ReadFault> {
+        Err(ReadFault::Corrupt { position, what })
+    }
+
+    /// Finds the next record without consuming it. Padding is skipped; a gap
+    /// record is consumed and reported.
     pub(crate) fn peek(&mut self) -> Result<Peek, ReadFault> {
-        let cap = self.geo.capacity;
         let mask = self.geo.mask();
         loop {
             let pos = self.position;
             let off = pos & mask;
             // SYNC: commit. Acquire pairs with the writer's Release store of
             // this stamp: meta, payload and the cleared next stamp are visible.
-            let stamp = self.view.word(off).load(Ordering::Acquire);
-            if stamp == data_stamp(pos) {
-                // Relaxed: ordered after the Acquire above.
-                let meta = self.view.word(off + 8).load(Ordering::Relaxed);
-                let (len, seq) = split_meta(meta);
-                let size = record_size(u64::from(len));
-                if u64::from(len) > self.geo.max_message || off + size > cap {
-                    return self.fault_or_lap(pos, "record length out of bounds");
+            let stamp = load_acquire_ro(self.view.word(off));
+            let kind = records::classify(stamp, pos);
+            match kind {
+                StampKind::Data | StampKind::Padding | StampKind::Gap => {
+                    // Relaxed: ordered after the Acquire above.
+                    let meta = self.view.word(off + 8).load(Ordering::Relaxed);
+                    let header = match records::check_header(&self.geo, pos, kind, meta) {
+                        Ok(h) => h,
+                        Err(what) => return self.fault_or_lap(pos, what),
+                    };
+                    match kind {
+                        StampKind::Padding => {
+                            self.position = pos + header.size;
+                            continue;
+                        }
+                        StampKind::Gap => {
+                            if let Some(peek) = self.gap_record(pos, header)? {
+                                return Ok(peek);
+                            }
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    let record = RecordRef {
+                        position: pos,
+                        payload_offset: off + RECORD_HEADER,
+                        len: header.len,
+                        seq: u64::from(header.seq_low),
+                        end: pos + header.size,
+                    };
+                    // Overwrite: the meta word may be torn by a lapping writer;
+                    // the sequence is checked after the copy is validated.
+                    return Ok(match self.geo.policy {
+                        Policy::Block if self.claim.is_some() => self.check_sequence(record)?,
+                        _ => Peek::Record(record),
+                    });
                 }
-                let record = RecordRef {
-                    position: pos,
-                    payload_offset: off + RECORD_HEADER,
-                    len,
-                    seq,
-                    end: pos + size,
-                };
-                // Overwrite: the meta word may be torn by a lapping writer;
-                // the sequence is checked after the copy is validated.
-                return Ok(match self.geo.policy {
-                    Policy::Block => self.check_sequence(record),
-                    Policy::Overwrite => Peek::Record(record),
-                });
-            }
-            if stamp == padding_stamp(pos) {
-                let (len, _) = split_meta(self.view.word(off + 8).load(Ordering::Relaxed));
-                if u64::from(len) + RECORD_HEADER != cap - off {
-                    return self.fault_or_lap(pos, "padding does not end at the ring's end");
-                }
-                self.position = pos + (cap - off);
-                continue;
-            }
-            if stamp & !STAMP_FLAGS < pos || stamp == 0 {
-                // Not written yet: cleared, or a genuine older stamp. This is
-                // the spin path; under Block without eviction it touches no
-                // other shared line.
-                if self.geo.evict_after.is_some() {
-                    match self.slot_status() {
-                        SlotStatus::Active => {}
-                        SlotStatus::Evicted => return Err(ReadFault::Evicted),
-                        SlotStatus::Lost => return Err(ReadFault::SlotLost),
+                StampKind::NotYet => {
+                    // Not written yet: cleared, or a genuine older stamp. This
+                    // is the spin path; under Block without eviction it touches
+                    // no other shared line.
+                    if self.geo.evict_after.is_some() && self.claim.is_some() {
+                        match self.slot_status() {
+                            SlotStatus::Active => {}
+                            SlotStatus::Evicted => return Err(ReadFault::Evicted),
+                            SlotStatus::Lost => return Err(ReadFault::SlotLost),
+                        }
+                    }
+                    if self.geo.policy == Policy::Block && self.claim.is_some() {
+                        return Ok(Peek::Empty);
+                    }
+                    // Lappable readers: a lapping writer may have left payload
+                    // bytes that look older; the tail tells.
+                    // SYNC: tail-publish (Acquire).
+                    if load_acquire_ro(&self.view.producer().tail) <= pos {
+                        return Ok(Peek::Empty);
                     }
                 }
-                if self.geo.policy == Policy::Block {
-                    return Ok(Peek::Empty);
-                }
-                // Overwrite: a lapping writer may have left payload bytes
-                // that look older; the tail tells.
-                // SYNC: tail-publish (Acquire).
-                if self.view.control().tail.load(Ordering::Acquire) <= pos {
-                    return Ok(Peek::Empty);
-                }
+                StampKind::Other => {}
             }
             // A newer stamp or foreign bytes: lapped, or corrupt.
             match self.not_ready_slow(pos)? {
@@ -210,54 +261,100 @@ impl<V: View> ReaderCore<V> {
         }
     }
 
-    /// Turns a sequence jump into a reported gap (once), else the record.
-    fn check_sequence(&mut self, record: RecordRef) -> Peek {
-        let expected = *self.expected_seq.get_or_insert(record.seq);
-        if record.seq != expected || self.lost_bytes != 0 {
-            let messages = u64::from(record.seq.wrapping_sub(expected));
-            let bytes = std::mem::take(&mut self.lost_bytes);
-            self.expected_seq = Some(record.seq);
-            if messages != 0 || bytes != 0 {
-                return Peek::Gap { messages, bytes };
+    /// A gap record at `pos`: reads its count (validated like a copy on
+    /// lappable readers) and folds it into the next reported gap. Returns the
+    /// gap to report, or `None` to go on reading.
+    fn gap_record(&mut self, pos: u64, header: records::Header) -> Result<Option<Peek>, ReadFault> {
+        let off = pos & self.geo.mask();
+        // Relaxed: ordered after the stamp's Acquire.
+        let count = self.view.word(off + RECORD_HEADER).load(Ordering::Relaxed);
+        if self.lappable() {
+            // SYNC: head-advance, as in `copy_validated`.
+            fence(Ordering::Acquire);
+            let head = self.view.producer().head.load(Ordering::Relaxed);
+            if head > pos {
+                self.lapped(head)?;
+                return Ok(None);
             }
         }
-        Peek::Record(record)
+        let first_lost = match self.expected_seq {
+            Some(e) if e as u32 == header.seq_low => e,
+            _ => records::extend_sequence(header.seq_low, self.published_hint()),
+        };
+        let before = self
+            .expected_seq
+            .map_or(0, |e| first_lost.saturating_sub(e));
+        self.expected_seq = Some(first_lost.saturating_add(count));
+        self.position = pos + header.size;
+        let messages = before.saturating_add(count);
+        let bytes = std::mem::take(&mut self.lost_bytes);
+        Ok((messages != 0 || bytes != 0).then_some(Peek::Gap { messages, bytes }))
+    }
+
+    /// Whether this reader can be lapped (it must copy and validate).
+    fn lappable(&self) -> bool {
+        self.geo.policy == Policy::Overwrite || self.claim.is_none()
+    }
+
+    fn published_hint(&self) -> u64 {
+        // Relaxed: a hint within 2^31 of any record in the ring (see
+        // `records::extend_sequence`), no ordering needed.
+        self.view.producer().published.load(Ordering::Relaxed)
+    }
+
+    /// Turns a sequence jump into a reported gap (once), else the record
+    /// with its full sequence number.
+    fn check_sequence(&mut self, mut record: RecordRef) -> Result<Peek, ReadFault> {
+        let low = record.seq as u32;
+        let seq = match self.expected_seq {
+            Some(e) if e as u32 == low => e,
+            _ => records::extend_sequence(low, self.published_hint()),
+        };
+        record.seq = seq;
+        let expected = *self.expected_seq.get_or_insert(seq);
+        if seq < expected {
+            return self.corrupt(record.position, "record sequence number goes backwards");
+        }
+        if seq != expected || self.lost_bytes != 0 {
+            let messages = seq - expected;
+            let bytes = std::mem::take(&mut self.lost_bytes);
+            self.expected_seq = Some(seq);
+            if messages != 0 || bytes != 0 {
+                return Ok(Peek::Gap { messages, bytes });
+            }
+        }
+        Ok(Peek::Record(record))
     }
 
     /// The stamp at `pos` is neither ours nor older: decide between lapped,
     /// evicted and corrupt. `Ok(None)` means "retry at the new position".
     fn not_ready_slow(&mut self, pos: u64) -> Result<Option<Peek>, ReadFault> {
-        let ctrl = self.view.control();
+        let producer = self.view.producer();
         // SYNC: tail-publish (Acquire): every stamp below `tail` is visible.
-        let tail = ctrl.tail.load(Ordering::Acquire);
+        let tail = load_acquire_ro(&producer.tail);
         // SYNC: commit (Acquire).
-        let stamp = self
-            .view
-            .word(pos & self.geo.mask())
-            .load(Ordering::Acquire);
-        if stamp == data_stamp(pos) || stamp == padding_stamp(pos) {
+        let stamp = load_acquire_ro(self.view.word(pos & self.geo.mask()));
+        let kind = records::classify(stamp, pos);
+        if matches!(kind, StampKind::Data | StampKind::Padding | StampKind::Gap) {
             return Ok(None);
         }
         // SYNC: head-advance (Acquire): if the writer has overwritten `pos`,
         // its head store came first.
-        let head = ctrl.head.load(Ordering::Acquire);
+        let head = load_acquire_ro(&producer.head);
+        if let Err(what) = records::check_span(&self.geo, head, tail) {
+            return self.corrupt(pos, what);
+        }
         if head > pos {
             return self.lapped(head).map(|()| None);
         }
         if tail > pos {
-            return Err(ReadFault::Corrupt {
-                position: pos,
-                what: "published record has no valid commit stamp",
-            });
+            return self.corrupt(pos, "tail: a published record has no valid commit stamp");
         }
-        if stamp & !STAMP_FLAGS < pos || stamp == 0 {
+        if kind == StampKind::NotYet {
             return Ok(Some(Peek::Empty));
         }
         // Beyond the tail the writer leaves only cleared or older stamps.
-        Err(ReadFault::Corrupt {
-            position: pos,
-            what: "unpublished position holds a foreign stamp",
-        })
+        self.corrupt(pos, "stamp: an unpublished position holds a foreign stamp")
     }
 
     /// For waiters: an empty ring whose tail is past our position is corrupt
@@ -274,7 +371,7 @@ impl<V: View> ReaderCore<V> {
 
     /// The writer has overwritten `self.position`: jump to `head`.
     fn lapped(&mut self, head: u64) -> Result<(), ReadFault> {
-        if self.geo.policy == Policy::Block {
+        if !self.lappable() {
             // Under Block only an evicted (or reaped) subscriber can be lapped.
             return Err(self.slot_fault());
         }
@@ -284,25 +381,33 @@ impl<V: View> ReaderCore<V> {
     }
 
     fn fault_or_lap(&mut self, pos: u64, what: &'static str) -> Result<Peek, ReadFault> {
-        if self.geo.policy == Policy::Overwrite {
+        if self.lappable() {
             // Torn by a lapping writer? Then `head` has moved past us.
             fence(Ordering::Acquire);
-            let head = self.view.control().head.load(Ordering::Relaxed);
+            let head = self.view.producer().head.load(Ordering::Relaxed);
             if head > pos {
                 self.lapped(head)?;
                 return self.peek();
             }
         }
-        Err(ReadFault::Corrupt {
-            position: pos,
-            what,
-        })
+        self.corrupt(pos, what)
     }
 
     fn slot_fault(&self) -> ReadFault {
         match self.claim.map(|c| gate::status(&self.view, &c)) {
             Some(SlotStatus::Evicted) => ReadFault::Evicted,
             _ => ReadFault::SlotLost,
+        }
+    }
+
+    /// The publisher's state word, validated: `Ok(true)` if it closed the ring.
+    pub(crate) fn writer_closed(&self) -> Result<bool, ReadFault> {
+        // Acquire: pairs with the writer's Release store of CLOSED, after its
+        // final tail store.
+        match load_acquire_ro32(&self.view.producer().writer_state) {
+            WRITER_OPEN => Ok(false),
+            WRITER_CLOSED => Ok(true),
+            _ => self.corrupt(self.position, "writer_state is neither open nor closed"),
         }
     }
 
@@ -315,21 +420,20 @@ impl<V: View> ReaderCore<V> {
             .view
             .word(pos & self.geo.mask())
             .load(Ordering::Relaxed);
-        if stamp == data_stamp(pos) || stamp == padding_stamp(pos) {
-            return true;
+        if records::classify(stamp, pos) != StampKind::NotYet {
+            return true; // a record, a lap or garbage: `peek` reports it
         }
-        if stamp != 0 && stamp & !STAMP_FLAGS >= pos {
-            return true; // lapped or corrupt: `peek` reports it
-        }
-        let ctrl = self.view.control();
+        let producer = self.view.producer();
         // Relaxed: hints, confirmed by `peek` and the closed check.
-        if ctrl.writer_state.load(Ordering::Relaxed) == crate::layout::WRITER_CLOSED {
+        if producer.writer_state.load(Ordering::Relaxed) != WRITER_OPEN {
             return true;
         }
-        if self.geo.policy == Policy::Overwrite && ctrl.tail.load(Ordering::Relaxed) > pos {
+        if self.lappable() && producer.tail.load(Ordering::Relaxed) > pos {
             return true;
         }
-        self.geo.evict_after.is_some() && self.slot_status() != SlotStatus::Active
+        self.geo.evict_after.is_some()
+            && self.claim.is_some()
+            && self.slot_status() != SlotStatus::Active
     }
 
     /// Under untethered eviction, announces that a sample is about to be
@@ -350,14 +454,14 @@ impl<V: View> ReaderCore<V> {
     }
 
     /// Consumes records up to `end` (exclusive) and releases them to the writer.
-    pub(crate) fn consume_to(&mut self, end: u64, next_seq: u32) {
+    pub(crate) fn consume_to(&mut self, end: u64, next_seq: u64) {
         self.position = end;
         self.expected_seq = Some(next_seq);
         self.release();
     }
 
     /// Consumes records up to `end` without releasing them yet (batches).
-    pub(crate) fn advance_to(&mut self, end: u64, next_seq: u32) {
+    pub(crate) fn advance_to(&mut self, end: u64, next_seq: u64) {
         self.position = end;
         self.expected_seq = Some(next_seq);
     }
@@ -373,27 +477,32 @@ impl<V: View> ReaderCore<V> {
         }
     }
 
-    /// Copies the record's payload out with reads that tolerate a concurrent
-    /// writer, then confirms the writer had not started overwriting it.
+    /// Copies the record's payload out with per-word atomic loads, then
+    /// confirms the writer had not started overwriting it (seqlock).
     /// Returns `Record` with a good copy, `Gap` if messages were lost before
     /// it (the record is read again next time), or `Empty` if the copy may be
     /// torn (the reader was lapped; the next peek continues from `head`).
-    pub(crate) fn copy_validated(&mut self, record: &RecordRef, dst: &mut [u8]) -> Peek {
+    pub(crate) fn copy_validated(
+        &mut self,
+        record: &RecordRef,
+        dst: &mut [u8],
+    ) -> Result<Peek, ReadFault> {
         debug_assert_eq!(dst.len(), record.len as usize);
-        // SAFETY: `record` was validated by `peek`: the payload range lies
-        // inside the ring data.
+        // SAFETY: `record` was validated by `peek`: the payload (rounded up
+        // to whole words) lies inside the record, inside the ring; its
+        // offset is 16-aligned.
         unsafe { self.view.read_payload(record.payload_offset, dst) };
         // SYNC: head-advance. If any byte copied (or the meta word) came from
         // a newer lap, the writer's head store before it is visible after
         // this fence.
         fence(Ordering::Acquire);
         // Relaxed: ordered by the fence.
-        let head = self.view.control().head.load(Ordering::Relaxed);
+        let head = self.view.producer().head.load(Ordering::Relaxed);
         if head > record.position {
             // Lapped while copying: the record is lost too.
             self.lost_bytes += head - self.position;
             self.position = head;
-            return Peek::Empty;
+            return Ok(Peek::Empty);
         }
         self.check_sequence(*record)
     }
@@ -433,6 +542,12 @@ impl<V: View> ReaderCore<V> {
         if let Some(claim) = self.claim.take() {
             gate::leave(&self.view, &claim);
         }
+    }
+
+    /// Forgets the slot without touching shared memory (a handle dropped in
+    /// a forked child: the slot and its lock belong to the parent).
+    pub(crate) fn forget_slot(&mut self) {
+        self.claim = None;
     }
 }
 

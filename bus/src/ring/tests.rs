@@ -4,18 +4,21 @@
 use std::{sync::Arc, thread, time::Duration};
 
 use super::{
-    gate::{JoinAt, LIVENESS_INTERVAL},
-    heap::HeapSegment,
+    gate::{self, JoinAt, JoinRequest, SlotStatus, LIVENESS_INTERVAL},
+    heap::{self, HeapSegment, HeapView},
     reader::{Peek, ReadFault, ReaderCore, RecordRef},
     writer::{ReserveFail, WriterCore},
     Geometry, Policy, View,
 };
-use crate::{layout::record_size, sync::Ordering};
+use crate::{
+    layout::{record_size, SLOT_ORPHANED, SLOT_STATE_MASK},
+    sync::Ordering,
+};
 
 type Seg = Arc<HeapSegment>;
 
 fn segment(capacity: u64, policy: Policy, evict_after: Option<Duration>) -> Seg {
-    Arc::new(HeapSegment::new(
+    HeapSegment::new(
         Geometry {
             capacity,
             max_message: capacity / 2 - 16,
@@ -23,7 +26,7 @@ fn segment(capacity: u64, policy: Policy, evict_after: Option<Duration>) -> Seg 
             evict_after,
         },
         4,
-    ))
+    )
 }
 
 /// A payload that encodes its sequence number and length in every byte.
@@ -33,7 +36,11 @@ fn payload(seq: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn write(w: &mut WriterCore<Seg>, seq: u64, len: usize) -> Result<(), ReserveFail> {
+fn writer(seg: &Seg) -> WriterCore<HeapView> {
+    WriterCore::new(heap::view(seg))
+}
+
+fn write(w: &mut WriterCore<HeapView>, seq: u64, len: usize) -> Result<(), ReserveFail> {
     let r = w.reserve(len as u64)?;
     w.write_payload(&r, &payload(seq, len));
     w.commit(r, len as u64);
@@ -41,35 +48,57 @@ fn write(w: &mut WriterCore<Seg>, seq: u64, len: usize) -> Result<(), ReserveFai
     Ok(())
 }
 
-fn read_payload(r: &ReaderCore<Seg>, rec: &RecordRef) -> Vec<u8> {
+fn read_payload(r: &ReaderCore<HeapView>, rec: &RecordRef) -> Vec<u8> {
     let mut buf = vec![0; rec.len as usize];
     // SAFETY: `rec` came from `peek`, so its payload is inside the ring.
     unsafe { r.view.read_payload(rec.payload_offset, &mut buf) };
     buf
 }
 
-fn join(seg: &Seg, pid: u64, at: JoinAt) -> ReaderCore<Seg> {
-    ReaderCore::join(seg.clone(), at, pid, 1, 0).expect("free slot")
+fn request(at: JoinAt) -> JoinRequest {
+    JoinRequest {
+        at,
+        tethered: true,
+        durable: None,
+        pid: 1,
+        start_time: 1,
+    }
+}
+
+fn join(seg: &Seg, at: JoinAt) -> ReaderCore<HeapView> {
+    ReaderCore::join(heap::view(seg), &request(at))
+        .expect("no fault")
+        .expect("free slot")
+}
+
+/// Reads the next record and consumes it; panics on anything else.
+fn next(r: &mut ReaderCore<HeapView>) -> (u64, Vec<u8>) {
+    match r.peek().unwrap() {
+        Peek::Record(rec) => {
+            let data = read_payload(r, &rec);
+            r.consume_to(rec.end, rec.seq + 1);
+            (rec.seq, data)
+        }
+        other => panic!("expected a record, got {other:?}"),
+    }
+}
+
+/// The reader's owner dies: its locks go (the kernel's job), its handle
+/// is never dropped (a dead process runs no destructor).
+fn crash(seg: &Seg, r: ReaderCore<HeapView>) {
+    seg.crash(r.view.owner);
+    std::mem::forget(r);
 }
 
 #[test]
 fn records_round_trip_across_many_wraps() {
     let seg = segment(4096, Policy::Block, None);
-    let mut w = WriterCore::new(seg.clone());
-    let mut r = join(&seg, 1, JoinAt::Latest);
-    for (seq, round) in (0..500usize).enumerate() {
-        let seq = seq as u64;
-        let len = (round * 37) % 700;
+    let mut w = writer(&seg);
+    let mut r = join(&seg, JoinAt::Latest);
+    for seq in 0..500u64 {
+        let len = (seq as usize * 37) % 700;
         write(&mut w, seq, len).unwrap();
-        match r.peek().unwrap() {
-            Peek::Record(rec) => {
-                assert_eq!(rec.len as usize, len);
-                assert_eq!(u64::from(rec.seq), seq);
-                assert_eq!(read_payload(&r, &rec), payload(seq, len));
-                r.consume_to(rec.end, rec.seq.wrapping_add(1));
-            }
-            other => panic!("expected a record, got {other:?}"),
-        }
+        assert_eq!(next(&mut r), (seq, payload(seq, len)));
         assert_eq!(r.peek().unwrap(), Peek::Empty);
     }
     assert!(w.tail() > 20 * 4096, "wrapped many times");
@@ -78,8 +107,8 @@ fn records_round_trip_across_many_wraps() {
 #[test]
 fn block_policy_reports_full_and_recovers() {
     let seg = segment(4096, Policy::Block, None);
-    let mut w = WriterCore::new(seg.clone());
-    let mut r = join(&seg, 1, JoinAt::Latest);
+    let mut w = writer(&seg);
+    let mut r = join(&seg, JoinAt::Latest);
     let mut written = 0u64;
     while write(&mut w, written, 100).is_ok() {
         written += 1;
@@ -92,15 +121,15 @@ fn block_policy_reports_full_and_recovers() {
         panic!()
     };
     assert_eq!(read_payload(&r, &rec), payload(0, 100));
-    r.consume_to(rec.end, rec.seq.wrapping_add(1));
+    r.consume_to(rec.end, rec.seq + 1);
     write(&mut w, written, 100).unwrap();
     for seq in 1..=written {
         let Peek::Record(rec) = r.peek().unwrap() else {
             panic!("seq {seq}")
         };
-        assert_eq!(u64::from(rec.seq), seq);
+        assert_eq!(rec.seq, seq);
         assert_eq!(read_payload(&r, &rec), payload(seq, 100));
-        r.consume_to(rec.end, rec.seq.wrapping_add(1));
+        r.consume_to(rec.end, rec.seq + 1);
     }
     assert_eq!(r.peek().unwrap(), Peek::Empty);
 }
@@ -108,20 +137,20 @@ fn block_policy_reports_full_and_recovers() {
 #[test]
 fn no_subscriber_never_blocks_and_oldest_join_gets_history() {
     let seg = segment(4096, Policy::Block, None);
-    let mut w = WriterCore::new(seg.clone());
+    let mut w = writer(&seg);
     for seq in 0..1000 {
         write(&mut w, seq, 48).unwrap();
     }
-    let mut r = join(&seg, 1, JoinAt::Oldest);
+    let mut r = join(&seg, JoinAt::Oldest);
     let mut first = None;
     let mut count = 0;
     while let Peek::Record(rec) = r.peek().unwrap() {
         first.get_or_insert(rec.seq);
-        assert_eq!(read_payload(&r, &rec), payload(u64::from(rec.seq), 48));
-        r.consume_to(rec.end, rec.seq.wrapping_add(1));
+        assert_eq!(read_payload(&r, &rec), payload(rec.seq, 48));
+        r.consume_to(rec.end, rec.seq + 1);
         count += 1;
     }
-    let first = u64::from(first.unwrap());
+    let first = first.unwrap();
     assert_eq!(first + count, 1000, "history runs up to the newest record");
     assert!(
         count * record_size(48) >= 4096 / 2,
@@ -132,8 +161,8 @@ fn no_subscriber_never_blocks_and_oldest_join_gets_history() {
 #[test]
 fn overwrite_reader_reports_exact_loss() {
     let seg = segment(4096, Policy::Overwrite, None);
-    let mut w = WriterCore::new(seg.clone());
-    let mut r = join(&seg, 1, JoinAt::Latest);
+    let mut w = writer(&seg);
+    let mut r = join(&seg, JoinAt::Latest);
     for seq in 0..200 {
         write(&mut w, seq, 40).unwrap();
     }
@@ -143,14 +172,14 @@ fn overwrite_reader_reports_exact_loss() {
         match r.peek().unwrap() {
             Peek::Record(rec) => {
                 let mut buf = vec![0; rec.len as usize];
-                match r.copy_validated(&rec, &mut buf) {
+                match r.copy_validated(&rec, &mut buf).unwrap() {
                     Peek::Record(rec) => {
-                        assert_eq!(buf, payload(u64::from(rec.seq), 40));
+                        assert_eq!(buf, payload(rec.seq, 40));
                         if let Some(prev) = last {
                             assert!(rec.seq > prev);
                         }
                         last = Some(rec.seq);
-                        r.consume_to(rec.end, rec.seq.wrapping_add(1));
+                        r.consume_to(rec.end, rec.seq + 1);
                         received += 1;
                     }
                     Peek::Gap { messages, .. } => lost += messages,
@@ -172,23 +201,288 @@ fn overwrite_reader_reports_exact_loss() {
 #[test]
 fn dead_subscriber_is_reaped_when_writer_blocks() {
     let seg = segment(4096, Policy::Block, None);
-    let mut w = WriterCore::new(seg.clone());
-    let _r = join(&seg, 42, JoinAt::Latest);
+    let mut w = writer(&seg);
+    let r = join(&seg, JoinAt::Latest);
     let mut n = 0;
     while write(&mut w, n, 200).is_ok() {
         n += 1;
     }
-    seg.kill(42);
-    thread::sleep(LIVENESS_INTERVAL);
+    // Alive: blocked, however often the writer looks.
+    seg.advance_clock(LIVENESS_INTERVAL * 10);
+    assert_eq!(write(&mut w, n, 200), Err(ReserveFail::Full));
+    crash(&seg, r);
+    seg.advance_clock(LIVENESS_INTERVAL);
     write(&mut w, n, 200).expect("the dead subscriber no longer gates");
-    assert_eq!(seg.control().evictions.load(Ordering::Relaxed), 1);
+    assert_eq!(seg.producer_evictions(), 1);
+}
+
+#[test]
+fn slot_claims_are_exclusive_and_never_repeat() {
+    let seg = segment(4096, Policy::Block, None);
+    let _w = writer(&seg);
+    let mut seen = std::collections::HashSet::new();
+    let mut live = Vec::new();
+    for round in 0..40 {
+        // Fill the table, crash some owners, leave others cleanly.
+        while let Some(r) = ReaderCore::join(heap::view(&seg), &request(JoinAt::Latest)).unwrap() {
+            let c = *r.claim().unwrap();
+            assert!(
+                seen.insert((c.index, c.generation())),
+                "{c:?} handed out twice"
+            );
+            live.push(r);
+        }
+        assert_eq!(live.len(), 4, "every slot taken by a live owner");
+        let victim = live.remove(round % live.len());
+        if round % 2 == 0 {
+            crash(&seg, victim);
+        } else {
+            drop(victim);
+        }
+    }
+    // A live owner's slot is never taken: the survivors still own theirs.
+    for r in &live {
+        assert_eq!(r.slot_status(), SlotStatus::Active);
+    }
+}
+
+#[test]
+fn registered_subscriber_is_prejoined_from_the_first_record() {
+    let seg = segment(4096, Policy::Block, None);
+    seg.set_registered(3, 9, true);
+    let prejoined = gate::prejoin(&heap::view(&seg), &[(3, 9)], 0);
+    assert_eq!(prejoined, 1);
+    let mut w = writer(&seg);
+    let mut n = 0;
+    while write(&mut w, n, 100).is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 4096 / record_size(100), "the pre-joined slot gates");
+    // Another subscriber's registration cannot adopt it.
+    let req = request(JoinAt::Latest);
+    assert!(matches!(
+        ReaderCore::adopt(heap::view(&seg), &req, 3, 8).unwrap(),
+        Err((_, false))
+    ));
+    let Ok(mut r) = ReaderCore::adopt(heap::view(&seg), &req, 3, 9).unwrap() else {
+        panic!("adopt")
+    };
+    for seq in 0..n {
+        assert_eq!(next(&mut r), (seq, payload(seq, 100)));
+    }
+}
+
+#[test]
+fn prejoined_slot_of_a_gone_registration_is_reaped() {
+    let seg = segment(4096, Policy::Block, None);
+    seg.set_registered(0, 1, true);
+    gate::prejoin(&heap::view(&seg), &[(0, 1)], 0);
+    let mut w = writer(&seg);
+    while write(&mut w, 0, 100).is_ok() {}
+    seg.advance_clock(LIVENESS_INTERVAL);
+    assert_eq!(
+        write(&mut w, 0, 100),
+        Err(ReserveFail::Full),
+        "alive: gates"
+    );
+    seg.set_registered(0, 1, false);
+    seg.advance_clock(LIVENESS_INTERVAL);
+    write(&mut w, 0, 100).expect("gone registration no longer gates");
+}
+
+#[test]
+fn durable_slot_survives_its_owner_for_the_lease_then_reports_exact_loss() {
+    let seg = segment(4096, Policy::Block, None);
+    let lease = Duration::from_secs(5);
+    let durable = JoinRequest {
+        durable: Some((77, lease.as_nanos() as u64)),
+        ..request(JoinAt::Latest)
+    };
+    let mut r = ReaderCore::join(heap::view(&seg), &durable)
+        .unwrap()
+        .unwrap();
+    let mut w = writer(&seg);
+    for seq in 0..5 {
+        write(&mut w, seq, 100).unwrap();
+    }
+    for seq in 0..2 {
+        assert_eq!(next(&mut r).0, seq);
+    }
+    crash(&seg, r);
+    // Within the lease the dead owner's slot keeps gating.
+    while write(&mut w, 99, 100).is_ok() {}
+    seg.advance_clock(LIVENESS_INTERVAL);
+    assert_eq!(write(&mut w, 99, 100), Err(ReserveFail::Full));
+    let state = seg.slot_state(0);
+    assert_eq!(state & SLOT_STATE_MASK, SLOT_ORPHANED);
+    // A restarted owner reattaches where it was: nothing lost.
+    let mut r = ReaderCore::join(heap::view(&seg), &durable)
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.position(), 2 * record_size(100));
+    assert_eq!(next(&mut r).0, 2);
+    crash(&seg, r);
+    // After the lease the slot is reaped and the writer moves on.
+    seg.advance_clock(lease + LIVENESS_INTERVAL);
+    write(&mut w, 99, 100).expect("lease over: no longer gates");
+}
+
+#[test]
+fn gap_records_report_exact_counts_beyond_32_bits() {
+    let seg = segment(4096, Policy::Block, None);
+    let start = (1u64 << 32) - 2;
+    let mut w = WriterCore::new_at(heap::view(&seg), 0, Some(start));
+    let mut r = join(&seg, JoinAt::Latest);
+    write(&mut w, 1, 24).unwrap();
+    let lost = (1u64 << 33) + 7;
+    let g = w.reserve(8).unwrap();
+    w.commit_gap(g, lost);
+    w.publish();
+    write(&mut w, 2, 24).unwrap();
+    assert_eq!(next(&mut r).0, start);
+    assert_eq!(
+        r.peek().unwrap(),
+        Peek::Gap {
+            messages: lost,
+            bytes: 0
+        }
+    );
+    assert_eq!(next(&mut r).0, start + 1 + lost);
+}
+
+#[test]
+fn overwrite_loss_is_exact_across_the_32_bit_wrap() {
+    let seg = segment(4096, Policy::Overwrite, None);
+    let start = u64::from(u32::MAX) - 50;
+    let mut w = WriterCore::new_at(heap::view(&seg), 0, Some(start));
+    let mut r = join(&seg, JoinAt::Latest);
+    for i in 0..400 {
+        write(&mut w, start + i, 40).unwrap();
+    }
+    let (mut received, mut lost, mut last) = (0u64, 0u64, 0u64);
+    loop {
+        match r.peek().unwrap() {
+            Peek::Record(rec) => {
+                let mut buf = vec![0; rec.len as usize];
+                match r.copy_validated(&rec, &mut buf).unwrap() {
+                    Peek::Record(rec) => {
+                        assert_eq!(buf, payload(rec.seq, 40));
+                        last = rec.seq;
+                        r.consume_to(rec.end, rec.seq + 1);
+                        received += 1;
+                    }
+                    Peek::Gap { messages, .. } => lost += messages,
+                    Peek::Empty => {}
+                }
+            }
+            Peek::Gap { messages, .. } => lost += messages,
+            Peek::Empty => break,
+        }
+    }
+    assert_eq!(received + lost, 400);
+    assert_eq!(last, start + 399, "64-bit sequence numbers past 2^32");
+}
+
+#[test]
+fn observer_never_gates_and_reads_validated_copies() {
+    let seg = segment(4096, Policy::Block, None);
+    let mut w = writer(&seg);
+    let mut o = ReaderCore::observer(heap::view(&seg), JoinAt::Latest).unwrap();
+    for seq in 0..10 {
+        write(&mut w, seq, 64).unwrap();
+    }
+    let Peek::Record(rec) = o.peek().unwrap() else {
+        panic!()
+    };
+    let mut buf = vec![0; 64];
+    let Peek::Record(rec) = o.copy_validated(&rec, &mut buf).unwrap() else {
+        panic!()
+    };
+    assert_eq!((rec.seq, &buf), (0, &payload(0, 64)));
+    o.consume_to(rec.end, rec.seq + 1);
+    // The writer laps the observer freely...
+    for seq in 10..500 {
+        write(&mut w, seq, 64).expect("an observer never holds the writer back");
+    }
+    // ...and the observer learns exactly how much it missed: the validated
+    // copy of the next record reports the gap first, then the record.
+    let Peek::Record(rec) = o.peek().unwrap() else {
+        panic!()
+    };
+    let Peek::Gap { messages, .. } = o.copy_validated(&rec, &mut buf).unwrap() else {
+        panic!()
+    };
+    let Peek::Record(rec) = o.copy_validated(&rec, &mut buf).unwrap() else {
+        panic!()
+    };
+    assert_eq!(rec.seq, 1 + messages);
+    assert_eq!(buf, payload(rec.seq, 64));
+}
+
+#[test]
+fn sleeper_killed_asleep_gives_its_waiter_count_back() {
+    let seg = segment(4096, Policy::Block, None);
+    let mut w = writer(&seg);
+    let r = join(&seg, JoinAt::Latest);
+    // The reader counts itself a waiter and "dies" asleep.
+    let slot = &r.view.slots()[r.claim().unwrap().index];
+    slot.sleeping.store(1, Ordering::Relaxed);
+    seg.waiters_count_add(1);
+    crash(&seg, r);
+    // A ring and a bit: the writer blocks on the dead slot and reaps it.
+    for _ in 0..2 * 4096 / record_size(100) {
+        write(&mut w, 0, 100).unwrap();
+    }
+    assert_eq!(seg.producer_evictions(), 1);
+    assert_eq!(seg.waiters_count(), 0, "the reaper took the count back");
+}
+
+#[test]
+fn hostile_publisher_words_are_corrupt_naming_the_field() {
+    type Damage = fn(&Seg);
+    let cases: [(&str, Damage); 4] = [
+        ("tail", |s| s.producer_store_tail(4096 + 8)),
+        ("head", |s| s.producer_store_head(8)),
+        ("head", |s| {
+            s.producer_store_tail(64);
+            s.producer_store_head(128);
+        }),
+        ("limit", |s| s.producer_store_limit(24)),
+    ];
+    for (field, damage) in cases {
+        let seg = segment(4096, Policy::Block, None);
+        damage(&seg);
+        match ReaderCore::join(heap::view(&seg), &request(JoinAt::Latest)) {
+            Err(gate::JoinError::Corrupt(what)) => {
+                assert!(what.starts_with(field), "{field}: {what}")
+            }
+            other => panic!(
+                "{field}: expected Corrupt, got {:?}",
+                other.map(|r| r.is_some())
+            ),
+        }
+        // The failed join left its slot free and unlocked.
+        assert!(join_ok(&seg), "{field}: the slot is free again");
+    }
+    // A damaged writer state is reported, not taken for a close.
+    let seg = segment(4096, Policy::Block, None);
+    let r = join(&seg, JoinAt::Latest);
+    seg.producer_store_writer_state(7);
+    assert!(matches!(
+        r.writer_closed(),
+        Err(ReadFault::Corrupt { what, .. }) if what.starts_with("writer_state")
+    ));
+}
+
+fn join_ok(seg: &Seg) -> bool {
+    (0..4).all(|i| seg.slot_state(i) & SLOT_STATE_MASK == 0) && seg.no_locks()
 }
 
 #[test]
 fn lagging_subscriber_is_evicted_but_never_while_holding() {
     let seg = segment(4096, Policy::Block, Some(Duration::ZERO));
-    let mut w = WriterCore::new(seg.clone());
-    let mut r = join(&seg, 7, JoinAt::Latest);
+    let mut w = writer(&seg);
+    let mut r = join(&seg, JoinAt::Latest);
     write(&mut w, 0, 100).unwrap();
     let Peek::Record(rec) = r.peek().unwrap() else {
         panic!()
@@ -204,8 +498,8 @@ fn lagging_subscriber_is_evicted_but_never_while_holding() {
         payload(0, 100),
         "held record intact"
     );
-    assert_eq!(r.slot_status(), super::gate::SlotStatus::Evicted);
-    r.consume_to(rec.end, rec.seq.wrapping_add(1));
+    assert_eq!(r.slot_status(), SlotStatus::Evicted);
+    r.consume_to(rec.end, rec.seq + 1);
     // The hold is over: now the writer may pass it.
     write(&mut w, n, 100).expect("evicted subscriber no longer gates");
     assert_eq!(r.begin_hold(), Err(ReadFault::Evicted));
@@ -214,30 +508,59 @@ fn lagging_subscriber_is_evicted_but_never_while_holding() {
 #[test]
 fn corrupt_ring_gives_errors_not_panics() {
     let seg = segment(4096, Policy::Block, None);
-    let mut w = WriterCore::new(seg.clone());
-    let mut r = join(&seg, 1, JoinAt::Latest);
+    let mut w = writer(&seg);
+    let mut r = join(&seg, JoinAt::Latest);
     write(&mut w, 0, 32).unwrap();
     // A stamp that claims the record but with an absurd length.
-    seg.word(8).store(u64::from(u32::MAX), Ordering::Relaxed);
+    seg.word_store(8, u64::from(u32::MAX));
     assert!(matches!(r.peek(), Err(ReadFault::Corrupt { .. })));
     // A foreign stamp where the writer has not been.
     let seg = segment(4096, Policy::Block, None);
-    let mut r = join(&seg, 1, JoinAt::Latest);
-    seg.word(0).store(0xdead_beef_0000_0000, Ordering::Relaxed);
+    let mut r = join(&seg, JoinAt::Latest);
+    seg.word_store(0, 0xdead_beef_0000_0000);
     assert!(matches!(r.peek(), Err(ReadFault::Corrupt { .. })));
     // Published tail with no stamp behind it.
     let seg = segment(4096, Policy::Block, None);
-    let mut r = join(&seg, 1, JoinAt::Latest);
-    seg.control().tail.store(64, Ordering::Relaxed);
-    assert!(matches!(r.verify_empty(), Err(ReadFault::Corrupt { .. })));
+    let mut r = join(&seg, JoinAt::Latest);
+    seg.producer_store_tail(64);
+    assert!(matches!(
+        r.verify_empty(),
+        Err(ReadFault::Corrupt { what, .. }) if what.starts_with("tail")
+    ));
+}
+
+#[test]
+fn writer_reports_its_own_damaged_records() {
+    let seg = segment(4096, Policy::Block, None);
+    let mut w = writer(&seg);
+    for seq in 0..20 {
+        write(&mut w, seq, 100).unwrap();
+    }
+    // A record length changed under the writer (a same-user scribbler).
+    seg.word_store(8, u64::from(u32::MAX - 5));
+    let mut result = Ok(());
+    for seq in 20..80 {
+        result = write(&mut w, seq, 100);
+        if result.is_err() {
+            break;
+        }
+    }
+    assert!(
+        matches!(result, Err(ReserveFail::Corrupt { position: 0, .. })),
+        "{result:?}"
+    );
+    assert!(
+        w.tail() >= seg.producer_head(),
+        "head never passes the tail"
+    );
 }
 
 #[test]
 fn threads_block_policy_exactly_once_in_order() {
     const N: u64 = if cfg!(miri) { 200 } else { 200_000 };
     let seg = segment(1 << 16, Policy::Block, None);
-    let readers: Vec<_> = (0..2).map(|i| join(&seg, 10 + i, JoinAt::Latest)).collect();
-    let mut w = WriterCore::new(seg.clone());
+    let readers: Vec<_> = (0..2).map(|_| join(&seg, JoinAt::Latest)).collect();
+    let mut w = writer(&seg);
     let handles: Vec<_> = readers
         .into_iter()
         .map(|mut r| {
@@ -246,10 +569,10 @@ fn threads_block_policy_exactly_once_in_order() {
                 while next < N {
                     match r.peek().unwrap() {
                         Peek::Record(rec) => {
-                            assert_eq!(u64::from(rec.seq), next & 0xffff_ffff);
+                            assert_eq!(rec.seq, next);
                             let len = (next % 300) as usize;
                             assert_eq!(read_payload(&r, &rec), payload(next, len));
-                            r.consume_to(rec.end, rec.seq.wrapping_add(1));
+                            r.consume_to(rec.end, rec.seq + 1);
                             next += 1;
                         }
                         Peek::Empty => std::hint::spin_loop(),
@@ -273,20 +596,20 @@ fn threads_block_policy_exactly_once_in_order() {
 fn threads_overwrite_policy_never_delivers_torn_data() {
     const N: u64 = if cfg!(miri) { 200 } else { 100_000 };
     let seg = segment(8192, Policy::Overwrite, None);
-    let mut r = join(&seg, 1, JoinAt::Latest);
-    let mut w = WriterCore::new(seg.clone());
+    let mut r = join(&seg, JoinAt::Latest);
+    let mut w = writer(&seg);
     let reader = thread::spawn(move || {
         let (mut received, mut lost) = (0u64, 0u64);
         loop {
             match r.peek().unwrap() {
                 Peek::Record(rec) => {
                     let mut buf = vec![0; rec.len as usize];
-                    match r.copy_validated(&rec, &mut buf) {
+                    match r.copy_validated(&rec, &mut buf).unwrap() {
                         Peek::Record(rec) => {
-                            assert_eq!(buf, payload(u64::from(rec.seq), rec.len as usize), "torn");
-                            r.consume_to(rec.end, rec.seq.wrapping_add(1));
+                            assert_eq!(buf, payload(rec.seq, rec.len as usize), "torn");
+                            r.consume_to(rec.end, rec.seq + 1);
                             received += 1;
-                            if u64::from(rec.seq) == N - 1 {
+                            if rec.seq == N - 1 {
                                 return (received, lost);
                             }
                         }

@@ -1,11 +1,20 @@
 //! The writer side of a ring: reserve, commit, publish. Wait-free except for
 //! the Block policy's gate, which only costs a scan when space seems short.
+//!
+//! The writer reads back only its own records (to advance `head`); those
+//! live in the publisher's own file, but a same-user process can still
+//! damage them, so even they are checked: a bad one is
+//! [`ReserveFail::Corrupt`] naming the record, never a wrong `head`.
 
-use super::{gate::GateState, Geometry, Policy, View};
+use super::{
+    gate::GateState,
+    records::{self, StampKind},
+    Geometry, Policy, View,
+};
 use crate::{
     layout::{
-        data_stamp, meta_word, padding_stamp, record_size, split_meta, RECORD_ALIGN, RECORD_HEADER,
-        STAMP_COMMITTED, STAMP_FLAGS, STAMP_PADDING, WRITER_CLOSED,
+        data_stamp, gap_stamp, meta_word, padding_stamp, record_size, GAP_PAYLOAD, RECORD_ALIGN,
+        RECORD_HEADER, WRITER_CLOSED,
     },
     sync::{fence, Ordering},
 };
@@ -34,6 +43,8 @@ pub(crate) enum ReserveFail {
     TooLarge,
     /// Block policy: subscribers have not released enough space.
     Full,
+    /// The writer's own records were damaged at `position`.
+    Corrupt { position: u64, what: &'static str },
 }
 
 /// The single writer of a ring.
@@ -45,52 +56,59 @@ pub(crate) struct WriterCore<V: View> {
     write: u64,
     /// Last published tail.
     tail: u64,
-    /// Local copy of `Control::head`.
+    /// Local copy of `Producer::head`.
     head: u64,
-    /// The gate this writer honours (its copy of `Control::limit`).
+    /// The gate this writer honours. Private: the shared copy is published
+    /// for joiners only and never read back.
     limit: u64,
-    /// Sequence number of the next record.
-    seq: u32,
-    /// Records published so far.
+    /// Sequence number of the next record (64-bit).
+    seq: u64,
+    /// The sequence number published so far (`Producer::published`).
     published: u64,
+    /// False for a replica that has not received a record yet: its first
+    /// record sets the numbering.
+    seq_known: bool,
     pub(crate) gate: GateState,
 }
 
 impl<V: View> WriterCore<V> {
     /// Takes over a freshly initialized ring (all positions 0).
     pub(crate) fn new(view: V) -> Self {
-        let geo = *view.geometry();
-        Self {
-            view,
-            geo,
-            write: 0,
-            tail: 0,
-            head: 0,
-            limit: 0,
-            seq: 0,
-            published: 0,
-            gate: GateState::default(),
-        }
+        Self::new_at(view, 0, Some(0))
     }
 
     /// Takes over a freshly initialized ring whose positions start at
-    /// `start` (a replica continuing a remote stream; `Control` was
-    /// initialized to `start` by the creator).
-    pub(crate) fn new_at(view: V, start: u64) -> Self {
+    /// `start` and sequence numbers at `seq` (a replica continuing a remote
+    /// stream; the producer page was initialized to these by the creator).
+    /// `seq: None`: the first received record sets the numbering.
+    pub(crate) fn new_at(view: V, start: u64, seq: Option<u64>) -> Self {
+        let geo = *view.geometry();
+        if let Some(seq) = seq {
+            // Relaxed: the ring is not visible yet (or, in production, the
+            // creator stored the same values before publishing the ring).
+            view.producer().published.store(seq, Ordering::Relaxed);
+            view.word(start + 8)
+                .store(meta_word(0, seq), Ordering::Relaxed);
+        }
         Self {
+            view,
+            geo,
             write: start,
             tail: start,
             head: start,
             limit: start,
-            ..Self::new(view)
+            seq: seq.unwrap_or(0),
+            published: seq.unwrap_or(0),
+            seq_known: seq.is_some(),
+            gate: GateState::default(),
         }
     }
 
     /// Reserves `len` bytes of whole records (a replica chunk) at the write
-    /// position: same gate and head rules as [`Self::reserve`].
+    /// position: same gate and head rules as [`Self::reserve_up_to`].
     pub(crate) fn reserve_raw(&mut self, len: u64) -> Result<u64, ReserveFail> {
         let cap = self.geo.capacity;
-        if len == 0 || len > cap / 2 || len % 16 != 0 {
+        if len == 0 || len > cap / 2 || len % RECORD_ALIGN != 0 {
             return Err(ReserveFail::TooLarge);
         }
         let end = self.write + len;
@@ -104,7 +122,7 @@ impl<V: View> WriterCore<V> {
             Policy::Overwrite => end + RECORD_HEADER,
             Policy::Block => (end + RECORD_HEADER).min(self.limit + cap),
         };
-        self.advance_head(touch_end);
+        self.advance_head(touch_end)?;
         Ok(self.write)
     }
 
@@ -119,13 +137,15 @@ impl<V: View> WriterCore<V> {
         first_stamp: u64,
         len: u64,
     ) -> Result<u32, (u64, &'static str)> {
-        let cap = self.geo.capacity;
         let mask = self.geo.mask();
         let start = self.write;
         let end = start + len;
         let mut pos = start;
         let mut records = 0u32;
-        let mut last_seq = None;
+        // The replica continues the source's numbering: the first record
+        // of a fresh replica sets the sequence number (extended from ours).
+        let mut seq = self.seq;
+        let mut first = !self.seq_known;
         while pos < end {
             let off = pos & mask;
             let stamp = if pos == start {
@@ -134,65 +154,48 @@ impl<V: View> WriterCore<V> {
                 // Relaxed: this thread received these bytes itself.
                 self.view.word(off).load(Ordering::Relaxed)
             };
-            let (rec_len, seq) = split_meta(self.view.word(off + 8).load(Ordering::Relaxed));
-            let size = if stamp == data_stamp(pos) {
-                if u64::from(rec_len) > self.geo.max_message {
-                    return Err((pos, "record longer than the ring's maximum message"));
-                }
-                if let Some(prev) = last_seq {
-                    if seq != u32::wrapping_add(prev, 1) {
-                        return Err((pos, "record sequence numbers are not consecutive"));
-                    }
-                }
-                last_seq = Some(seq);
-                records += 1;
-                record_size(u64::from(rec_len))
-            } else if stamp == padding_stamp(pos) {
-                if u64::from(rec_len) + RECORD_HEADER != cap - off {
-                    return Err((pos, "padding does not end at the ring's end"));
-                }
-                cap - off
-            } else {
-                return Err((pos, "record stamp does not match its position"));
-            };
-            if off + size > cap {
-                return Err((pos, "record crosses the ring's end"));
-            }
-            if pos + size > end {
+            // Relaxed: as above.
+            let meta = self.view.word(off + 8).load(Ordering::Relaxed);
+            let kind = records::classify(stamp, pos);
+            let header =
+                records::check_header(&self.geo, pos, kind, meta).map_err(|what| (pos, what))?;
+            if pos + header.size > end {
                 return Err((pos, "record extends past the end of the chunk"));
             }
-            pos += size;
+            match kind {
+                StampKind::Data | StampKind::Gap => {
+                    let record_seq = if first {
+                        records::extend_sequence(header.seq_low, seq)
+                    } else {
+                        seq
+                    };
+                    if record_seq as u32 != header.seq_low {
+                        return Err((pos, "record sequence numbers are not consecutive"));
+                    }
+                    first = false;
+                    seq = if kind == StampKind::Gap {
+                        // Relaxed: received by this thread.
+                        let count = self.view.word(off + RECORD_HEADER).load(Ordering::Relaxed);
+                        record_seq.saturating_add(count)
+                    } else {
+                        records += 1;
+                        record_seq + 1
+                    };
+                }
+                _ => {}
+            }
+            pos += header.size;
         }
-        if let Some(seq) = last_seq {
-            self.seq = seq.wrapping_add(1);
-        }
-        if end + RECORD_HEADER <= self.limit + cap || self.geo.policy == Policy::Overwrite {
-            let next = end & mask;
-            // Relaxed: ordered before the first stamp's Release below.
-            self.view
-                .word(next + 8)
-                .store(meta_word(0, self.seq), Ordering::Relaxed);
-            self.view.word(next).store(0, Ordering::Relaxed);
-        }
+        self.seq = seq;
+        self.seq_known |= !first;
+        self.clear_next_stamp(end);
         // SYNC: commit. The whole chunk becomes visible with its first stamp.
         self.view
             .word(start & mask)
             .store(first_stamp, Ordering::Release);
         self.write = end;
-        self.published = self.published.wrapping_add(u64::from(records));
-        self.publish_raw();
+        self.publish();
         Ok(records)
-    }
-
-    /// `publish` for replica chunks (whose records carry the remote sequence).
-    fn publish_raw(&mut self) {
-        let ctrl = self.view.control();
-        // SYNC: tail-publish.
-        ctrl.tail.store(self.write, Ordering::Release);
-        // Relaxed: a statistic.
-        ctrl.published.store(self.published, Ordering::Relaxed);
-        self.tail = self.write;
-        self.notify();
     }
 
     /// The position the next record will be written at.
@@ -205,9 +208,10 @@ impl<V: View> WriterCore<V> {
         self.tail
     }
 
-    /// Records published so far.
-    pub(crate) fn published(&self) -> u64 {
-        self.published
+    /// The sequence number of the next record (= records published so far
+    /// on a ring that started at 0 and had no gaps).
+    pub(crate) fn next_sequence(&self) -> u64 {
+        self.seq
     }
 
     pub(crate) fn geometry(&self) -> &Geometry {
@@ -272,7 +276,7 @@ impl<V: View> WriterCore<V> {
             Policy::Overwrite => end + RECORD_HEADER,
             Policy::Block => (end + RECORD_HEADER).min(self.limit + cap),
         };
-        self.advance_head(touch_end);
+        self.advance_head(touch_end)?;
         if start != self.write {
             self.write_padding(start);
         }
@@ -283,10 +287,10 @@ impl<V: View> WriterCore<V> {
     }
 
     /// Moves `head` past every record the bytes below `touch_end` overwrite.
-    fn advance_head(&mut self, touch_end: u64) {
+    fn advance_head(&mut self, touch_end: u64) -> Result<(), ReserveFail> {
         let cap = self.geo.capacity;
         if touch_end <= self.head + cap {
-            return;
+            return Ok(());
         }
         // Advance a sixteenth of the ring past the need, so most records find
         // `head` already far enough: one walk and one store per stretch
@@ -297,32 +301,46 @@ impl<V: View> WriterCore<V> {
             target = target.min(self.limit.max(touch_end - cap));
         }
         let target = target.min(self.write.max(touch_end - cap));
-        let mask = self.geo.mask();
         let mut head = self.head;
         while head < target {
-            let off = head & mask;
-            // Relaxed: these are this writer's own earlier stores.
-            let stamp = self.view.word(off).load(Ordering::Relaxed);
-            let meta = self.view.word(off + 8).load(Ordering::Relaxed);
-            let size = if stamp == data_stamp(head) {
-                record_size(u64::from(split_meta(meta).0))
-            } else if stamp == padding_stamp(head) {
-                cap - off
-            } else {
-                // Not a record we wrote (someone else wrote our data pages):
-                // no intact history before the new record.
-                head = self.write;
-                break;
-            };
+            let size = self.own_record_size(head)?;
             head += size;
         }
         self.head = head;
         // SYNC: head-advance. Release so a joiner that loads `head` (Acquire)
         // sees the stamps of the records from there on; the fence orders this
-        // store before the overwriting stores that follow, for overwrite-mode
+        // store before the overwriting stores that follow, for lappable
         // readers that validate their copies against `head` (seqlock).
-        self.view.control().head.store(head, Ordering::Release);
+        self.view.producer().head.store(head, Ordering::Release);
         fence(Ordering::Release);
+        Ok(())
+    }
+
+    /// The size of this writer's own committed record at `pos`, checked.
+    fn own_record_size(&self, pos: u64) -> Result<u64, ReserveFail> {
+        let off = pos & self.geo.mask();
+        // Relaxed: these are this writer's own earlier stores.
+        let stamp = self.view.word(off).load(Ordering::Relaxed);
+        let meta = self.view.word(off + 8).load(Ordering::Relaxed);
+        let kind = records::classify(stamp, pos);
+        match records::check_header(&self.geo, pos, kind, meta) {
+            Ok(h) if pos + h.size <= self.write => Ok(h.size),
+            Ok(_) => Err(ReserveFail::Corrupt {
+                position: pos,
+                what: "record length reaches past the writer's position",
+            }),
+            Err(what) => Err(ReserveFail::Corrupt {
+                position: pos,
+                what: if kind == StampKind::Data
+                    || kind == StampKind::Padding
+                    || kind == StampKind::Gap
+                {
+                    what
+                } else {
+                    "stamp of a written record was changed"
+                },
+            }),
+        }
     }
 
     /// Fills `write..start` (up to the end of the ring) with a padding record.
@@ -359,38 +377,68 @@ impl<V: View> WriterCore<V> {
         };
     }
 
+    /// Clears the stamp where the next record will start (at `end`), so a
+    /// reader that reaches it never takes stale bytes for a commit, and
+    /// leaves the next sequence number beside it. Skipped only when the ring
+    /// is exactly full: then that word is the oldest unread record's genuine
+    /// (older) stamp.
+    fn clear_next_stamp(&self, end: u64) {
+        if self.geo.policy == Policy::Overwrite
+            || end + RECORD_HEADER <= self.limit + self.geo.capacity
+        {
+            // Relaxed: ordered before the caller's stamp by its Release. The
+            // meta word carries the next record's sequence number, so a
+            // joiner that starts there knows it (exact loss counts from the
+            // start).
+            let next = end & self.geo.mask();
+            self.view
+                .word(next + 8)
+                .store(meta_word(0, self.seq), Ordering::Relaxed);
+            self.view.word(next).store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Commits a reservation with its final payload length (`len <= r.len`).
     /// Readers may see it at once; `tail` moves at the next [`Self::publish`].
     pub(crate) fn commit(&mut self, r: Reserved, len: u64) {
         debug_assert!(len <= r.len && r.position == self.write);
-        let mask = self.geo.mask();
-        let cap = self.geo.capacity;
-        let off = r.position & mask;
+        let off = r.position & self.geo.mask();
         let end = r.position + record_size(len);
+        // Relaxed: published by the stamp's Release below.
         self.view
             .word(off + 8)
             .store(meta_word(len as u32, self.seq), Ordering::Relaxed);
-        // Clear the stamp where the next record will start, so a reader that
-        // reaches it never takes stale bytes for a commit. Skipped only when
-        // the ring is exactly full: then that word is the oldest unread
-        // record's genuine (older) stamp.
-        if self.geo.policy == Policy::Overwrite || end + RECORD_HEADER <= self.limit + cap {
-            // Relaxed: ordered before the stamp below by its Release. The meta
-            // word carries the next record's sequence number, so a joiner
-            // that starts there knows it (exact loss counts from the start).
-            let next = end & mask;
-            self.view
-                .word(next + 8)
-                .store(meta_word(0, self.seq.wrapping_add(1)), Ordering::Relaxed);
-            self.view.word(next).store(0, Ordering::Relaxed);
-        }
+        self.seq += 1;
+        self.clear_next_stamp(end);
         // SYNC: commit. Pairs with the reader's Acquire load of this stamp:
         // the meta word, the payload and the cleared next stamp are visible.
         self.view
             .word(off)
             .store(data_stamp(r.position), Ordering::Release);
         self.write = end;
-        self.seq = self.seq.wrapping_add(1);
+    }
+
+    /// Commits a gap record: `count` messages were lost before the next
+    /// record (a replica whose source lost data). Readers report it as a gap
+    /// with exactly that count; the sequence numbers skip it.
+    pub(crate) fn commit_gap(&mut self, r: Reserved, count: u64) {
+        debug_assert!(r.len >= GAP_PAYLOAD && r.position == self.write);
+        let off = r.position & self.geo.mask();
+        let end = r.position + record_size(GAP_PAYLOAD);
+        // Relaxed: published by the stamp's Release below.
+        self.view
+            .word(off + RECORD_HEADER)
+            .store(count, Ordering::Relaxed);
+        self.view
+            .word(off + 8)
+            .store(meta_word(GAP_PAYLOAD as u32, self.seq), Ordering::Relaxed);
+        self.seq = self.seq.saturating_add(count);
+        self.clear_next_stamp(end);
+        // SYNC: commit (gap record).
+        self.view
+            .word(off)
+            .store(gap_stamp(r.position), Ordering::Release);
+        self.write = end;
     }
 
     /// Makes everything committed visible through `tail` and wakes sleepers.
@@ -398,13 +446,16 @@ impl<V: View> WriterCore<V> {
         if self.write == self.tail {
             return;
         }
-        let ctrl = self.view.control();
+        let producer = self.view.producer();
         // SYNC: tail-publish. Pairs with Acquire loads of `tail` by readers,
         // joiners and the bridge: every stamp below it is visible to them.
-        ctrl.tail.store(self.write, Ordering::Release);
-        self.published += u64::from(self.seq.wrapping_sub(self.published as u32));
-        // Relaxed: a statistic, nobody orders anything by it.
-        ctrl.published.store(self.published, Ordering::Relaxed);
+        producer.tail.store(self.write, Ordering::Release);
+        if self.published != self.seq {
+            self.published = self.seq;
+            // Relaxed: a hint for extending sequence numbers, which tolerates
+            // any staleness below 2^31 records.
+            producer.published.store(self.published, Ordering::Relaxed);
+        }
         self.tail = self.write;
         self.notify();
     }
@@ -413,13 +464,13 @@ impl<V: View> WriterCore<V> {
     /// load; the reader fences between its `waiters` increment and its
     /// re-check. One of the two sees the other, so no wake-up is missed.
     fn notify(&self) {
-        let ctrl = self.view.control();
         fence(Ordering::SeqCst);
         // Relaxed: the fence above provides the ordering.
-        if ctrl.waiters.load(Ordering::Relaxed) != 0 {
+        if self.view.waiters().waiters.load(Ordering::Relaxed) != 0 {
+            let futex = &self.view.producer().futex;
             // Release: a woken reader that loads the futex word (Acquire) sees the new tail.
-            ctrl.futex.fetch_add(1, Ordering::Release);
-            self.view.futex_wake(&ctrl.futex);
+            futex.fetch_add(1, Ordering::Release);
+            self.view.futex_wake(futex);
         }
     }
 
@@ -427,12 +478,14 @@ impl<V: View> WriterCore<V> {
     /// and then learn the publisher is gone.
     pub(crate) fn close(&mut self) {
         self.publish();
-        let ctrl = self.view.control();
+        let producer = self.view.producer();
         // Release: a reader that sees CLOSED (Acquire) also sees the final tail.
-        ctrl.writer_state.store(WRITER_CLOSED, Ordering::Release);
+        producer
+            .writer_state
+            .store(WRITER_CLOSED, Ordering::Release);
         // Release: wake-ups carry the close like they carry new data.
-        ctrl.futex.fetch_add(1, Ordering::Release);
-        self.view.futex_wake(&ctrl.futex);
+        producer.futex.fetch_add(1, Ordering::Release);
+        self.view.futex_wake(&producer.futex);
     }
 
     /// Recomputes the gate from the subscriber table (see [`super::gate`]).
@@ -455,27 +508,16 @@ impl<V: View> WriterCore<V> {
     }
 
     /// The first record boundary at or after `target`, walking this writer's
-    /// own intact records from `head`; the published tail at the most.
+    /// own intact records from `head`; the published tail at the most (and
+    /// the tail, too, if a record there was damaged: `advance_head` reports it).
     fn boundary_at_or_after(&self, target: u64) -> u64 {
-        let cap = self.geo.capacity;
-        let mask = self.geo.mask();
         let mut pos = self.head;
         while pos < target && pos < self.tail {
-            let off = pos & mask;
-            // Relaxed: this writer's own earlier stores.
-            let stamp = self.view.word(off).load(Ordering::Relaxed);
-            let meta = self.view.word(off + 8).load(Ordering::Relaxed);
-            pos += if stamp == data_stamp(pos) {
-                record_size(u64::from(split_meta(meta).0))
-            } else if stamp == padding_stamp(pos) {
-                cap - off
-            } else {
-                return self.tail;
-            };
+            match self.own_record_size(pos) {
+                Ok(size) => pos += size,
+                Err(_) => return self.tail,
+            }
         }
         pos.min(self.tail)
     }
 }
-
-// Keep the flag constants referenced so a layout change is noticed here.
-const _: () = assert!(STAMP_FLAGS & (STAMP_COMMITTED | STAMP_PADDING) == 3);

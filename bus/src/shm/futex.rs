@@ -1,30 +1,44 @@
 //! Futex-based sleeping and waking, across processes.
 //!
-//! The futex word lives in the segment's control line (a `MAP_SHARED` file
-//! mapping), so the futexes are the non-private kind, keyed by the file page:
-//! a waiter in one process and a waker in another meet. The reader side of
-//! the protocol is [`prepare`] → re-check → [`sleep`] → [`finish`]; the writer
+//! The futex word the writer bumps lives in the producer page of the data
+//! file, which readers map read-only: `FUTEX_WAIT` works on a read-only
+//! shared mapping (the kernel keys a shared futex by the file page and only
+//! reads the word), which a test checks. The futexes are the non-private
+//! kind, so a waiter in one process and a waker in another meet. The waiter
+//! count lives in the control file (readers write it). The reader side of
+//! the protocol is [`prepare`] → re-check → sleep → [`finish`]; the writer
 //! side is in `ring::writer` (`notify`). See SYNC: notify in [`crate::ring`].
 
 #[cfg(not(loom))]
 use std::time::Duration;
 
-#[cfg(not(loom))]
-use crate::sync::AtomicU32;
-use crate::{
-    layout::Control,
-    sync::{fence, Ordering},
-};
+use crate::sync::{fence, load_acquire_ro32, AtomicU32, AtomicU64, Ordering};
 
-/// Registers the caller as a waiter on `ctrl` and returns the futex value to
-/// sleep on. The caller must re-check for data after this and then call
-/// [`finish`] once, whether it slept or not.
-pub(crate) fn prepare(ctrl: &Control) -> u32 {
+/// One reader's place in a ring's sleep/wake handshake.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sleeper<'a> {
+    /// The writer's futex word (read-only memory for readers).
+    pub(crate) futex: &'a AtomicU32,
+    /// The ring's waiter count (control file).
+    pub(crate) waiters: &'a AtomicU32,
+    /// The reader's slot flag saying it is counted in `waiters`, so whoever
+    /// reclaims the slot of a reader killed asleep takes the count back.
+    pub(crate) sleeping: Option<&'a AtomicU64>,
+}
+
+/// Registers the caller as a waiter and returns the futex value to sleep on.
+/// The caller must re-check for data after this and then call [`finish`]
+/// once, whether it slept or not.
+pub(crate) fn prepare(s: &Sleeper<'_>) -> u32 {
     // Acquire: pairs with the writer's Release bump, so a later re-check sees
-    // the data that bump announced.
-    let seen = ctrl.futex.load(Ordering::Acquire);
+    // the data that bump announced. (Read-only memory: Relaxed + fence.)
+    let seen = load_acquire_ro32(s.futex);
+    if let Some(flag) = s.sleeping {
+        // Relaxed: read only by a reclaimer after our death (see `Sleeper`).
+        flag.store(1, Ordering::Relaxed);
+    }
     // Relaxed: ordered before the re-check by the fence below.
-    ctrl.waiters.fetch_add(1, Ordering::Relaxed);
+    s.waiters.fetch_add(1, Ordering::Relaxed);
     // SYNC: notify. Either the writer's waiters load sees our increment, or
     // our re-check sees its tail/stamp store.
     fence(Ordering::SeqCst);
@@ -32,9 +46,17 @@ pub(crate) fn prepare(ctrl: &Control) -> u32 {
 }
 
 /// Deregisters a waiter registered with [`prepare`].
-pub(crate) fn finish(ctrl: &Control) {
+pub(crate) fn finish(s: &Sleeper<'_>) {
     // Relaxed: a count; a stale value only costs the writer one extra wake.
-    ctrl.waiters.fetch_sub(1, Ordering::Relaxed);
+    // Saturating: a reclaimer may have taken back a count that a reader
+    // killed between its flag and its increment never added.
+    let _ = s
+        .waiters
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    if let Some(flag) = s.sleeping {
+        // Relaxed: as in `prepare`.
+        flag.store(0, Ordering::Relaxed);
+    }
 }
 
 #[cfg(not(loom))]

@@ -1,13 +1,16 @@
-//! Who is alive: a process named by pid *and* start time, so a reused pid
-//! never passes for the process that died.
+//! Process labels: a process named by pid *and* start time, stored in ring
+//! headers and slots for tools (`shmbus` listings, logs).
+//!
+//! These labels are never used to decide liveness: a process in another pid
+//! namespace, or under `hidepid`, is invisible in this `/proc` and alive.
+//! Liveness is by open-file-description locks ([`super::lock`]).
 //!
 //! The start time is field 22 of `/proc/<pid>/stat` (clock ticks since boot).
-//! A process is dead when its `/proc` entry is gone, shows a different start
-//! time, or is a zombie: positive proof, never a timer.
 
 use std::{fs, io};
 
-/// A process identity that survives pid reuse.
+/// A process label: pid and start time (clock ticks since boot), as seen
+/// from the labelling process's pid namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProcessId {
     /// The process id.
@@ -28,7 +31,6 @@ impl ProcessId {
     /// ```
     /// let me = shmbus_bus::ProcessId::current().unwrap();
     /// assert_eq!(me.pid, std::process::id());
-    /// assert!(me.is_alive());
     /// ```
     pub fn current() -> io::Result<Self> {
         let pid = std::process::id();
@@ -39,28 +41,6 @@ impl ProcessId {
                 "/proc/self/stat is unreadable",
             )),
         }
-    }
-
-    /// True unless the process has provably exited (or the pid was reused).
-    pub fn is_alive(&self) -> bool {
-        is_alive(u64::from(self.pid), self.start_time)
-    }
-}
-
-/// True unless process `pid` that started at `start_time` has provably exited.
-/// A pid of 0 or above `u32::MAX` (a corrupt slot) counts as dead.
-pub fn is_alive(pid: u64, start_time: u64) -> bool {
-    let Ok(pid) = u32::try_from(pid) else {
-        return false;
-    };
-    if pid == 0 {
-        return false;
-    }
-    match read_stat(pid) {
-        Ok(Some((state, start))) => start == start_time && state != b'Z' && state != b'X',
-        Ok(None) => false,
-        // Unreadable for another reason (e.g. permissions): not proof of death.
-        Err(_) => true,
     }
 }
 
@@ -97,23 +77,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn current_process_is_alive() {
+    fn current_process_has_a_start_time() {
         let me = ProcessId::current().unwrap();
-        assert!(me.is_alive());
-        assert!(
-            !is_alive(u64::from(me.pid), me.start_time + 1),
-            "other start time"
-        );
-        assert!(!is_alive(0, 0));
-        assert!(!is_alive(u64::MAX, 0));
+        let (state, start) = read_stat(me.pid).unwrap().unwrap();
+        assert_eq!(start, me.start_time);
+        assert!(matches!(state, b'R' | b'S'));
     }
 
     #[test]
-    fn exited_child_is_dead() {
+    fn exited_child_has_no_stat() {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
-        let (_, start) = read_stat(pid).unwrap().unwrap_or((b'Z', 0));
         child.wait().unwrap();
-        assert!(!is_alive(u64::from(pid), start));
+        assert_eq!(read_stat(pid).unwrap(), None);
     }
 }

@@ -1,4 +1,5 @@
-//! Names on disk: `<root>/<bus>/<topic>/<publisher-id>.ring`.
+//! Names on disk: `<root>/<bus>/<topic>/<publisher-id>.ring` (a ring's data
+//! file) beside `<publisher-id>.ctl` (its control file).
 //!
 //! Names are validated before they touch the file system: 1 to
 //! [`MAX_NAME_LEN`] bytes of ASCII letters, digits, `_`, `-` and `.`, not
@@ -8,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use crate::Error;
 
-/// Default root directory of all buses.
+/// Prefix of the default root of all buses: the default root is
+/// `/dev/shm/shmbus-<euid>` (see [`default_root`]), one per user, so a
+/// second user on the host neither collides with nor can squat another's.
 pub const DEFAULT_ROOT: &str = "/dev/shm/shmbus";
 /// Environment variable that overrides [`DEFAULT_ROOT`].
 pub const ROOT_ENV: &str = "SHMBUS_ROOT";
@@ -16,8 +19,10 @@ pub const ROOT_ENV: &str = "SHMBUS_ROOT";
 pub const DEFAULT_BUS: &str = "default";
 /// Longest bus, topic or publisher name.
 pub const MAX_NAME_LEN: usize = 96;
-/// File extension of ring segments.
+/// File extension of a ring's data file.
 pub const RING_EXT: &str = "ring";
+/// File extension of a ring's control file.
+pub const CTL_EXT: &str = "ctl";
 
 /// Checks a bus, topic or publisher-id name.
 ///
@@ -59,11 +64,24 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The root directory: `SHMBUS_ROOT` if set and non-empty, else [`DEFAULT_ROOT`].
+/// The root directory: `SHMBUS_ROOT` if set and non-empty, else this
+/// user's `/dev/shm/shmbus-<euid>`.
+///
+/// # Examples
+///
+/// ```
+/// # std::env::remove_var("SHMBUS_ROOT");
+/// // SAFETY of the example: geteuid has no preconditions.
+/// let uid = unsafe { libc::geteuid() };
+/// assert_eq!(
+///     shmbus_bus::default_root(),
+///     std::path::PathBuf::from(format!("/dev/shm/shmbus-{uid}"))
+/// );
+/// ```
 pub fn default_root() -> PathBuf {
     match std::env::var_os(ROOT_ENV) {
         Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => PathBuf::from(DEFAULT_ROOT),
+        _ => crate::shm::fs::default_root_for_user(),
     }
 }
 
@@ -96,18 +114,18 @@ pub fn publisher_id_of(path: &Path) -> Option<&str> {
     Some(id)
 }
 
-/// Creates `dir` and its parents with `mode` (e.g. 0o700).
+/// Creates `dir` (under the bus root `root`) and its missing parents with
+/// mode 0o700, or 0o770 when `mode` grants the group anything, never
+/// following a symlink, and checks every directory from `root` down: owned
+/// by this user (or, in group mode, shared with one of its groups), not
+/// writable by others. A tree owned by another user is refused in owner mode.
 ///
 /// # Errors
 ///
-/// [`Error::Io`] if a directory cannot be created.
-pub fn create_dir_all(dir: &Path, mode: u32) -> Result<(), Error> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-        .map_err(|e| Error::io(dir, e))
+/// [`Error::Io`] naming the directory and the rule it breaks.
+pub fn create_dir_all(root: &Path, dir: &Path, mode: u32) -> Result<(), Error> {
+    let access = crate::shm::fs::Access::from_file_mode(mode);
+    crate::shm::fs::ensure_dir(root, dir, access)
 }
 
 #[cfg(test)]

@@ -1,97 +1,100 @@
-//! Removing segments nobody needs any more.
+//! Removing rings nobody needs any more.
 //!
-//! A ring file is stale when its publisher is gone (closed it, or is provably
-//! dead) and no live subscriber is attached. Whoever notices first removes
-//! it: the closing publisher, the last subscriber to drain it, or the next
-//! participant that scans the topic. Files of live publishers and rings that
-//! still have live readers are never removed.
+//! A ring is stale when its publisher is gone (it closed the ring, or its
+//! lock is free: positive proof of death, in any pid namespace) and no slot
+//! still needs data: no owner holds a slot lock, no registered subscriber
+//! waits on a pre-joined slot, no durable slot is within its lease.
+//! Whoever notices first removes it: the closing publisher, the last
+//! subscriber out, or the next participant that sweeps the topic. The test
+//! is made with the kernel's locks, so "the last one out" is exact: whoever
+//! drops its lock last sees no other. Rings of live publishers, and rings
+//! that still owe data, are never removed; nothing here ever truncates a
+//! file (that would fault every mapping of it).
 
-use std::{
-    path::Path,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use crate::{
-    layout::{SLOT_FREE, SLOT_STATE_MASK, WRITER_CLOSED},
-    ring::View,
-    shm::liveness,
-    shm::paths::RING_EXT,
-    shm::segment::{self, Mapping},
-    sync::Ordering,
+    layout::WRITER_OPEN,
+    ring::{gate, View},
+    shm::{
+        fs::Access,
+        listing, lock,
+        segment::{self, Mapping},
+    },
+    sync::{load_acquire_ro32, Ordering},
     Error,
 };
 
-/// A temporary file of a creator that is older than this is abandoned.
-const ABANDONED_TMP_AGE: Duration = Duration::from_secs(10);
+/// A temporary file of a creator, or a control file without its data file,
+/// older than this is abandoned.
+const ABANDONED_AGE: Duration = Duration::from_secs(10);
 
-/// True if the ring's publisher is gone: closed, or its process is dead.
+/// True if the ring's publisher is gone: closed, or its lock is free.
 pub(crate) fn publisher_gone(map: &Arc<Mapping>) -> bool {
     // Acquire: pairs with the writer's Release store of CLOSED.
-    map.control().writer_state.load(Ordering::Acquire) == WRITER_CLOSED
-        || !map.info().publisher.is_alive()
+    load_acquire_ro32(&map.producer().writer_state) != WRITER_OPEN || !map.publisher_alive()
 }
 
-/// True if any slot belongs to a live process.
-fn has_live_reader(map: &Arc<Mapping>) -> bool {
-    map.slots().iter().any(|slot| {
-        // Acquire: pairs with the claimer's Release, so pid/start are its own.
-        let state = slot.state.load(Ordering::Acquire);
-        state & SLOT_STATE_MASK != SLOT_FREE
-            // Relaxed: ordered after the state load.
-            && liveness::is_alive(
-                slot.pid.load(Ordering::Relaxed),
-                slot.start_time.load(Ordering::Relaxed),
-            )
-    })
-}
-
-/// Removes the ring's file if its publisher is gone and nobody live reads it.
-pub(crate) fn remove_if_unread(map: &Arc<Mapping>) -> bool {
-    if publisher_gone(map) && !has_live_reader(map) {
-        std::fs::remove_file(&map.info().path).is_ok()
-    } else {
-        false
+/// True if some slot may still need the ring's data (see the module docs).
+/// Slots of dead owners are reaped (or orphaned, if durable) first.
+fn needs_data(map: &Arc<Mapping>) -> bool {
+    if !map.any_locked() {
+        // Fast path: no lock at all. Still, pre-joined and durable slots
+        // have no lock of their own.
+        return gate::any_slot_needs_data(map, |_| false);
     }
+    let now = map.now_ns();
+    for (index, slot) in map.slots().iter().enumerate() {
+        // Acquire: the slot's fields are its owner's (SYNC: slot-claim).
+        let state = slot.state.load(Ordering::Acquire);
+        gate::reap_if_dead(map, index, state, now);
+    }
+    gate::any_slot_needs_data(map, |i| map.slot_locked(i))
 }
 
-/// Removes stale ring files in a topic directory (see the module docs), and
-/// temporary files abandoned by creators. Returns how many were removed.
-/// Files that are not shmbus segments are left alone.
+/// Removes the ring's files if its publisher is gone and no slot needs its
+/// data: the data file first (so nobody discovers the ring any more), then
+/// the control file.
+pub(crate) fn remove_if_unread(map: &Arc<Mapping>) -> bool {
+    if !publisher_gone(map) || needs_data(map) {
+        return false;
+    }
+    let info = map.info();
+    let removed = std::fs::remove_file(&info.path).is_ok();
+    let _ = std::fs::remove_file(&info.control_path);
+    removed
+}
+
+/// Removes stale rings in a topic directory (see the module docs), control
+/// files left without their data file by a creator that died, and
+/// temporary files abandoned by creators. Returns how many rings and files
+/// were removed. Files that are not shmbus rings are left alone, and so are
+/// rings that cannot be opened (another layout version, another user's).
 ///
 /// # Errors
 ///
 /// [`Error::Io`] if the directory cannot be read (a missing one is fine).
 pub fn sweep_topic(dir: &Path) -> Result<usize, Error> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
     let mut removed = 0;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') && name.ends_with(".tmp") {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .is_some_and(|age| age > ABANDONED_TMP_AGE);
-            if old && std::fs::remove_file(&path).is_ok() {
-                removed += 1;
-            }
-            continue;
-        }
-        if path.extension().and_then(|e| e.to_str()) != Some(RING_EXT) {
-            continue;
-        }
-        if let Ok(map) = segment::open(&path) {
+    for ring in listing::list_rings(dir)? {
+        if let Ok(map) = segment::open_with(&ring.data_path, Duration::ZERO, Access::Group) {
             if remove_if_unread(&map) {
                 removed += 1;
             }
+        }
+    }
+    for path in listing::orphans(dir, ABANDONED_AGE)? {
+        // A control file whose publisher still holds its lock is a creator
+        // at work (or a live ring whose data file is being renamed): keep it.
+        let held = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .ok()
+            .and_then(|f| lock::is_locked(&f, 0, 1).ok())
+            .unwrap_or(false);
+        if !held && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
         }
     }
     Ok(removed)

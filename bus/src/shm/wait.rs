@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::Backoff;
 
 use crate::{
-    layout::Control,
-    shm::futex,
+    shm::futex::{self, Sleeper},
     sync::{spin_loop, AtomicU32},
 };
 
@@ -71,14 +70,16 @@ impl Deadline {
     }
 }
 
-/// Waits until `ready()` holds for one of the rings whose control blocks are
-/// `controls`, the deadline passes, or (Block strategy) one sleep of at most
-/// [`MAX_SLEEP`] ends. Returns `ready()`'s last answer.
+/// Waits until `ready()` holds for one of the rings whose sleepers are
+/// `sleepers`, the deadline passes, or one wait of at most [`MAX_SLEEP`]
+/// ends (a sleep, or that long of spinning/yielding). Returns `ready()`'s
+/// last answer. Callers loop, checking the publisher's liveness between
+/// calls, so even a busy-spinning reader notices a killed publisher.
 ///
 /// Under [`WaitStrategy::Block`] this registers as a waiter on every ring,
 /// re-checks, then sleeps on all futex words at once (`futex_waitv`).
 pub(crate) fn wait_until(
-    controls: &[&Control],
+    sleepers: &[Sleeper<'_>],
     strategy: WaitStrategy,
     deadline: Deadline,
     mut ready: impl FnMut() -> bool,
@@ -87,6 +88,7 @@ pub(crate) fn wait_until(
         WaitStrategy::BusySpin => u32::MAX,
         WaitStrategy::SpinThenYield { spins } | WaitStrategy::Block { spins } => spins,
     };
+    let slice_end = Deadline::after(Some(MAX_SLEEP));
     let mut n = 0u32;
     // Exponential spinning, then yields (crossbeam's Backoff).
     let backoff = Backoff::new();
@@ -94,7 +96,7 @@ pub(crate) fn wait_until(
         if ready() {
             return true;
         }
-        if deadline.passed() {
+        if deadline.passed() || (n % 1024 == 1023 && slice_end.passed()) {
             return false;
         }
         if n < spins {
@@ -104,18 +106,24 @@ pub(crate) fn wait_until(
         }
         match strategy {
             WaitStrategy::BusySpin => {}
-            WaitStrategy::SpinThenYield { .. } => backoff.snooze(),
+            WaitStrategy::SpinThenYield { .. } => {
+                n = n.wrapping_add(1);
+                if slice_end.passed() {
+                    return false;
+                }
+                backoff.snooze();
+            }
             WaitStrategy::Block { .. } => {
-                let seen: Vec<(&AtomicU32, u32)> = controls
+                let seen: Vec<(&AtomicU32, u32)> = sleepers
                     .iter()
-                    .map(|c| (&c.futex, futex::prepare(c)))
+                    .map(|s| (s.futex, futex::prepare(s)))
                     .collect();
                 let ready_now = ready();
                 if !ready_now {
                     futex::futex_wait_any(&seen, Some(deadline.remaining(MAX_SLEEP)));
                 }
-                for c in controls {
-                    futex::finish(c);
+                for s in sleepers {
+                    futex::finish(s);
                 }
                 return ready_now || ready();
             }

@@ -1,0 +1,198 @@
+//! The record format's rules, in one place: what a stamp at a position
+//! means, what a record header may say, and how 64-bit sequence numbers are
+//! recovered from their stored low halves. Every reader, the writer's own
+//! walks, the replica writer, raw readers and observers call these.
+
+use super::Geometry;
+use crate::layout::{
+    data_stamp, gap_stamp, padding_stamp, record_size, split_meta, GAP_PAYLOAD, RECORD_HEADER,
+    STAMP_FLAGS,
+};
+
+/// What the stamp word at a position says about the record there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StampKind {
+    /// A committed data record at this position.
+    Data,
+    /// A committed padding record at this position (fills to the ring's end).
+    Padding,
+    /// A committed gap record at this position.
+    Gap,
+    /// Not written yet: cleared (0) or a genuine stamp of an earlier lap.
+    NotYet,
+    /// A stamp of a later position (the reader was lapped) or garbage.
+    Other,
+}
+
+/// Classifies the stamp word `stamp` found at position `pos`.
+#[inline]
+pub(crate) fn classify(stamp: u64, pos: u64) -> StampKind {
+    if stamp == data_stamp(pos) {
+        StampKind::Data
+    } else if stamp == padding_stamp(pos) {
+        StampKind::Padding
+    } else if stamp == gap_stamp(pos) {
+        StampKind::Gap
+    } else if stamp == 0 || (stamp & !STAMP_FLAGS) < pos {
+        StampKind::NotYet
+    } else {
+        StampKind::Other
+    }
+}
+
+/// A committed record's header, checked against the ring's geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    /// Data, padding or gap.
+    pub(crate) kind: StampKind,
+    /// Payload length (for padding: bytes to the ring's end minus the header).
+    pub(crate) len: u32,
+    /// Low 32 bits of the sequence number (data: its own; gap: the first lost).
+    pub(crate) seq_low: u32,
+    /// Bytes the record occupies in the ring.
+    pub(crate) size: u64,
+}
+
+/// Checks the header of a committed record at `pos` (stamp kind `kind`,
+/// meta word `meta`): the length must fit the ring, the maximum message and,
+/// for padding, end exactly at the ring's end. The error names what is wrong.
+#[inline]
+pub(crate) fn check_header(
+    geo: &Geometry,
+    pos: u64,
+    kind: StampKind,
+    meta: u64,
+) -> Result<Header, &'static str> {
+    let off = pos & geo.mask();
+    let room = geo.capacity - off;
+    let (len, seq_low) = split_meta(meta);
+    let len64 = u64::from(len);
+    let size = match kind {
+        StampKind::Data => {
+            if len64 > geo.max_message {
+                return Err("record length exceeds the ring's maximum message");
+            }
+            record_size(len64)
+        }
+        StampKind::Padding => {
+            if len64 + RECORD_HEADER != room {
+                return Err("padding record does not end at the ring's end");
+            }
+            room
+        }
+        StampKind::Gap => {
+            if len64 != GAP_PAYLOAD {
+                return Err("gap record length is not 8");
+            }
+            record_size(GAP_PAYLOAD)
+        }
+        StampKind::NotYet | StampKind::Other => return Err("not a committed record"),
+    };
+    if size > room {
+        return Err("record crosses the ring's end");
+    }
+    Ok(Header {
+        kind,
+        len,
+        seq_low,
+        size,
+    })
+}
+
+/// The 64-bit sequence number whose low half is `low`, nearest to `hint`
+/// (the publisher's `published` counter, read near the record). Exact when
+/// the true value is within 2^31 of the hint, which holds because a ring
+/// never holds 2^31 records ([`crate::layout::MAX_CAPACITY`]).
+#[inline]
+pub(crate) fn extend_sequence(low: u32, hint: u64) -> u64 {
+    let delta = low.wrapping_sub(hint as u32) as i32;
+    hint.wrapping_add_signed(i64::from(delta))
+}
+
+/// Whether `pos` can be a record position: 16-aligned.
+#[inline]
+pub(crate) fn is_record_aligned(pos: u64) -> bool {
+    pos % RECORD_HEADER == 0
+}
+
+/// Checks the publisher's `head` and `tail` as read from shared memory:
+/// both 16-aligned, `head <= tail`, and at most one ring apart.
+#[inline]
+pub(crate) fn check_span(geo: &Geometry, head: u64, tail: u64) -> Result<(), &'static str> {
+    if !is_record_aligned(tail) {
+        return Err("tail is not 16-aligned");
+    }
+    if !is_record_aligned(head) {
+        return Err("head is not 16-aligned");
+    }
+    if head > tail {
+        return Err("head is beyond tail");
+    }
+    if tail - head > geo.capacity {
+        return Err("head is more than one ring behind tail");
+    }
+    Ok(())
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::{layout::meta_word, ring::Policy};
+
+    fn geo() -> Geometry {
+        Geometry {
+            capacity: 4096,
+            max_message: 1024,
+            policy: Policy::Block,
+            evict_after: None,
+        }
+    }
+
+    #[test]
+    fn stamps_are_classified_by_position() {
+        assert_eq!(classify(data_stamp(4096), 4096), StampKind::Data);
+        assert_eq!(classify(padding_stamp(4096), 4096), StampKind::Padding);
+        assert_eq!(classify(gap_stamp(4096), 4096), StampKind::Gap);
+        assert_eq!(classify(0, 4096), StampKind::NotYet);
+        assert_eq!(classify(data_stamp(0), 4096), StampKind::NotYet);
+        assert_eq!(classify(data_stamp(8192), 4096), StampKind::Other);
+        assert_eq!(classify(data_stamp(4096) | 0x8, 4096), StampKind::Other);
+    }
+
+    #[test]
+    fn headers_are_bounded() {
+        let g = geo();
+        let h = check_header(&g, 0, StampKind::Data, meta_word(100, 7)).unwrap();
+        assert_eq!((h.len, h.seq_low, h.size), (100, 7, 128));
+        assert!(check_header(&g, 0, StampKind::Data, meta_word(1025, 0)).is_err());
+        // A data record that would cross the end.
+        assert!(check_header(&g, 4096 - 32, StampKind::Data, meta_word(100, 0)).is_err());
+        assert!(check_header(&g, 4096 - 32, StampKind::Padding, meta_word(16, 0)).is_ok());
+        assert!(check_header(&g, 4096 - 32, StampKind::Padding, meta_word(32, 0)).is_err());
+        assert!(check_header(&g, 0, StampKind::Gap, meta_word(8, 0)).is_ok());
+        assert!(check_header(&g, 0, StampKind::Gap, meta_word(16, 0)).is_err());
+    }
+
+    #[test]
+    fn sequences_extend_across_the_32_bit_wrap() {
+        assert_eq!(extend_sequence(5, 5), 5);
+        assert_eq!(extend_sequence(3, 10), 3);
+        let base = 7u64 << 32;
+        assert_eq!(extend_sequence(u32::MAX, base + 2), base - 1);
+        assert_eq!(extend_sequence(2, base - 1), base + 2);
+        assert_eq!(extend_sequence(100, (1 << 40) + 90), (1 << 40) + 100);
+        // Exact up to 2^31 away from the hint.
+        let far = base + (1 << 31) - 1;
+        assert_eq!(extend_sequence(far as u32, base), far);
+    }
+
+    #[test]
+    fn spans_are_checked() {
+        let g = geo();
+        assert!(check_span(&g, 0, 4096).is_ok());
+        assert!(check_span(&g, 0, 4097).is_err());
+        assert!(check_span(&g, 8, 4096).is_err());
+        assert!(check_span(&g, 4096, 0).is_err());
+        assert!(check_span(&g, 0, 8192).is_err());
+    }
+}
