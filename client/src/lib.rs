@@ -53,7 +53,9 @@ mod subscriber;
 
 pub use crate::{
     bus::{Bus, BusBuilder, TopicOptions},
-    codec::{fingerprint, type_name, Checkable, Publishable, MAX_ALIGN},
+    codec::{
+        fingerprint, fingerprint_named, type_name, ArchiveWriter, Checkable, Publishable, MAX_ALIGN,
+    },
     error::{Error, Result},
     publisher::{MessageLoan, Publisher},
     subscriber::{Sample, Subscriber, TopicEvent},
