@@ -88,10 +88,6 @@ pub struct Subscriber<T: Archive> {
     checked: bool,
     /// The message type this subscriber expects (name and fingerprint).
     ty: codec::TypeInfo,
-    /// A ring whose read failed in `try_recv`, repaired by the next call
-    /// (rejoined after an eviction, dropped if corrupt): `try_recv` cannot
-    /// touch `sources` while the failed read still borrows it.
-    broken: Option<(usize, Repair)>,
     events: VecDeque<TopicEvent>,
     lost_messages: u64,
     /// Errors found while scanning (a ring of another type, a corrupt
@@ -133,7 +129,6 @@ where
             polls: 0,
             checked: true,
             ty,
-            broken: None,
             events: VecDeque::new(),
             lost_messages: 0,
             pending_errors: VecDeque::new(),
@@ -340,19 +335,9 @@ where
         id
     }
 
-    /// Repairs the ring a failed `try_recv` left behind, if any.
-    fn repair_broken(&mut self) {
-        if let Some((i, repair)) = self.broken.take() {
-            if i < self.sources.len() {
-                self.repair(i, repair);
-            }
-        }
-    }
-
     /// Finds a source with a message ready, dealing with gaps, finished
     /// publishers and evictions on the way. Consumes nothing.
     fn find_ready(&mut self) -> Result<Option<usize>> {
-        self.repair_broken();
         // Look for new publishers every RESCAN_POLLS polls, busy or idle (a
         // subscriber kept busy by some publishers must still find new ones),
         // and at every poll while there is none (one `stat` per poll).
@@ -407,37 +392,27 @@ where
             return Ok(None);
         };
         self.next = i + 1;
-        // Split borrows: the sample borrows `sources[i]` alone, so a failed
-        // read can still record what to repair.
+        let this: *mut Self = self;
+        // SAFETY: `this` is `self`, a unique borrow alive for the whole call.
+        // Everything below borrows through `me`, except the error arm, which
+        // goes back to `self` once every borrow through `me` is dead (the
+        // error owns its data). The borrow checker cannot see that when the
+        // other arm returns a borrow (no Polonius yet: rust-lang/rust#54663).
+        let me = unsafe { &mut *this };
         let Self {
             topic,
             checked,
             ty,
             sources,
-            broken,
             events,
             lost_messages,
             ..
-        } = self;
+        } = me;
         let source = &mut sources[i];
         let id = source.id.as_str();
         let event = match source.reader.try_read() {
             Ok(event) => event,
-            Err(e) => {
-                // Repaired by the next call, once this borrow is over.
-                let repair = match e {
-                    bus::Error::Evicted | bus::Error::SlotLost => Repair::Rejoin,
-                    _ => Repair::Drop,
-                };
-                *broken = Some((i, repair));
-                return Err(match repair {
-                    Repair::Rejoin => Error::Evicted {
-                        topic: topic.clone(),
-                        publisher: id.to_string(),
-                    },
-                    Repair::Drop => e.into(),
-                });
-            }
+            Err(e) => return Err(self.fault(i, e)),
         };
         match event {
             ReadEvent::Message(message) => {
