@@ -479,3 +479,25 @@ impl Bus {
         Ok(topics)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_fit_with_the_largest_suffix() {
+        for len in 1..=bus::MAX_NAME_LEN {
+            let label = "l".repeat(len);
+            let id = publisher_id(&label, u32::MAX, u64::MAX, u64::MAX);
+            assert!(id.len() <= bus::MAX_NAME_LEN, "{len}: {id}");
+            bus::validate_name("publisher id", &id).unwrap();
+        }
+        assert_eq!(publisher_id("cam", 12, 345, 6), "cam-12.345-6");
+        // Shortened labels keep 26 bytes and hash the whole label.
+        let long = format!("{}x", "a".repeat(60));
+        let id = publisher_id(&long, 1, 2, 3);
+        assert_eq!(id.len(), 26 + 1 + 16 + "-1.2-3".len());
+        assert!(id.starts_with(&format!("{}.", "a".repeat(26))), "{id}");
+        assert_ne!(id, publisher_id(&format!("{}y", "a".repeat(60)), 1, 2, 3));
+    }
+}
