@@ -56,6 +56,10 @@ fn mixed_sizes_waste_little_ring_on_padding() {
     let tail = publisher.stats().tail;
     let padding = tail - records;
     let laps = tail / CAPACITY;
+    eprintln!(
+        "padding: {padding} of {tail} ring bytes ({:.2}%), {laps} laps",
+        padding as f64 * 100.0 / tail as f64
+    );
     // Padding only fills the end of a lap that the next record does not
     // fit: less than one record (here at most ~1.5 KiB) per 256 KiB lap,
     // about 0.6%. 2% leaves room for unlucky ends; the old fallback (a
