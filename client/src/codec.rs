@@ -8,34 +8,8 @@
 //! start 16-byte aligned in the ring, so archived types with an alignment up
 //! to 16 are read in place.
 //!
-//! # Naming a message type
-//!
-//! Every ring carries the name of its message type and a fingerprint; a
-//! publisher or subscriber of another fingerprint gets
-//! [`Error::TypeMismatch`](crate::Error::TypeMismatch) naming both types.
-//! The fingerprint ([`fingerprint_named`]) hashes:
-//!
-//! - the **type name**: by default [`type_name`], Rust's type name with every
-//!   path reduced to its last segment (`robot_msgs::pose::Pose` → `Pose`,
-//!   `alloc::vec::Vec<u8>` → `Vec<u8>`), so neither the crate's path nor how
-//!   a compiler version spells paths matters; or a name you declare per
-//!   topic with [`Bus::typed_publisher`](crate::Bus::typed_publisher) /
-//!   [`Bus::typed_subscriber`](crate::Bus::typed_subscriber);
-//! - the **archived layout** of the root type: size and alignment of
-//!   `T::Archived`, which rkyv fixes by construction (derived archived
-//!   structs are `#[repr(C)]`, enums `#[repr(uN)]`, primitives have fixed
-//!   sizes and byte orders), so they are the same for every build of the
-//!   same definition;
-//! - the **rkyv format** (endianness, primitive alignment, pointer width).
-//!
-//! How services share a message type: best, a shared message crate that
-//! every service depends on (same definition, so same name and layout); or
-//! separate definitions with the same declared name and the same fields,
-//! which the fingerprint accepts as the same type. The layout part only
-//! covers the root type's inline bytes (a `Vec<u32>` and a `Vec<u64>` field
-//! archive to the same size): the name is the contract, the layout a check
-//! against the common mistakes. Bytes that still do not fit are caught by
-//! validation ([`Error::InvalidMessage`](crate::Error::InvalidMessage)).
+//! How message types are named and fingerprinted is told to users in the
+//! crate documentation ("Message types").
 
 use std::{any::TypeId, mem::MaybeUninit};
 
@@ -163,7 +137,7 @@ pub fn fingerprint<T: Archive>() -> u64 {
 /// of a format tag, `name`, the size and alignment of `T::Archived`, and the
 /// rkyv format in effect (endianness, alignment of archived primitives, size
 /// of an archived `usize`); never 0, which means "untyped bytes". See the
-/// [module documentation](self) for what it can and cannot tell apart.
+/// [crate documentation](crate#message-types) for what it can and cannot tell apart.
 ///
 /// # Examples
 ///

@@ -13,8 +13,13 @@ const EVICT_AFTER: Duration = Duration::from_millis(20);
 /// A publisher whose ring evicted the subscriber, which has not noticed yet
 /// and still finds its next (unread, not yet overwritten) record in place.
 fn evicted(root: &TempRoot) -> (Bus, Subscriber<u64>, Publisher<u64>) {
+    evicted_with_slots(root, 64)
+}
+
+fn evicted_with_slots(root: &TempRoot, slots: u32) -> (Bus, Subscriber<u64>, Publisher<u64>) {
     let bus = root
         .builder()
+        .slots(slots)
         .capacity(4096)
         .max_message(256)
         .evict_after(Some(EVICT_AFTER))
@@ -112,4 +117,14 @@ fn recv_async_reports_eviction_and_rejoins() {
     });
     assert_evicted(result, &publisher);
     assert_rejoined(&mut subscriber, &mut publisher);
+}
+
+/// The rejoin must not need a second slot: the evicted one is left first.
+#[test]
+fn rejoins_a_ring_with_a_single_slot() {
+    let root = TempRoot::new("evict-one-slot");
+    let (_bus, mut subscriber, mut publisher) = evicted_with_slots(&root, 1);
+    assert_evicted(subscriber.try_recv().map(drop), &publisher);
+    assert_rejoined(&mut subscriber, &mut publisher);
+    assert_eq!(subscriber.publishers(), [publisher.id().to_string()]);
 }
