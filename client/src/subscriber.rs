@@ -701,3 +701,20 @@ impl<T: Archive> std::ops::Deref for Sample<'_, T> {
         unsafe { self.archived.as_ref() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// `recv_async`'s future can move between runtime threads: the raw
+    /// reborrow inside it never lives across an `.await`.
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn recv_async_future_is_send() {
+        fn assert_send<F: std::future::Future + Send>(_: F) {}
+        let root = std::env::temp_dir().join(format!("shmbus-send-{}", std::process::id()));
+        let bus = crate::Bus::builder().root(&root).build().unwrap();
+        let mut subscriber = bus.subscriber::<u64>("t").unwrap();
+        assert_send(subscriber.recv_async());
+        drop(subscriber);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
