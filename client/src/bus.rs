@@ -2,7 +2,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -145,7 +145,36 @@ impl BusBuilder {
     }
 }
 
-static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Room for the id's suffix `-<pid>.<start time>-<n>`: a `u32` and two
+/// `u64`s in decimal, three separators.
+const ID_SUFFIX_ROOM: usize = 1 + 10 + 1 + 20 + 1 + 20;
+/// Longest label kept verbatim in an id; longer ones are shortened.
+const LABEL_ROOM: usize = bus::MAX_NAME_LEN - ID_SUFFIX_ROOM;
+/// Hex digits of the label hash in a shortened label.
+const LABEL_HASH_DIGITS: usize = 16;
+
+/// The publisher id (ring file stem) of the `n`-th publisher made by
+/// process `pid` started at `start`: `<label part>-<pid>.<start>-<n>`.
+///
+/// The label part is the label itself when it has at most [`LABEL_ROOM`]
+/// (43) bytes; a longer label keeps its first 26 bytes, then `.` and 16 hex
+/// digits of a hash of the whole label, so the id stays within
+/// [`bus::MAX_NAME_LEN`] and two long labels that share a prefix still read
+/// apart. Uniqueness comes from the suffix (the start time tells a reused
+/// pid apart), never from the label. `label` must be a valid name.
+fn publisher_id(label: &str, pid: u32, start: u64, n: u64) -> String {
+    let suffix = format!("-{pid}.{start}-{n}");
+    if label.len() <= LABEL_ROOM {
+        return format!("{label}{suffix}");
+    }
+    let keep = LABEL_ROOM - 1 - LABEL_HASH_DIGITS;
+    // Valid names are ASCII: any byte index is a char boundary.
+    let prefix = label.get(..keep).unwrap_or(label);
+    let hash = codec::fnv1a(label.as_bytes());
+    format!("{prefix}.{hash:016x}{suffix}")
+}
 
 impl Bus {
     /// The default bus under the default root.
@@ -223,12 +252,12 @@ impl Bus {
         }
     }
 
-    /// A unique publisher id: `<label>-<pid>.<start time>-<n>` (the start
-    /// time keeps ids unique when the OS reuses a pid).
-    pub(crate) fn new_publisher_id(label: &str) -> String {
+    /// A unique publisher id for `label` (validated): see [`publisher_id`].
+    pub(crate) fn new_publisher_id(label: &str) -> Result<String> {
+        bus::validate_name("publisher label", label)?;
         let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let start = shmbus_bus::ProcessId::current().map_or(0, |p| p.start_time);
-        format!("{label}-{}.{start}-{n}", std::process::id())
+        Ok(publisher_id(label, std::process::id(), start, n))
     }
 
     /// Creates a publisher of `T` on `topic`.
@@ -259,19 +288,83 @@ impl Bus {
     /// Like [`Self::publisher`], with a label that starts the publisher's id
     /// (seen in file names, logs and the bridge).
     ///
+    /// The label is 1 to 96 bytes of ASCII letters, digits, `_`, `-` and
+    /// `.`, not starting with `.`; an empty label is refused (use
+    /// [`Self::publisher`] for the default label `p`). Labels longer than 43
+    /// bytes are shortened in the id (prefix and hash), see
+    /// [`Publisher::id`].
+    ///
     /// # Errors
     ///
-    /// As [`Self::publisher`]; a label that is not a valid name.
+    /// As [`Self::publisher`]; [`Error::Bus`] with
+    /// [`shmbus_bus::Error::InvalidName`] for a label that is not a valid
+    /// name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shmbus::Bus;
+    /// # let root = std::env::temp_dir().join(format!("shmbus-doc-label-{}", std::process::id()));
+    /// let bus = Bus::builder().root(&root).build().unwrap();
+    /// let publisher = bus.publisher_named::<u64>("ticks", "clock").unwrap();
+    /// assert!(publisher.id().starts_with("clock-"));
+    /// assert!(bus.publisher_named::<u64>("ticks", "").is_err());
+    /// # drop(publisher); std::fs::remove_dir_all(&root).ok();
+    /// ```
     pub fn publisher_named<T>(&self, topic: &str, label: &str) -> Result<Publisher<T>>
     where
         T: Publishable,
         T::Archived: Checkable,
     {
-        assert!(
-            std::mem::align_of::<T::Archived>() <= codec::MAX_ALIGN,
-            "archived types must need at most 16-byte alignment"
-        );
-        Publisher::create(self, topic, label)
+        self.typed_publisher(topic, &codec::type_name::<T>(), label)
+    }
+
+    /// Creates a publisher of `T` on `topic` that declares the topic's
+    /// message type as `type_name` instead of `T`'s default name
+    /// ([`crate::type_name`]). Subscribers built separately agree with it
+    /// when they declare the same name ([`Self::typed_subscriber`]) for a
+    /// type of the same archived layout: see [`crate::fingerprint_named`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::publisher_named`]; [`Error::Bus`] with
+    /// [`shmbus_bus::Error::InvalidName`] for an empty type name, one longer
+    /// than 256 bytes or one with control characters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use shmbus::Bus;
+    /// # use std::time::Duration;
+    /// # let root = std::env::temp_dir().join(format!("shmbus-doc-typed-{}", std::process::id()));
+    /// let bus = Bus::builder().root(&root).build().unwrap();
+    /// let mut subscriber = bus
+    ///     .typed_subscriber::<u64>("ticks", "clock.Tick", Default::default(), Default::default())
+    ///     .unwrap();
+    /// let mut publisher = bus.typed_publisher::<u64>("ticks", "clock.Tick", "clock").unwrap();
+    /// publisher.send(&7).unwrap();
+    /// assert_eq!(*subscriber.recv_timeout(Duration::from_secs(5)).unwrap(), 7);
+    /// // Another declared name is another type.
+    /// assert!(bus.typed_publisher::<u64>("ticks", "clock.Tock", "clock").is_err());
+    /// # drop((subscriber, publisher)); std::fs::remove_dir_all(&root).ok();
+    /// ```
+    pub fn typed_publisher<T>(
+        &self,
+        topic: &str,
+        type_name: &str,
+        label: &str,
+    ) -> Result<Publisher<T>>
+    where
+        T: Publishable,
+        T::Archived: Checkable,
+    {
+        const {
+            assert!(
+                std::mem::align_of::<T::Archived>() <= codec::MAX_ALIGN,
+                "archived message types must need at most 16-byte alignment"
+            );
+        }
+        Publisher::create(self, topic, label, codec::TypeInfo::new::<T>(type_name)?)
     }
 
     /// Subscribes to every publisher of `topic`, present and future, starting
@@ -319,7 +412,44 @@ impl Bus {
         T: rkyv::Archive,
         T::Archived: Checkable,
     {
-        Subscriber::create(self, topic, start, wait)
+        self.typed_subscriber(topic, &codec::type_name::<T>(), start, wait)
+    }
+
+    /// Subscribes to `topic` expecting its message type declared as
+    /// `type_name` (see [`Self::typed_publisher`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::subscriber`]; an invalid type name as in
+    /// [`Self::typed_publisher`].
+    ///
+    /// # Examples
+    ///
+    /// See [`Self::typed_publisher`].
+    pub fn typed_subscriber<T>(
+        &self,
+        topic: &str,
+        type_name: &str,
+        start: StartAt,
+        wait: WaitStrategy,
+    ) -> Result<Subscriber<T>>
+    where
+        T: rkyv::Archive,
+        T::Archived: Checkable,
+    {
+        const {
+            assert!(
+                std::mem::align_of::<T::Archived>() <= codec::MAX_ALIGN,
+                "archived message types must need at most 16-byte alignment"
+            );
+        }
+        Subscriber::create(
+            self,
+            topic,
+            start,
+            wait,
+            codec::TypeInfo::new::<T>(type_name)?,
+        )
     }
 
     /// Topics that exist on this bus (directories under it).
@@ -347,5 +477,27 @@ impl Bus {
             .collect();
         topics.sort();
         Ok(topics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_fit_with_the_largest_suffix() {
+        for len in 1..=bus::MAX_NAME_LEN {
+            let label = "l".repeat(len);
+            let id = publisher_id(&label, u32::MAX, u64::MAX, u64::MAX);
+            assert!(id.len() <= bus::MAX_NAME_LEN, "{len}: {id}");
+            bus::validate_name("publisher id", &id).unwrap();
+        }
+        assert_eq!(publisher_id("cam", 12, 345, 6), "cam-12.345-6");
+        // Shortened labels keep 26 bytes and hash the whole label.
+        let long = format!("{}x", "a".repeat(60));
+        let id = publisher_id(&long, 1, 2, 3);
+        assert_eq!(id.len(), 26 + 1 + 16 + "-1.2-3".len());
+        assert!(id.starts_with(&format!("{}.", "a".repeat(26))), "{id}");
+        assert_ne!(id, publisher_id(&format!("{}y", "a".repeat(60)), 1, 2, 3));
     }
 }

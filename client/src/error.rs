@@ -14,13 +14,19 @@ pub enum Error {
         "ring is full: subscribers have not released enough space (use send/send_timeout to wait)"
     )]
     Full,
-    /// A `*_timeout` call ran out of time.
+    /// A `*_timeout` call ran out of time; carries the timeout it was given.
+    /// Calls without a timeout (`send`, `recv`, `recv_async`) never return
+    /// it.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
-    /// The archived message is larger than the topic's maximum message size.
+    /// The archived message is larger than the topic's maximum message size
+    /// (or, for [`MessageLoan::write`](crate::MessageLoan::write), than the
+    /// loan). Decided by counting the archive's bytes, the same in every
+    /// build.
     #[error("message of {len} bytes exceeds the topic's maximum of {max} bytes: create the publisher with a larger max_message")]
     TooLarge {
-        /// Archived size (or a lower bound of it).
+        /// Archived size (exact, or a lower bound if rkyv failed on the way
+        /// after outgrowing the maximum).
         len: usize,
         /// The ring's maximum.
         max: usize,
@@ -44,16 +50,21 @@ pub enum Error {
         publisher: String,
         /// The expected type.
         type_name: String,
-        /// What the validator said.
+        /// What the validator said, with the payload's length (never
+        /// empty, in release builds too).
         reason: String,
     },
-    /// rkyv could not serialize the message.
+    /// rkyv could not serialize the message for a reason other than its
+    /// size (a `Serialize` impl that failed), or a loan was committed
+    /// without a valid archive in it.
     #[error("could not serialize the message: {0}")]
     Serialize(String),
-    /// This subscriber held a publisher back longer than the topic allows and
-    /// was evicted from that publisher's ring; it rejoined at the newest
-    /// message, and the messages in between are lost.
-    #[error("evicted from publisher {publisher} of topic {topic:?} for lagging; rejoined at its newest message")]
+    /// This subscriber held a publisher back longer than the topic allows
+    /// (`evict_after`), or its slot was taken away, and it lost its place in
+    /// that publisher's ring. Every receive call reports it the same way and
+    /// has already rejoined the ring at its newest message; the messages in
+    /// between are lost.
+    #[error("evicted from publisher {publisher} of topic {topic:?} (it held the publisher back too long, or its slot was taken); rejoined at its newest message")]
     Evicted {
         /// The topic.
         topic: String,

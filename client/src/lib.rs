@@ -42,6 +42,39 @@
 //!   copies and exact loss counts ([`TopicEvent::Lost`]).
 //! - Every archive is validated (rkyv `bytecheck`) before you see it, unless
 //!   you opt out with the `unsafe` [`Subscriber::trust_publishers`].
+//!
+//! ## Message types
+//!
+//! Every ring carries the name of its message type and a fingerprint; a
+//! publisher or subscriber of another fingerprint gets
+//! [`Error::TypeMismatch`] naming both types.
+//! The fingerprint ([`fingerprint_named`]) hashes:
+//!
+//! - the **type name**: by default [`type_name`], Rust's type name with every
+//!   path reduced to its last segment (`robot_msgs::pose::Pose` → `Pose`,
+//!   `alloc::vec::Vec<u8>` → `Vec<u8>`), so neither the crate's path nor how
+//!   a compiler version spells paths matters; or a name you declare per
+//!   topic with [`Bus::typed_publisher`] /
+//!   [`Bus::typed_subscriber`];
+//! - the **archived layout** of the root type: size and alignment of
+//!   `T::Archived`, which rkyv fixes by construction (derived archived
+//!   structs are `#[repr(C)]`, enums `#[repr(uN)]`, primitives have fixed
+//!   sizes and byte orders), so they are the same for every build of the
+//!   same definition;
+//! - the **rkyv format** (endianness, primitive alignment, pointer width).
+//!
+//! Publishers and subscribers agree on a topic's type when their
+//! fingerprints are equal. How services share a message type: best, a
+//! shared message crate that every service depends on (one definition, so
+//! one name and layout, whatever compiler builds each service); or
+//! separate definitions with the same declared name and the same fields,
+//! which the fingerprint accepts as one type. Two different types that
+//! happen to share a name (`a::Pose`, `b::Pose`) should be declared under
+//! distinct names if they travel on one bus. The layout part only
+//! covers the root type's inline bytes (a `Vec<u32>` and a `Vec<u64>` field
+//! archive to the same size): the name is the contract, the layout a check
+//! against the common mistakes. Bytes that still do not fit are caught by
+//! validation ([`Error::InvalidMessage`]).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -53,7 +86,9 @@ mod subscriber;
 
 pub use crate::{
     bus::{Bus, BusBuilder, TopicOptions},
-    codec::{fingerprint, type_name, Checkable, Publishable, MAX_ALIGN},
+    codec::{
+        fingerprint, fingerprint_named, type_name, ArchiveWriter, Checkable, Publishable, MAX_ALIGN,
+    },
     error::{Error, Result},
     publisher::{MessageLoan, Publisher},
     subscriber::{Sample, Subscriber, TopicEvent},

@@ -1,12 +1,16 @@
 //! [`Publisher`]: writes rkyv archives straight into its own ring.
 
-use std::{marker::PhantomData, mem::MaybeUninit, time::Duration};
+use std::{
+    marker::PhantomData,
+    mem::MaybeUninit,
+    time::{Duration, Instant},
+};
 
 use rkyv::Archive;
 use shmbus_bus::{self as bus, Loan, RingReader, RingWriter, StartAt, WaitStrategy, WriterStats};
 
 use crate::{
-    codec::{self, Publishable},
+    codec::{self, Publishable, SerializeFail},
     Bus, Error, Result,
 };
 
@@ -23,6 +27,8 @@ pub struct Publisher<T: Archive> {
     writer: RingWriter,
     topic: String,
     id: String,
+    /// The name the ring declares for `T`.
+    type_name: String,
     wait: WaitStrategy,
     /// Bytes the last message archived to: the first buffer offered to rkyv.
     size_hint: usize,
@@ -32,24 +38,35 @@ pub struct Publisher<T: Archive> {
 }
 
 impl<T: Publishable> Publisher<T> {
-    pub(crate) fn create(bus: &Bus, topic: &str, label: &str) -> Result<Self> {
+    pub(crate) fn create(bus: &Bus, topic: &str, label: &str, ty: codec::TypeInfo) -> Result<Self> {
         let dir = bus.topic_dir(topic)?;
+        let mut id = Bus::new_publisher_id(label)?;
         bus::create_dir_all(&dir, bus.dir_mode())?;
         let _ = bus::sweep_topic(&dir);
-        let type_name = codec::type_name::<T>();
-        let fingerprint = codec::fingerprint::<T>();
-        check_topic_type(&dir, topic, type_name, fingerprint)?;
-        let id = Bus::new_publisher_id(label);
+        check_topic_type(&dir, topic, &ty)?;
         let config = bus::RingConfig {
-            type_name: type_name.to_string(),
-            type_fingerprint: fingerprint,
+            type_name: ty.name.clone(),
+            type_fingerprint: ty.fingerprint,
             ..bus.ring_config()
         };
-        let writer = RingWriter::create(&bus::ring_path(&dir, &id)?, &config)?;
+        // Ids are unique per process (counter) and per host (pid and start
+        // time); processes in different pid namespaces can still meet on one
+        // pid and start tick: then take the next counter value.
+        let mut attempts = 0;
+        let writer = loop {
+            match RingWriter::create(&bus::ring_path(&dir, &id)?, &config) {
+                Err(bus::Error::AlreadyExists(_)) if attempts < ID_ATTEMPTS => {
+                    attempts += 1;
+                    id = Bus::new_publisher_id(label)?;
+                }
+                other => break other?,
+            }
+        };
         Ok(Self {
             writer,
             topic: topic.to_string(),
             id,
+            type_name: ty.name,
             wait: WaitStrategy::default(),
             size_hint: 64,
             arena: codec::Scratch::new(),
@@ -57,7 +74,10 @@ impl<T: Publishable> Publisher<T> {
         })
     }
 
-    /// This publisher's id (its ring's file name without `.ring`).
+    /// This publisher's id (its ring's file name without `.ring`):
+    /// `<label>-<pid>.<start time>-<n>`, at most
+    /// [`shmbus_bus::MAX_NAME_LEN`] bytes; a label longer than 43 bytes
+    /// appears as its first 26 bytes, `.` and a 16-digit hash of the whole.
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -65,6 +85,12 @@ impl<T: Publishable> Publisher<T> {
     /// The topic.
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// The name this publisher's ring declares for `T` (see
+    /// [`Bus::typed_publisher`]).
+    pub fn type_name(&self) -> &str {
+        &self.type_name
     }
 
     /// How `send` waits for space (default: spin briefly, then sleep).
@@ -77,9 +103,9 @@ impl<T: Publishable> Publisher<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::TooLarge`], [`Error::Serialize`].
+    /// [`Error::TooLarge`], [`Error::Serialize`]; never [`Error::Timeout`].
     pub fn send(&mut self, message: &T) -> Result<()> {
-        self.send_inner(message, self.wait, None, true)
+        self.send_inner(message, Wait::Forever(self.wait), true)
     }
 
     /// Publishes `message` if there is space now.
@@ -88,19 +114,18 @@ impl<T: Publishable> Publisher<T> {
     ///
     /// [`Error::Full`], [`Error::TooLarge`], [`Error::Serialize`].
     pub fn try_send(&mut self, message: &T) -> Result<()> {
-        match self.send_inner(message, WaitStrategy::BusySpin, Some(Duration::ZERO), true) {
-            Err(Error::Timeout(_)) => Err(Error::Full),
-            other => other,
-        }
+        self.send_inner(message, Wait::Never, true)
     }
 
-    /// Publishes `message`, waiting at most `timeout` for space.
+    /// Publishes `message`, waiting at most `timeout` for space. A timeout
+    /// too long to be a point in time (`Duration::MAX`) waits forever.
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`], [`Error::TooLarge`], [`Error::Serialize`].
+    /// [`Error::Timeout`] with `timeout`, [`Error::TooLarge`],
+    /// [`Error::Serialize`].
     pub fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<()> {
-        self.send_inner(message, self.wait, Some(timeout), true)
+        self.send_inner(message, Wait::after(self.wait, timeout), true)
     }
 
     /// Publishes every message with one tail store and at most one wake-up.
@@ -115,7 +140,7 @@ impl<T: Publishable> Publisher<T> {
     {
         let mut n = 0;
         for m in messages {
-            if let Err(e) = self.send_inner(m, self.wait, None, false) {
+            if let Err(e) = self.send_inner(m, Wait::Forever(self.wait), false) {
                 self.writer.publish();
                 return Err(e);
             }
@@ -125,42 +150,59 @@ impl<T: Publishable> Publisher<T> {
         Ok(n)
     }
 
-    fn send_inner(
-        &mut self,
-        message: &T,
-        wait: WaitStrategy,
-        timeout: Option<Duration>,
-        publish: bool,
-    ) -> Result<()> {
+    /// Serializes `message` in place: first into a generous loan sized by
+    /// the last message; if the archive outgrew it, the writer counted its
+    /// exact size, and the message is written again into a loan of exactly
+    /// that size. So a message never asks for more ring space than it needs
+    /// (no `max_message` loan that pads the rest of a lap or waits for a
+    /// megabyte to free), and sizes are decided by counting, not by reading
+    /// rkyv's error messages.
+    fn send_inner(&mut self, message: &T, wait: Wait, publish: bool) -> Result<()> {
         let max = self.writer.max_message();
         let hint = self.size_hint.min(max);
         // First try: room for the last size, and up to twice that if free now.
-        let mut loan = self
-            .writer
-            .loan_up_to(hint, hint.saturating_mul(2).max(256), wait, timeout)
-            .map_err(|e| timeout_err(e, timeout))?;
-        let len = match codec::serialize_into(message, loan.as_uninit(), &mut self.arena) {
-            Ok(len) => len,
-            Err(first) => {
-                if loan.len() >= max {
-                    return Err(too_large_or(first, max));
+        let want = hint.saturating_mul(2).max(256);
+        let needed = {
+            let mut loan = wait.loan(&mut self.writer, hint, want)?;
+            match codec::serialize_into(message, loan.as_uninit(), &mut self.arena) {
+                Ok(len) => {
+                    self.size_hint = len.max(16);
+                    commit(loan, len, publish);
+                    return Ok(());
                 }
-                // Second try: the largest message the ring takes.
-                loan = self
-                    .writer
-                    .loan(max, wait, timeout)
-                    .map_err(|e| timeout_err(e, timeout))?;
-                codec::serialize_into(message, loan.as_uninit(), &mut self.arena)
-                    .map_err(|e| too_large_or(e, max))?
+                Err(SerializeFail::NoRoom { needed }) => needed,
+                Err(SerializeFail::Failed { error, reached }) => {
+                    return Err(self.failed(&error, reached, max));
+                }
             }
+            // The unused loan is dropped here: it publishes nothing.
         };
-        self.size_hint = len.max(16);
-        if publish {
-            loan.commit(len);
-        } else {
-            loan.commit_deferred(len);
+        if needed > max {
+            return Err(Error::TooLarge { len: needed, max });
         }
-        Ok(())
+        self.size_hint = needed.max(16);
+        let mut loan = wait.loan(&mut self.writer, needed, needed)?;
+        match codec::serialize_into(message, loan.as_uninit(), &mut self.arena) {
+            Ok(len) => {
+                commit(loan, len, publish);
+                Ok(())
+            }
+            Err(SerializeFail::NoRoom { needed: again }) => Err(Error::Serialize(format!(
+                "{}: the archive grew from {needed} to {again} bytes between two \
+                 serializations of one message (a Serialize impl that is not deterministic)",
+                self.type_name
+            ))),
+            Err(SerializeFail::Failed { error, reached }) => Err(self.failed(&error, reached, max)),
+        }
+    }
+
+    fn failed(&self, error: &rkyv::rancor::BoxedError, reached: usize, max: usize) -> Error {
+        if reached > max {
+            // Failed after outgrowing the ring's maximum: that is the news.
+            Error::TooLarge { len: reached, max }
+        } else {
+            Error::Serialize(codec::serialize_reason(error, &self.type_name))
+        }
     }
 
     /// Reserves `len` bytes in the ring to fill in place: with
@@ -184,10 +226,11 @@ impl<T: Publishable> Publisher<T> {
     /// # drop(publisher); std::fs::remove_dir_all(&root).ok();
     /// ```
     pub fn loan(&mut self, len: usize) -> Result<MessageLoan<'_, T>> {
-        let loan = self.writer.loan(len, self.wait, None)?;
+        let loan = Wait::Forever(self.wait).loan(&mut self.writer, len, len)?;
         Ok(MessageLoan {
             loan,
             arena: &mut self.arena,
+            type_name: &self.type_name,
             written: None,
             _type: PhantomData,
         })
@@ -200,7 +243,9 @@ impl<T: Publishable> Publisher<T> {
     ///
     /// [`Error::TooLarge`]; waits for space like `send`.
     pub fn send_bytes(&mut self, archive: &[u8]) -> Result<()> {
-        Ok(self.writer.write(archive, self.wait, None)?)
+        self.writer
+            .write(archive, self.wait, None)
+            .map_err(|e| Wait::Forever(self.wait).error(e))
     }
 
     /// Ring counters.
@@ -215,29 +260,85 @@ impl<T: Publishable> Publisher<T> {
     }
 }
 
-fn timeout_err(e: bus::Error, timeout: Option<Duration>) -> Error {
-    match e {
-        bus::Error::Timeout => Error::Timeout(timeout.unwrap_or_default()),
-        other => other.into(),
+/// Commits a loan, publishing now or with the batch.
+fn commit(loan: Loan<'_>, len: usize, publish: bool) {
+    if publish {
+        loan.commit(len);
+    } else {
+        loan.commit_deferred(len);
     }
 }
 
-fn too_large_or(e: rkyv::rancor::Error, max: usize) -> Error {
-    let text = e.to_string();
-    if text.contains("overflowed buffer") {
-        Error::TooLarge { len: max + 1, max }
-    } else {
-        Error::Serialize(text)
+/// How many other ids a publisher tries when its id is taken.
+const ID_ATTEMPTS: u32 = 16;
+
+/// How a send waits for ring space.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// `try_send`: not at all.
+    Never,
+    /// `send`: as long as it takes.
+    Forever(WaitStrategy),
+    /// `send_timeout`: until `deadline`; `timeout` is what the caller asked.
+    Until {
+        strategy: WaitStrategy,
+        deadline: Instant,
+        timeout: Duration,
+    },
+}
+
+impl Wait {
+    /// Waiting at most `timeout` from now; forever if the deadline is past
+    /// what `Instant` can represent (saturating, never a panic).
+    fn after(strategy: WaitStrategy, timeout: Duration) -> Self {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => Self::Until {
+                strategy,
+                deadline,
+                timeout,
+            },
+            None => Self::Forever(strategy),
+        }
+    }
+
+    /// Reserves at least `len` bytes, up to `want` if free now.
+    fn loan<'w>(self, writer: &'w mut RingWriter, len: usize, want: usize) -> Result<Loan<'w>> {
+        let result = match self {
+            // The bus has no non-waiting `loan_up_to`; a zero timeout is one
+            // reservation attempt, and its `Timeout` means exactly "full".
+            // (Asked of the bus layer: `RingWriter::try_loan_up_to`.)
+            Self::Never => writer
+                .loan_up_to(len, want, WaitStrategy::BusySpin, Some(Duration::ZERO))
+                .map_err(|e| match e {
+                    bus::Error::Timeout => bus::Error::Full,
+                    other => other,
+                }),
+            Self::Forever(strategy) => writer.loan_up_to(len, want, strategy, None),
+            Self::Until {
+                strategy, deadline, ..
+            } => writer.loan_up_to(
+                len,
+                want,
+                strategy,
+                Some(deadline.saturating_duration_since(Instant::now())),
+            ),
+        };
+        result.map_err(|e| self.error(e))
+    }
+
+    /// The client error for a bus error of a reservation made this way.
+    fn error(self, e: bus::Error) -> Error {
+        match (e, self) {
+            (bus::Error::Timeout, Self::Until { timeout, .. }) => Error::Timeout(timeout),
+            // A wait without a deadline never times out; pass on anything
+            // else unchanged rather than invent a duration.
+            (other, _) => other.into(),
+        }
     }
 }
 
 /// Refuses a publisher whose type differs from the topic's live publishers.
-fn check_topic_type(
-    dir: &std::path::Path,
-    topic: &str,
-    name: &str,
-    fingerprint: u64,
-) -> Result<()> {
+fn check_topic_type(dir: &std::path::Path, topic: &str, ty: &codec::TypeInfo) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
@@ -251,11 +352,11 @@ fn check_topic_type(
             let info = reader.info();
             if reader.publisher_alive()
                 && info.type_fingerprint != 0
-                && info.type_fingerprint != fingerprint
+                && info.type_fingerprint != ty.fingerprint
             {
                 return Err(Error::TypeMismatch {
                     topic: topic.to_string(),
-                    expected: name.to_string(),
+                    expected: ty.name.clone(),
                     found: info.type_name.clone(),
                 });
             }
@@ -269,22 +370,36 @@ fn check_topic_type(
 pub struct MessageLoan<'a, T> {
     loan: Loan<'a>,
     arena: &'a mut codec::Scratch,
+    type_name: &'a str,
     written: Option<usize>,
     _type: PhantomData<fn(&T)>,
 }
 
 impl<T: Publishable> MessageLoan<'_, T> {
-    /// Serializes `message` into the loan (replacing anything written before).
+    /// Serializes `message` into the loan, replacing anything written
+    /// before. If it fails, nothing is written any more (a previous write
+    /// was overwritten): [`Self::commit`] then fails too.
     ///
     /// # Errors
     ///
-    /// [`Error::TooLarge`] if the archive does not fit the loan.
+    /// [`Error::TooLarge`] with the archive's exact size if it does not fit
+    /// the loan; [`Error::Serialize`].
     pub fn write(&mut self, message: &T) -> Result<()> {
+        self.written = None;
         let max = self.loan.len();
-        let len = codec::serialize_into(message, self.loan.as_uninit(), self.arena)
-            .map_err(|e| too_large_or(e, max))?;
-        self.written = Some(len);
-        Ok(())
+        match codec::serialize_into(message, self.loan.as_uninit(), self.arena) {
+            Ok(len) => {
+                self.written = Some(len);
+                Ok(())
+            }
+            Err(SerializeFail::NoRoom { needed }) => Err(Error::TooLarge { len: needed, max }),
+            Err(SerializeFail::Failed { reached, .. }) if reached > max => {
+                Err(Error::TooLarge { len: reached, max })
+            }
+            Err(SerializeFail::Failed { error, .. }) => Err(Error::Serialize(
+                codec::serialize_reason(&error, self.type_name),
+            )),
+        }
     }
 
     /// The loan's bytes, for writing an archive by hand; then
@@ -297,7 +412,8 @@ impl<T: Publishable> MessageLoan<'_, T> {
     ///
     /// # Errors
     ///
-    /// [`Error::Serialize`] if nothing was written.
+    /// [`Error::Serialize`] if nothing was written (or the last write
+    /// failed); the loan is dropped and publishes nothing.
     pub fn commit(self) -> Result<()> {
         match self.written {
             Some(len) => {
@@ -305,7 +421,7 @@ impl<T: Publishable> MessageLoan<'_, T> {
                 Ok(())
             }
             None => Err(Error::Serialize(
-                "commit of a loan nothing was written to".into(),
+                "commit of a loan that holds no archive: write() was not called or failed".into(),
             )),
         }
     }

@@ -86,6 +86,8 @@ pub struct Subscriber<T: Archive> {
     /// Receive polls so far (for the periodic rescan).
     polls: u32,
     checked: bool,
+    /// The message type this subscriber expects (name and fingerprint).
+    ty: codec::TypeInfo,
     events: VecDeque<TopicEvent>,
     lost_messages: u64,
     /// Errors found while scanning (a ring of another type, a corrupt
@@ -109,6 +111,7 @@ where
         topic: &str,
         start: StartAt,
         wait: WaitStrategy,
+        ty: codec::TypeInfo,
     ) -> Result<Self> {
         let dir = bus.topic_dir(topic)?;
         bus::create_dir_all(&dir, bus.dir_mode())?;
@@ -125,6 +128,7 @@ where
             next: 0,
             polls: 0,
             checked: true,
+            ty,
             events: VecDeque::new(),
             lost_messages: 0,
             pending_errors: VecDeque::new(),
@@ -140,10 +144,9 @@ where
             .iter()
             .position(|e| matches!(e, Error::TypeMismatch { .. }))
         {
-            return Err(sub
-                .pending_errors
-                .remove(i)
-                .unwrap_or(Error::Timeout(Duration::ZERO)));
+            if let Some(mismatch) = sub.pending_errors.remove(i) {
+                return Err(mismatch);
+            }
         }
         sub.start = StartAt::Oldest;
         Ok(sub)
@@ -255,10 +258,10 @@ where
             self.uninitialized.remove(id);
             self.known.insert(id.to_string());
             let info = reader.info();
-            if info.type_fingerprint != codec::fingerprint::<T>() {
+            if info.type_fingerprint != self.ty.fingerprint {
                 self.pending_errors.push_back(Error::TypeMismatch {
                     topic: self.topic.clone(),
-                    expected: codec::type_name::<T>().to_string(),
+                    expected: self.ty.name.clone(),
                     found: if info.type_name.is_empty() {
                         "untyped bytes".to_string()
                     } else {
@@ -276,6 +279,60 @@ where
                 reader,
             });
         }
+    }
+
+    /// Handles a fault of source `i`'s ring and returns what to report:
+    /// after an eviction (or a slot taken away) the subscriber leaves the
+    /// ring and rejoins it at its newest message ([`Error::Evicted`]); a
+    /// ring that cannot be read further is dropped and its error returned.
+    fn fault(&mut self, i: usize, e: bus::Error) -> Error {
+        let repair = match e {
+            bus::Error::Evicted | bus::Error::SlotLost => Repair::Rejoin,
+            _ => Repair::Drop,
+        };
+        let publisher = self.repair(i, repair);
+        match repair {
+            Repair::Rejoin => Error::Evicted {
+                topic: self.topic.clone(),
+                publisher,
+            },
+            Repair::Drop => e.into(),
+        }
+    }
+
+    /// Rejoins or drops source `i`; returns its publisher id.
+    fn repair(&mut self, i: usize, repair: Repair) -> String {
+        // Leave the old slot first: with every slot taken, the rejoin needs it.
+        let old = self.sources.remove(i);
+        let Source { id, path, reader } = old;
+        drop(reader);
+        if repair == Repair::Rejoin {
+            match RingReader::open(&path, StartAt::Latest) {
+                Ok(reader) => {
+                    self.sources.insert(
+                        i,
+                        Source {
+                            id: id.clone(),
+                            path,
+                            reader,
+                        },
+                    );
+                }
+                // Removed meanwhile: the publisher is gone.
+                Err(bus::Error::NotFound(_)) => {
+                    self.events.push_back(TopicEvent::PublisherGone {
+                        publisher: id.clone(),
+                    });
+                }
+                // No slot now (or another failure): the next scan retries
+                // the ring and reports what keeps it out.
+                Err(_) => {
+                    self.known.remove(&id);
+                    self.dir_modified = None;
+                }
+            }
+        }
+        id
     }
 
     /// Finds a source with a message ready, dealing with gaps, finished
@@ -315,25 +372,7 @@ where
                     }
                     return Ok(Some(i));
                 }
-                Err(bus::Error::Evicted | bus::Error::SlotLost) => {
-                    let publisher = source.id.clone();
-                    // Rejoin at the newest message; report the eviction once.
-                    match RingReader::open(&source.path, StartAt::Latest) {
-                        Ok(reader) => source.reader = reader,
-                        Err(_) => {
-                            self.sources.remove(i);
-                        }
-                    }
-                    return Err(Error::Evicted {
-                        topic: self.topic.clone(),
-                        publisher,
-                    });
-                }
-                Err(e) => {
-                    // A corrupt ring: stop reading it, report once.
-                    self.sources.remove(i);
-                    return Err(e.into());
-                }
+                Err(e) => return Err(self.fault(i, e)),
             }
         }
         Ok(None)
@@ -345,29 +384,48 @@ where
     ///
     /// [`Error::InvalidMessage`] (the message is skipped),
     /// [`Error::TypeMismatch`] for a new publisher of another type (it is
-    /// ignored), [`Error::Evicted`] (rejoined), [`Error::Bus`] for a corrupt
-    /// ring (it is dropped). The subscriber stays usable after each.
+    /// ignored), [`Error::Evicted`] (the ring is rejoined at its newest
+    /// message), [`Error::Bus`] for a corrupt ring (it is dropped). The
+    /// subscriber stays usable after each.
     pub fn try_recv(&mut self) -> Result<Option<Sample<'_, T>>> {
         let Some(i) = self.find_ready()? else {
             return Ok(None);
         };
         self.next = i + 1;
-        let topic = &self.topic;
-        let checked = self.checked;
-        let source = &mut self.sources[i];
+        let this: *mut Self = self;
+        // SAFETY: `this` is `self`, a unique borrow alive for the whole call.
+        // Everything below borrows through `me`, except the error arm, which
+        // goes back to `self` once every borrow through `me` is dead (the
+        // error owns its data). The borrow checker cannot see that when the
+        // other arm returns a borrow (no Polonius yet: rust-lang/rust#54663).
+        let me = unsafe { &mut *this };
+        let Self {
+            topic,
+            checked,
+            ty,
+            sources,
+            events,
+            lost_messages,
+            ..
+        } = me;
+        let source = &mut sources[i];
         let id = source.id.as_str();
-        match source.reader.try_read()? {
+        let event = match source.reader.try_read() {
+            Ok(event) => event,
+            Err(e) => return Err(self.fault(i, e)),
+        };
+        match event {
             ReadEvent::Message(message) => {
                 let bytes = message.payload();
-                let archived = if checked {
+                let archived = if *checked {
                     match codec::access_checked::<T::Archived>(bytes) {
                         Ok(a) => NonNull::from(a),
                         Err(e) => {
                             return Err(Error::InvalidMessage {
                                 topic: topic.clone(),
                                 publisher: id.to_string(),
-                                type_name: codec::type_name::<T>().to_string(),
-                                reason: e.to_string(),
+                                type_name: ty.name.clone(),
+                                reason: codec::invalid_reason(&e, bytes.len(), &ty.name),
                             })
                         }
                     }
@@ -383,18 +441,17 @@ where
                     archived,
                 }))
             }
-            // Overwrite: the copy showed messages were lost before this one
-            // (it is read next time).
+            // Not seen after `find_ready` (it takes gaps and closed rings
+            // first); handled anyway, and `recv` waits again after `None`.
             ReadEvent::Gap { messages, bytes } => {
-                self.lost_messages += messages;
-                self.events.push_back(TopicEvent::Lost {
+                *lost_messages += messages;
+                events.push_back(TopicEvent::Lost {
                     publisher: id.to_string(),
                     messages,
                     bytes,
                 });
                 Ok(None)
             }
-            // Lost a race with a lapping writer between probe and read.
             ReadEvent::Empty | ReadEvent::Closed => Ok(None),
         }
     }
@@ -403,34 +460,48 @@ where
     ///
     /// # Errors
     ///
-    /// As [`Self::try_recv`].
+    /// As [`Self::try_recv`]; never [`Error::Timeout`].
     pub fn recv(&mut self) -> Result<Sample<'_, T>> {
-        self.recv_deadline(None)
+        self.recv_until(None, Duration::MAX)
     }
 
-    /// Receives the next message, waiting at most `timeout`.
+    /// Receives the next message, waiting at most `timeout`. A timeout too
+    /// long to be a point in time (`Duration::MAX`) waits forever.
     ///
     /// # Errors
     ///
-    /// As [`Self::try_recv`], plus [`Error::Timeout`].
+    /// As [`Self::try_recv`], plus [`Error::Timeout`] with `timeout`.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Sample<'_, T>> {
-        self.recv_deadline(Some(timeout))
+        // Saturating: a deadline past what `Instant` holds is no deadline.
+        let deadline = Instant::now().checked_add(timeout);
+        self.recv_until(deadline, timeout)
     }
 
-    fn recv_deadline(&mut self, timeout: Option<Duration>) -> Result<Sample<'_, T>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+    /// Waits for a message until `deadline` (`None`: forever); a timeout
+    /// reports `timeout`.
+    fn recv_until(
+        &mut self,
+        deadline: Option<Instant>,
+        timeout: Duration,
+    ) -> Result<Sample<'_, T>> {
         loop {
             if self.wait_ready(deadline)? {
-                break;
+                let this: *mut Self = self;
+                // SAFETY: `this` is `self`, a unique borrow alive for the
+                // whole call. Returning the sample from one arm makes the
+                // borrow checker (without Polonius: rust-lang/rust#54663)
+                // keep `self` borrowed in the other arm too, where the
+                // reborrow below is already dead; nothing else uses `self`
+                // while it lives.
+                if let Some(sample) = unsafe { &mut *this }.try_recv()? {
+                    return Ok(sample);
+                }
+                // A ready ring gave no message (a race lost to a lapping
+                // writer): wait again; this is not a timeout.
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::Timeout(timeout.unwrap_or_default()));
+                return Err(Error::Timeout(timeout));
             }
-        }
-        match self.try_recv()? {
-            Some(sample) => Ok(sample),
-            // Only after a lost overwrite race; the next call waits again.
-            None => Err(Error::Timeout(Duration::ZERO)),
         }
     }
 
@@ -461,6 +532,10 @@ where
     /// Reads up to `max` ready messages, handing each archived message to `f`,
     /// releasing each publisher's ring once per batch. Returns how many.
     ///
+    /// An invalid message is skipped; the valid messages around it in the
+    /// batch are still handed to `f`, then [`Error::InvalidMessage`] reports
+    /// the first invalid one (and how many there were).
+    ///
     /// # Errors
     ///
     /// As [`Self::try_recv`]; messages handed to `f` before the error count.
@@ -472,24 +547,34 @@ where
                 break;
             };
             self.next = i + 1;
-            let topic = &self.topic;
             let source = &mut self.sources[i];
-            let mut invalid = None;
+            // The first invalid message: (reason, count of invalid ones).
+            let mut invalid: Option<(String, usize)> = None;
+            let ty = &self.ty;
             let drained = source.reader.drain(max - n, |bytes| {
-                if invalid.is_some() {
-                    return;
-                }
                 if checked {
                     match codec::access_checked::<T::Archived>(bytes) {
                         Ok(a) => f(a),
-                        Err(e) => invalid = Some(e.to_string()),
+                        Err(e) => match &mut invalid {
+                            Some((_, count)) => *count += 1,
+                            None => {
+                                invalid =
+                                    Some((codec::invalid_reason(&e, bytes.len(), &ty.name), 1));
+                            }
+                        },
                     }
                 } else {
                     // SAFETY: see `try_recv`.
                     f(unsafe { rkyv::access_unchecked::<T::Archived>(bytes) });
                 }
-            })?;
-            n += drained.messages;
+            });
+            let drained = match drained {
+                Ok(d) => d,
+                Err(e) => return Err(self.fault(i, e)),
+            };
+            let source = &self.sources[i];
+            let skipped = invalid.as_ref().map_or(0, |(_, count)| *count);
+            n += drained.messages - skipped;
             self.lost_messages += drained.lost_messages;
             if drained.lost_messages > 0 {
                 self.events.push_back(TopicEvent::Lost {
@@ -498,11 +583,19 @@ where
                     bytes: drained.lost_bytes,
                 });
             }
-            if let Some(reason) = invalid {
+            if let Some((reason, count)) = invalid {
+                let reason = if count > 1 {
+                    format!(
+                        "{reason}; {} more invalid message(s) in this batch were skipped",
+                        count - 1
+                    )
+                } else {
+                    reason
+                };
                 return Err(Error::InvalidMessage {
-                    topic: topic.clone(),
+                    topic: self.topic.clone(),
                     publisher: source.id.clone(),
-                    type_name: codec::type_name::<T>().to_string(),
+                    type_name: self.ty.name.clone(),
                     reason,
                 });
             }
@@ -526,12 +619,21 @@ where
     ///
     /// # Errors
     ///
-    /// As [`Self::try_recv`].
+    /// As [`Self::try_recv`]; never [`Error::Timeout`] (wrap it in
+    /// `tokio::time::timeout` for one).
     #[cfg(feature = "tokio")]
     pub async fn recv_async(&mut self) -> Result<Sample<'_, T>> {
         loop {
             if self.find_ready()?.is_some() {
-                break;
+                let this: *mut Self = self;
+                // SAFETY: as in `recv_until`: `this` is `self`, and the
+                // reborrow is dead in the arm that goes on using `self`.
+                // `this` does not live across an `.await`.
+                if let Some(sample) = unsafe { &mut *this }.try_recv()? {
+                    return Ok(sample);
+                }
+                // A ready ring gave no message: look again.
+                continue;
             }
             let probes = self.ready_probes();
             let ready = tokio::task::spawn_blocking(move || {
@@ -547,11 +649,16 @@ where
                 self.idle_checks();
             }
         }
-        match self.try_recv()? {
-            Some(sample) => Ok(sample),
-            None => Err(Error::Timeout(Duration::ZERO)),
-        }
     }
+}
+
+/// What to do with a ring whose read failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repair {
+    /// Evicted or slot taken away: leave and join again at the newest message.
+    Rejoin,
+    /// Cannot be read further: stop reading it.
+    Drop,
 }
 
 /// A received message, read in place. Dereferences to `T`'s archived form.
@@ -592,5 +699,22 @@ impl<T: Archive> std::ops::Deref for Sample<'_, T> {
         // SAFETY: `archived` points into that payload, validated (or vouched
         // for) as an archived `T`.
         unsafe { self.archived.as_ref() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `recv_async`'s future can move between runtime threads: the raw
+    /// reborrow inside it never lives across an `.await`.
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn recv_async_future_is_send() {
+        fn assert_send<F: std::future::Future + Send>(_: F) {}
+        let root = std::env::temp_dir().join(format!("shmbus-send-{}", std::process::id()));
+        let bus = crate::Bus::builder().root(&root).build().unwrap();
+        let mut subscriber = bus.subscriber::<u64>("t").unwrap();
+        assert_send(subscriber.recv_async());
+        drop(subscriber);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
