@@ -318,7 +318,8 @@ fn run_ring_storm(mut args: Args) -> Result<ExitCode, String> {
                 }
                 Ok(ReadEvent::Gap { messages: n, .. }) => {
                     return Err(format!(
-                        "slot {index} gen {generation}: gap of {n} messages on a Block ring"
+                        "slot {index} gen {generation}: gap of {n} messages on a Block ring \
+                         after {got} messages (previous seq {prev:?})"
                     ));
                 }
                 Ok(ReadEvent::Closed) => {
