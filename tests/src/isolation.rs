@@ -180,6 +180,15 @@ pub fn as_user(uid: u32, gid: u32, groups: &[u32]) -> Vec<String> {
     v
 }
 
+/// Sets this process's umask (inherited by the children it starts) to the
+/// common default 022, so that what a group-mode bus does under a typical
+/// user's umask does not depend on the umask the test runner had. Returns
+/// the previous one.
+pub fn typical_umask() -> u32 {
+    // SAFETY: umask(2) has no preconditions and cannot fail.
+    unsafe { libc::umask(0o022) as u32 }
+}
+
 /// Creates `dir` owned by `uid:gid` with `mode`.
 ///
 /// # Errors

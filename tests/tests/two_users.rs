@@ -1,10 +1,12 @@
 //! Issue 7, "Two users": a bus in group mode shared by two uids. The
 //! publisher's user owns the tree; a second uid, a member of the bus group
 //! only through a supplementary group, subscribes and reads, but cannot
-//! write the data file: `open(O_RDWR)` of `<id>.ring` fails with EACCES and
-//! so does `mprotect(PROT_WRITE)` of a read-only shared mapping of it (the
+//! write the data file: `open(O_RDWR)` of `<id>.ring` fails with EACCES (the
 //! data file is created without group write; the control file `<id>.ctl`
-//! is the shared read-write one). A tree owned by another user is refused
+//! is the shared read-write one), and `mprotect(PROT_WRITE)` of the
+//! subscriber library's own mapping of it fails with EACCES (opened
+//! `O_RDONLY`, mapped `PROT_READ`). Group mode must work under the usual
+//! umask 022 (the library sets the modes it asks for). A tree owned by another user is refused
 //! in owner mode with an error naming it.
 //!
 //! Runs processes as other uids with `setpriv` (numeric ids, no passwd
@@ -17,7 +19,8 @@ use shmbus::Bus;
 use shmbus_tests::{
     harness::{parse_ready, TestEnv, LINE_TIMEOUT},
     isolation::{
-        as_user, describe_tree, make_owned_dir, other_users_unavailable, skip, CONTROL_EXT, IDS,
+        as_user, describe_tree, make_owned_dir, other_users_unavailable, skip, typical_umask,
+        CONTROL_EXT, IDS,
     },
     msg::TestMsg,
 };
@@ -31,6 +34,9 @@ fn group_bus_second_user_reads_but_cannot_write_the_data_file() {
         return;
     }
     let env = TestEnv::new(test, PEER, Duration::from_secs(90));
+    // Group mode must give the group its access whatever the umask: test
+    // under the usual 022, which takes group write away from plain creates.
+    typical_umask();
     // The bus root: owned by the owner, group-shared, setgid so everything
     // made below it belongs to the bus group (what an admin sets up).
     let shared = env.root().join("shared");
@@ -93,8 +99,9 @@ fn group_bus_second_user_reads_but_cannot_write_the_data_file() {
         "second-user-access",
         &other,
         &shared,
-        &["access", "--file", &data_arg],
+        &["access", "--group", "--topic", topic, "--file", &data_arg],
     );
+    access.collect_output(LINE_TIMEOUT);
     access.wait_ok(LINE_TIMEOUT);
     let lines = access.lines_seen().to_vec();
     let tree = describe_tree(&shared);
@@ -107,9 +114,10 @@ fn group_bus_second_user_reads_but_cannot_write_the_data_file() {
         "the second user's open(O_RDWR) of the data file did not fail with EACCES: {lines:?}{tree}"
     );
     assert!(
-        lines.iter().any(|l| l == "mprotect-write errno=EACCES"),
-        "the second user's mprotect(PROT_WRITE) of the data file's mapping did not fail with \
-         EACCES: {lines:?}{tree}"
+        lines.iter().any(|l| l == "own-mprotect-write errno=EACCES"),
+        "the second user's mprotect(PROT_WRITE) of the subscriber's own mapping of the data \
+         file did not fail with EACCES (it must be opened O_RDONLY, mapped PROT_READ): \
+         {lines:?}{tree}"
     );
     let control = data.with_extension(CONTROL_EXT);
     assert!(

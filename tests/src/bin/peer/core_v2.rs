@@ -9,7 +9,7 @@
 //!      [--seed S] [--stuck-ms MS]
 //! peer sweep --root R --topic T [--for-ms MS] [--every-ms MS]
 //! peer fill --root R --topic T [--capacity B] [--max-rings N] [--count C]
-//! peer access --root R --file F
+//! peer access --root R --file F [--topic T] [--group]
 //! ```
 //!
 //! - `hold`: subscribes, takes the first sample, snapshots its bytes,
@@ -38,7 +38,10 @@
 //!   all (`exchanged <n>`). Exit 0 if that worked.
 //! - `access`: tries `open(O_RDWR)` on `--file` and `mprotect(PROT_WRITE)`
 //!   of a read-only shared mapping of it, printing `open-rdwr ok|errno=<e>`,
-//!   `map-read ok|errno=<e>`, `mprotect-write ok|errno=<e>`.
+//!   `map-read ok|errno=<e>`, `mprotect-write ok|errno=<e>`; with `--topic`
+//!   it then subscribes (bus options as for `subscribe`, e.g. `--group`),
+//!   receives one message and asks for write access to the library's own
+//!   mappings of `--file`: `own-mprotect-write ok|errno=<e>`.
 
 use std::{
     ffi::CString,
@@ -454,8 +457,16 @@ fn errno_of(e: &std::io::Error) -> String {
 }
 
 fn run_access(mut args: Args) -> Result<ExitCode, String> {
-    let _ = args.opt::<PathBuf>("root")?;
     let file: PathBuf = args.req("file")?;
+    let topic: Option<String> = args.opt("topic")?;
+    let bus = match topic {
+        Some(_) => Some(bus_from(&mut args)?),
+        None => {
+            let _ = args.opt::<PathBuf>("root")?;
+            let _ = args.flag("group");
+            None
+        }
+    };
     args.finish()?;
     match std::fs::OpenOptions::new()
         .read(true)
@@ -467,7 +478,70 @@ fn run_access(mut args: Args) -> Result<ExitCode, String> {
         Err(e) => say(&format!("open-rdwr {}", errno_of(&e))),
     }
     say(&map_then_mprotect(&file));
+    if let (Some(bus), Some(topic)) = (bus, topic) {
+        // The library's own mapping of the data file, made by subscribing.
+        let mut sub = bus
+            .subscriber_with::<TestMsg>(&topic, StartAt::Oldest, WaitStrategy::default())
+            .map_err(|e| format!("subscribe: {e}"))?;
+        let sample = sub
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|e| format!("receive: {e}"))?;
+        verify(&sample)?;
+        drop(sample);
+        say("received");
+        say(&mprotect_own_mappings(&file));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks for write access to every mapping of `file` this process has (the
+/// ones the library made), per `/proc/self/maps`: `own-mprotect-write
+/// ok|errno=<e>` (ok if any region became writable), or `own-mapping none`.
+fn mprotect_own_mappings(file: &Path) -> String {
+    let want = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut results = Vec::new();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 6 || Path::new(fields[5]) != want {
+            continue;
+        }
+        let Some((start, end)) = fields[0].split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: only the protection of an existing mapping of ours is
+        // changed (widened); nothing is written through it.
+        let r = unsafe {
+            libc::mprotect(
+                start as *mut libc::c_void,
+                end - start,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        results.push(if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        });
+    }
+    if results.is_empty() {
+        return "own-mapping none".into();
+    }
+    match results.iter().find_map(|r| r.as_ref().err()) {
+        _ if results.iter().any(Result::is_ok) => format!(
+            "own-mprotect-write ok ({} of {} regions)",
+            results.iter().filter(|r| r.is_ok()).count(),
+            results.len()
+        ),
+        Some(e) => format!("own-mprotect-write {}", errno_of(e)),
+        None => "own-mapping none".into(),
+    }
 }
 
 /// Maps one page of `file` read-only and shared, then asks for write access.
