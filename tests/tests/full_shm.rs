@@ -1,7 +1,8 @@
 //! Issue 7, "Full /dev/shm": on a small tmpfs (256 KiB, mounted for the
 //! test), ring creation fails with ENOSPC surfaced as a clear error when the
 //! pages are reserved (`fallocate` at creation), never as a SIGBUS later:
-//! the rings made before keep working, and no process crashes. The mount is
+//! the rings made before keep working, no process crashes, and once it
+//! has exited no file (half-made or not) is left on the mount. The mount is
 //! removed at the end even if the test fails (drop guard).
 //!
 //! Skipped, with the reason printed, when not root.
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use shmbus_tests::{
     harness::{TestEnv, LINE_TIMEOUT},
-    isolation::{describe_tree, is_root, skip, TmpfsMount},
+    isolation::{describe_tree, is_root, leftover_files, skip, TmpfsMount},
 };
 
 const PEER: &str = env!("CARGO_BIN_EXE_peer");
@@ -80,6 +81,13 @@ fn full_tmpfs_is_enospc_at_creation_and_existing_rings_keep_working() {
     assert!(
         lines.iter().any(|l| l.starts_with("exchanged ")),
         "{lines:?}"
+    );
+    // Every process has exited: nothing half-made (nor anything else) stays.
+    let left = leftover_files(&root);
+    assert!(
+        left.is_empty(),
+        "files left on the full tmpfs after every process exited: {left:?}{}",
+        describe_tree(&root)
     );
     // `mount` is dropped here (after `fill` ended): unmounted, dir removed.
     drop(mount);
