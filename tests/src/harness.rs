@@ -133,9 +133,35 @@ impl TestEnv {
     ///
     /// If the process cannot be started.
     pub fn peer(&self, name: &str, args: &[&str]) -> Proc {
-        let mut cmd = Command::new(&self.peer);
+        self.peer_with::<&str>(name, &[], &self.root, args)
+    }
+
+    /// Like [`Self::peer`], but run through the command `prefix` (e.g.
+    /// `unshare --pid --fork ...` or `setpriv --reuid ...`; empty: directly)
+    /// with bus root `root`. With a prefix, [`Proc::pid`] is the prefix
+    /// program's pid.
+    ///
+    /// # Panics
+    ///
+    /// If the process cannot be started.
+    pub fn peer_with<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        name: &str,
+        prefix: &[S],
+        root: &Path,
+        args: &[&str],
+    ) -> Proc {
+        let mut cmd = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&self.peer);
+                c
+            }
+            None => Command::new(&self.peer),
+        };
         let (role, rest) = args.split_first().expect("peer needs a subcommand");
-        cmd.arg(role).arg("--root").arg(&self.root).args(rest);
+        cmd.arg(role).arg("--root").arg(root).args(rest);
+        cmd.env(shmbus_bus::ROOT_ENV, root);
         self.spawn(name, cmd)
     }
 
@@ -147,8 +173,10 @@ impl TestEnv {
     pub fn spawn(&self, name: &str, mut cmd: Command) -> Proc {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env(shmbus_bus::ROOT_ENV, &self.root);
+            .stderr(Stdio::piped());
+        if !cmd.get_envs().any(|(k, _)| k == shmbus_bus::ROOT_ENV) {
+            cmd.env(shmbus_bus::ROOT_ENV, &self.root);
+        }
         let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         let mut child = cmd
             .spawn()
@@ -306,6 +334,49 @@ impl Proc {
                     let _ = self.try_status();
                     panic!("output ended before a line {prefix:?}: {}", self.describe())
                 }
+            }
+        }
+    }
+
+    /// Waits for a stdout line for which `pred` holds and returns it;
+    /// `None` if the child ends its output or `timeout` passes first.
+    pub fn line_where(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Like [`Self::line_where`], panicking with `what` and the child's
+    /// output if no such line comes.
+    ///
+    /// # Panics
+    ///
+    /// If the child ends its output or `timeout` passes first.
+    pub fn expect_line_where(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl FnMut(&str) -> bool,
+    ) -> String {
+        match self.line_where(timeout, pred) {
+            Some(line) => line,
+            None => {
+                let _ = self.try_status();
+                panic!("no line {what} within {timeout:?}: {}", self.describe())
             }
         }
     }

@@ -12,6 +12,8 @@
 //! - [`args`]: the helper's tiny command-line parser;
 //! - [`harness`]: private roots under `/dev/shm`, child processes with line
 //!   channels, and a watchdog that kills children of a test that hangs;
+//! - [`isolation`]: pid namespaces, other uids, a small tmpfs, and what a
+//!   bus leaves behind (the Core v2 tests of issue 7);
 //! - [`ringfile`]: reading and patching segment files from outside (control
 //!   counters, record walking, corruption);
 //! - [`netns`]: two "hosts" as network namespaces joined by veth, with
@@ -22,6 +24,7 @@
 
 pub mod args;
 pub mod harness;
+pub mod isolation;
 pub mod msg;
 pub mod netns;
 pub mod report;

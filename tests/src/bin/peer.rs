@@ -36,6 +36,9 @@ use std::{
 };
 
 use shmbus::{Bus, Error, Policy, Publisher, StartAt, WaitStrategy};
+#[path = "peer/core_v2.rs"]
+mod core_v2;
+
 use shmbus_tests::{
     args::Args,
     msg::{SizeSpec, TestMsg},
@@ -48,7 +51,7 @@ fn main() -> ExitCode {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let mut argv = std::env::args().skip(1);
     let role = argv.next().unwrap_or_default();
-    let flags = ["loan", "linger", "drain"];
+    let flags = ["loan", "linger", "drain", "group"];
     let args = match Args::parse(argv, &flags) {
         Ok(a) => a,
         Err(e) => return usage(&e),
@@ -56,6 +59,12 @@ fn main() -> ExitCode {
     match role.as_str() {
         "publish" => publish(args),
         "subscribe" => subscribe(args),
+        "hold" => core_v2::hold(args),
+        "ring-publish" => core_v2::ring_publish(args),
+        "ring-storm" => core_v2::ring_storm(args),
+        "sweep" => core_v2::sweep(args),
+        "fill" => core_v2::fill(args),
+        "access" => core_v2::access(args),
         other => usage(&format!("unknown subcommand {other:?}")),
     }
 }
@@ -86,6 +95,7 @@ fn bus_from(args: &mut Args) -> Result<Bus, String> {
     Bus::builder()
         .root(root)
         .name(name)
+        .group_access(args.flag("group"))
         .capacity(capacity)
         .max_message(args.or("max-message", max_message)?)
         .slots(args.or("slots", 8u32)?)
@@ -106,6 +116,8 @@ struct PublishPlan {
     hang_after: Option<u64>,
     progress_every: u64,
     linger: bool,
+    retry: Option<Duration>,
+    stats_every: Option<Duration>,
 }
 
 fn publish(mut args: Args) -> ExitCode {
@@ -129,6 +141,8 @@ fn publish(mut args: Args) -> ExitCode {
             hang_after: args.opt("hang-in-loan-after")?,
             progress_every: args.or("progress-every", 0u64)?,
             linger: args.flag("linger"),
+            retry: args.opt("retry-ms")?.map(Duration::from_millis),
+            stats_every: args.opt("stats-every-ms")?.map(Duration::from_millis),
         };
         args.finish()?;
         Ok((bus, plan))
@@ -169,6 +183,8 @@ fn run_publisher(bus: &Bus, plan: &PublishPlan) -> Result<(), Error> {
     let start = Instant::now();
     let mut batch = Vec::with_capacity(plan.batch);
     let mut seq = 0;
+    let mut blocked = 0u64;
+    let mut last_stats = None;
     while seq < plan.count {
         let msg = TestMsg::new(plan.id, seq, plan.size.len(plan.id, seq));
         if plan.hang_after == Some(seq) {
@@ -194,9 +210,23 @@ fn run_publisher(bus: &Bus, plan: &PublishPlan) -> Result<(), Error> {
             let mut loan = publisher.loan(len)?;
             loan.write(&msg)?;
             loan.commit()?;
+        } else if let Some(retry) = plan.retry {
+            // Short timed sends, so the stats lines keep coming while the
+            // ring is full (each retry that finds it full counts a full event).
+            loop {
+                match publisher.send_timeout(&msg, retry) {
+                    Ok(()) => break,
+                    Err(Error::Timeout(_)) => {
+                        blocked += 1;
+                        say_stats(&publisher, blocked, &mut last_stats, plan.stats_every);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         } else {
             publisher.send(&msg)?;
         }
+        say_stats(&publisher, blocked, &mut last_stats, plan.stats_every);
         seq += 1;
         if plan.progress_every > 0 && seq % plan.progress_every == 0 {
             say(&format!("sent {seq}"));
@@ -213,6 +243,26 @@ fn run_publisher(bus: &Bus, plan: &PublishPlan) -> Result<(), Error> {
         while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
     }
     Ok(())
+}
+
+/// Prints `stats published=<n> full=<n> evictions=<n> subscribers=<n>
+/// blocked=<n>` at most once per `every`.
+fn say_stats(
+    publisher: &Publisher<TestMsg>,
+    blocked: u64,
+    last: &mut Option<Instant>,
+    every: Option<Duration>,
+) {
+    let Some(every) = every else { return };
+    if last.is_some_and(|t| t.elapsed() < every) {
+        return;
+    }
+    *last = Some(Instant::now());
+    let s = publisher.stats();
+    say(&format!(
+        "stats published={} full={} evictions={} subscribers={} blocked={blocked}",
+        s.published, s.full_events, s.evictions, s.subscribers
+    ));
 }
 
 fn archived_len(msg: &TestMsg) -> Result<usize, Error> {
@@ -245,6 +295,7 @@ struct SubscribePlan {
     wait: WaitStrategy,
     drain: bool,
     timeout: Duration,
+    exit_after: Option<u64>,
 }
 
 fn subscribe(mut args: Args) -> ExitCode {
@@ -273,6 +324,7 @@ fn subscribe(mut args: Args) -> ExitCode {
             wait,
             drain: args.flag("drain"),
             timeout: Duration::from_secs(args.or("timeout-s", 60u64)?),
+            exit_after: args.opt("exit-after")?,
         };
         args.finish()?;
         Ok((bus, plan))
@@ -342,7 +394,7 @@ fn run_subscriber(bus: &Bus, plan: &SubscribePlan) -> Report {
             stalled = true;
             stall();
         }
-        if tracker.finished(plan.publishers) {
+        if tracker.finished(plan.publishers) || plan.exit_after.is_some_and(|n| received >= n) {
             break;
         }
         if Instant::now() > deadline {
@@ -413,7 +465,12 @@ fn run_subscriber(bus: &Bus, plan: &SubscribePlan) -> Report {
             std::thread::sleep(plan.delay);
         }
     }
-    let report = tracker.finish(plan.count, Some(plan.publishers));
+    let count = if plan.exit_after.is_some() {
+        None
+    } else {
+        plan.count
+    };
+    let report = tracker.finish(count, Some(plan.publishers));
     for e in &report.errors[printed..] {
         say(&format!(
             "error kind={} ring={} {}",
