@@ -201,12 +201,6 @@ impl RingReader {
         self.core.claim().map(|c| (c.index, c.generation()))
     }
 
-    /// This reader's subscriber slot: `(slot index, generation)`, `None`
-    /// once it left. (Test accessor; the lead's version replaces it.)
-    pub fn slot(&self) -> Option<(usize, u64)> {
-        self.core.claim.map(|c| (c.index, c.state >> 8))
-    }
-
     /// The segment's validated header.
     pub fn info(&self) -> &SegmentInfo {
         self.core.view.info()

@@ -60,7 +60,7 @@ pub(crate) enum ReadFault {
 pub(crate) struct ReaderCore<V: View> {
     pub(crate) view: V,
     geo: Geometry,
-    pub(crate) claim: Option<SlotClaim>,
+    claim: Option<SlotClaim>,
     /// Next position to read.
     position: u64,
     /// Sequence number expected next (None until known).
