@@ -232,6 +232,11 @@ impl Bus {
         Ok(bus::topic_dir(&self.root, &self.name, topic)?)
     }
 
+    /// Whether the bus is shared with the owner's group.
+    pub(crate) fn group_access_enabled(&self) -> bool {
+        self.group_access
+    }
+
     pub(crate) fn dir_mode(&self) -> u32 {
         if self.group_access {
             0o770

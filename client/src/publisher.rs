@@ -41,7 +41,7 @@ impl<T: Publishable> Publisher<T> {
     pub(crate) fn create(bus: &Bus, topic: &str, label: &str, ty: codec::TypeInfo) -> Result<Self> {
         let dir = bus.topic_dir(topic)?;
         let mut id = Bus::new_publisher_id(label)?;
-        bus::create_dir_all(&dir, bus.dir_mode())?;
+        bus::create_dir_all(bus.root(), &dir, bus.dir_mode())?;
         let _ = bus::sweep_topic(&dir);
         check_topic_type(&dir, topic, &ty)?;
         let config = bus::RingConfig {

@@ -98,7 +98,24 @@ pub struct Subscriber<T: Archive> {
     uninitialized: HashMap<String, Instant>,
     /// The topic directory's mtime at the last scan.
     dir_modified: Option<std::time::SystemTime>,
+    /// The bus is shared with the owner's group.
+    group: bool,
+    /// This subscriber's entry in the topic's registry: publishers created
+    /// while it exists join it from their first record. `None` only while
+    /// dropping.
+    registration: Option<bus::Registration>,
     _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Archive> Drop for Subscriber<T> {
+    fn drop(&mut self) {
+        // Leave every ring, then the registry, then remove what nobody needs
+        // any more: rings whose publisher is gone (pre-joined slots made
+        // for this subscriber die with its registration).
+        self.sources.clear();
+        self.registration = None;
+        let _ = bus::sweep_topic(&self.dir);
+    }
 }
 
 impl<T> Subscriber<T>
@@ -114,8 +131,11 @@ where
         ty: codec::TypeInfo,
     ) -> Result<Self> {
         let dir = bus.topic_dir(topic)?;
-        bus::create_dir_all(&dir, bus.dir_mode())?;
+        bus::create_dir_all(bus.root(), &dir, bus.dir_mode())?;
         let _ = bus::sweep_topic(&dir);
+        // Register before looking for publishers: every publisher created
+        // from now on joins this subscriber from its first record.
+        let registration = bus::Registration::register_in(&dir, bus.group_access_enabled())?;
         let mut sub = Self {
             topic: topic.to_string(),
             dir,
@@ -134,6 +154,8 @@ where
             pending_errors: VecDeque::new(),
             uninitialized: HashMap::new(),
             dir_modified: None,
+            group: bus.group_access_enabled(),
+            registration: Some(registration),
             _type: PhantomData,
         };
         sub.rescan();
@@ -220,18 +242,41 @@ where
     /// Attaches publishers that appeared since the last scan.
     fn rescan(&mut self) {
         self.dir_modified = std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+        let Ok(entries) = bus::list_rings(&self.dir) else {
             return;
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Some(id) = bus::publisher_id_of(&path) else {
-                continue;
-            };
+        for entry in entries {
+            let path = entry.data_path;
+            let id = entry.publisher_id.as_str();
             if self.known.contains(id) {
                 continue;
             }
-            let reader = match RingReader::open_waiting(&path, self.start, Duration::ZERO) {
+            let options = bus::ReaderOptions {
+                start: self.start,
+                init_wait: Duration::ZERO,
+                group: self.group,
+                registration: self.registration.as_ref(),
+            };
+            let opened = match RingReader::open_with(&path, &options) {
+                // The publisher evicted our pre-joined slot for lag before we
+                // found its ring (untethered eviction): join at its newest
+                // message and say that messages were lost.
+                Err(bus::Error::Evicted) => {
+                    self.events.push_back(TopicEvent::Lost {
+                        publisher: id.to_string(),
+                        messages: 0,
+                        bytes: 0,
+                    });
+                    let options = bus::ReaderOptions {
+                        start: StartAt::Latest,
+                        registration: None,
+                        ..options
+                    };
+                    RingReader::open_with(&path, &options)
+                }
+                other => other,
+            };
+            let reader = match opened {
                 Ok(r) => r,
                 // Removed meanwhile: nothing to do.
                 Err(bus::Error::NotFound(_)) => continue,
@@ -307,7 +352,12 @@ where
         let Source { id, path, reader } = old;
         drop(reader);
         if repair == Repair::Rejoin {
-            match RingReader::open(&path, StartAt::Latest) {
+            let options = bus::ReaderOptions {
+                start: StartAt::Latest,
+                group: self.group,
+                ..bus::ReaderOptions::default()
+            };
+            match RingReader::open_with(&path, &options) {
                 Ok(reader) => {
                     self.sources.insert(
                         i,
@@ -678,8 +728,9 @@ impl<T: Archive> Sample<'_, T> {
         self.publisher
     }
 
-    /// The publisher's sequence number of this message (wraps at 2^32).
-    pub fn sequence(&self) -> u32 {
+    /// The publisher's sequence number of this message (64-bit: never wraps
+    /// in practice).
+    pub fn sequence(&self) -> u64 {
         self.message.sequence()
     }
 

@@ -324,10 +324,14 @@ impl RingWriter {
         self.unlink_on_drop = !keep;
     }
 
-    /// Probes every subscriber slot now (a blocked writer probes only the
-    /// one in its way, rate-limited) and frees those whose owner is provably
-    /// dead. Returns how many were freed.
+    /// Runs the checks of a blocked writer now (untethered eviction of a
+    /// subscriber that held it back too long), then probes every subscriber
+    /// slot (a blocked writer probes only the one in its way, rate-limited)
+    /// and frees those whose owner is provably dead. Returns how many were
+    /// freed.
     pub fn reap_dead_subscribers(&mut self) -> usize {
+        let end = self.core.write_position() + self.core.geometry().capacity;
+        self.core.refresh_gate(end);
         let view = &self.core.view;
         let now = view.now_ns();
         let mut freed = 0;
