@@ -182,9 +182,11 @@ impl RawReader {
     /// the ring's head and tail.
     pub fn next_chunk(&self, start: u64, max_len: u64) -> Result<RawChunk, Error> {
         let geo = *self.core.geometry();
-        let tail = self.tail();
+        let tail_before = self.tail();
         let head = self.head();
-        records::check_span(&geo, head, tail).map_err(|what| self.corrupt(tail, what))?;
+        let tail = self.tail();
+        records::check_span(&geo, tail_before, head, tail)
+            .map_err(|what| self.corrupt(tail, what))?;
         if !records::is_record_aligned(start) || start > tail {
             return Err(Error::InvalidConfig(format!(
                 "{}: position {start} is not a record position at or below the tail {tail}",

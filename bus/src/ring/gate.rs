@@ -479,14 +479,16 @@ fn activate<V: View>(
     };
     // SYNC: tail-publish / head-advance (Acquire): the stamps from there on
     // are visible.
-    let tail = load_acquire_ro(&producer.tail);
+    // Tail, head, tail: see `records::check_span`.
+    let tail_before = load_acquire_ro(&producer.tail);
     let head = load_acquire_ro(&producer.head);
-    if let Err(what) = records::check_span(&geo, head, tail) {
+    let tail = load_acquire_ro(&producer.tail);
+    if let Err(what) = records::check_span(&geo, tail_before, head, tail) {
         return fail(what);
     }
     let wanted = match want {
         WantAt::Join(JoinAt::Latest) => tail,
-        WantAt::Join(JoinAt::Oldest) => head,
+        WantAt::Join(JoinAt::Oldest) => head.min(tail),
         WantAt::Resume(p) => p.clamp(head, tail),
     };
     let claiming = next_claim(previous, SLOT_CLAIMING);

@@ -157,7 +157,12 @@ fn loom_join_races_the_gate() {
                     }
                 }
                 Peek::Empty => thread::yield_now(),
-                Peek::Gap { .. } => panic!("gap under Block"),
+                Peek::Gap { messages, bytes } => {
+                    panic!(
+                        "gap under Block: {messages} {bytes} at {} last {last}",
+                        r.position()
+                    )
+                }
             }
         }
         r.leave();

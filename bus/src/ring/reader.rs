@@ -120,15 +120,18 @@ impl<V: View> ReaderCore<V> {
     /// it may be lapped on any policy and must copy records out.
     pub(crate) fn observer(view: V, at: gate::JoinAt) -> Result<Self, ReadFault> {
         let producer = view.producer();
-        let tail = load_acquire_ro(&producer.tail);
+        let tail_before = load_acquire_ro(&producer.tail);
         let head = load_acquire_ro(&producer.head);
-        records::check_span(view.geometry(), head, tail).map_err(|what| ReadFault::Corrupt {
-            position: tail,
-            what,
+        let tail = load_acquire_ro(&producer.tail);
+        records::check_span(view.geometry(), tail_before, head, tail).map_err(|what| {
+            ReadFault::Corrupt {
+                position: tail,
+                what,
+            }
         })?;
         let position = match at {
             gate::JoinAt::Latest => tail,
-            gate::JoinAt::Oldest => head,
+            gate::JoinAt::Oldest => head.min(tail),
         };
         Ok(Self::with_claim(view, None, position))
     }
@@ -152,7 +155,10 @@ impl<V: View> ReaderCore<V> {
                 pos += self.geo.capacity - off;
                 continue;
             }
-            if !matches!(kind, StampKind::Data | StampKind::Gap | StampKind::NotYet) {
+            // Only a cleared stamp carries the writer's hint beside it; an
+            // older genuine stamp (the ring was exactly full) carries that
+            // old record's number: then the first record read tells.
+            if !matches!(kind, StampKind::Data | StampKind::Gap) && stamp != 0 {
                 return None;
             }
             // SYNC: head-advance: a writer overwriting `pos` moved head first.
@@ -341,7 +347,9 @@ impl<V: View> ReaderCore<V> {
         // SYNC: head-advance (Acquire): if the writer has overwritten `pos`,
         // its head store came first.
         let head = load_acquire_ro(&producer.head);
-        if let Err(what) = records::check_span(&self.geo, head, tail) {
+        // Validated against a tail read after it (see `check_span`).
+        let tail_now = load_acquire_ro(&producer.tail);
+        if let Err(what) = records::check_span(&self.geo, tail, head, tail_now) {
             return self.corrupt(pos, what);
         }
         if head > pos {

@@ -115,20 +115,35 @@ pub(crate) fn is_record_aligned(pos: u64) -> bool {
     pos % RECORD_HEADER == 0
 }
 
-/// Checks the publisher's `head` and `tail` as read from shared memory:
-/// both 16-aligned, `head <= tail`, and at most one ring apart.
+/// Checks the publisher's `head` and `tail` as read from shared memory, in
+/// this order: `tail_before`, `head`, `tail_after` (the words move while
+/// they are read, so each bound is checked against a read on the right side
+/// of it). All 16-aligned; `tail_before <= head + capacity` (the writer
+/// never writes a ring past its head); under Block `head <= tail_after`
+/// (the writer never moves `head` past its gate, at most a tail it had
+/// published). Under Overwrite `head` may run ahead of the published tail by
+/// records committed but not yet published (a batch), at most a ring.
 #[inline]
-pub(crate) fn check_span(geo: &Geometry, head: u64, tail: u64) -> Result<(), &'static str> {
-    if !is_record_aligned(tail) {
+pub(crate) fn check_span(
+    geo: &Geometry,
+    tail_before: u64,
+    head: u64,
+    tail_after: u64,
+) -> Result<(), &'static str> {
+    if !is_record_aligned(tail_before) || !is_record_aligned(tail_after) {
         return Err("tail is not 16-aligned");
     }
     if !is_record_aligned(head) {
         return Err("head is not 16-aligned");
     }
-    if head > tail {
+    let ahead = match geo.policy {
+        crate::ring::Policy::Block => 0,
+        crate::ring::Policy::Overwrite => geo.capacity,
+    };
+    if head > tail_after.saturating_add(ahead) {
         return Err("head is beyond tail");
     }
-    if tail - head > geo.capacity {
+    if tail_before > head.saturating_add(geo.capacity) {
         return Err("head is more than one ring behind tail");
     }
     Ok(())
@@ -192,7 +207,15 @@ mod tests {
         assert!(check_span(&g, 0, 4096).is_ok());
         assert!(check_span(&g, 0, 4097).is_err());
         assert!(check_span(&g, 8, 4096).is_err());
-        assert!(check_span(&g, 4096, 0).is_err());
+        let over = Geometry {
+            policy: Policy::Overwrite,
+            ..g
+        };
+        assert!(
+            check_span(&over, 0, 4096, 0).is_ok(),
+            "a batch not yet published"
+        );
+        assert!(check_span(&over, 0, 8192, 0).is_err());
         assert!(check_span(&g, 0, 8192).is_err());
     }
 }

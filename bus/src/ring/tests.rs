@@ -440,13 +440,14 @@ fn sleeper_killed_asleep_gives_its_waiter_count_back() {
 #[test]
 fn hostile_publisher_words_are_corrupt_naming_the_field() {
     type Damage = fn(&Seg);
-    let cases: [(&str, Damage); 4] = [
+    let cases: [(&str, Damage); 5] = [
         ("tail", |s| s.producer_store_tail(4096 + 8)),
         ("head", |s| s.producer_store_head(8)),
         ("head", |s| {
             s.producer_store_tail(64);
             s.producer_store_head(128);
         }),
+        ("head", |s| s.producer_store_tail(3 * 4096)),
         ("limit", |s| s.producer_store_limit(24)),
     ];
     for (field, damage) in cases {
