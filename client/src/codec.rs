@@ -18,7 +18,7 @@ use shmbus_bus::layout::TYPE_NAME_MAX;
 use rkyv::{
     api::high::{HighSerializer, HighValidator},
     bytecheck::CheckBytes,
-    rancor::BoxedError,
+    rancor::{BoxedError, Failure},
     ser::{
         allocator::{Arena, ArenaHandle},
         sharing::Share,
@@ -29,14 +29,20 @@ use rkyv::{
 
 /// A type that can be published: rkyv can serialize it into a ring buffer.
 ///
-/// Implemented for every `#[derive(Archive, Serialize)]` type.
+/// Implemented for every `#[derive(Archive, Serialize)]` type. Messages are
+/// serialized with rancor's zero-sized [`Failure`] error (the cheapest), and
+/// only a message that fails is serialized again with [`BoxedError`] to
+/// say why.
 pub trait Publishable:
-    Archive + for<'a, 'b> Serialize<HighSerializer<ArchiveWriter<'b>, ArenaHandle<'a>, BoxedError>>
+    Archive
+    + for<'a, 'b> Serialize<HighSerializer<ArchiveWriter<'b>, ArenaHandle<'a>, Failure>>
+    + for<'a, 'b> Serialize<HighSerializer<ArchiveWriter<'b>, ArenaHandle<'a>, BoxedError>>
 {
 }
 
 impl<T> Publishable for T where
     T: Archive
+        + for<'a, 'b> Serialize<HighSerializer<ArchiveWriter<'b>, ArenaHandle<'a>, Failure>>
         + for<'a, 'b> Serialize<HighSerializer<ArchiveWriter<'b>, ArenaHandle<'a>, BoxedError>>
 {
 }
@@ -45,9 +51,23 @@ impl<T> Publishable for T where
 ///
 /// Implemented for `Archived<T>` of every `#[derive(Archive)]` type (rkyv 0.8
 /// derives `CheckBytes` by default).
-pub trait Checkable: Portable + for<'a> CheckBytes<HighValidator<'a, BoxedError>> {}
+///
+/// Messages are checked with rancor's zero-sized [`Failure`] error (the
+/// cheapest check), and only an archive that fails is checked again with
+/// [`BoxedError`] to say why.
+pub trait Checkable:
+    Portable
+    + for<'a> CheckBytes<HighValidator<'a, Failure>>
+    + for<'a> CheckBytes<HighValidator<'a, BoxedError>>
+{
+}
 
-impl<A> Checkable for A where A: Portable + for<'a> CheckBytes<HighValidator<'a, BoxedError>> {}
+impl<A> Checkable for A where
+    A: Portable
+        + for<'a> CheckBytes<HighValidator<'a, Failure>>
+        + for<'a> CheckBytes<HighValidator<'a, BoxedError>>
+{
+}
 
 /// Most alignment an archived type may need: payloads start 16-aligned.
 pub const MAX_ALIGN: usize = 16;
@@ -279,23 +299,24 @@ impl Positional for ArchiveWriter<'_> {
 }
 
 impl<E> Writer<E> for ArchiveWriter<'_> {
-    #[inline]
+    #[inline(always)]
     fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
-        let end = self.pos.saturating_add(bytes.len());
-        if let Some(dst) = self.buf.get_mut(self.pos..end) {
-            // SAFETY: `dst` is `bytes.len()` bytes of our exclusive buffer
-            // (bounds checked by `get_mut`); a `&[u8]` cannot overlap it.
+        let room = self.buf.len().wrapping_sub(self.pos);
+        if self.pos <= self.buf.len() && bytes.len() <= room {
+            // SAFETY: `pos + bytes.len() <= buf.len()` (checked just above),
+            // so the destination lies in our exclusive buffer; a `&[u8]`
+            // cannot overlap it.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     bytes.as_ptr(),
-                    dst.as_mut_ptr().cast::<u8>(),
+                    self.buf.as_mut_ptr().add(self.pos).cast::<u8>(),
                     bytes.len(),
                 );
             }
         }
         // Past the end: count only. Positions only grow, so every later
         // write is past the end too and the buffer's prefix stays coherent.
-        self.pos = end;
+        self.pos = self.pos.saturating_add(bytes.len());
         Ok(())
     }
 }
@@ -332,26 +353,87 @@ pub(crate) fn serialize_into<T: Publishable>(
     scratch: &mut Scratch,
 ) -> Result<usize, SerializeFail> {
     let cap = buf.len();
-    // What `rkyv::api::high::to_bytes_in_with_alloc` does, keeping the
-    // writer (and the size it counted) when serialization fails.
-    let mut serializer =
-        rkyv::ser::Serializer::new(ArchiveWriter::new(buf), scratch.0.acquire(), Share::new());
-    let result = rkyv::api::serialize_using::<_, BoxedError>(value, &mut serializer);
-    let needed = serializer.writer.pos;
+    let (result, needed) = serialize_with::<T, Failure>(value, buf, scratch);
     match result {
-        Ok(_) if needed <= cap => Ok(needed),
-        Ok(_) => Err(SerializeFail::NoRoom { needed }),
-        Err(error) => Err(SerializeFail::Failed {
-            error,
-            reached: needed,
-        }),
+        Ok(()) if needed <= cap => Ok(needed),
+        Ok(()) => Err(SerializeFail::NoRoom { needed }),
+        Err(Failure) => Err(explain_failure(value, buf, scratch, needed)),
     }
 }
 
-/// Validates `bytes` as an archived `A` and returns it.
+/// Rare: serializes again to learn why the first attempt failed (the
+/// buffer's bytes are rewritten; nothing uses them after a failure).
+#[cold]
+#[inline(never)]
+fn explain_failure<T: Publishable>(
+    value: &T,
+    buf: &mut [MaybeUninit<u8>],
+    scratch: &mut Scratch,
+    needed: usize,
+) -> SerializeFail {
+    let (result, reached) = serialize_with::<T, BoxedError>(value, buf, scratch);
+    let error = match result {
+        Err(error) => error,
+        // Failed once, not twice: a `Serialize` impl that is not
+        // deterministic. Report that.
+        Ok(()) => <BoxedError as rkyv::rancor::Source>::new(NotDeterministic),
+    };
+    SerializeFail::Failed {
+        error,
+        reached: reached.max(needed),
+    }
+}
+
+/// What `rkyv::api::high::to_bytes_in_with_alloc` does, keeping the writer
+/// (and the size it counted) when serialization fails: the outcome, and the
+/// archive's size (as far as it got).
+fn serialize_with<T, E>(
+    value: &T,
+    buf: &mut [MaybeUninit<u8>],
+    scratch: &mut Scratch,
+) -> (Result<(), E>, usize)
+where
+    T: for<'a, 'b> Serialize<HighSerializer<ArchiveWriter<'b>, ArenaHandle<'a>, E>>,
+    E: rkyv::rancor::Source,
+{
+    let mut serializer =
+        rkyv::ser::Serializer::new(ArchiveWriter::new(buf), scratch.0.acquire(), Share::new());
+    let result = rkyv::api::serialize_using::<_, E>(value, &mut serializer).map(drop);
+    (result, serializer.writer.pos)
+}
+
+/// A serialization or validation that failed once and then succeeded (a
+/// `Serialize` impl that is not deterministic, or bytes that changed).
+#[derive(Debug)]
+struct NotDeterministic;
+
+impl std::fmt::Display for NotDeterministic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failed once, then succeeded on a second attempt")
+    }
+}
+
+impl std::error::Error for NotDeterministic {}
+
+/// Validates `bytes` as an archived `A` and returns it. The check that
+/// passes costs what rkyv's cheapest check costs; a failing archive is
+/// checked a second time to learn why.
 #[inline]
 pub(crate) fn access_checked<A: Checkable>(bytes: &[u8]) -> Result<&A, BoxedError> {
-    rkyv::access::<A, BoxedError>(bytes)
+    match rkyv::access::<A, Failure>(bytes) {
+        Ok(archived) => Ok(archived),
+        Err(Failure) => Err(explain_invalid::<A>(bytes)),
+    }
+}
+
+/// Rare: validates again to learn why the archive is invalid.
+#[cold]
+#[inline(never)]
+fn explain_invalid<A: Checkable>(bytes: &[u8]) -> BoxedError {
+    match rkyv::access::<A, BoxedError>(bytes) {
+        Err(error) => error,
+        Ok(_) => <BoxedError as rkyv::rancor::Source>::new(NotDeterministic),
+    }
 }
 
 /// What to say when `len` bytes failed validation as `type_name`: the
@@ -462,6 +544,50 @@ mod tests {
         let exact = rkyv::to_bytes::<TestError>(&v).unwrap().len();
         match serialize_into(&v, &mut big.0, &mut arena) {
             Err(SerializeFail::NoRoom { needed }) => assert_eq!(needed, exact),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A message whose `Serialize` fails for a reason of its own.
+    struct Fails;
+
+    #[derive(Debug)]
+    struct Boom;
+
+    impl std::fmt::Display for Boom {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("boom: the sensor is unplugged")
+        }
+    }
+
+    impl std::error::Error for Boom {}
+
+    impl Archive for Fails {
+        type Archived = ();
+        type Resolver = ();
+        fn resolve(&self, (): (), _: rkyv::Place<()>) {}
+    }
+
+    impl<S> Serialize<S> for Fails
+    where
+        S: rkyv::rancor::Fallible + ?Sized,
+        S::Error: rkyv::rancor::Source,
+    {
+        fn serialize(&self, _: &mut S) -> Result<(), S::Error> {
+            Err(<S::Error as rkyv::rancor::Source>::new(Boom))
+        }
+    }
+
+    #[test]
+    fn serialize_failures_keep_their_reason_in_every_build() {
+        let mut arena = Scratch::new();
+        let mut buf = Aligned([MaybeUninit::uninit(); 64]);
+        match serialize_into(&Fails, &mut buf.0, &mut arena) {
+            Err(SerializeFail::Failed { error, reached }) => {
+                assert_eq!(reached, 0);
+                let reason = serialize_reason(&error, "Fails");
+                assert!(reason.contains("sensor is unplugged"), "{reason}");
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -302,6 +302,7 @@ impl Wait {
     }
 
     /// Reserves at least `len` bytes, up to `want` if free now.
+    #[inline(always)]
     fn loan<'w>(self, writer: &'w mut RingWriter, len: usize, want: usize) -> Result<Loan<'w>> {
         let result = match self {
             // The bus has no non-waiting `loan_up_to`; a zero timeout is one
@@ -327,6 +328,8 @@ impl Wait {
     }
 
     /// The client error for a bus error of a reservation made this way.
+    #[cold]
+    #[inline(never)]
     fn error(self, e: bus::Error) -> Error {
         match (e, self) {
             (bus::Error::Timeout, Self::Until { timeout, .. }) => Error::Timeout(timeout),
