@@ -12,8 +12,8 @@ use std::{
 };
 
 use shmbus_bus::layout::{
-    self, split_meta, Control, SegmentHeader, CONTROL_OFFSET, RECORD_HEADER, STAMP_COMMITTED,
-    STAMP_FLAGS, STAMP_PADDING,
+    self, split_meta, Producer, SegmentHeader, DATA_OFFSET, PRODUCER_OFFSET, RECORD_HEADER,
+    STAMP_COMMITTED, STAMP_FLAGS, STAMP_GAP, STAMP_PADDING,
 };
 
 /// Offsets of header fields, for patching.
@@ -166,20 +166,21 @@ impl RingFile {
         self.patch(offset, &[b[0] ^ mask])
     }
 
-    /// The writer's counters, read without joining the ring.
+    /// The writer's counters (the data file's producer page), read without
+    /// joining the ring.
     ///
     /// # Errors
     ///
     /// File-system errors.
     pub fn control(&self) -> io::Result<ControlSnapshot> {
-        let at = |o: usize| (CONTROL_OFFSET + o) as u64;
+        let at = |o: usize| (PRODUCER_OFFSET + o) as u64;
         Ok(ControlSnapshot {
-            tail: self.u64_at(at(offset_of!(Control, tail)))?,
-            head: self.u64_at(at(offset_of!(Control, head)))?,
-            published: self.u64_at(at(offset_of!(Control, published)))?,
-            evictions: self.u64_at(at(offset_of!(Control, evictions)))?,
-            full_events: self.u64_at(at(offset_of!(Control, full_events)))?,
-            writer_state: self.u32_at(at(offset_of!(Control, writer_state)))?,
+            tail: self.u64_at(at(offset_of!(Producer, tail)))?,
+            head: self.u64_at(at(offset_of!(Producer, head)))?,
+            published: self.u64_at(at(offset_of!(Producer, published)))?,
+            evictions: self.u64_at(at(offset_of!(Producer, evictions)))?,
+            full_events: self.u64_at(at(offset_of!(Producer, full_events)))?,
+            writer_state: self.u32_at(at(offset_of!(Producer, writer_state)))?,
         })
     }
 
@@ -189,9 +190,8 @@ impl RingFile {
     ///
     /// File-system errors.
     pub fn geometry(&self) -> io::Result<(u64, u64)> {
-        let slots = self.u32_at(HeaderField::SlotCount.offset())?;
         let capacity = self.u64_at(HeaderField::Capacity.offset())?;
-        Ok((layout::data_offset(slots) as u64, capacity))
+        Ok((DATA_OFFSET as u64, capacity))
     }
 
     /// The committed data records between `head` and the published tail, in
@@ -218,6 +218,10 @@ impl RingFile {
             }
             if stamp & STAMP_PADDING != 0 {
                 pos += cap - off;
+                continue;
+            }
+            if stamp & STAMP_GAP != 0 {
+                pos += layout::record_size(u64::from(len));
                 continue;
             }
             out.push(RecordInfo {

@@ -225,12 +225,7 @@ fn variants(real: &[u8]) -> Vec<Variant> {
         b[at..at + value.len()].copy_from_slice(value);
         b
     };
-    let slots = u32::from_le_bytes(
-        real[HeaderField::SlotCount.offset() as usize..][..4]
-            .try_into()
-            .unwrap(),
-    );
-    let data_offset = layout::data_offset(slots);
+    let data_offset = layout::DATA_OFFSET;
     let mut flipped_magic = real.to_vec();
     flipped_magic[3] ^= 0xff;
     let mut padded = real.to_vec();

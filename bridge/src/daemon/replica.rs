@@ -62,8 +62,14 @@ impl Replica {
     pub fn retire(self) {
         let hold = self.hold;
         drop(self.writer);
-        let _ = std::fs::remove_file(hold);
+        remove_hold(&hold);
     }
+}
+
+/// Removes a hold: its data-file link and its control-file link.
+fn remove_hold(hold: &Path) {
+    let _ = std::fs::remove_file(hold);
+    let _ = std::fs::remove_file(bus::control_path_of(hold));
 }
 
 /// Creates epoch `epoch` of stem `stem` in `dir`, starting at `start`, and
@@ -80,15 +86,22 @@ pub fn create(
     start: u64,
 ) -> Result<Replica, bus::Error> {
     let id = naming::replica_id(stem, epoch);
-    bus::create_dir_all(dir, 0o700)?;
+    bus::create_dir_all(dir, dir, 0o700)?;
     let path = bus::ring_path(dir, &id)?;
     let writer = ReplicaWriter::create(&path, &meta.ring_config(), start)?;
     let hold = dir.join(naming::hold_name(&id));
-    let _ = std::fs::remove_file(&hold);
-    std::fs::hard_link(&path, &hold).map_err(|source| bus::Error::Io {
-        path: hold.clone(),
-        source,
-    })?;
+    // A ring is two files: the hold links both (the control file's link is
+    // the hold's own control path, so the hold opens like a ring).
+    for (from, to) in [
+        (path.clone(), hold.clone()),
+        (bus::control_path_of(&path), bus::control_path_of(&hold)),
+    ] {
+        let _ = std::fs::remove_file(&to);
+        std::fs::hard_link(&from, &to).map_err(|source| bus::Error::Io {
+            path: to.clone(),
+            source,
+        })?;
+    }
     Ok(Replica { writer, path, hold })
 }
 
@@ -179,7 +192,7 @@ pub fn remove_holds_below(dir: &Path, stem: &str, epoch: u64) {
         };
         if let Some(Entry::Hold(e)) = naming::classify(&name, stem) {
             if e < epoch {
-                let _ = std::fs::remove_file(entry.path());
+                remove_hold(&entry.path());
             }
         }
     }
@@ -219,6 +232,9 @@ pub fn expire_markers(dir: &Path, max_age: Duration) -> usize {
         }
         if std::fs::remove_file(&path).is_ok() {
             removed += 1;
+        }
+        if is_hold {
+            let _ = std::fs::remove_file(bus::control_path_of(&path));
         }
     }
     removed

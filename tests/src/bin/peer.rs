@@ -422,7 +422,7 @@ fn run_subscriber(bus: &Bus, plan: &SubscribePlan) -> Report {
                 Ok(sample) => {
                     let ring = sample.publisher().to_string();
                     let (id, seq) = tracker.check_content(Some(&ring), &sample);
-                    if sample.sequence() != seq as u32 {
+                    if sample.sequence() != seq {
                         tracker.error(
                             "ring-seq",
                             Some(&ring),

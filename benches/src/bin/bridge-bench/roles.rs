@@ -129,7 +129,7 @@ fn publish(args: &[String]) -> Result<()> {
         ..RingConfig::default()
     };
     if let Some(dir) = ring.parent() {
-        create_dir_all(dir, 0o700)?;
+        create_dir_all(dir, dir, 0o700)?;
     }
     let mut writer = RingWriter::create(&ring, &config)
         .with_context(|| format!("create ring {}", ring.display()))?;

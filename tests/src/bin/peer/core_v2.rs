@@ -301,7 +301,7 @@ fn run_ring_storm(mut args: Args) -> Result<ExitCode, String> {
                 Ok(ReadEvent::Message(m)) => {
                     let seq = check_storm(m.payload(), size_max)
                         .map_err(|e| format!("slot {index} gen {generation}: {e}"))?;
-                    if m.sequence() != seq as u32 {
+                    if m.sequence() != seq {
                         return Err(format!(
                             "slot {index} gen {generation}: ring sequence {} carries seq {seq}",
                             m.sequence()
