@@ -339,8 +339,16 @@ pub struct Slot {
     pub lease_ns: AtomicU64,
     /// [`SLOT_ORPHANED`]: when the owner was found dead (the view's clock).
     pub orphaned_at: AtomicU64,
-    _pad: [u8; 40],
+    /// [`SLOT_PREJOINED`]: the sequence number of the record at `position`
+    /// (the ring's first), or [`UNKNOWN_SEQ`]; lets the adopter count what an
+    /// Overwrite ring lost before it was adopted.
+    pub first_seq: AtomicU64,
+    _pad: [u8; 32],
 }
+
+/// `Slot::first_seq` when the creator did not know it (a replica whose
+/// first record sets its numbering).
+pub const UNKNOWN_SEQ: u64 = u64::MAX;
 
 #[cfg(not(loom))]
 const _: () = {
@@ -406,7 +414,8 @@ impl Slot {
             durable_key: z(),
             lease_ns: z(),
             orphaned_at: z(),
-            _pad: [0; 40],
+            first_seq: z(),
+            _pad: [0; 32],
         }
     }
 }

@@ -176,7 +176,7 @@ fn corrupt_record_length_stops_only_that_ring() {
     let (r, victim) = damaged_record("length", Damage::Length);
     assert_eq!(r.errors.len(), 1, "{r}");
     assert_eq!(r.errors[0].kind, "corrupt", "{r}");
-    assert!(r.errors[0].detail.contains("length out of bounds"), "{r}");
+    assert!(r.errors[0].detail.contains("record length exceeds"), "{r}");
     assert_eq!(r.broken.get(&victim).map(String::as_str), Some("corrupt"));
     assert_eq!(r.publisher(1).received, DAMAGED_AT as u64, "{r}");
 }

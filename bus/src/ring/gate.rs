@@ -36,7 +36,7 @@ use super::{records, Geometry, View};
 use crate::{
     layout::{
         slot_lock_byte, Slot, RECORD_ALIGN, SLOT_ACTIVE, SLOT_CLAIMING, SLOT_EVICTED, SLOT_FREE,
-        SLOT_ORPHANED, SLOT_PREJOINED, SLOT_STATE_MASK, SLOT_UNTETHERED,
+        SLOT_ORPHANED, SLOT_PREJOINED, SLOT_STATE_MASK, SLOT_UNTETHERED, UNKNOWN_SEQ,
     },
     sync::{fence, load_acquire_ro, Ordering},
 };
@@ -575,8 +575,12 @@ fn reattach<V: View>(view: &V, req: &JoinRequest, key: u64) -> Result<Option<Joi
 /// How an adoption of a pre-joined slot ended.
 #[derive(Debug)]
 pub(crate) enum Adopted {
-    /// The slot is ours now, reading from the returned position.
-    Joined(Joined),
+    /// The slot is ours now, reading from the returned position, where the
+    /// record numbered `first_seq` is (if known).
+    Joined {
+        joined: Joined,
+        first_seq: Option<u64>,
+    },
     /// The writer evicted the pre-joined slot for lag (untethered eviction)
     /// before we opened the ring; it is freed.
     Evicted,
@@ -631,8 +635,17 @@ pub(crate) fn adopt<V: View>(
         }
         // Acquire: the creator's position store.
         let start = slot.position.load(Ordering::Acquire);
-        return activate(view, index, current, req, WantAt::Resume(start))
-            .map(|j| Some(Adopted::Joined(j)));
+        // Relaxed: the creator's, published with the ring.
+        let first_seq = slot.first_seq.load(Ordering::Relaxed);
+        return activate(view, index, current, req, WantAt::Resume(start)).map(|(claim, pos)| {
+            Some(Adopted::Joined {
+                joined: (claim, pos),
+                // Counted from the ring's first record even if the writer
+                // lapped it before the adoption (Overwrite): the first record
+                // read then reports the exact loss.
+                first_seq: (first_seq != UNKNOWN_SEQ).then_some(first_seq),
+            })
+        });
     }
     Ok(None)
 }
@@ -640,13 +653,20 @@ pub(crate) fn adopt<V: View>(
 /// Joins registered subscribers to a ring that is not visible yet: one slot
 /// each, gating from `start`. Returns how many were joined (at most the
 /// number of slots).
-pub(crate) fn prejoin<V: View>(view: &V, registrations: &[(u32, u64)], start: u64) -> usize {
+pub(crate) fn prejoin<V: View>(
+    view: &V,
+    registrations: &[(u32, u64)],
+    start: u64,
+    first_seq: Option<u64>,
+) -> usize {
     let mut joined = 0;
     for (slot, &(reg, generation)) in view.slots().iter().zip(registrations) {
         // Relaxed: nobody else sees the ring yet; the segment's magic
         // (Release) and its rename publish all of it.
         slot.reg_index.store(u64::from(reg), Ordering::Relaxed);
         slot.reg_generation.store(generation, Ordering::Relaxed);
+        slot.first_seq
+            .store(first_seq.unwrap_or(UNKNOWN_SEQ), Ordering::Relaxed);
         slot.position.store(start, Ordering::Relaxed);
         slot.state
             .store((1 << 8) | SLOT_PREJOINED, Ordering::Relaxed);

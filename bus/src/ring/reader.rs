@@ -104,11 +104,17 @@ impl<V: View> ReaderCore<V> {
         generation: u64,
     ) -> Result<Result<Self, (V, bool)>, JoinError> {
         match gate::adopt(&view, req, reg, generation)? {
-            Some(Adopted::Joined((claim, position))) => {
+            Some(Adopted::Joined {
+                joined: (claim, position),
+                first_seq,
+            }) => {
                 let mut reader = Self::with_claim(view, Some(claim), position);
                 // A pre-joined reader starts at the ring's first record: it
-                // expects the sequence number the ring started with.
-                reader.expected_seq = reader.sequence_at_start();
+                // expects the number the ring started with, so whatever an
+                // Overwrite ring lost before the adoption is counted.
+                if first_seq.is_some() {
+                    reader.expected_seq = first_seq;
+                }
                 Ok(Ok(reader))
             }
             Some(Adopted::Evicted) => Ok(Err((view, true))),

@@ -250,7 +250,7 @@ fn slot_claims_are_exclusive_and_never_repeat() {
 fn registered_subscriber_is_prejoined_from_the_first_record() {
     let seg = segment(4096, Policy::Block, None);
     seg.set_registered(3, 9, true);
-    let prejoined = gate::prejoin(&heap::view(&seg), &[(3, 9)], 0);
+    let prejoined = gate::prejoin(&heap::view(&seg), &[(3, 9)], 0, Some(0));
     assert_eq!(prejoined, 1);
     let mut w = writer(&seg);
     let mut n = 0;
@@ -276,7 +276,7 @@ fn registered_subscriber_is_prejoined_from_the_first_record() {
 fn prejoined_slot_of_a_gone_registration_is_reaped() {
     let seg = segment(4096, Policy::Block, None);
     seg.set_registered(0, 1, true);
-    gate::prejoin(&heap::view(&seg), &[(0, 1)], 0);
+    gate::prejoin(&heap::view(&seg), &[(0, 1)], 0, Some(0));
     let mut w = writer(&seg);
     while write(&mut w, 0, 100).is_ok() {}
     seg.advance_clock(LIVENESS_INTERVAL);
@@ -628,4 +628,103 @@ fn threads_overwrite_policy_never_delivers_torn_data() {
     }
     let (received, lost) = reader.join().unwrap();
     assert_eq!(received + lost, N);
+}
+
+#[test]
+fn threads_joiners_at_latest_never_see_a_gap() {
+    let seg = HeapSegment::new(
+        Geometry {
+            capacity: 4096,
+            max_message: 1024,
+            policy: Policy::Block,
+            evict_after: None,
+        },
+        1,
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (seg, stop) = (seg.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut w = WriterCore::new(heap::view(&seg));
+            let mut seq = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match write(&mut w, seq, 8 + (seq % 100) as usize) {
+                    Ok(()) => seq += 1,
+                    Err(ReserveFail::Full) => {
+                        seg.advance_clock(LIVENESS_INTERVAL);
+                        thread::yield_now();
+                    }
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        })
+    };
+    for round in 0..3000u64 {
+        let Some(mut r) = ReaderCore::join(heap::view(&seg), &request(JoinAt::Latest)).unwrap()
+        else {
+            thread::yield_now();
+            continue;
+        };
+        let mut got = 0;
+        while got < 1 + round % 5 {
+            match r.peek().unwrap() {
+                Peek::Record(rec) => {
+                    assert_eq!(read_payload(&r, &rec), payload(rec.seq, rec.len as usize));
+                    r.consume_to(rec.end, rec.seq + 1);
+                    got += 1;
+                }
+                Peek::Empty => thread::yield_now(),
+                Peek::Gap { messages, bytes } => {
+                    panic!(
+                        "round {round}: gap of {messages} ({bytes} bytes) at {}",
+                        r.position()
+                    )
+                }
+            }
+        }
+        if round % 3 == 0 {
+            crash(&seg, r);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+}
+
+#[test]
+fn prejoined_overwrite_reader_counts_what_it_lost_before_adopting() {
+    let seg = segment(4096, Policy::Overwrite, None);
+    seg.set_registered(1, 1, true);
+    gate::prejoin(&heap::view(&seg), &[(1, 1)], 0, Some(0));
+    let mut w = writer(&seg);
+    for seq in 0..500 {
+        write(&mut w, seq, 40).unwrap();
+    }
+    let Ok(mut r) = ReaderCore::adopt(heap::view(&seg), &request(JoinAt::Latest), 1, 1).unwrap()
+    else {
+        panic!("adopt")
+    };
+    let (mut received, mut lost) = (0u64, 0u64);
+    loop {
+        match r.peek().unwrap() {
+            Peek::Record(rec) => {
+                let mut buf = vec![0; rec.len as usize];
+                match r.copy_validated(&rec, &mut buf).unwrap() {
+                    Peek::Record(rec) => {
+                        r.consume_to(rec.end, rec.seq + 1);
+                        received += 1;
+                    }
+                    Peek::Gap { messages, .. } => lost += messages,
+                    Peek::Empty => {}
+                }
+            }
+            Peek::Gap { messages, .. } => lost += messages,
+            Peek::Empty => break,
+        }
+    }
+    assert!(lost > 0);
+    assert_eq!(
+        received + lost,
+        500,
+        "everything from the first record is accounted for"
+    );
 }

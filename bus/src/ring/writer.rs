@@ -348,10 +348,13 @@ impl<V: View> WriterCore<V> {
         let mask = self.geo.mask();
         let off = self.write & mask;
         let len = start - self.write - RECORD_HEADER;
-        // Relaxed: published by the stamp's Release below.
+        // Relaxed: published by the stamp's Release below. The padding
+        // carries the next record's sequence number too: a joiner that read
+        // the cleared stamp here may read this meta word (Relaxed), and must
+        // find the same number the cleared stamp's hint gave.
         self.view
             .word(off + 8)
-            .store(meta_word(len as u32, 0), Ordering::Relaxed);
+            .store(meta_word(len as u32, self.seq), Ordering::Relaxed);
         // The next record starts at offset 0; clear its stale stamp first
         // (with the sequence hint, as in `commit`).
         self.view

@@ -612,7 +612,7 @@ pub(crate) fn create(
     // anyone can see the ring (so no slot is joined twice for one of them).
     if let Some(registry) = &registry {
         let live = registry.live_entries();
-        let joined = gate::prejoin(&map, &live, start.position);
+        let joined = gate::prejoin(&map, &live, start.position, start.seq);
         if joined < live.len() {
             return Err(Error::NoFreeSlot(path.to_path_buf()));
         }

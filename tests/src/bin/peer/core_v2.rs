@@ -319,10 +319,10 @@ fn run_ring_storm(mut args: Args) -> Result<ExitCode, String> {
                     messages += 1;
                     progress = Instant::now();
                 }
-                Ok(ReadEvent::Gap { messages: n, .. }) => {
+                Ok(ReadEvent::Gap { messages: n, bytes }) => {
                     return Err(format!(
-                        "slot {index} gen {generation}: gap of {n} messages on a Block ring \
-                         after {got} messages (previous seq {prev:?})"
+                        "slot {index} gen {generation}: gap of {n} messages ({bytes} bytes) on a \
+                         Block ring after {got} messages (previous seq {prev:?})"
                     ));
                 }
                 Ok(ReadEvent::Closed) => {
