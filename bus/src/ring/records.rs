@@ -86,7 +86,9 @@ pub(crate) fn check_header(
             }
             record_size(GAP_PAYLOAD)
         }
-        StampKind::NotYet | StampKind::Other => return Err("not a committed record"),
+        StampKind::NotYet | StampKind::Other => {
+            return Err("record stamp does not match its position")
+        }
     };
     if size > room {
         return Err("record crosses the ring's end");
