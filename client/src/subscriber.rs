@@ -86,6 +86,11 @@ pub struct Subscriber<T: Archive> {
     /// Receive polls so far (for the periodic rescan).
     polls: u32,
     checked: bool,
+    /// Copy each message out of the ring before validating it
+    /// ([`Subscriber::distrust_publishers`]).
+    copy: bool,
+    /// 16-byte aligned private copies (copy mode).
+    scratch: Vec<u128>,
     /// The message type this subscriber expects (name and fingerprint).
     ty: codec::TypeInfo,
     events: VecDeque<TopicEvent>,
@@ -148,6 +153,8 @@ where
             next: 0,
             polls: 0,
             checked: true,
+            copy: false,
+            scratch: Vec::new(),
             ty,
             events: VecDeque::new(),
             lost_messages: 0,
@@ -197,6 +204,33 @@ where
     /// How blocking receives wait.
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.wait = wait;
+    }
+
+    /// Receives by copy-then-validate: each message is copied out of the
+    /// shared ring into this subscriber's own memory, then validated and read
+    /// there. Use it for publishers you do not trust: validating in place
+    /// (the default) protects against buggy or crashed publishers and
+    /// damaged files, but not against a process with write access to the
+    /// ring (the publisher's user) that changes the bytes after they were
+    /// validated. It costs a copy per message; everything else is the same.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir().join(format!("shmbus-doc-copy-{}", std::process::id()));
+    /// let bus = shmbus::Bus::builder().root(&root).build()?;
+    /// let mut subscriber = bus.subscriber::<u64>("readings")?;
+    /// subscriber.distrust_publishers();
+    /// let mut publisher = bus.publisher::<u64>("readings")?;
+    /// publisher.send(&42)?;
+    /// let sample = subscriber.recv_timeout(std::time::Duration::from_secs(1))?;
+    /// assert_eq!(*sample, 42);
+    /// # drop((sample, subscriber, publisher)); std::fs::remove_dir_all(&root).ok();
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
+    pub fn distrust_publishers(&mut self) {
+        self.copy = true;
+        self.checked = true;
     }
 
     /// Turns off rkyv validation of received archives.
@@ -452,6 +486,8 @@ where
         let Self {
             topic,
             checked,
+            copy,
+            scratch,
             ty,
             sources,
             events,
@@ -466,7 +502,11 @@ where
         };
         match event {
             ReadEvent::Message(message) => {
-                let bytes = message.payload();
+                let bytes = if *copy {
+                    private_copy(scratch, message.payload())
+                } else {
+                    message.payload()
+                };
                 let archived = if *checked {
                     match codec::access_checked::<T::Archived>(bytes) {
                         Ok(a) => NonNull::from(a),
@@ -592,6 +632,7 @@ where
     pub fn drain(&mut self, max: usize, mut f: impl FnMut(&T::Archived)) -> Result<usize> {
         let mut n = 0;
         let checked = self.checked;
+        let copy = self.copy;
         while n < max {
             let Some(i) = self.find_ready()? else {
                 break;
@@ -601,7 +642,13 @@ where
             // The first invalid message: (reason, count of invalid ones).
             let mut invalid: Option<(String, usize)> = None;
             let ty = &self.ty;
+            let scratch = &mut self.scratch;
             let drained = source.reader.drain(max - n, |bytes| {
+                let bytes = if copy {
+                    private_copy(scratch, bytes)
+                } else {
+                    bytes
+                };
                 if checked {
                     match codec::access_checked::<T::Archived>(bytes) {
                         Ok(a) => f(a),
@@ -715,6 +762,8 @@ enum Repair {
 ///
 /// While a sample lives, its bytes are pinned in the publisher's ring (Block
 /// policy): the publisher will not overwrite them. Drop samples promptly.
+/// A subscriber that distrusts its publishers
+/// ([`Subscriber::distrust_publishers`]) reads a private copy instead.
 #[derive(Debug)]
 pub struct Sample<'a, T: Archive> {
     publisher: &'a str,
@@ -740,13 +789,30 @@ impl<T: Archive> Sample<'_, T> {
     }
 }
 
+/// Copies `bytes` into `scratch` (16-byte aligned, grown as needed) and
+/// returns the copy.
+fn private_copy<'s>(scratch: &'s mut Vec<u128>, bytes: &[u8]) -> &'s [u8] {
+    let words = bytes.len().div_ceil(16);
+    if scratch.len() < words {
+        scratch.resize(words, 0);
+    }
+    // SAFETY: `scratch` holds at least `bytes.len()` bytes; u128 has no
+    // invalid bit patterns and no padding, so viewing it as bytes is sound.
+    let dst =
+        unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), bytes.len()) };
+    dst.copy_from_slice(bytes);
+    dst
+}
+
 impl<T: Archive> std::ops::Deref for Sample<'_, T> {
     type Target = T::Archived;
 
     fn deref(&self) -> &T::Archived {
         // The payload stays valid and unchanged while `message` lives: it
         // borrows the ring reader, whose slot pins the bytes, or holds the
-        // validated copy; and `self` borrows `message`.
+        // validated copy; and `self` borrows `message`. A private copy
+        // (distrusted publishers) lives in the subscriber, which `self`
+        // borrows mutably.
         // SAFETY: `archived` points into that payload, validated (or vouched
         // for) as an archived `T`.
         unsafe { self.archived.as_ref() }
