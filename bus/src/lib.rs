@@ -1,18 +1,25 @@
 //! `shmbus-bus`: the byte layer of shmbus.
 //!
-//! A topic is a directory of rings, one per publisher; each ring is a
-//! segment file on a tmpfs (`/dev/shm/shmbus/<bus>/<topic>/<id>.ring`), with
-//! exactly one writer ([`RingWriter`]) and any number of subscribers
+//! A topic is a directory of rings, one per publisher; each ring is a data
+//! file `<id>.ring` (written by its publisher only, mapped read-only by
+//! everyone else) and a control file `<id>.ctl` (the subscriber slots) on a
+//! tmpfs, under `/dev/shm/shmbus-<uid>/<bus>/<topic>/` by default. Each ring
+//! has exactly one writer ([`RingWriter`]) and any number of subscribers
 //! ([`RingReader`]) that read records in place. This crate knows bytes only;
 //! the typed API (rkyv) is the `shmbus` crate.
 //!
-//! - [`layout`]: the segment's byte layout and record format.
-//! - `ring`: the lock-free algorithm over any memory (model-checked with loom).
-//! - [`RingWriter`] / [`RingReader`]: the algorithm over a mapped segment.
-//! - [`wait_any`]: sleeping on several rings at once (futex_waitv).
-//! - [`ProcessId`]: liveness by pid and start time.
-//! - [`sweep_topic`]: removing rings whose publisher and readers are gone.
-//! - [`RawReader`] / [`ReplicaWriter`]: ring bytes out and in, for the bridge.
+//! Three layers, one folder each:
+//! - `ring/`: the lock-free algorithm over any memory (model-checked with
+//!   loom): writer, reader, the subscriber table and gate, the record rules.
+//! - `shm/`: the operating system: ring files and mappings, liveness locks,
+//!   the topic's registry and listing ([`list_rings`]), futexes and waiting
+//!   ([`wait_any`]), removing stale rings ([`sweep_topic`]).
+//! - `handle/`: the public handles: [`RingWriter`] and [`Loan`],
+//!   [`RingReader`], [`RingObserver`] (no slot), [`RawReader`] /
+//!   [`ReplicaWriter`] (ring bytes out and in, for the bridge),
+//!   [`RingStatus`] (a snapshot for tools).
+//!
+//! [`layout`] is the byte layout both sides agree on.
 //!
 //! # Example
 //!
@@ -61,6 +68,7 @@ pub use ring::Policy;
 pub use crate::{
     error::Error,
     handle::{
+        inspect::{RingStatus, SlotKind, SubscriberStatus},
         observer::{Observed, RingObserver},
         raw::{RawChunk, RawReader, ReplicaChunk, ReplicaWriter},
         reader::{

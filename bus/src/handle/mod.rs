@@ -3,9 +3,11 @@
 //! - [`writer`]: [`crate::RingWriter`] and its [`crate::Loan`].
 //! - [`reader`]: [`crate::RingReader`], one subscriber's cursor.
 //! - [`observer`]: [`crate::RingObserver`], slot-less validated copies.
+//! - [`inspect`]: [`crate::RingStatus`], a ring's snapshot for tools.
 //! - [`raw`]: [`crate::RawReader`] and [`crate::ReplicaWriter`], ring bytes
 //!   out and in for the bridge.
 
+pub(crate) mod inspect;
 pub(crate) mod observer;
 pub(crate) mod raw;
 pub(crate) mod reader;
