@@ -117,6 +117,23 @@ const REGISTRY_SIZE: usize = HEADER_SIZE + REGISTRY_ENTRIES as usize * ENTRY_SIZ
 const _: () = assert!(HEADER_SIZE == 64 && ENTRY_SIZE == 64);
 const _: () = assert!(std::mem::align_of::<Entry>() == 64);
 
+/// A random starting generation for a new registry file (below 2^55, so
+/// registrations never run out of room to count up).
+fn random_generation() -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: `buf` is valid for 8 bytes of writes.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let raw = if n == 8 {
+        u64::from_le_bytes(buf)
+    } else {
+        // No entropy source: the clock still differs between two files.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    };
+    (raw & (GEN_MASK >> 1)).max(1)
+}
+
 /// `generation << 8 | kind`.
 fn state(generation: u64, kind: u64) -> u64 {
     (generation & GEN_MASK) << STATE_BITS | kind
@@ -262,8 +279,18 @@ impl Registry {
         let tmp = temp_path(topic_dir);
         let file = fs::create_file(&tmp, access.ctl_mode(), REGISTRY_SIZE as u64)?;
         let result = Self::map(file, &tmp).and_then(|mut registry| {
-            // The file is zero-filled by fallocate: every entry is FREE,
-            // generation 0. Only the header needs writing.
+            // Every entry starts FREE at a random generation: pre-joined
+            // slots name (index, generation), and a registry removed with
+            // its last subscriber and made anew must not hand out a pair a
+            // ring still remembers from the old file.
+            let base = random_generation();
+            for index in 0..REGISTRY_ENTRIES {
+                // Relaxed: published by the Release store of magic below.
+                registry
+                    .entry(index)
+                    .state
+                    .store(state(base, REG_FREE), Ordering::Relaxed);
+            }
             let h = registry.header();
             // Relaxed: published by the Release store of magic below.
             h.version.store(REGISTRY_VERSION, Ordering::Relaxed);
@@ -660,6 +687,7 @@ mod tests {
         let t = TestDir::new("reg");
         let a = Registration::register_in(t.path(), false).unwrap();
         let b = Registration::register_in(t.path(), false).unwrap();
+        let first = (a.index(), a.generation());
         drop(a);
         assert!(t.path().join(REGISTRY_FILE).exists(), "b still registered");
         // A subscriber that opened the file before the last one leaves...
@@ -676,6 +704,10 @@ mod tests {
         drop(reg);
         let c = Registration::register_in(t.path(), false).unwrap();
         assert!(c.registry.still_linked());
+        // A new file never hands out a pair an old one did (rings may
+        // still name it in a pre-joined slot).
+        assert_eq!(c.index(), first.0);
+        assert_ne!(c.generation(), first.1);
         let publisher = Registry::open_existing(t.path(), Access::Owner)
             .unwrap()
             .unwrap();
