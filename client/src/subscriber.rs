@@ -296,11 +296,15 @@ where
                 // found its ring (untethered eviction): join at its newest
                 // message and say that messages were lost.
                 Err(bus::Error::Evicted) => {
-                    self.events.push_back(TopicEvent::Lost {
-                        publisher: id.to_string(),
-                        messages: 0,
-                        bytes: 0,
-                    });
+                    note(
+                        &mut self.events,
+                        &self.topic,
+                        TopicEvent::Lost {
+                            publisher: id.to_string(),
+                            messages: 0,
+                            bytes: 0,
+                        },
+                    );
                     let options = bus::ReaderOptions {
                         start: StartAt::Latest,
                         registration: None,
@@ -324,13 +328,13 @@ where
                     if since.elapsed() >= bus::INIT_WAIT {
                         self.uninitialized.remove(id);
                         self.known.insert(id.to_string());
-                        self.pending_errors.push_back(Error::Bus(e));
+                        skip(&mut self.pending_errors, &self.topic, Error::Bus(e));
                     }
                     continue;
                 }
                 Err(e) => {
                     self.known.insert(id.to_string());
-                    self.pending_errors.push_back(Error::Bus(e));
+                    skip(&mut self.pending_errors, &self.topic, Error::Bus(e));
                     continue;
                 }
             };
@@ -338,20 +342,28 @@ where
             self.known.insert(id.to_string());
             let info = reader.info();
             if info.type_fingerprint != self.ty.fingerprint {
-                self.pending_errors.push_back(Error::TypeMismatch {
-                    topic: self.topic.clone(),
-                    expected: self.ty.name.clone(),
-                    found: if info.type_name.is_empty() {
-                        "untyped bytes".to_string()
-                    } else {
-                        info.type_name.clone()
+                skip(
+                    &mut self.pending_errors,
+                    &self.topic,
+                    Error::TypeMismatch {
+                        topic: self.topic.clone(),
+                        expected: self.ty.name.clone(),
+                        found: if info.type_name.is_empty() {
+                            "untyped bytes".to_string()
+                        } else {
+                            info.type_name.clone()
+                        },
                     },
-                });
+                );
                 continue;
             }
-            self.events.push_back(TopicEvent::PublisherJoined {
-                publisher: id.to_string(),
-            });
+            note(
+                &mut self.events,
+                &self.topic,
+                TopicEvent::PublisherJoined {
+                    publisher: id.to_string(),
+                },
+            );
             self.sources.push(Source {
                 id: id.to_string(),
                 path,
@@ -371,11 +383,21 @@ where
         };
         let publisher = self.repair(i, repair);
         match repair {
-            Repair::Rejoin => Error::Evicted {
-                topic: self.topic.clone(),
-                publisher,
-            },
-            Repair::Drop => e.into(),
+            Repair::Rejoin => {
+                tracing::warn!(
+                    topic = %self.topic,
+                    %publisher,
+                    "shmbus: evicted for holding the publisher back; rejoined at its newest message"
+                );
+                Error::Evicted {
+                    topic: self.topic.clone(),
+                    publisher,
+                }
+            }
+            Repair::Drop => {
+                tracing::warn!(topic = %self.topic, %publisher, error = %e, "shmbus: ring dropped");
+                e.into()
+            }
         }
     }
 
@@ -404,9 +426,13 @@ where
                 }
                 // Removed meanwhile: the publisher is gone.
                 Err(bus::Error::NotFound(_)) => {
-                    self.events.push_back(TopicEvent::PublisherGone {
-                        publisher: id.clone(),
-                    });
+                    note(
+                        &mut self.events,
+                        &self.topic,
+                        TopicEvent::PublisherGone {
+                            publisher: id.clone(),
+                        },
+                    );
                 }
                 // No slot now (or another failure): the next scan retries
                 // the ring and reports what keeps it out.
@@ -441,17 +467,24 @@ where
                 Ok(true) => {
                     if let Some((messages, bytes)) = source.reader.take_gap() {
                         self.lost_messages += messages;
-                        self.events.push_back(TopicEvent::Lost {
-                            publisher: source.id.clone(),
-                            messages,
-                            bytes,
-                        });
+                        note(
+                            &mut self.events,
+                            &self.topic,
+                            TopicEvent::Lost {
+                                publisher: source.id.clone(),
+                                messages,
+                                bytes,
+                            },
+                        );
                         continue;
                     }
                     if source.reader.is_closed() {
                         let gone = self.sources.remove(i);
-                        self.events
-                            .push_back(TopicEvent::PublisherGone { publisher: gone.id });
+                        note(
+                            &mut self.events,
+                            &self.topic,
+                            TopicEvent::PublisherGone { publisher: gone.id },
+                        );
                         continue;
                     }
                     return Ok(Some(i));
@@ -535,11 +568,15 @@ where
             // first); handled anyway, and `recv` waits again after `None`.
             ReadEvent::Gap { messages, bytes } => {
                 *lost_messages += messages;
-                events.push_back(TopicEvent::Lost {
-                    publisher: id.to_string(),
-                    messages,
-                    bytes,
-                });
+                note(
+                    events,
+                    topic,
+                    TopicEvent::Lost {
+                        publisher: id.to_string(),
+                        messages,
+                        bytes,
+                    },
+                );
                 Ok(None)
             }
             ReadEvent::Empty | ReadEvent::Closed => Ok(None),
@@ -674,11 +711,15 @@ where
             n += drained.messages - skipped;
             self.lost_messages += drained.lost_messages;
             if drained.lost_messages > 0 {
-                self.events.push_back(TopicEvent::Lost {
-                    publisher: source.id.clone(),
-                    messages: drained.lost_messages,
-                    bytes: drained.lost_bytes,
-                });
+                note(
+                    &mut self.events,
+                    &self.topic,
+                    TopicEvent::Lost {
+                        publisher: source.id.clone(),
+                        messages: drained.lost_messages,
+                        bytes: drained.lost_bytes,
+                    },
+                );
             }
             if let Some((reason, count)) = invalid {
                 let reason = if count > 1 {
@@ -787,6 +828,34 @@ impl<T: Archive> Sample<'_, T> {
     pub fn bytes(&self) -> &[u8] {
         self.message.payload()
     }
+}
+
+/// Queues a topic event and reports it to `tracing` (rare events only:
+/// publishers found and gone, losses).
+fn note(events: &mut VecDeque<TopicEvent>, topic: &str, event: TopicEvent) {
+    match &event {
+        TopicEvent::PublisherJoined { publisher } => {
+            tracing::debug!(topic, publisher, "shmbus: publisher found");
+        }
+        TopicEvent::PublisherGone { publisher } => {
+            tracing::debug!(topic, publisher, "shmbus: publisher gone");
+        }
+        TopicEvent::Lost {
+            publisher,
+            messages,
+            bytes,
+        } => {
+            tracing::warn!(topic, publisher, messages, bytes, "shmbus: messages lost");
+        }
+    }
+    events.push_back(event);
+}
+
+/// Queues an error about a ring that is skipped (another type, damaged,
+/// half-made for too long) and reports it to `tracing`.
+fn skip(errors: &mut VecDeque<Error>, topic: &str, error: Error) {
+    tracing::warn!(topic, %error, "shmbus: ring skipped");
+    errors.push_back(error);
 }
 
 /// Copies `bytes` into `scratch` (16-byte aligned, grown as needed) and
