@@ -292,9 +292,32 @@ fn durable_slot_outlives_its_owner_and_the_restarted_owner_resumes() {
             "the orphaned durable slot must hold the publisher back"
         );
     }
-    // The restarted owner reattaches where the dead one had released.
-    let raw = RawReader::open_durable(&path, StartAt::Latest, 0xd0d0, lease).unwrap();
+    // The publisher exits meanwhile: the ring still owes the durable slot
+    // its data, so its files stay.
+    let tail = RawReader::open(&path, StartAt::Latest, false)
+        .unwrap()
+        .tail();
+    drop(w);
+    assert!(path.exists() && path.with_extension("ctl").exists());
+    assert_eq!(
+        shmbus_bus::sweep_topic(&dir.0).unwrap(),
+        0,
+        "a sweep keeps it too"
+    );
+    // The restarted owner reattaches where the dead one had released and
+    // finds everything after it.
+    let mut raw = RawReader::open_durable(&path, StartAt::Latest, 0xd0d0, lease).unwrap();
     assert_eq!(raw.start_position(), 2 * 128);
+    assert!(matches!(
+        raw.next_chunk(2 * 128, 1 << 20).unwrap(),
+        RawChunk::Records { end, .. } if end == tail
+    ));
+    assert!(raw.publisher_gone());
+    // Done with it: the owner leaves cleanly, and the last one out removes
+    // the ring.
+    raw.release_to(tail);
+    drop(raw);
+    assert!(!path.exists() && !path.with_extension("ctl").exists());
 }
 
 /// The child side of the durable test: opens the durable slot, releases two

@@ -312,6 +312,19 @@ impl RawReader {
     }
 }
 
+impl Drop for RawReader {
+    fn drop(&mut self) {
+        if !self.core.view.in_creator_process() {
+            // A forked child: the slot and its lock are the parent's.
+            self.core.forget_slot();
+            return;
+        }
+        self.core.leave();
+        // Last one out of a ring whose publisher is gone removes it.
+        let _ = crate::shm::sweep::remove_if_unread(&self.core.view);
+    }
+}
+
 /// Writes records received from elsewhere into a local ring, at the same
 /// positions as in the ring they came from (so their stamps stay valid).
 #[derive(Debug)]

@@ -84,6 +84,8 @@ pub(crate) fn join_error(path: &Path, e: JoinError) -> Error {
     match e {
         JoinError::Corrupt(what) => Error::corrupt(segment::control_path_of(path), what),
         JoinError::Io(e) => Error::io(segment::control_path_of(path), e),
+        // Handled inside the join (it looks at the next slot); never here.
+        JoinError::Raced => Error::NoFreeSlot(path.to_path_buf()),
     }
 }
 

@@ -381,6 +381,9 @@ pub(crate) enum JoinError {
     Corrupt(&'static str),
     /// Taking a lock failed (not "held by another": an OS error).
     Io(io::Error),
+    /// The slot's state changed under the claim (the writer evicted its
+    /// dead owner at that moment); the slot was left alone, try again.
+    Raced,
 }
 
 /// A joined slot: the claim and the first position to read.
@@ -414,8 +417,10 @@ pub(crate) fn join<V: View>(view: &V, req: &JoinRequest) -> Result<Option<Joined
                 continue;
             }
             take_back_sleeping(view, slot);
-            let wanted = WantAt::Join(req.at);
-            return activate(view, index, current, req, wanted).map(Some);
+            match activate(view, index, current, req, WantAt::Join(req.at)) {
+                Err(JoinError::Raced) => continue,
+                other => return other.map(Some),
+            }
         }
     }
     Ok(None)
@@ -471,9 +476,12 @@ fn activate<V: View>(
     let geo = *view.geometry();
     let producer = view.producer();
     let fail = |what: &'static str| {
-        // Release: nothing of ours is left for a later claimer to see.
-        slot.state
-            .store(with_state(previous, SLOT_FREE), Ordering::Release);
+        // Release: nothing of ours is left for a later claimer to see (the
+        // generation counts the failed claim too).
+        slot.state.store(
+            with_state(next_claim(previous, SLOT_FREE), SLOT_FREE),
+            Ordering::Release,
+        );
         view.unlock(byte);
         Err(JoinError::Corrupt(what))
     };
@@ -492,9 +500,19 @@ fn activate<V: View>(
         WantAt::Resume(p) => p.clamp(head, tail),
     };
     let claiming = next_claim(previous, SLOT_CLAIMING);
-    // Relaxed: we hold the lock; the writer ignores CLAIMING; everything is
-    // published by the Release store of the final state below.
-    slot.state.store(claiming, Ordering::Relaxed);
+    // A CAS, not a store: holding the lock keeps other claimers and reapers
+    // out, but the writer's eviction CASes states without the lock; if one
+    // lands between our look and now, the claim fails and the caller looks
+    // again. Relaxed: the writer ignores CLAIMING; everything is published
+    // by the Release store of the final state below.
+    if slot
+        .state
+        .compare_exchange(previous, claiming, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        view.unlock(byte);
+        return Err(JoinError::Raced);
+    }
     slot.pid.store(req.pid, Ordering::Relaxed);
     slot.start_time.store(req.start_time, Ordering::Relaxed);
     slot.held.store(0, Ordering::Relaxed);
@@ -567,7 +585,10 @@ fn reattach<V: View>(view: &V, req: &JoinRequest, key: u64) -> Result<Option<Joi
         // Acquire: the previous owner's release-position store.
         let resume = slot.position.load(Ordering::Acquire) & !(RECORD_ALIGN - 1);
         take_back_sleeping(view, slot);
-        return activate(view, index, current, req, WantAt::Resume(resume)).map(Some);
+        match activate(view, index, current, req, WantAt::Resume(resume)) {
+            Err(JoinError::Raced) => continue,
+            other => return other.map(Some),
+        }
     }
     Ok(None)
 }
@@ -637,15 +658,18 @@ pub(crate) fn adopt<V: View>(
         let start = slot.position.load(Ordering::Acquire);
         // Relaxed: the creator's, published with the ring.
         let first_seq = slot.first_seq.load(Ordering::Relaxed);
-        return activate(view, index, current, req, WantAt::Resume(start)).map(|(claim, pos)| {
-            Some(Adopted::Joined {
-                joined: (claim, pos),
+        return match activate(view, index, current, req, WantAt::Resume(start)) {
+            // Evicted (for lag) under our hands: report it like an eviction.
+            Err(JoinError::Raced) => Ok(Some(Adopted::Evicted)),
+            Err(e) => Err(e),
+            Ok(joined) => Ok(Some(Adopted::Joined {
+                joined,
                 // Counted from the ring's first record even if the writer
                 // lapped it before the adoption (Overwrite): the first record
                 // read then reports the exact loss.
                 first_seq: (first_seq != UNKNOWN_SEQ).then_some(first_seq),
-            })
-        });
+            })),
+        };
     }
     Ok(None)
 }
