@@ -56,6 +56,12 @@ fn needs_data(map: &Arc<Mapping>) -> bool {
 /// data: the data file first (so nobody discovers the ring any more), then
 /// the control file.
 pub(crate) fn remove_if_unread(map: &Arc<Mapping>) -> bool {
+    // Only names the bus gives (`<id>.ring` and its `<id>.ctl`): a ring
+    // opened through another link (a bridge's hold link) is left to the
+    // link's owner.
+    if crate::shm::paths::publisher_id_of(&map.info().path).is_none() {
+        return false;
+    }
     if !publisher_gone(map) || needs_data(map) {
         return false;
     }
