@@ -18,9 +18,12 @@
 //!   - [`proto::frame`]: the wire frames (layout in the module docs), with
 //!     bounds-checked decoding that never panics and a DATA header that is
 //!     encoded on its own so the payload can be sent from ring memory.
-//!   - [`proto::handshake`]: mutual HMAC-SHA256 challenge-response over a
-//!     pre-shared key, bound to both nonces, both names and the connection
-//!     role.
+//!   - [`proto::handshake`]: Noise IK between two nodes' static key pairs,
+//!     checked against the allowlist; the peer's name comes from it.
+//!   - [`proto::seal`]: every frame after the handshake authenticated
+//!     (ChaCha20-Poly1305, per-direction keys, implicit counters), ring
+//!     bytes as associated data so they are still sent zero-copy; or
+//!     encrypted, on request.
 //!   - [`proto::zc`]: `MSG_ZEROCOPY` completion bookkeeping: which ring
 //!     position the kernel no longer reads, and the fallback-to-plain policy.
 //!   - [`proto::stream`]: per-stream positions: what the sender may release
@@ -29,6 +32,8 @@
 //!   header plus up to two ring slices per `sendmsg` and parses completion
 //!   notifications; [`io::frame_reader::FrameReader`] reads frames with DATA
 //!   payloads going straight into their destination.
+//! - [`identity`]: key pairs, key files (`O_NOFOLLOW`, owner and mode
+//!   checked on the open descriptor, secrets zeroized) and the allowlist.
 //! - [`config`]: the daemon's TOML configuration with command-line overrides,
 //!   allow-lists and export modes (untethered by default: a slow remote must
 //!   never hold local publishers back).
@@ -71,6 +76,7 @@ pub mod config;
 #[cfg(target_os = "linux")]
 pub mod daemon;
 pub mod error;
+pub mod identity;
 pub mod io;
 pub mod log;
 pub mod proto;
