@@ -22,8 +22,26 @@
 //!   zero-copy on, so `MSG_ZEROCOPY` sends fail with `ENOBUFS` and must fall
 //!   back to plain sends.
 //!
-//! Every test skips, saying why, when namespaces are unavailable. Nothing
-//! asserts timing; the watchdog only bounds a hang.
+//! The security tests (protocol version 2: a key pair per node, every frame
+//! authenticated; `docs/bridge-security.md`):
+//!
+//! - `injected_replayed_reordered_frames_are_refused`: the fault proxy, in
+//!   `--frames` mode, injects, replays and reorders A→B frames of a live
+//!   connection; each is refused, counted, the connection dropped and
+//!   re-established, and delivery stays exactly once;
+//! - `unknown_key_and_false_name_are_refused`: a bridge with a key not on
+//!   B's allowlist, and one with an allowlisted key claiming `a`'s name;
+//! - `slowloris_does_not_keep_the_peer_out`: 200 idle or trickling
+//!   connections while the real peer restarts three times;
+//! - `strangers_leave_no_trace_150` (and `stress_a_thousand_strangers`):
+//!   distinct unknown keys and distinct false names leave no state;
+//! - `allowlist_reload_drops_removed_keys`, `per_peer_limits_hold`,
+//!   `absent_peer_state_expires`, `bad_key_files_are_refused_at_startup`.
+//!
+//! Every test skips, saying why, when namespaces are unavailable (except
+//! `bad_key_files_are_refused_at_startup`, which needs none). Nothing
+//! asserts timing but the slowloris test's generous bound on reconnecting
+//! (3 s, against a goal of 1 s); the watchdog only bounds a hang.
 
 // Relaxed, everywhere below: stop flags and progress counters. The data
 // they describe is handed over through the thread handles (join) or only

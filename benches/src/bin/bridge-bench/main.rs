@@ -6,21 +6,28 @@
 //!
 //! For 64 B, 4 KiB and 64 KiB messages, over loopback and over a veth pair
 //! between two network namespaces (root only), it moves a fixed volume
-//! three ways and prints a markdown table:
+//! four ways and prints a markdown table:
 //!
-//! - `tcp`: a sender process writes the messages (batched ~256 KiB writes)
-//!   to a receiver process that discards them: the ceiling.
-//! - `bridge zc` / `bridge copy`: a publisher process writes the same
-//!   messages into a ring on bus root A; an exporting bridge (tethered,
-//!   so lossless) sends them to an importing bridge that writes a replica
-//!   ring on root B; this process drains it and checks every message's
-//!   sequence number and check byte. `copy` runs both bridges with
-//!   `--no-zerocopy`.
+//! - `plain TCP`: a sender process writes the messages (batched ~256 KiB
+//!   writes) to a receiver process that discards them.
+//! - `TCP + same AEAD`: the same, and each write is followed by a
+//!   ChaCha20-Poly1305 tag over it (the bridge's own sealing code, `auth`
+//!   construction, one counter per write), which the receiver checks: the
+//!   honest ceiling for an authenticated link.
+//! - `bridge, auth` / `bridge, encrypt`: a publisher process writes the same
+//!   messages into a ring on bus root A; an exporting bridge (tethered, so
+//!   lossless) sends them to an importing bridge that writes a replica ring
+//!   on root B; this process drains it and checks every message's sequence
+//!   number and check byte. The bridges run `--protection auth` (the
+//!   default: tags over the ring bytes, zero-copy allowed) or
+//!   `--protection encrypt`.
 //!
 //! Sender CPU is getrusage (via `wait4`) of the sending processes: the
 //! publisher plus the exporting bridge, or the TCP sender, over their whole
-//! life (setup included). The exporting bridge's counters say which sends
-//! were really zero-copy.
+//! life (setup included). Receiver CPU is the importing bridge's (whole
+//! life) plus this process's draining thread (during the run), or the TCP
+//! receiver's. The exporting bridge's counters say which sends were really
+//! zero-copy.
 
 mod child;
 mod netns;
@@ -32,7 +39,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use crate::run::{Path, Row, Variant};
+use crate::run::{Baselines, Path, Row, Variant};
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -95,14 +102,21 @@ fn drive(args: &[String]) -> Result<()> {
         for &(size, volume) in &SIZES {
             let volume = if quick { volume / 8 } else { volume };
             let count = volume / size as u64;
-            let mut ceiling = None;
-            for variant in [Variant::Tcp, Variant::BridgeZc, Variant::BridgeCopy] {
+            let mut base = Baselines::default();
+            for variant in [
+                Variant::Tcp,
+                Variant::TcpAead,
+                Variant::BridgeAuth,
+                Variant::BridgeEncrypt,
+            ] {
                 let row = Row::measure(path, variant, size, count, rounds)?;
                 eprintln!("{}", row.progress());
-                if variant == Variant::Tcp {
-                    ceiling = Some(row.gbps());
+                match variant {
+                    Variant::Tcp => base.tcp = Some(row.gbps()),
+                    Variant::TcpAead => base.ceiling = Some(row.gbps()),
+                    _ => {}
                 }
-                rows.push((row, ceiling));
+                rows.push((row, base));
             }
         }
     }
