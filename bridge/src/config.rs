@@ -780,14 +780,21 @@ impl Config {
         if let Some(name) = allowlist.name_of(&keypair.public()) {
             return Err(invalid(
                 "allowlist",
-                format!("{} lists this node's own key (as {name:?}); a node never accepts itself", allowlist_file.display()),
+                format!(
+                    "{} lists this node's own key (as {name:?}); a node never accepts itself",
+                    allowlist_file.display()
+                ),
             ));
         }
         for p in &peers {
             if allowlist.key_of(&p.name).is_none() {
                 return Err(invalid(
                     "peer name",
-                    format!("{:?} is not in the allowlist {}; add its `.pub` line there", p.name, allowlist_file.display()),
+                    format!(
+                        "{:?} is not in the allowlist {}; add its `.pub` line there",
+                        p.name,
+                        allowlist_file.display()
+                    ),
                 ));
             }
         }
@@ -800,7 +807,10 @@ impl Config {
             .or(file.handshake_timeout_ms)
             .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64);
         if !(100..=60_000).contains(&handshake_ms) {
-            return Err(invalid("handshake_timeout_ms", format!("{handshake_ms} must be from 100 to 60000")));
+            return Err(invalid(
+                "handshake_timeout_ms",
+                format!("{handshake_ms} must be from 100 to 60000"),
+            ));
         }
         let positive = |field: &str, v: usize| {
             if v == 0 {
@@ -893,7 +903,10 @@ impl Config {
 ///
 /// [`ConfigError::Key`] naming the file, the line and the problem.
 pub fn load_allowlist(path: &Path) -> Result<Allowlist, ConfigError> {
-    Ok(Allowlist::load(path, crate::proto::handshake::check_node_name)?)
+    Ok(Allowlist::load(
+        path,
+        crate::proto::handshake::check_node_name,
+    )?)
 }
 
 fn host_name() -> Result<String, ConfigError> {

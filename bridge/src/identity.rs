@@ -260,9 +260,9 @@ impl StaticKeypair {
             return Err(content("more than one key line"));
         }
         let mut buf = Zeroizing::new([0u8; 48]);
-        let n = STANDARD
-            .decode_slice(line, &mut buf[..])
-            .map_err(|_| content("the key is not base64; create one with `shmbus-bridge keygen`"))?;
+        let n = STANDARD.decode_slice(line, &mut buf[..]).map_err(|_| {
+            content("the key is not base64; create one with `shmbus-bridge keygen`")
+        })?;
         if n != KEY_LEN {
             return Err(content("the key is not 32 bytes long"));
         }
@@ -369,7 +369,9 @@ impl Allowlist {
             let n = i + 1;
             let mut parts = line.split_whitespace();
             let (Some(key), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(format!("line {n}: expected `<base64 public key> <node name>`"));
+                return Err(format!(
+                    "line {n}: expected `<base64 public key> <node name>`"
+                ));
             };
             let key: PublicKey = key.parse().map_err(|e| format!("line {n}: {e}"))?;
             check_name(name).map_err(|e| format!("line {n}: {e}"))?;
@@ -485,7 +487,12 @@ fn read_checked(
     Ok(buf)
 }
 
-fn check_fd(file: &File, path: &Path, what: &'static str, access: Access) -> Result<(), KeyFileError> {
+fn check_fd(
+    file: &File,
+    path: &Path,
+    what: &'static str,
+    access: Access,
+) -> Result<(), KeyFileError> {
     // `File::metadata` is fstat(2) on this descriptor: what is checked is
     // what is read.
     let meta = file.metadata().map_err(|e| KeyFileError::Read {

@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use shmbus_bridge::{
     config::{Cli, Command, Config},
-    identity::StaticKeypair,
     daemon::Daemon,
+    identity::StaticKeypair,
     log,
 };
 

@@ -31,8 +31,8 @@ use shmbus_bridge::{
     io::frame_reader::FrameReader,
     proto::{
         frame::{
-            decode, Ack, DataHeader, Decoded, ErrorCode, Frame, FrameHeader, Hello,
-            StreamAnnounce, StreamFlags, HEADER_LEN, HELLO_MAGIC, RESUME_OLDEST,
+            decode, Ack, DataHeader, Decoded, ErrorCode, Frame, FrameHeader, Hello, StreamAnnounce,
+            StreamFlags, HEADER_LEN, HELLO_MAGIC, RESUME_OLDEST,
         },
         handshake::{HandshakeParams, Initiator},
         seal::{Direction, Protection},
@@ -358,10 +358,7 @@ fn hostile_peers_are_refused_and_the_good_peer_keeps_flowing() {
     let stranger = StaticKeypair::generate().unwrap();
     let e = Client::authenticate(&addr, "mallory-1", &stranger, &alpha_key).err();
     assert_eq!(e.as_deref(), Some("closed without a reply"));
-    alpha.wait_log(
-        "handshake failed: unknown key",
-        Duration::from_secs(10),
-    );
+    alpha.wait_log("handshake failed: unknown key", Duration::from_secs(10));
 
     // 2. Wrong protocol version.
     let mut c = Client::connect(&addr);
@@ -505,10 +502,17 @@ fn hostile_peers_are_refused_and_the_good_peer_keeps_flowing() {
     }
     // Only authenticated peers have state: the stranger, the impostor and
     // the unauthenticated clients left none.
-    let expected: HashSet<String> = ["beta", "mallory-4", "mallory-5", "mallory-6", "mallory-7", "mallory-9"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let expected: HashSet<String> = [
+        "beta",
+        "mallory-4",
+        "mallory-5",
+        "mallory-6",
+        "mallory-7",
+        "mallory-9",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(names, expected);
 }
 

@@ -185,9 +185,9 @@ impl Rig {
                 "--root",
                 self.root(side).to_str().unwrap(),
                 "--stats-file",
-            self.stats_file(side).to_str().unwrap(),
-            "--heartbeat-interval-ms",
-            "100",
+                self.stats_file(side).to_str().unwrap(),
+                "--heartbeat-interval-ms",
+                "100",
                 "--peer-timeout-ms",
                 "1500",
             ]
@@ -899,7 +899,11 @@ fn injected_replayed_reordered_frames_are_refused() {
         proxy.expect_line(&format!("ok {kind}"), WAIT);
         let line = proxy.expect_line("tampered ", WAIT);
         assert!(line.contains(&format!("kind={kind}")), "{line}");
-        wait_log(&b, "failed authentication (injected, replayed, reordered", n + 1);
+        wait_log(
+            &b,
+            "failed authentication (injected, replayed, reordered",
+            n + 1,
+        );
         rig.wait_connected(&a, &b, n + 2);
     }
     let published = work.finish_and_verify(&[&a, &b, &proxy]);
@@ -1010,7 +1014,8 @@ fn slowloris(to: SocketAddr, idle: usize, trickle: usize, stop: &AtomicBool) -> 
     while !stop.load(Ordering::Relaxed) {
         for (i, slot) in conns.iter_mut().enumerate() {
             if slot.is_none() {
-                if let Ok(s) = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200)) {
+                if let Ok(s) = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200))
+                {
                     let _ = s.set_nonblocking(true);
                     *slot = Some((s, 0));
                     made += 1;
@@ -1073,7 +1078,11 @@ fn slowloris_does_not_keep_the_peer_out() {
             let restarted = rig.start_a(b_addr, &[]);
             let end = Instant::now() + WAIT;
             while !restarted.stderr().contains("connected to peer b ") {
-                assert!(Instant::now() < end, "round {round}: {}", restarted.describe());
+                assert!(
+                    Instant::now() < end,
+                    "round {round}: {}",
+                    restarted.describe()
+                );
                 thread::sleep(Duration::from_millis(5));
             }
             times.push(started.elapsed());
@@ -1119,9 +1128,14 @@ fn strangers_leave_no_trace(n: u64) {
     if unavailable() {
         return;
     }
-    let rig = Rig::new(&format!("bn-strangers-{n}"), Duration::from_secs(60 + n / 2));
+    let rig = Rig::new(
+        &format!("bn-strangers-{n}"),
+        Duration::from_secs(60 + n / 2),
+    );
     let (mut a, mut b) = start_pair(&rig, &[], &[]);
-    let b_key = StaticKeypair::load(&rig.keys.join("b.key")).unwrap().public();
+    let b_key = StaticKeypair::load(&rig.keys.join("b.key"))
+        .unwrap()
+        .public();
     let c_key = StaticKeypair::load(&rig.keys.join("c.key")).unwrap();
     let b_addr = rig.b_addr();
     let replied = rig
@@ -1193,7 +1207,11 @@ fn allowlist_reload_drops_removed_keys() {
     let (mut a, mut b) = start_pair(&rig, &[], &[]);
     let list = rig.keys.join("b.allow");
     let full = std::fs::read_to_string(&list).unwrap();
-    let without_a: String = full.lines().filter(|l| !l.ends_with(" a")).map(|l| format!("{l}\n")).collect();
+    let without_a: String = full
+        .lines()
+        .filter(|l| !l.ends_with(" a"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     assert_eq!(without_a.lines().count(), full.lines().count() - 1);
     std::fs::write(&list, &without_a).unwrap();
     b.signal(libc::SIGHUP);
@@ -1208,6 +1226,19 @@ fn allowlist_reload_drops_removed_keys() {
     assert_eq!(bridge_counter(&rig, Side::B, "sessions_revoked"), 1);
 }
 
+/// One case of [`per_peer_limits_hold`].
+struct LimitCase {
+    tag: &'static str,
+    a_extra: &'static [&'static str],
+    b_extra: &'static [&'static str],
+    /// The side whose limit refuses.
+    refuser: Side,
+    /// Streams it keeps (of 3).
+    kept: usize,
+    /// The setting named in its log line.
+    setting: &'static str,
+}
+
 /// Per-peer limits after authentication: B imports at most 2 streams from
 /// `a` (3 offered), then at most 1000 KiB of replica rings (one 512 KiB
 /// ring); A exports at most 1 ring to `b` (one subscriber slot). What is refused is counted and logged.
@@ -1216,12 +1247,41 @@ fn per_peer_limits_hold() {
     if unavailable() {
         return;
     }
-    let cases: [(&str, &[&str], &[&str], Side, usize, &str); 3] = [
-        ("streams", &[], &["--max-streams-per-peer", "2"], Side::B, 2, "max_streams_per_peer"),
-        ("bytes", &[], &["--max-replica-bytes-per-peer", "1000K"], Side::B, 1, "max_replica_bytes_per_peer"),
-        ("exports", &["--max-exports-per-peer", "1"], &[], Side::A, 1, "max_exports_per_peer"),
+    let cases = [
+        LimitCase {
+            tag: "streams",
+            a_extra: &[],
+            b_extra: &["--max-streams-per-peer", "2"],
+            refuser: Side::B,
+            kept: 2,
+            setting: "max_streams_per_peer",
+        },
+        LimitCase {
+            tag: "bytes",
+            a_extra: &[],
+            b_extra: &["--max-replica-bytes-per-peer", "1000K"],
+            refuser: Side::B,
+            kept: 1,
+            setting: "max_replica_bytes_per_peer",
+        },
+        LimitCase {
+            tag: "exports",
+            a_extra: &["--max-exports-per-peer", "1"],
+            b_extra: &[],
+            refuser: Side::A,
+            kept: 1,
+            setting: "max_exports_per_peer",
+        },
     ];
-    for (tag, a_extra, b_extra, refuser, kept, setting) in cases {
+    for LimitCase {
+        tag,
+        a_extra,
+        b_extra,
+        refuser,
+        kept,
+        setting,
+    } in cases
+    {
         let rig = Rig::new(&format!("bn-limit-{tag}"), Duration::from_secs(60));
         let (mut a, mut b) = start_pair(&rig, a_extra, b_extra);
         // Three publishers with 512 KiB rings.
@@ -1233,7 +1293,10 @@ fn per_peer_limits_hold() {
             .build()
             .unwrap();
         let mut pubs: Vec<_> = (0..3)
-            .map(|p| bus.publisher_named::<Tele>(TOPIC, &format!("pub{p}")).unwrap())
+            .map(|p| {
+                bus.publisher_named::<Tele>(TOPIC, &format!("pub{p}"))
+                    .unwrap()
+            })
             .collect();
         for (p, publisher) in pubs.iter_mut().enumerate() {
             publisher.send(&Tele::new(p as u32, 0, 1)).unwrap();
@@ -1250,7 +1313,11 @@ fn per_peer_limits_hold() {
             .collect();
         assert_eq!(streams.len(), kept, "{tag}: {streams:?}");
         let peer = &stats(&rig.stats_file(refuser), "peer")[0];
-        assert_eq!(num(peer, "limit_refusals"), (3 - kept) as u64, "{tag}: {peer:?}");
+        assert_eq!(
+            num(peer, "limit_refusals"),
+            (3 - kept) as u64,
+            "{tag}: {peer:?}"
+        );
         drop(pubs);
     }
 }
@@ -1297,21 +1364,30 @@ fn bad_key_files_are_refused_at_startup() {
             .arg(env.root())
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let allow = keys.join("a.allow");
     let link = keys.join("link.key");
     std::os::unix::fs::symlink(&real, &link).unwrap();
     let (code, err) = run(&link, &allow);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("is a symbolic link; refusing to follow it"), "{err}");
+    assert!(
+        err.contains("is a symbolic link; refusing to follow it"),
+        "{err}"
+    );
 
     let group = keys.join("group.key");
     std::fs::copy(&real, &group).unwrap();
     std::fs::set_permissions(&group, std::fs::Permissions::from_mode(0o640)).unwrap();
     let (code, err) = run(&group, &allow);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("mode 0640") && err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains("mode 0640") && err.contains("chmod 600"),
+        "{err}"
+    );
 
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -1321,7 +1397,10 @@ fn bad_key_files_are_refused_at_startup() {
         std::os::unix::fs::chown(&other, Some(65534), Some(65534)).unwrap();
         let (code, err) = run(&other, &allow);
         assert_eq!(code, Some(2), "{err}");
-        assert!(err.contains("is owned by uid 65534, not by this user"), "{err}");
+        assert!(
+            err.contains("is owned by uid 65534, not by this user"),
+            "{err}"
+        );
     } else {
         eprintln!("skipped the other-owner case: needs root");
     }

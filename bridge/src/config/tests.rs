@@ -360,7 +360,10 @@ fn key_file_checks() {
     ));
     assert!(matches!(
         load(
-            &format!("node_name = \"n\"\nkey_file = {:?}\n", key.display().to_string()),
+            &format!(
+                "node_name = \"n\"\nkey_file = {:?}\n",
+                key.display().to_string()
+            ),
             &Cli::default()
         ),
         Err(ConfigError::MissingAllowlist)
@@ -377,7 +380,10 @@ fn key_file_checks() {
     assert!(e.contains("chmod 644"), "{e}");
     // A peer to dial must be on the allowlist.
     let e = err_text(load(
-        &format!("{}[[peer]]\nname = \"zz\"\naddress = \"h:1\"\n", with(&key, &allow)),
+        &format!(
+            "{}[[peer]]\nname = \"zz\"\naddress = \"h:1\"\n",
+            with(&key, &allow)
+        ),
         &Cli::default(),
     ));
     assert!(e.contains("not in the allowlist"), "{e}");
@@ -402,7 +408,10 @@ fn key_file_checks() {
     )
     .unwrap();
     assert_eq!(c.protection, Protection::Encrypt);
-    assert_eq!(c.limits.handshake_timeout, std::time::Duration::from_millis(500));
+    assert_eq!(
+        c.limits.handshake_timeout,
+        std::time::Duration::from_millis(500)
+    );
     assert_eq!(c.limits.max_pending_per_address, 2);
     assert_eq!(c.limits.max_replica_bytes_per_peer, 1 << 30);
     assert!(load(&with(&key, &allow), &cli(&["--handshake-timeout-ms", "5"])).is_err());

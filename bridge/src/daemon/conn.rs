@@ -27,7 +27,9 @@ use crate::{
     log,
     proto::{
         frame::{decode, Decoded, Frame, FrameHeader, FrameType, HEADER_LEN},
-        handshake::{check_hello, HandshakeError, HandshakeParams, Initiator, Responder, Role, Session},
+        handshake::{
+            check_hello, HandshakeError, HandshakeParams, Initiator, Responder, Role, Session,
+        },
         seal::TAG_LEN,
         zc::ZcPolicy,
     },
@@ -296,7 +298,11 @@ fn read_exact_by(
             .set_read_timeout(Some(left.min(SLICE)))
             .map_err(|e| Fail::other(e.to_string()))?;
         match stream.read(dst) {
-            Ok(0) => return Err(Fail::other("connection closed by the peer during the handshake")),
+            Ok(0) => {
+                return Err(Fail::other(
+                    "connection closed by the peer during the handshake",
+                ))
+            }
             Ok(n) => dst = &mut dst[n..],
             Err(e)
                 if matches!(
@@ -411,7 +417,8 @@ fn handshake(
                 Err(e) => return Err(Fail::other(e.to_string())),
             };
             let allowlist = shared.allowlist();
-            let resp = Responder::respond(&params, &allowlist, hello_bytes, &hello, noise, &mut out)?;
+            let resp =
+                Responder::respond(&params, &allowlist, hello_bytes, &hello, noise, &mut out)?;
             write_by(stream, &out, deadline)?;
             let len = read_preauth_frame(stream, &mut buf, deadline, shared, true)?;
             let (frame, rest) = buf.split_at_mut(len);

@@ -39,12 +39,12 @@ use crate::{
     io::{socket, zerocopy::ZeroCopySocket},
     log,
     proto::{
-        seal::{Direction, Protection, SealError, TAG_LEN},
         frame::{
             DataHeader, End, ErrorCode, ErrorFrame, Frame, Gap, Heartbeat, StreamAnnounce,
             StreamFlags, StreamTail, Subscribe, DATA_HEADER_LEN, MAX_DATA_LEN,
             MAX_HEARTBEAT_ENTRIES,
         },
+        seal::{Direction, Protection, SealError, TAG_LEN},
         stream::{ExportMode, ExportPositions},
     },
 };

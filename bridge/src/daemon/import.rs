@@ -296,7 +296,7 @@ impl<'a> Receiver<'a> {
                     self.link.fail(code, message);
                     break;
                 }
-                    Err(Step::Close(message)) => {
+                Err(Step::Close(message)) => {
                     self.link.close(message, false);
                     break;
                 }
@@ -313,11 +313,9 @@ impl<'a> Receiver<'a> {
     fn auth_failed(&self, e: &crate::proto::seal::SealError) {
         self.shared.stats.auth_failures.add(1);
         self.peer.stats.auth_failures.add(1);
-        log::warning!(
-            "closing the connection to {}: {e}",
-            self.peer.name
-        );
-        self.link.close(format!("a frame failed authentication: {e}"), false);
+        log::warning!("closing the connection to {}: {e}", self.peer.name);
+        self.link
+            .close(format!("a frame failed authentication: {e}"), false);
     }
 
     fn report_bytes(&mut self) {

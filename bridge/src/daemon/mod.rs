@@ -212,7 +212,12 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|name, p| {
-                let idle = p.slot.lock().unwrap_or_else(|e| e.into_inner()).active.is_none();
+                let idle = p
+                    .slot
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .active
+                    .is_none();
                 let away = p
                     .last_seen
                     .lock()
@@ -385,7 +390,11 @@ impl Daemon {
             if let Some((link, _, key)) = &slot.active {
                 if !list.allows(&peer.name, key) {
                     link.close(
-                        format!("key {} of peer {} was removed from the allowlist", key.short(), peer.name),
+                        format!(
+                            "key {} of peer {} was removed from the allowlist",
+                            key.short(),
+                            peer.name
+                        ),
                         false,
                     );
                     shared.stats.sessions_revoked.add(1);
@@ -532,7 +541,10 @@ fn listen_loop(shared: &Arc<Shared>, listener: &TcpListener) {
                         shared.stats.rejected_connections.add(1);
                         // One line per 100 refusals: a flood must not flood the log.
                         if n % 100 == 0 {
-                            log::warning!("refused connection from {addr}: {why} ({} refused so far)", n + 1);
+                            log::warning!(
+                                "refused connection from {addr}: {why} ({} refused so far)",
+                                n + 1
+                            );
                         }
                         drop(stream);
                         continue;
@@ -589,8 +601,14 @@ fn dial_loop(shared: &Arc<Shared>, peer: &PeerConfig) {
         if let Some(addr) = addr {
             match std::net::TcpStream::connect_timeout(&addr, shared.config.peer_timeout) {
                 Ok(stream) => {
-                    let outcome =
-                        conn::serve(shared, stream, addr, Role::Initiator, Some(&peer.name), None);
+                    let outcome = conn::serve(
+                        shared,
+                        stream,
+                        addr,
+                        Role::Initiator,
+                        Some(&peer.name),
+                        None,
+                    );
                     worked = outcome.authenticated && outcome.lasted > Duration::from_secs(1);
                     failures = if outcome.authenticated {
                         0

@@ -105,7 +105,14 @@ fn a_key_file_of_another_user_is_refused() {
     std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
     let e = StaticKeypair::load(&path).unwrap_err();
     assert!(
-        matches!(e, KeyFileError::Owner { owner: 65534, euid: 0, .. }),
+        matches!(
+            e,
+            KeyFileError::Owner {
+                owner: 65534,
+                euid: 0,
+                ..
+            }
+        ),
         "{e:?}"
     );
     assert!(e.to_string().contains("owned by uid 65534"), "{e}");

@@ -452,8 +452,14 @@ mod tests {
         let mut src = Script(VecDeque::from([Some(x.to_vec()), None, Some(y.to_vec())]));
         let stop = AtomicBool::new(false);
         assert!(r.next_frame(&mut src, &stop).unwrap().is_none());
-        assert_eq!(r.next_frame(&mut src, &stop).unwrap().unwrap(), &plain_ack(1, 16)[..]);
-        assert_eq!(r.next_frame(&mut src, &stop).unwrap().unwrap(), &plain_ack(2, 32)[..]);
+        assert_eq!(
+            r.next_frame(&mut src, &stop).unwrap().unwrap(),
+            &plain_ack(1, 16)[..]
+        );
+        assert_eq!(
+            r.next_frame(&mut src, &stop).unwrap().unwrap(),
+            &plain_ack(2, 32)[..]
+        );
         assert!(matches!(r.next_frame(&mut src, &stop), Err(ReadError::Eof)));
         assert_eq!(r.bytes_received(), all.len() as u64);
     }

@@ -156,9 +156,7 @@ impl ZeroCopySocket {
             stream,
             tracker,
             so_zerocopy,
-            header_slots: Some(
-                vec![[0u8; SLOT_LEN]; HEADER_SLOTS].into_boxed_slice(),
-            ),
+            header_slots: Some(vec![[0u8; SLOT_LEN]; HEADER_SLOTS].into_boxed_slice()),
             send_timeout: None,
             stats: SocketStats::default(),
         }

@@ -157,7 +157,9 @@ pub enum HandshakeError {
         claimed: String,
     },
     /// The initiator claims a name other than the one its key is listed with.
-    #[error("key {key} is allowlisted as {listed:?} but the peer claims the name {claimed:?}; refused")]
+    #[error(
+        "key {key} is allowlisted as {listed:?} but the peer claims the name {claimed:?}; refused"
+    )]
     NameMismatch {
         /// The key (short form).
         key: String,
@@ -167,7 +169,9 @@ pub enum HandshakeError {
         claimed: String,
     },
     /// The peer presented this node's own key.
-    #[error("peer presented this node's own public key: refusing a connection to self or a reflection")]
+    #[error(
+        "peer presented this node's own public key: refusing a connection to self or a reflection"
+    )]
     SelfConnection,
     /// The claimed name is not a valid node name.
     #[error("peer claims an invalid node name ({0})")]
@@ -176,7 +180,9 @@ pub enum HandshakeError {
     #[error("peer asked for unknown protection mode {0}")]
     BadProtection(u8),
     /// The responder's agreed protection is weaker than ours.
-    #[error("responder agreed to protection {got:?}, weaker than the {wanted:?} this bridge asked for")]
+    #[error(
+        "responder agreed to protection {got:?}, weaker than the {wanted:?} this bridge asked for"
+    )]
     Downgrade {
         /// Ours.
         wanted: Protection,
@@ -277,10 +283,7 @@ fn session(
     peer_key: PublicKey,
 ) -> Session {
     let (i2r, r2i) = hs.dangerously_get_raw_split();
-    let (i2r, r2i) = (
-        zeroize::Zeroizing::new(i2r),
-        zeroize::Zeroizing::new(r2i),
-    );
+    let (i2r, r2i) = (zeroize::Zeroizing::new(i2r), zeroize::Zeroizing::new(r2i));
     let keys = SessionKeys::derive(&i2r, &r2i, hs.get_handshake_hash(), initiator, protection);
     Session {
         peer_name,
@@ -394,7 +397,11 @@ impl Initiator {
     /// # Errors
     ///
     /// [`HandshakeError`]; close the connection.
-    pub fn finish(mut self, frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<Session, HandshakeError> {
+    pub fn finish(
+        mut self,
+        frame: &Frame<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Session, HandshakeError> {
         let msg = match frame {
             Frame::Noise(m) => *m,
             Frame::Error(e) => {

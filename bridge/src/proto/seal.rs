@@ -201,11 +201,14 @@ impl Direction {
         match protection {
             Protection::Auth => {
                 seal.aad(body);
-                seal.verify(tag).map_err(|()| SealError::BadTag { counter })?;
+                seal.verify(tag)
+                    .map_err(|()| SealError::BadTag { counter })?;
             }
             Protection::Encrypt => {
                 seal.absorb_ciphertext(body);
-                let mut ks = seal.verify(tag).map_err(|()| SealError::BadTag { counter })?;
+                let mut ks = seal
+                    .verify(tag)
+                    .map_err(|()| SealError::BadTag { counter })?;
                 ks.apply(body);
             }
         }
@@ -280,7 +283,8 @@ impl MacStream {
             if self.fill < 16 {
                 return;
             }
-            self.mac.update(&[GenericArray::clone_from_slice(&self.buf)]);
+            self.mac
+                .update(&[GenericArray::clone_from_slice(&self.buf)]);
             self.fill = 0;
         }
         let whole = data.len() / 16 * 16;
@@ -297,7 +301,8 @@ impl MacStream {
     fn pad(&mut self) {
         if self.fill > 0 {
             self.buf[self.fill..].fill(0);
-            self.mac.update(&[GenericArray::clone_from_slice(&self.buf)]);
+            self.mac
+                .update(&[GenericArray::clone_from_slice(&self.buf)]);
             self.fill = 0;
         }
     }

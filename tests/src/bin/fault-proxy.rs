@@ -91,7 +91,9 @@ const CONNECT: Duration = Duration::from_secs(5);
 fn main() -> ExitCode {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    let config = match Args::parse(std::env::args().skip(1), &["frames"]).and_then(Config::from_args) {
+    let config = match Args::parse(std::env::args().skip(1), &["frames"])
+        .and_then(Config::from_args)
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("fault-proxy: {e}\nusage: fault-proxy --listen ADDR --upstream ADDR [--delay-ms MS] [--throttle-bytes-per-sec B] [--cut-after-bytes N] [--cut-every-bytes N] [--cut-mode rst|fin] [--max-conns K] [--frames]");
@@ -329,7 +331,11 @@ impl FrameSplitter {
     fn next(&mut self) -> Option<Vec<u8>> {
         let header = self.buf.get(..8)?;
         let body = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-        let tag = if self.index >= Self::UNSEALED { Self::TAG } else { 0 };
+        let tag = if self.index >= Self::UNSEALED {
+            Self::TAG
+        } else {
+            0
+        };
         let len = 8 + body + tag;
         if self.buf.len() < len {
             return None;
@@ -658,9 +664,15 @@ fn read_side(conn: &Conn, shared: &Shared, dir: Dir, tx: &SyncSender<Chunk>) {
                         // `reorder`: this frame goes before the held one.
                         out.push(frame);
                         out.push(first);
-                        say(&format!("tampered conn={} kind=reorder frame={}", conn.id, index - 1));
+                        say(&format!(
+                            "tampered conn={} kind=reorder frame={}",
+                            conn.id,
+                            index - 1
+                        ));
                     } else {
-                        let tamper = if index >= FrameSplitter::UNSEALED + 1 {
+                        // Not the key confirmation (the first sealed frame):
+                        // the connection must be established first.
+                        let tamper = if index > FrameSplitter::UNSEALED {
                             lock(&shared.tamper).take()
                         } else {
                             None
@@ -671,12 +683,20 @@ fn read_side(conn: &Conn, shared: &Shared, dir: Dir, tx: &SyncSender<Chunk>) {
                             Some(t @ Tamper::Inject) => {
                                 out.push(forged_heartbeat());
                                 out.push(frame);
-                                say(&format!("tampered conn={} kind={} frame={index}", conn.id, t.name()));
+                                say(&format!(
+                                    "tampered conn={} kind={} frame={index}",
+                                    conn.id,
+                                    t.name()
+                                ));
                             }
                             Some(t @ Tamper::Replay) => {
                                 out.push(frame.clone());
                                 out.push(frame);
-                                say(&format!("tampered conn={} kind={} frame={index}", conn.id, t.name()));
+                                say(&format!(
+                                    "tampered conn={} kind={} frame={index}",
+                                    conn.id,
+                                    t.name()
+                                ));
                             }
                         }
                     }

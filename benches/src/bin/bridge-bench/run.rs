@@ -246,7 +246,8 @@ pub(crate) fn table(rows: &[(Row, Baselines)]) -> String {
     s.push_str(&"---|".repeat(12 + STAT_KEYS.len()));
     s.push('\n');
     for (row, base) in rows {
-        let of = |b: Option<f64>| b.map_or_else(|| "?".into(), |c| format!("{:.2}", row.gbps() / c));
+        let of =
+            |b: Option<f64>| b.map_or_else(|| "?".into(), |c| format!("{:.2}", row.gbps() / c));
         let ratio = of(base.tcp);
         let of_ceiling = of(base.ceiling);
         let per_round: Vec<String> = row
@@ -460,8 +461,16 @@ fn identities(dir: &std::path::Path) -> Result<[Vec<String>; 2]> {
         pairs[i].write_new(&key, name)?;
         let other = 1 - i;
         let allow = dir.join(format!("{name}.allow"));
-        std::fs::write(&allow, format!("{} {}\n", pairs[other].public(), names[other]))?;
-        out[i] = vec!["--key-file".into(), s(&key), "--allowlist".into(), s(&allow)];
+        std::fs::write(
+            &allow,
+            format!("{} {}\n", pairs[other].public(), names[other]),
+        )?;
+        out[i] = vec![
+            "--key-file".into(),
+            s(&key),
+            "--allowlist".into(),
+            s(&allow),
+        ];
     }
     Ok(out)
 }

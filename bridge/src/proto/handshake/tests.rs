@@ -63,7 +63,14 @@ fn run(
     let init = Initiator::start(i, expect, expect_key, [5; 32], &mut m1).unwrap();
     let (hello_bytes, noise) = split_msg1(&m1);
     let mut m2 = Vec::new();
-    let resp = match Responder::respond(r, allowlist, &hello_bytes, &hello_of(&hello_bytes), &noise, &mut m2) {
+    let resp = match Responder::respond(
+        r,
+        allowlist,
+        &hello_bytes,
+        &hello_of(&hello_bytes),
+        &noise,
+        &mut m2,
+    ) {
         Ok(resp) => resp,
         Err(e) => {
             assert!(m2.is_empty(), "nothing is written on failure");
@@ -103,12 +110,20 @@ fn both_sides_agree_and_frames_flow() {
     assert_eq!(sr.peer_name, "a");
     assert_eq!(sr.peer_key, a.keypair.public());
     // The stronger wish wins on both sides.
-    assert_eq!((si.protection, sr.protection), (Protection::Encrypt, Protection::Encrypt));
+    assert_eq!(
+        (si.protection, sr.protection),
+        (Protection::Encrypt, Protection::Encrypt)
+    );
     // Key confirmation used counter 0 of initiator -> responder.
     assert_eq!(si.keys.send.next_counter(), 1);
     assert_eq!(sr.keys.recv.next_counter(), 1);
     let mut f = Vec::new();
-    Frame::Ack(Ack { stream: 1, position: 16 }).encode_to_vec(&mut f).unwrap();
+    Frame::Ack(Ack {
+        stream: 1,
+        position: 16,
+    })
+    .encode_to_vec(&mut f)
+    .unwrap();
     let plain = f.clone();
     sr.keys.send.seal_control(&mut f, 0).unwrap();
     let (body, tag) = f.split_at_mut(plain.len());
@@ -154,7 +169,13 @@ fn initiator_refuses_a_responder_without_the_allowlisted_key() {
     let b = params("b", Protection::Auth);
     let impostor = params("b", Protection::Auth);
     // `a` dials "b" with b's real key, but an impostor answers.
-    let out = run(&a, "b", &b.keypair.public(), &impostor, &allow(&[(&a, "a")]));
+    let out = run(
+        &a,
+        "b",
+        &b.keypair.public(),
+        &impostor,
+        &allow(&[(&a, "a")]),
+    );
     // The impostor cannot even read message 1 (it is encrypted to b's key).
     assert!(matches!(out.responder, Err(HandshakeError::Noise(_))));
 }
@@ -178,8 +199,15 @@ fn tampered_hello_breaks_the_handshake() {
     let (mut hello_bytes, noise) = split_msg1(&m1);
     // Change one of the random bytes (the prologue), not a checked field.
     hello_bytes[HEADER_LEN + 14] ^= 1;
-    let err = Responder::respond(&b, &list, &hello_bytes, &hello_of(&hello_bytes), &noise, &mut Vec::new())
-        .unwrap_err();
+    let err = Responder::respond(
+        &b,
+        &list,
+        &hello_bytes,
+        &hello_of(&hello_bytes),
+        &noise,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
     assert!(matches!(err, HandshakeError::Noise(_)), "{err:?}");
 }
 
@@ -192,11 +220,20 @@ fn replayed_message_1_cannot_confirm() {
     Initiator::start(&a, "b", &b.keypair.public(), [5; 32], &mut m1).unwrap();
     let (hello_bytes, noise) = split_msg1(&m1);
     // The attacker replays message 1: the responder answers...
-    let resp = Responder::respond(&b, &list, &hello_bytes, &hello_of(&hello_bytes), &noise, &mut Vec::new())
-        .unwrap();
+    let resp = Responder::respond(
+        &b,
+        &list,
+        &hello_bytes,
+        &hello_of(&hello_bytes),
+        &noise,
+        &mut Vec::new(),
+    )
+    .unwrap();
     // ...but the attacker cannot produce the confirmation frame.
     let mut forged = Vec::new();
-    Frame::Heartbeat(Heartbeat::new(&[])).encode_to_vec(&mut forged).unwrap();
+    Frame::Heartbeat(Heartbeat::new(&[]))
+        .encode_to_vec(&mut forged)
+        .unwrap();
     assert_eq!(
         resp.confirm(&mut forged, &[0; TAG_LEN]).err(),
         Some(HandshakeError::ConfirmationFailed)
@@ -228,8 +265,13 @@ fn version_1_peers_are_refused_clearly() {
     // As initiator: the old bridge's own HELLO arrives first.
     let a = params("a", Protection::Auth);
     let init = Initiator::start(&a, "b", &b.keypair.public(), [5; 32], &mut Vec::new()).unwrap();
-    let err = init.finish(&Frame::Hello(old), &mut Vec::new()).unwrap_err();
-    assert!(matches!(err, HandshakeError::VersionMismatch { peer: 1, local: 2 }), "{err:?}");
+    let err = init
+        .finish(&Frame::Hello(old), &mut Vec::new())
+        .unwrap_err();
+    assert!(
+        matches!(err, HandshakeError::VersionMismatch { peer: 1, local: 2 }),
+        "{err:?}"
+    );
     // And its ERROR, with control characters escaped.
     let init = Initiator::start(&a, "b", &b.keypair.public(), [5; 32], &mut Vec::new()).unwrap();
     let err = init
@@ -259,8 +301,15 @@ fn names_are_checked_before_use() {
         nonce: [1; 32],
         peer_name: "evil\u{1b}[2J",
     };
-    assert!(matches!(check_hello(&h, b.layout_version), Err(HandshakeError::BadName(_))));
-    let h = Hello { layout_version: 8, peer_name: "ok", ..h };
+    assert!(matches!(
+        check_hello(&h, b.layout_version),
+        Err(HandshakeError::BadName(_))
+    ));
+    let h = Hello {
+        layout_version: 8,
+        peer_name: "ok",
+        ..h
+    };
     assert!(matches!(
         check_hello(&h, 7),
         Err(HandshakeError::LayoutMismatch { local: 7, peer: 8 })

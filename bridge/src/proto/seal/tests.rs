@@ -128,7 +128,11 @@ fn frames_open_in_order_in_both_modes() {
         for n in 0..5u64 {
             let plain = ack(1, n * 16);
             let (mut wire, tag) = sealed(&mut i.send, &plain);
-            assert_eq!(wire == plain, p == Protection::Auth, "{p:?}: body encrypted?");
+            assert_eq!(
+                wire == plain,
+                p == Protection::Auth,
+                "{p:?}: body encrypted?"
+            );
             assert_eq!(wire[..8], plain[..8], "the header stays readable");
             r.recv.open_control(&mut wire, &tag).unwrap();
             assert_eq!(wire, plain);
@@ -180,7 +184,10 @@ fn injected_replayed_reordered_frames_fail() {
     // A frame of the other direction (reflection) does not open either.
     let (_, mut r) = pair(Protection::Auth);
     let reflected = sealed(&mut r.send, &ack(1, 16));
-    assert_eq!(open(&[&reflected])[0], Err(SealError::BadTag { counter: 0 }));
+    assert_eq!(
+        open(&[&reflected])[0],
+        Err(SealError::BadTag { counter: 0 })
+    );
 }
 
 #[test]
@@ -213,5 +220,8 @@ fn counter_exhaustion_is_an_error() {
 fn debug_does_not_print_keys() {
     let d = Direction::new([0xAB; 32], Protection::Auth);
     let text = format!("{d:?}");
-    assert!(!text.contains("171") && !text.to_lowercase().contains("ab, "), "{text}");
+    assert!(
+        !text.contains("171") && !text.to_lowercase().contains("ab, "),
+        "{text}"
+    );
 }
