@@ -3,8 +3,8 @@
 //!
 //! # Before authentication
 //!
-//! A connection that has not authenticated holds one thread and a fixed
-//! 1.5 KiB buffer on its stack: frames are read one at a time, exactly (no
+//! A connection that has not authenticated holds one thread and fixed
+//! buffers on its stack (1.5 KiB for frames, 311 bytes for the HELLO): frames are read one at a time, exactly (no
 //! read-ahead), each bounded by its type's maximum and by that buffer. The
 //! whole handshake must finish by one absolute deadline
 //! (`handshake_timeout`, from accept): every read waits at most the time
@@ -205,6 +205,8 @@ use super::import::ImportSet;
 /// Largest frame read before authentication (an ERROR with its longest
 /// message is 1036 bytes; HELLO at most 311, NOISE 264).
 const PREAUTH_BUF: usize = 1536;
+/// Largest HELLO frame (311 bytes).
+const HELLO_FRAME_MAX: usize = HEADER_LEN + FrameType::Hello.max_body_len() as usize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FailKind {
@@ -378,7 +380,11 @@ fn handshake(
         }
         Role::Acceptor => {
             let hello_len = read_preauth_frame(stream, &mut buf, deadline, shared, false)?;
-            let mut hello_bytes = [0u8; PREAUTH_BUF];
+            // The HELLO is the Noise prologue: keep it while `buf` is reused.
+            let mut hello_bytes = [0u8; HELLO_FRAME_MAX];
+            if hello_len > HELLO_FRAME_MAX {
+                return Err(Fail::other("first frame is not a HELLO"));
+            }
             hello_bytes[..hello_len].copy_from_slice(&buf[..hello_len]);
             let hello_bytes = &hello_bytes[..hello_len];
             let hello = match decode(hello_bytes) {

@@ -222,12 +222,20 @@ impl HandshakeError {
             Self::LayoutMismatch { .. } => ErrorCode::LayoutVersion,
             _ => return None,
         };
-        let message = self.to_string();
-        let message = crate::daemon::link::truncate(&message, super::frame::MAX_ERROR_MESSAGE_LEN);
+        let mut message = self.to_string();
+        // Our own messages are short; cut at a character boundary if not.
+        let mut end = message.len().min(super::frame::MAX_ERROR_MESSAGE_LEN);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
         let mut out = Vec::new();
-        Frame::Error(ErrorFrame { code, message })
-            .encode_to_vec(&mut out)
-            .ok()?;
+        Frame::Error(ErrorFrame {
+            code,
+            message: &message,
+        })
+        .encode_to_vec(&mut out)
+        .ok()?;
         Some(out)
     }
 }
