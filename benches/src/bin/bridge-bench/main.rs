@@ -1,8 +1,14 @@
 //! `bridge-bench`: throughput of the shmbus bridge against plain TCP.
 //!
 //! ```text
-//! bridge-bench [--rounds N] [--quick]
+//! bridge-bench [--rounds N] [--quick] [--only TEXT]...
 //! ```
+//!
+//! `--only TEXT` (repeatable; a row must pass each) keeps the rows whose
+//! variant name contains TEXT if TEXT is part of a variant name (`auth`,
+//! `encrypt`, `bridge`; the TCP rows of the same path and size stay, for
+//! the ratios), else whose "path size" contains it (`loopback`, `veth`,
+//! `4096`), e.g. `--only loopback --only 65536 --only auth`.
 //!
 //! For 64 B, 4 KiB and 64 KiB messages, over loopback and over a veth pair
 //! between two network namespaces (root only), it moves a fixed volume
@@ -64,6 +70,7 @@ const SIZES: [(usize, u64); 3] = [(64, 128 << 20), (4 << 10, 1 << 30), (64 << 10
 fn drive(args: &[String]) -> Result<()> {
     let mut rounds = 3usize;
     let mut quick = false;
+    let mut only: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -75,12 +82,17 @@ fn drive(args: &[String]) -> Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("--rounds needs a positive number"))?;
             }
             "--quick" => quick = true,
+            "--only" => only.push(
+                it.next()
+                    .ok_or_else(|| anyhow::anyhow!("--only needs a text"))?
+                    .clone(),
+            ),
             "-h" | "--help" => {
-                println!("usage: bridge-bench [--rounds N] [--quick]");
+                println!("usage: bridge-bench [--rounds N] [--quick] [--only TEXT]...");
                 return Ok(());
             }
             other => {
-                bail!("unknown argument {other:?} (usage: bridge-bench [--rounds N] [--quick])")
+                bail!("unknown argument {other:?} (usage: bridge-bench [--rounds N] [--quick] [--only TEXT]...)")
             }
         }
     }
@@ -103,12 +115,11 @@ fn drive(args: &[String]) -> Result<()> {
             let volume = if quick { volume / 8 } else { volume };
             let count = volume / size as u64;
             let mut base = Baselines::default();
-            for variant in [
-                Variant::Tcp,
-                Variant::TcpAead,
-                Variant::BridgeAuth,
-                Variant::BridgeEncrypt,
-            ] {
+            for variant in Variant::ALL {
+                let wanted = wanted(&only, path.name(), size, variant);
+                if !wanted {
+                    continue;
+                }
                 let row = Row::measure(path, variant, size, count, rounds)?;
                 eprintln!("{}", row.progress());
                 match variant {
@@ -127,6 +138,22 @@ fn drive(args: &[String]) -> Result<()> {
         loadavg()
     );
     Ok(())
+}
+
+/// Whether a row passes every `--only` text: a text naming a variant (a
+/// part of any variant's name) must match the row's variant, except that
+/// TCP rows always pass those (they give the ratios); any other text must
+/// match the row's "path size" (e.g. `loopback`, `4096`).
+fn wanted(only: &[String], path: &str, size: usize, variant: Variant) -> bool {
+    let place = format!("{path} {size}");
+    only.iter().all(|o| {
+        let names_variant = Variant::ALL.iter().any(|v| v.name().contains(o.as_str()));
+        if names_variant {
+            variant.is_tcp() || variant.name().contains(o.as_str())
+        } else {
+            place.contains(o.as_str())
+        }
+    })
 }
 
 fn loadavg() -> String {

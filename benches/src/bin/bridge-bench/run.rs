@@ -44,7 +44,7 @@ pub(crate) enum Path<'a> {
 }
 
 impl Path<'_> {
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Path::Loopback => "loopback",
             Path::Veth(_) => "veth",
@@ -84,7 +84,15 @@ pub(crate) enum Variant {
 }
 
 impl Variant {
-    fn name(self) -> &'static str {
+    /// Every variant, in table order.
+    pub(crate) const ALL: [Variant; 4] = [
+        Variant::Tcp,
+        Variant::TcpAead,
+        Variant::BridgeAuth,
+        Variant::BridgeEncrypt,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Variant::Tcp => "plain TCP",
             Variant::TcpAead => "TCP + same AEAD (ceiling)",
@@ -93,7 +101,7 @@ impl Variant {
         }
     }
 
-    fn is_tcp(self) -> bool {
+    pub(crate) fn is_tcp(self) -> bool {
         matches!(self, Variant::Tcp | Variant::TcpAead)
     }
 }
