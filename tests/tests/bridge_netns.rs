@@ -1177,6 +1177,13 @@ fn strangers_leave_no_trace(n: u64) {
     assert_eq!(peers.len(), 1, "{peers:?}");
     assert_eq!(peers[0]["name"], "a");
     assert_eq!(num(&peers[0], "connected"), 1);
+    // The log is bounded too: 100 lines, then one per 100 failures.
+    let logged = b.stderr().matches("handshake failed").count() as u64;
+    assert!(
+        logged <= 100 + 2 * n / 100,
+        "{logged} handshake failures logged for {}",
+        2 * n
+    );
     assert_eq!(b.stderr().matches("connected to peer a ").count(), 1);
     terminate(&mut a);
     terminate(&mut b);

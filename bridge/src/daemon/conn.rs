@@ -37,6 +37,9 @@ use crate::{
 
 use super::{export::Sender, import::Receiver, link::Link, Lease, PendingSlot, Shared};
 
+/// Handshake failures logged one by one; after that, one line per this many.
+const LOGGED_HANDSHAKE_FAILURES: u64 = 100;
+
 /// Receive timeout slice: how often blocked reads check stop flags.
 pub(crate) const SLICE: Duration = Duration::from_millis(100);
 
@@ -71,6 +74,7 @@ pub(crate) fn serve(
         Ok(s) => s,
         Err(fail) => {
             let st = &shared.stats;
+            let n = st.handshake_failures.get();
             st.handshake_failures.add(1);
             match fail.kind {
                 FailKind::Timeout => st.handshake_timeouts.add(1),
@@ -78,10 +82,15 @@ pub(crate) fn serve(
                 FailKind::NameMismatch => st.name_mismatches.add(1),
                 FailKind::Other => {}
             }
-            log::warning!(
-                "refused {side} connection {addr}: handshake failed: {}",
-                fail.reason
-            );
+            // Anyone can cause these: the first 100 are logged one by one,
+            // then one line per 100 (the counters have them all).
+            if n < LOGGED_HANDSHAKE_FAILURES || n % LOGGED_HANDSHAKE_FAILURES == 0 {
+                log::warning!(
+                    "refused {side} connection {addr}: handshake failed: {} ({} handshake failures so far)",
+                    fail.reason,
+                    n + 1
+                );
+            }
             return Outcome {
                 authenticated: false,
                 lasted: started.elapsed(),
