@@ -46,18 +46,20 @@
 //!
 //! Sender, per exported ring: take the committed slice `[sent, tail)` (two
 //! `&[u8]` if it wraps), encode a [`DataHeader`](proto::frame::DataHeader),
-//! call [`ZeroCopySocket::send_vectored`](io::zerocopy::ZeroCopySocket::send_vectored)
-//! with the connection's byte offset after it as `release_to`, reap
-//! completions, and map them back to ring positions
+//! compute the frame's tag over header and ring bytes in place
+//! ([`proto::seal`]), call
+//! [`ZeroCopySocket::send_frame`](io::zerocopy::ZeroCopySocket::send_frame)
+//! with header, slices and tag and the connection's byte offset after them
+//! as `release_to`, reap completions, and map them back to ring positions
 //! ([`proto::stream::ExportPositions`]). Tethered exports release ring space
 //! at `min(peer ACK, kernel completion)`; untethered ones pin it only while
 //! the kernel may still read it.
 //!
-//! Receiver: read [`HEADER_LEN`](proto::frame::HEADER_LEN) bytes, parse the
-//! [`FrameHeader`](proto::frame::FrameHeader), read up to its
-//! [`prefix_len`](proto::frame::FrameHeader::prefix_len), [`decode`](proto::frame::decode);
-//! for DATA read exactly `len` bytes into the `&mut [u8]` claimed in the
-//! replica ring, validate the record framing, publish, and ACK.
+//! Receiver: [`FrameReader`](io::frame_reader::FrameReader) reads each
+//! frame and opens it (control frames are handed out only once their tag
+//! verified); for DATA it reads exactly `len` bytes into the `&mut [u8]`
+//! claimed in the replica ring, then the tag, and only then does the daemon
+//! validate the record framing, publish, and ACK.
 //!
 //! # Example
 //!

@@ -33,7 +33,7 @@
 //!
 //! # Limits
 //!
-//! Before authentication (see [`conn`]): at most `max_pending_handshakes`
+//! Before authentication (see the `conn` module): at most `max_pending_handshakes`
 //! accepted connections handshake at once, at most
 //! `max_pending_per_address` from one source address — more are closed at
 //! accept, counted in `rejected_connections` — and each has one absolute

@@ -32,9 +32,7 @@
 //!
 //! | type | code | body |
 //! |---|---|---|
-//! | HELLO | 1 | `hello_magic u64` ([`HELLO_MAGIC`]), `protocol_version u16`, `layout_version u32`, `nonce [u8; 32]`, `peer_name str16` |
-//! | AUTH | 2 | `proof [u8; 32]` (HMAC-SHA256, see [`handshake`](super::handshake)) |
-//! | AUTH_OK | 3 | empty |
+//! | HELLO | 1 | `hello_magic u64` ([`HELLO_MAGIC`]), `protocol_version u16`, `layout_version u32`, `nonce [u8; 32]` (random), `peer_name str16` (the name the sender claims) |
 //! | STREAM_ANNOUNCE | 4 | `stream u32`, `type_fingerprint u64`, `ring_capacity u64` (power of two), `max_message u64` (1..=capacity), `flags u32` ([`StreamFlags`]), `topic str16`, `publisher str16`, `type_name str16` |
 //! | SUBSCRIBE | 5 | `stream u32`, `resume_position u64` ([`RESUME_OLDEST`]: from the oldest position the sender holds) |
 //! | DATA | 6 | `stream u32`, `start_position u64`, `len u32` (≤ [`MAX_DATA_LEN`]), then `len` raw ring bytes; body length = 16 + `len` |

@@ -123,9 +123,9 @@ pub struct Hello<'a> {
     pub protocol_version: u16,
     /// Ring layout version of the sender's bus.
     pub layout_version: u32,
-    /// Fresh random nonce.
+    /// Fresh random bytes (part of the Noise prologue).
     pub nonce: [u8; NONCE_LEN],
-    /// The sender's node name.
+    /// The node name the sender claims; checked against its key's allowlist entry.
     pub peer_name: &'a str,
 }
 
