@@ -36,7 +36,8 @@
 //! - `strangers_leave_no_trace_150` (and `stress_a_thousand_strangers`):
 //!   distinct unknown keys and distinct false names leave no state;
 //! - `allowlist_reload_drops_removed_keys`, `per_peer_limits_hold`,
-//!   `absent_peer_state_expires`, `bad_key_files_are_refused_at_startup`.
+//!   `absent_peer_state_expires`, `bad_key_files_are_refused_at_startup`,
+//!   `encrypt_mode_delivers_exactly_once`.
 //!
 //! Every test skips, saying why, when namespaces are unavailable (except
 //! `bad_key_files_are_refused_at_startup`, which needs none). Nothing
@@ -1418,4 +1419,34 @@ fn bad_key_files_are_refused_at_startup() {
     // And the good files start (until stdin closes: `output` closes it).
     let (code, err) = run(&real, &allow);
     assert_eq!(code, Some(0), "{err}");
+}
+
+/// `--protection encrypt` on the exporter only: the stronger wish wins, both
+/// sides run encrypted, and delivery is exactly once as with `auth`.
+#[test]
+fn encrypt_mode_delivers_exactly_once() {
+    if unavailable() {
+        return;
+    }
+    let rig = Rig::new("bn-encrypt", Duration::from_secs(60));
+    let (mut a, mut b) = start_pair(&rig, &["--protection", "encrypt"], &[]);
+    assert!(a.stderr().contains("frames encrypt)"), "{}", a.describe());
+    assert!(b.stderr().contains("frames encrypt)"), "{}", b.describe());
+    let work = Workload::start(
+        &rig,
+        Load {
+            min: 1500,
+            max: 1500,
+            scale: 1,
+            burst: 16,
+            pause: Duration::from_millis(2),
+        },
+    );
+    let published = work.finish_and_verify(&[&a, &b]);
+    terminate(&mut a);
+    terminate(&mut b);
+    check_final_stats(&rig, published);
+    let incoming = stats(&rig.stats_file(Side::B), "stream");
+    assert_eq!(sum(&incoming, "messages"), published, "{incoming:?}");
+    assert_eq!(bridge_counter(&rig, Side::B, "auth_failures"), 0);
 }
