@@ -4,7 +4,8 @@
 //! environment variable (root only), the file, the defaults. A list given on
 //! the command line (`--peer`, `--export`, `--import`) replaces the file's
 //! list. Everything is validated up front with messages that say what to
-//! change; the pre-shared key file is read and checked here too.
+//! change; the node's private key and the allowlist of peer keys are read
+//! and checked here too (see [`identity`](crate::identity)).
 //!
 //! # File format
 //!
@@ -14,7 +15,16 @@
 //! root = "/dev/shm/shmbus"         # default "/dev/shm/shmbus"
 //! listen = "127.0.0.1:7878"        # default; "off" only dials; a non-loopback address needs:
 //! allow_non_loopback_listen = false
-//! key_file = "/etc/shmbus/bridge.key"   # required, mode 0600 or stricter
+//! key_file = "/etc/shmbus/bridge.key"   # required: this node's private key (`shmbus-bridge keygen`), mode 0600
+//! allowlist = "/etc/shmbus/peers"       # required: `<public key> <node name>` per peer; reloaded on SIGHUP
+//! protection = "auth"              # auth (default: every frame authenticated, zero-copy) | encrypt (copies)
+//! handshake_timeout_ms = 3000      # absolute deadline for a handshake, however bytes trickle in
+//! max_pending_handshakes = 64      # unauthenticated connections at once, in total
+//! max_pending_per_address = 8      # ... and per source address
+//! max_streams_per_peer = 1024      # remote publishers mirrored per peer
+//! max_replica_bytes_per_peer = 4294967296  # sum of their replica ring capacities
+//! max_exports_per_peer = 1024      # subscriber slots a peer may take on local rings
+//! peer_state_expiry_s = 3600       # state of a peer absent this long is dropped
 //! log_level = "info"               # error | warn | info | debug | trace
 //! heartbeat_interval_ms = 1000
 //! peer_timeout_ms = 5000           # at least twice the heartbeat interval
@@ -24,7 +34,7 @@
 //! stats_file = "/run/shmbus-bridge.stats"  # rewritten every second, on SIGUSR1 and at exit
 //!
 //! [[peer]]                         # bridges to connect to
-//! name = "base-station"            # the name the peer must present
+//! name = "base-station"            # the peer's allowlist name (its key is looked up there)
 //! address = "10.0.0.2:7878"
 //!
 //! [[export]]                       # local topics offered to peers
@@ -60,14 +70,16 @@
 use std::{
     fmt, fs, io,
     net::SocketAddr,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use serde::Deserialize;
 
-use crate::proto::{frame::MAX_NAME_LEN, handshake::PresharedKey};
+use crate::{
+    identity::{Allowlist, KeyFileError, StaticKeypair},
+    proto::{frame::MAX_NAME_LEN, seal::Protection},
+};
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
@@ -85,10 +97,20 @@ pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CHUNK_BYTES: u64 = 256 << 10;
 /// Default largest remote ring capacity mirrored into a local replica.
 pub const DEFAULT_MAX_REPLICA_CAPACITY: u64 = 1 << 30;
-/// Largest accepted key file.
-pub const MAX_KEY_FILE_LEN: u64 = 4096;
-/// Keys shorter than this are accepted with a warning.
-pub const RECOMMENDED_KEY_LEN: usize = 16;
+/// Default absolute deadline of a handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default limit on unauthenticated connections in total.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 64;
+/// Default limit on unauthenticated connections per source address.
+pub const DEFAULT_MAX_PENDING_PER_ADDRESS: usize = 8;
+/// Default limit on import streams per peer.
+pub const DEFAULT_MAX_STREAMS_PER_PEER: usize = 1024;
+/// Default limit on the replica ring bytes per peer.
+pub const DEFAULT_MAX_REPLICA_BYTES_PER_PEER: u64 = 4 << 30;
+/// Default limit on export readers (subscriber slots) per peer.
+pub const DEFAULT_MAX_EXPORTS_PER_PEER: usize = 1024;
+/// Default time after which an absent peer's state is dropped.
+pub const DEFAULT_PEER_STATE_EXPIRY: Duration = Duration::from_secs(3600);
 
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -125,33 +147,14 @@ pub enum ConfigError {
         addr: SocketAddr,
     },
     /// No key file was configured.
-    #[error("no pre-shared key configured: set `key_file` in the config or pass --key-file (e.g. create one with `head -c 32 /dev/urandom > bridge.key && chmod 600 bridge.key`)")]
+    #[error("no private key configured: set `key_file` in the config or pass --key-file (create one with `shmbus-bridge keygen FILE`)")]
     MissingKeyFile,
-    /// The key file could not be read.
-    #[error("cannot read pre-shared key file {path}: {source}")]
-    ReadKey {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The key file exists but is unusable.
-    #[error("unusable pre-shared key file {path}: {reason}")]
-    BadKey {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong and what to do.
-        reason: String,
-    },
-    /// The key file can be read or written by other users.
-    #[error("pre-shared key file {path} is accessible by other users (mode {mode:04o}); run `chmod 600 {path}`")]
-    KeyPermissions {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
+    /// No allowlist was configured.
+    #[error("no allowlist configured: set `allowlist` in the config or pass --allowlist (one `<public key> <node name>` line per peer, from the peers' `.pub` files)")]
+    MissingAllowlist,
+    /// The key file or the allowlist is unusable.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -297,7 +300,7 @@ pub struct ImportRule {
 /// A bridge to connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
-    /// The node name the peer must present in its HELLO.
+    /// The peer's node name; its public key is the allowlist's entry for it.
     pub name: String,
     /// `host:port` (a host name, an IPv4 address or a bracketed IPv6 address),
     /// resolved when connecting.
@@ -340,9 +343,40 @@ pub struct Cli {
     /// Topic pattern to import; repeatable; replaces the file's imports.
     #[arg(long = "import", value_name = "PATTERN")]
     pub imports: Vec<String>,
-    /// Pre-shared key file (mode 0600 or stricter).
+    /// This node's private key file (from `keygen`; mode 0600, owned by this user).
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Allowlist of peers: `<base64 public key> <node name>` per line.
+    #[arg(long, value_name = "FILE")]
+    pub allowlist: Option<PathBuf>,
+    /// Frame protection: auth (default; every frame authenticated, ring
+    /// bytes sent zero-copy) or encrypt (also encrypted; copies).
+    #[arg(long, value_enum)]
+    pub protection: Option<ProtectionName>,
+    /// Absolute handshake deadline in milliseconds [default: 3000].
+    #[arg(long, value_name = "MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Unauthenticated connections at once, in total [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_pending_handshakes: Option<usize>,
+    /// Unauthenticated connections at once per source address [default: 8].
+    #[arg(long, value_name = "N")]
+    pub max_pending_per_address: Option<usize>,
+    /// Remote publishers mirrored per peer [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_streams_per_peer: Option<usize>,
+    /// Sum of replica ring capacities per peer, e.g. 4G [default: 4G].
+    #[arg(long, value_name = "BYTES")]
+    pub max_replica_bytes_per_peer: Option<String>,
+    /// Export readers (subscriber slots on local rings) per peer [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_exports_per_peer: Option<usize>,
+    /// Seconds after which the state of an absent peer is dropped [default: 3600].
+    #[arg(long, value_name = "SECONDS")]
+    pub peer_state_expiry_s: Option<u64>,
+    /// Subcommand (none: run the daemon).
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Log verbosity [default: info].
     #[arg(long, value_enum)]
     pub log_level: Option<LogLevel>,
@@ -366,6 +400,72 @@ pub struct Cli {
     pub stats_file: Option<PathBuf>,
 }
 
+/// Subcommands of `shmbus-bridge`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Writes a new key pair: FILE (private, mode 0600, never overwritten)
+    /// and FILE.pub (`<public key> <node name>`, the peers' allowlist line).
+    Keygen {
+        /// The private key file to create.
+        file: PathBuf,
+        /// The node name to put in the `.pub` line [default: --node-name or the host name].
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// `protection` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtectionName {
+    /// Every frame authenticated; ring bytes sent zero-copy.
+    Auth,
+    /// Every frame authenticated and encrypted; ring bytes copied.
+    Encrypt,
+}
+
+impl From<ProtectionName> for Protection {
+    fn from(p: ProtectionName) -> Self {
+        match p {
+            ProtectionName::Auth => Self::Auth,
+            ProtectionName::Encrypt => Self::Encrypt,
+        }
+    }
+}
+
+/// The limits that hold before and after authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Absolute deadline of a handshake.
+    pub handshake_timeout: Duration,
+    /// Unauthenticated connections at once, in total.
+    pub max_pending_handshakes: usize,
+    /// Unauthenticated connections at once per source address.
+    pub max_pending_per_address: usize,
+    /// Import streams (replicas) per peer.
+    pub max_streams_per_peer: usize,
+    /// Sum of replica ring capacities per peer.
+    pub max_replica_bytes_per_peer: u64,
+    /// Export readers (subscriber slots on local rings) per peer.
+    pub max_exports_per_peer: usize,
+    /// An absent peer's state is dropped after this long.
+    pub peer_state_expiry: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
+            max_pending_per_address: DEFAULT_MAX_PENDING_PER_ADDRESS,
+            max_streams_per_peer: DEFAULT_MAX_STREAMS_PER_PEER,
+            max_replica_bytes_per_peer: DEFAULT_MAX_REPLICA_BYTES_PER_PEER,
+            max_exports_per_peer: DEFAULT_MAX_EXPORTS_PER_PEER,
+            peer_state_expiry: DEFAULT_PEER_STATE_EXPIRY,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
@@ -375,6 +475,15 @@ struct FileConfig {
     listen: Option<String>,
     allow_non_loopback_listen: Option<bool>,
     key_file: Option<PathBuf>,
+    allowlist: Option<PathBuf>,
+    protection: Option<ProtectionName>,
+    handshake_timeout_ms: Option<u64>,
+    max_pending_handshakes: Option<usize>,
+    max_pending_per_address: Option<usize>,
+    max_streams_per_peer: Option<usize>,
+    max_replica_bytes_per_peer: Option<u64>,
+    max_exports_per_peer: Option<usize>,
+    peer_state_expiry_s: Option<u64>,
     log_level: Option<LogLevel>,
     heartbeat_interval_ms: Option<u64>,
     peer_timeout_ms: Option<u64>,
@@ -435,10 +544,18 @@ pub struct Config {
     pub exports: Vec<ExportRule>,
     /// Import allow-list.
     pub imports: Vec<ImportRule>,
-    /// Where the key was read from.
+    /// Where the private key was read from.
     pub key_file: PathBuf,
-    /// The pre-shared key.
-    pub key: PresharedKey,
+    /// This node's static key pair.
+    pub keypair: StaticKeypair,
+    /// Where the allowlist was read from (re-read on SIGHUP).
+    pub allowlist_file: PathBuf,
+    /// The peers accepted, with their names.
+    pub allowlist: Allowlist,
+    /// How frames after the handshake are protected.
+    pub protection: Protection,
+    /// Limits before and after authentication.
+    pub limits: Limits,
     /// Log verbosity.
     pub log_level: LogLevel,
     /// How often to send HEARTBEAT.
@@ -455,8 +572,7 @@ pub struct Config {
     pub max_replica_capacity: u64,
     /// Where to write counters, if anywhere.
     pub stats_file: Option<PathBuf>,
-    /// Problems that do not stop the daemon (group-readable key, short key);
-    /// the daemon logs them at startup.
+    /// Problems that do not stop the daemon; the daemon logs them at startup.
     pub warnings: Vec<String>,
 }
 
@@ -496,7 +612,7 @@ impl Config {
     }
 
     fn resolve(file: FileConfig, cli: &Cli) -> Result<Self, ConfigError> {
-        let mut warnings = Vec::new();
+        let warnings = Vec::new();
 
         let node_name = match cli.node_name.clone().or(file.node_name) {
             Some(n) => n,
@@ -654,7 +770,95 @@ impl Config {
             .clone()
             .or(file.key_file)
             .ok_or(ConfigError::MissingKeyFile)?;
-        let key = load_key(&key_file, &mut warnings)?;
+        let keypair = StaticKeypair::load(&key_file)?;
+        let allowlist_file = cli
+            .allowlist
+            .clone()
+            .or(file.allowlist)
+            .ok_or(ConfigError::MissingAllowlist)?;
+        let allowlist = load_allowlist(&allowlist_file)?;
+        if let Some(name) = allowlist.name_of(&keypair.public()) {
+            return Err(invalid(
+                "allowlist",
+                format!(
+                    "{} lists this node's own key (as {name:?}); a node never accepts itself",
+                    allowlist_file.display()
+                ),
+            ));
+        }
+        for p in &peers {
+            if allowlist.key_of(&p.name).is_none() {
+                return Err(invalid(
+                    "peer name",
+                    format!(
+                        "{:?} is not in the allowlist {}; add its `.pub` line there",
+                        p.name,
+                        allowlist_file.display()
+                    ),
+                ));
+            }
+        }
+        let protection = cli
+            .protection
+            .or(file.protection)
+            .map_or(Protection::Auth, Protection::from);
+        let handshake_ms = cli
+            .handshake_timeout_ms
+            .or(file.handshake_timeout_ms)
+            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64);
+        if !(100..=60_000).contains(&handshake_ms) {
+            return Err(invalid(
+                "handshake_timeout_ms",
+                format!("{handshake_ms} must be from 100 to 60000"),
+            ));
+        }
+        let positive = |field: &str, v: usize| {
+            if v == 0 {
+                Err(invalid(field, "must be at least 1"))
+            } else {
+                Ok(v)
+            }
+        };
+        let max_replica_bytes_per_peer = match &cli.max_replica_bytes_per_peer {
+            Some(s) => parse_size(s)?,
+            None => file
+                .max_replica_bytes_per_peer
+                .unwrap_or(DEFAULT_MAX_REPLICA_BYTES_PER_PEER),
+        };
+        let limits = Limits {
+            handshake_timeout: Duration::from_millis(handshake_ms),
+            max_pending_handshakes: positive(
+                "max_pending_handshakes",
+                cli.max_pending_handshakes
+                    .or(file.max_pending_handshakes)
+                    .unwrap_or(DEFAULT_MAX_PENDING_HANDSHAKES),
+            )?,
+            max_pending_per_address: positive(
+                "max_pending_per_address",
+                cli.max_pending_per_address
+                    .or(file.max_pending_per_address)
+                    .unwrap_or(DEFAULT_MAX_PENDING_PER_ADDRESS),
+            )?,
+            max_streams_per_peer: positive(
+                "max_streams_per_peer",
+                cli.max_streams_per_peer
+                    .or(file.max_streams_per_peer)
+                    .unwrap_or(DEFAULT_MAX_STREAMS_PER_PEER),
+            )?,
+            max_replica_bytes_per_peer,
+            max_exports_per_peer: positive(
+                "max_exports_per_peer",
+                cli.max_exports_per_peer
+                    .or(file.max_exports_per_peer)
+                    .unwrap_or(DEFAULT_MAX_EXPORTS_PER_PEER),
+            )?,
+            peer_state_expiry: Duration::from_secs(
+                cli.peer_state_expiry_s
+                    .or(file.peer_state_expiry_s)
+                    .unwrap_or(DEFAULT_PEER_STATE_EXPIRY.as_secs())
+                    .max(1),
+            ),
+        };
 
         Ok(Self {
             node_name,
@@ -665,7 +869,11 @@ impl Config {
             exports,
             imports,
             key_file,
-            key,
+            keypair,
+            allowlist_file,
+            allowlist,
+            protection,
+            limits,
             log_level: cli.log_level.or(file.log_level).unwrap_or_default(),
             heartbeat_interval: Duration::from_millis(heartbeat_ms),
             peer_timeout: Duration::from_millis(timeout_ms),
@@ -689,71 +897,16 @@ impl Config {
     }
 }
 
-/// Reads and checks a pre-shared key file.
-///
-/// The key is the file's bytes with trailing ASCII whitespace removed (so
-/// `openssl rand -hex 32 > key` and raw random bytes both work; both peers
-/// derive the same key from the same file). The file must be a regular file
-/// of at most [`MAX_KEY_FILE_LEN`] bytes, not accessible by other users, and
-/// the key must not be empty. A group-readable file or a key shorter than
-/// [`RECOMMENDED_KEY_LEN`] adds a warning.
+/// Reads and checks an allowlist file (see [`identity`](crate::identity)).
 ///
 /// # Errors
 ///
-/// [`ConfigError::ReadKey`], [`ConfigError::KeyPermissions`] or
-/// [`ConfigError::BadKey`].
-pub fn load_key(path: &Path, warnings: &mut Vec<String>) -> Result<PresharedKey, ConfigError> {
-    let read_err = |source| ConfigError::ReadKey {
-        path: path.to_owned(),
-        source,
-    };
-    let meta = fs::metadata(path).map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(ConfigError::BadKey {
-            path: path.to_owned(),
-            reason: "not a regular file".into(),
-        });
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o007 != 0 {
-        return Err(ConfigError::KeyPermissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    if mode & 0o070 != 0 {
-        warnings.push(format!(
-            "pre-shared key file {} is accessible by its group (mode {mode:04o}); consider `chmod 600`",
-            path.display()
-        ));
-    }
-    if meta.len() > MAX_KEY_FILE_LEN {
-        return Err(ConfigError::BadKey {
-            path: path.to_owned(),
-            reason: format!("{} bytes is larger than the {MAX_KEY_FILE_LEN}-byte maximum; is this the right file?", meta.len()),
-        });
-    }
-    let mut bytes = fs::read(path).map_err(read_err)?;
-    let len = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
-    let key = PresharedKey::new(&bytes[..len]);
-    // Best effort: do not leave key bytes in freed memory.
-    bytes.fill(0);
-    std::hint::black_box(&bytes);
-    let key = key.ok_or_else(|| ConfigError::BadKey {
-        path: path.to_owned(),
-        reason: "the file is empty (or only whitespace); write a random key into it, e.g. `head -c 32 /dev/urandom`".into(),
-    })?;
-    if key.len() < RECOMMENDED_KEY_LEN {
-        warnings.push(format!(
-            "pre-shared key in {} is only {} bytes; use at least {RECOMMENDED_KEY_LEN} random bytes",
-            path.display(),
-            key.len()
-        ));
-    }
-    Ok(key)
+/// [`ConfigError::Key`] naming the file, the line and the problem.
+pub fn load_allowlist(path: &Path) -> Result<Allowlist, ConfigError> {
+    Ok(Allowlist::load(
+        path,
+        crate::proto::handshake::check_node_name,
+    )?)
 }
 
 fn host_name() -> Result<String, ConfigError> {

@@ -18,9 +18,12 @@
 //!   - [`proto::frame`]: the wire frames (layout in the module docs), with
 //!     bounds-checked decoding that never panics and a DATA header that is
 //!     encoded on its own so the payload can be sent from ring memory.
-//!   - [`proto::handshake`]: mutual HMAC-SHA256 challenge-response over a
-//!     pre-shared key, bound to both nonces, both names and the connection
-//!     role.
+//!   - [`proto::handshake`]: Noise IK between two nodes' static key pairs,
+//!     checked against the allowlist; the peer's name comes from it.
+//!   - [`proto::seal`]: every frame after the handshake authenticated
+//!     (ChaCha20-Poly1305, per-direction keys, implicit counters), ring
+//!     bytes as associated data so they are still sent zero-copy; or
+//!     encrypted, on request.
 //!   - [`proto::zc`]: `MSG_ZEROCOPY` completion bookkeeping: which ring
 //!     position the kernel no longer reads, and the fallback-to-plain policy.
 //!   - [`proto::stream`]: per-stream positions: what the sender may release
@@ -29,6 +32,8 @@
 //!   header plus up to two ring slices per `sendmsg` and parses completion
 //!   notifications; [`io::frame_reader::FrameReader`] reads frames with DATA
 //!   payloads going straight into their destination.
+//! - [`identity`]: key pairs, key files (`O_NOFOLLOW`, owner and mode
+//!   checked on the open descriptor, secrets zeroized) and the allowlist.
 //! - [`config`]: the daemon's TOML configuration with command-line overrides,
 //!   allow-lists and export modes (untethered by default: a slow remote must
 //!   never hold local publishers back).
@@ -41,18 +46,20 @@
 //!
 //! Sender, per exported ring: take the committed slice `[sent, tail)` (two
 //! `&[u8]` if it wraps), encode a [`DataHeader`](proto::frame::DataHeader),
-//! call [`ZeroCopySocket::send_vectored`](io::zerocopy::ZeroCopySocket::send_vectored)
-//! with the connection's byte offset after it as `release_to`, reap
-//! completions, and map them back to ring positions
+//! compute the frame's tag over header and ring bytes in place
+//! ([`proto::seal`]), call
+//! [`ZeroCopySocket::send_frame`](io::zerocopy::ZeroCopySocket::send_frame)
+//! with header, slices and tag and the connection's byte offset after them
+//! as `release_to`, reap completions, and map them back to ring positions
 //! ([`proto::stream::ExportPositions`]). Tethered exports release ring space
 //! at `min(peer ACK, kernel completion)`; untethered ones pin it only while
 //! the kernel may still read it.
 //!
-//! Receiver: read [`HEADER_LEN`](proto::frame::HEADER_LEN) bytes, parse the
-//! [`FrameHeader`](proto::frame::FrameHeader), read up to its
-//! [`prefix_len`](proto::frame::FrameHeader::prefix_len), [`decode`](proto::frame::decode);
-//! for DATA read exactly `len` bytes into the `&mut [u8]` claimed in the
-//! replica ring, validate the record framing, publish, and ACK.
+//! Receiver: [`FrameReader`](io::frame_reader::FrameReader) reads each
+//! frame and opens it (control frames are handed out only once their tag
+//! verified); for DATA it reads exactly `len` bytes into the `&mut [u8]`
+//! claimed in the replica ring, then the tag, and only then does the daemon
+//! validate the record framing, publish, and ACK.
 //!
 //! # Example
 //!
@@ -71,6 +78,7 @@ pub mod config;
 #[cfg(target_os = "linux")]
 pub mod daemon;
 pub mod error;
+pub mod identity;
 pub mod io;
 pub mod log;
 pub mod proto;

@@ -3,6 +3,10 @@
 //!
 //! The daemon logs little on the data path (per connection, per stream
 //! event), so a lock around `stderr` is all it needs.
+//!
+//! Every line is passed through [`sanitize`] before it is written: strings
+//! that came from a peer (names, ERROR texts, topic names) cannot start a
+//! new log line or send terminal escapes, whatever the call site forgot.
 
 use std::{
     fmt,
@@ -60,13 +64,45 @@ pub fn write(level: LogLevel, args: fmt::Arguments<'_>) {
         LogLevel::Trace => "TRACE",
     };
     let node = NODE.get().map_or("shmbus-bridge", String::as_str);
+    let text = sanitize(&args.to_string());
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
-        "{}.{:03} {name} {node}: {args}",
+        "{}.{:03} {name} {node}: {text}",
         now.as_secs(),
         now.subsec_millis()
     );
+}
+
+/// Longest sanitized string, in bytes; longer text is cut with `...`.
+pub const MAX_SANITIZED_LEN: usize = 4096;
+
+/// `s` with every control character (newlines, escapes, DEL, C1 controls)
+/// and every Unicode format/bidi character written as `\u{..}` escapes,
+/// cut to [`MAX_SANITIZED_LEN`] bytes.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_bridge::log::sanitize;
+/// assert_eq!(sanitize("a\nb\x1b[31m"), "a\\u{a}b\\u{1b}[31m");
+/// ```
+pub fn sanitize(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(MAX_SANITIZED_LEN));
+    for c in s.chars() {
+        if out.len() >= MAX_SANITIZED_LEN {
+            out.push_str("...");
+            break;
+        }
+        let bidi = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
+        if c.is_control() || bidi {
+            use std::fmt::Write as _;
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 macro_rules! error {

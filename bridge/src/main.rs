@@ -3,20 +3,27 @@
 //! Loads the configuration (file and flags, see `shmbus_bridge::config`),
 //! then runs [`Daemon`] until SIGTERM or SIGINT. SIGUSR1 prints the counters
 //! to standard error (and the stats file, if configured); they are printed
-//! at exit too.
+//! at exit too. SIGHUP re-reads the allowlist and drops the connections of
+//! peers no longer on it.
+//!
+//! `shmbus-bridge keygen FILE [--name NAME]` writes a new key pair.
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use shmbus_bridge::{
-    config::{Cli, Config},
+    config::{Cli, Command, Config},
     daemon::Daemon,
+    identity::StaticKeypair,
     log,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Keygen { file, name }) = &cli.command {
+        return keygen(file, name.as_deref().or(cli.node_name.as_deref()));
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -28,6 +35,38 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shmbus-bridge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `shmbus-bridge keygen FILE [--name NAME]`.
+fn keygen(file: &std::path::Path, name: Option<&str>) -> ExitCode {
+    let name = match name {
+        Some(n) => n.to_owned(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default(),
+    };
+    if let Err(e) = shmbus_bridge::proto::handshake::check_node_name(&name) {
+        eprintln!("shmbus-bridge keygen: invalid node name: {e} (pass --name)");
+        return ExitCode::from(2);
+    }
+    let written = StaticKeypair::generate().and_then(|k| {
+        let public = k.public();
+        k.write_new(file, &name).map(|p| (p, public))
+    });
+    match written {
+        Ok((pub_path, public)) => {
+            println!(
+                "wrote {} (private, mode 0600) and {}\nallowlist line for the peers of {name}:\n{public} {name}",
+                file.display(),
+                pub_path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shmbus-bridge keygen: {e}");
             ExitCode::FAILURE
         }
     }

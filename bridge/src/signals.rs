@@ -1,11 +1,12 @@
 //! Signal handling for processes that run a [`Daemon`]: SIGTERM and SIGINT
-//! shut it down, SIGUSR1 prints its counters (and writes the stats file).
+//! shut it down, SIGUSR1 prints its counters (and writes the stats file),
+//! SIGHUP re-reads the allowlist ([`Daemon::reload_allowlist`]).
 
 use std::{io, thread};
 
 use crate::{config::LogLevel, daemon::Daemon, log};
 
-/// Blocks SIGTERM, SIGINT and SIGUSR1 in the calling thread (and so in every
+/// Blocks SIGTERM, SIGINT, SIGUSR1 and SIGHUP in the calling thread (and so in every
 /// thread it starts afterwards) and starts a thread that takes them with
 /// `sigwait` and acts on `daemon`. Call it before [`Daemon::run`].
 ///
@@ -30,6 +31,7 @@ fn block_signals() -> io::Result<libc::sigset_t> {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigaddset(&mut set, libc::SIGHUP);
     }
     // SAFETY: `set` is initialised; a null old-set pointer is allowed.
     let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -50,6 +52,9 @@ fn signal_loop(set: &libc::sigset_t, daemon: &Daemon) {
         if sig == libc::SIGUSR1 {
             eprint!("{}", daemon.stats_text());
             daemon.write_stats_file();
+        } else if sig == libc::SIGHUP {
+            // Errors are logged by the reload itself.
+            let _ = daemon.reload_allowlist();
         } else {
             log::write(LogLevel::Info, format_args!("signal {sig}: shutting down"));
             daemon.shutdown();

@@ -27,15 +27,13 @@ use shmbus_bus::{StartAt, WaitStrategy};
 fn untethered_lap_becomes_an_exact_gap() {
     let _watchdog = Watchdog::new("gap", Duration::from_secs(50));
     let dir = TestDir::new("gap");
-    let key = dir.key_file("k", b"gap test key 0123456789abcdef0123");
-    let key = key.to_str().unwrap();
+    let keys = dir.keys(&["sender", "receiver"]);
+    let (keys_s, keys_r) = (keys.args("sender"), keys.args("receiver"));
     let root_s = dir.join("s");
     let root_r = dir.join("r");
     let common_args = [
         "--bus",
         "b",
-        "--key-file",
-        key,
         "--heartbeat-interval-ms",
         "200",
         "--peer-timeout-ms",
@@ -53,6 +51,7 @@ fn untethered_lap_becomes_an_exact_gap() {
         "fast",
     ];
     args.extend(common_args);
+    args.extend(keys_s.iter().map(String::as_str));
     let mut sender = Daemon::start("sender", &dir, &args);
     let addr = sender.listen_addr();
     let peer = format!("sender={addr}");
@@ -69,6 +68,7 @@ fn untethered_lap_becomes_an_exact_gap() {
         "fast",
     ];
     args.extend(common_args);
+    args.extend(keys_r.iter().map(String::as_str));
     let mut receiver = Daemon::start("receiver", &dir, &args);
     receiver.wait_log("connected to peer sender", Duration::from_secs(10));
 

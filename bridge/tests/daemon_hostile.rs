@@ -1,10 +1,12 @@
 //! A bridge under attack keeps serving its good peer. Hostile clients speak
-//! to it over real sockets: a wrong key, a wrong protocol version, garbage,
-//! and, after authenticating with the right key, DATA with a bad length, a
-//! record that does not fit its chunk, DATA at the wrong position, and DATA
-//! for a stream never subscribed. Each is refused with a clear log line;
-//! no replica ring publishes a byte of it; the good peer's stream arrives
-//! complete and in order throughout.
+//! to it over real sockets: a key not on the allowlist, a wrong protocol
+//! version, garbage, an allowlisted key claiming another node's name, and,
+//! after authenticating with their own allowlisted keys, DATA with a bad
+//! length, a record that does not fit its chunk, DATA at the wrong
+//! position, DATA for a stream never subscribed, and a frame whose tag is
+//! wrong. Each is refused with a clear log line; no replica ring publishes
+//! a byte of it; the good peer's stream arrives complete and in order
+//! throughout; unauthenticated clients leave no peer state behind.
 
 mod common;
 
@@ -25,13 +27,15 @@ use std::{
 use common::{check_body, ring_files, wait_until, Daemon, Tele, TestDir, Watchdog};
 use shmbus::Bus;
 use shmbus_bridge::{
+    identity::{PublicKey, StaticKeypair},
     io::frame_reader::FrameReader,
     proto::{
         frame::{
-            decode, DataHeader, Decoded, ErrorCode, Frame, Hello, StreamAnnounce, StreamFlags,
-            HELLO_MAGIC, RESUME_OLDEST,
+            decode, Ack, DataHeader, Decoded, ErrorCode, Frame, FrameHeader, Hello, StreamAnnounce,
+            StreamFlags, HEADER_LEN, HELLO_MAGIC, RESUME_OLDEST,
         },
-        handshake::{Handshake, HandshakeParams, Nonce, PresharedKey, Role, Status},
+        handshake::{HandshakeParams, Initiator},
+        seal::{Direction, Protection},
     },
 };
 use shmbus_bus::{
@@ -39,7 +43,6 @@ use shmbus_bus::{
     RawReader, StartAt, WaitStrategy,
 };
 
-const KEY: &[u8] = b"hostile test key 0123456789abcdef";
 const MESSAGES: u64 = 2500;
 
 /// A frame the test client received, reduced to what it checks.
@@ -53,8 +56,33 @@ enum Got {
 
 struct Client {
     sock: TcpStream,
-    reader: FrameReader,
+    /// After the handshake: the session's receiving and sending directions.
+    reader: Option<FrameReader>,
+    send: Option<Direction>,
     stop: AtomicBool,
+}
+
+/// Reads one unsealed frame (before authentication); `None` on EOF.
+fn read_raw_frame(sock: &mut TcpStream) -> Option<Vec<u8>> {
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut buf = vec![0u8; HEADER_LEN];
+    let mut read = |buf: &mut [u8]| -> Option<()> {
+        let mut got = 0;
+        while got < buf.len() {
+            match sock.read(&mut buf[got..]) {
+                Ok(0) => return None,
+                Ok(n) => got += n,
+                Err(_) if Instant::now() < end => {}
+                Err(_) => return None,
+            }
+        }
+        Some(())
+    };
+    read(&mut buf)?;
+    let h = FrameHeader::parse(buf[..HEADER_LEN].try_into().unwrap()).ok()?;
+    buf.resize(HEADER_LEN + h.body_len as usize, 0);
+    read(&mut buf[HEADER_LEN..])?;
+    Some(buf)
 }
 
 impl Client {
@@ -64,7 +92,8 @@ impl Client {
             .unwrap();
         Self {
             sock,
-            reader: FrameReader::new(Duration::from_secs(10)),
+            reader: None,
+            send: None,
             stop: AtomicBool::new(false),
         }
     }
@@ -74,35 +103,27 @@ impl Client {
         let _ = self.sock.write_all(bytes);
     }
 
+    /// Sends `f`, sealed once authenticated.
     fn send_frame(&mut self, f: &Frame<'_>) {
         let mut v = Vec::new();
         f.encode_to_vec(&mut v).unwrap();
+        if let Some(keys) = self.send.as_mut() {
+            keys.seal_control(&mut v, 0).unwrap();
+        }
         self.send(&v);
     }
 
     fn next(&mut self) -> Got {
+        let Some(reader) = self.reader.as_mut() else {
+            return match read_raw_frame(&mut self.sock) {
+                None => Got::Closed,
+                Some(bytes) => classify(&bytes),
+            };
+        };
         loop {
-            match self.reader.next_frame(&mut self.sock, &self.stop) {
+            match reader.next_frame(&mut self.sock, &self.stop) {
                 Ok(None) => continue,
-                Ok(Some(bytes)) => {
-                    return match decode(bytes) {
-                        Ok(Decoded::Frame {
-                            frame: Frame::Subscribe(s),
-                            ..
-                        }) => Got::Subscribe {
-                            stream: s.stream,
-                            resume: s.resume_position,
-                        },
-                        Ok(Decoded::Frame {
-                            frame: Frame::Error(e),
-                            ..
-                        }) => Got::Error {
-                            code: e.code,
-                            message: e.message.to_owned(),
-                        },
-                        _ => Got::Other,
-                    }
-                }
+                Ok(Some(bytes)) => return classify(bytes),
                 Err(_) => return Got::Closed,
             }
         }
@@ -118,43 +139,35 @@ impl Client {
         }
     }
 
-    /// Authenticates as `name` with `key` (the daemon's role is acceptor).
-    fn authenticate(addr: &str, name: &str, key: &[u8]) -> Result<Self, String> {
+    /// Authenticates as `name` with `keypair` to the daemon `alpha`
+    /// (allowlisted key `alpha_key`).
+    fn authenticate(
+        addr: &str,
+        name: &str,
+        keypair: &StaticKeypair,
+        alpha_key: &PublicKey,
+    ) -> Result<Self, String> {
         let mut c = Self::connect(addr);
         let params = HandshakeParams {
-            role: Role::Initiator,
             local_name: name.into(),
-            expected_peer: None,
+            keypair: keypair.clone(),
             layout_version: LAYOUT_VERSION,
+            protection: Protection::Auth,
         };
-        let mut hs = Handshake::new(
-            params,
-            PresharedKey::new(key).unwrap(),
-            Nonce::random().unwrap(),
-        )
-        .unwrap();
         let mut out = Vec::new();
-        hs.start(&mut out).unwrap();
+        let init = Initiator::start(&params, "alpha", alpha_key, [9; 32], &mut out)
+            .map_err(|e| e.to_string())?;
         c.send(&out);
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end {
-            out.clear();
-            let status = match c.reader.next_frame(&mut c.sock, &c.stop) {
-                Ok(None) => continue,
-                Ok(Some(bytes)) => match decode(bytes) {
-                    Ok(Decoded::Frame { frame, .. }) => {
-                        hs.handle(&frame, &mut out).map_err(|e| e.to_string())?
-                    }
-                    other => return Err(format!("{other:?}")),
-                },
-                Err(e) => return Err(e.to_string()),
-            };
-            c.send(&out);
-            if let Status::Complete(_) = status {
-                return Ok(c);
-            }
-        }
-        Err("handshake timed out".into())
+        let reply = read_raw_frame(&mut c.sock).ok_or("closed without a reply")?;
+        let Ok(Decoded::Frame { frame, .. }) = decode(&reply) else {
+            return Err("undecodable reply".into());
+        };
+        out.clear();
+        let session = init.finish(&frame, &mut out).map_err(|e| e.to_string())?;
+        c.send(&out);
+        c.reader = Some(FrameReader::new(Duration::from_secs(10), session.keys.recv));
+        c.send = Some(session.keys.send);
+        Ok(c)
     }
 
     /// Announces a 64 KiB stream 1 on topic `evil` and waits for SUBSCRIBE.
@@ -184,8 +197,13 @@ impl Client {
         }
         .encode()
         .unwrap();
+        let mut seal = self.send.as_mut().unwrap().begin().unwrap();
+        seal.aad(&h);
+        seal.aad(payload);
+        let tag = seal.tag();
         self.send(&h);
         self.send(payload);
+        self.send(&tag);
         match self.next_significant() {
             Got::Error { code: c, message } => {
                 assert_eq!(c, code, "{message}");
@@ -194,6 +212,26 @@ impl Client {
             }
             g => panic!("expected ERROR, got {g:?}"),
         }
+    }
+}
+
+fn classify(bytes: &[u8]) -> Got {
+    match decode(bytes) {
+        Ok(Decoded::Frame {
+            frame: Frame::Subscribe(s),
+            ..
+        }) => Got::Subscribe {
+            stream: s.stream,
+            resume: s.resume_position,
+        },
+        Ok(Decoded::Frame {
+            frame: Frame::Error(e),
+            ..
+        }) => Got::Error {
+            code: e.code,
+            message: e.message.to_owned(),
+        },
+        _ => Got::Other,
     }
 }
 
@@ -209,8 +247,19 @@ fn record(position: u64, len: u32, chunk: usize) -> Vec<u8> {
 fn hostile_peers_are_refused_and_the_good_peer_keeps_flowing() {
     let _watchdog = Watchdog::new("hostile", Duration::from_secs(50));
     let dir = TestDir::new("hostile");
-    let key = dir.key_file("k", KEY);
-    let key = key.to_str().unwrap();
+    let names = [
+        "alpha",
+        "beta",
+        "mallory-4",
+        "mallory-5",
+        "mallory-6",
+        "mallory-7",
+        "mallory-8",
+        "mallory-9",
+    ];
+    let keys = dir.keys(&names);
+    let (keys_a, keys_b) = (keys.args("alpha"), keys.args("beta"));
+    let alpha_key = keys.keypair("alpha").public();
     let root_a = dir.join("a");
     let root_b = dir.join("b");
     let mut alpha = Daemon::start(
@@ -228,7 +277,9 @@ fn hostile_peers_are_refused_and_the_good_peer_keeps_flowing() {
             "--import",
             "*",
             "--key-file",
-            key,
+            &keys_a[1],
+            "--allowlist",
+            &keys_a[3],
             "--heartbeat-interval-ms",
             "200",
             "--peer-timeout-ms",
@@ -236,6 +287,7 @@ fn hostile_peers_are_refused_and_the_good_peer_keeps_flowing() {
         ],
     );
     let addr = alpha.listen_addr();
+    let auth = |name: &str| Client::authenticate(&addr, name, &keys.keypair(name), &alpha_key);
     let peer = format!("alpha={addr}");
     let mut beta = Daemon::start(
         "beta",
@@ -254,7 +306,9 @@ fn hostile_peers_are_refused_and_the_good_peer_keeps_flowing() {
             "--export",
             "feed",
             "--key-file",
-            key,
+            &keys_b[1],
+            "--allowlist",
+            &keys_b[3],
             "--heartbeat-interval-ms",
             "200",
             "--peer-timeout-ms",
@@ -300,13 +354,11 @@ fn hostile_peers_are_refused_and_the_good_peer_keeps_flowing() {
         thread::sleep(Duration::from_millis(500));
     });
 
-    // 1. Wrong key.
-    let e = Client::authenticate(&addr, "mallory-1", b"not the key at all, sorry").err();
-    assert!(e.is_some(), "a wrong key must not authenticate");
-    alpha.wait_log(
-        "handshake failed: peer failed authentication",
-        Duration::from_secs(10),
-    );
+    // 1. A key that is not on the allowlist: no reply at all.
+    let stranger = StaticKeypair::generate().unwrap();
+    let e = Client::authenticate(&addr, "mallory-1", &stranger, &alpha_key).err();
+    assert_eq!(e.as_deref(), Some("closed without a reply"));
+    alpha.wait_log("handshake failed: unknown key", Duration::from_secs(10));
 
     // 2. Wrong protocol version.
     let mut c = Client::connect(&addr);
@@ -336,8 +388,16 @@ fn hostile_peers_are_refused_and_the_good_peer_keeps_flowing() {
     let _ = c.sock.read_to_end(&mut rest);
     alpha.wait_log("bad frame magic", Duration::from_secs(10));
 
+    // 3b. An allowlisted key claiming another node's name: no reply.
+    let e = Client::authenticate(&addr, "beta", &keys.keypair("mallory-8"), &alpha_key).err();
+    assert_eq!(e.as_deref(), Some("closed without a reply"));
+    alpha.wait_log(
+        "is allowlisted as \"mallory-8\" but the peer claims the name \"beta\"",
+        Duration::from_secs(10),
+    );
+
     // 4. Authenticated, DATA whose length is not a multiple of 16.
-    let mut c = Client::authenticate(&addr, "mallory-4", KEY).unwrap();
+    let mut c = auth("mallory-4").unwrap();
     let (stream, resume) = c.announce_and_wait("m4");
     assert_eq!(resume, RESUME_OLDEST);
     let m = c.data_refused(stream, 0, &[0u8; 100], ErrorCode::Malformed);
@@ -345,7 +405,7 @@ fn hostile_peers_are_refused_and_the_good_peer_keeps_flowing() {
     alpha.wait_log("not a positive multiple of 16", Duration::from_secs(10));
 
     // 5. Authenticated, a record that claims more bytes than its chunk.
-    let mut c = Client::authenticate(&addr, "mallory-5", KEY).unwrap();
+    let mut c = auth("mallory-5").unwrap();
     let (stream, _) = c.announce_and_wait("m5");
     let m = c.data_refused(stream, 0, &record(0, 100, 64), ErrorCode::Malformed);
     assert!(m.contains("rejected, nothing published"), "{m}");
@@ -355,17 +415,36 @@ fn hostile_peers_are_refused_and_the_good_peer_keeps_flowing() {
     );
 
     // 6. Authenticated, a valid record stamped for the wrong position.
-    let mut c = Client::authenticate(&addr, "mallory-6", KEY).unwrap();
+    let mut c = auth("mallory-6").unwrap();
     let (stream, _) = c.announce_and_wait("m6");
     let m = c.data_refused(stream, 0, &record(4096, 16, 32), ErrorCode::Malformed);
     assert!(m.contains("stamp does not match its position"), "{m}");
 
     // 7. Authenticated, DATA for a stream never announced or subscribed.
-    let mut c = Client::authenticate(&addr, "mallory-7", KEY).unwrap();
+    let mut c = auth("mallory-7").unwrap();
     let m = c.data_refused(7, 0, &record(0, 16, 32), ErrorCode::UnknownStream);
     assert!(m.contains("did not subscribe to"), "{m}");
     alpha.wait_log(
         "DATA for stream 7, which this bridge did not subscribe to",
+        Duration::from_secs(10),
+    );
+
+    // 8. Authenticated, then a frame with a wrong tag (as an on-path
+    // injection would be): the connection is closed without an ERROR.
+    // Frame 0 was the key confirmation, so the forged one is frame 1.
+    let mut c = auth("mallory-9").unwrap();
+    let mut forged = Vec::new();
+    Frame::Ack(Ack {
+        stream: 1,
+        position: 16,
+    })
+    .encode_to_vec(&mut forged)
+    .unwrap();
+    forged.extend([0u8; 16]);
+    c.send(&forged);
+    assert_eq!(c.next_significant(), Got::Closed);
+    alpha.wait_log(
+        "closing the connection to mallory-9: frame 1 failed authentication",
         Duration::from_secs(10),
     );
 
@@ -408,16 +487,33 @@ fn hostile_peers_are_refused_and_the_good_peer_keeps_flowing() {
     assert!(alpha.terminate());
     assert!(beta.terminate());
     let bridge = &alpha.stats("bridge")[0];
-    assert_eq!(bridge["handshake_failures"], "3", "{bridge:?}");
+    assert_eq!(bridge["handshake_failures"], "4", "{bridge:?}");
+    assert_eq!(bridge["unknown_keys"], "1", "{bridge:?}");
+    assert_eq!(bridge["name_mismatches"], "1", "{bridge:?}");
+    assert_eq!(bridge["auth_failures"], "1", "{bridge:?}");
     for p in alpha.stats("peer") {
-        let expect = if p["name"].starts_with("mallory") {
-            "1"
-        } else {
-            "0"
+        let (errors, auth) = match p["name"].as_str() {
+            "beta" => ("0", "0"),
+            "mallory-9" => ("0", "1"),
+            _ => ("1", "0"),
         };
-        assert_eq!(p["protocol_errors"], expect, "{p:?}");
+        assert_eq!(p["protocol_errors"], errors, "{p:?}");
+        assert_eq!(p["auth_failures"], auth, "{p:?}");
     }
-    assert!(names.contains("beta"));
+    // Only authenticated peers have state: the stranger, the impostor and
+    // the unauthenticated clients left none.
+    let expected: HashSet<String> = [
+        "beta",
+        "mallory-4",
+        "mallory-5",
+        "mallory-6",
+        "mallory-7",
+        "mallory-9",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(names, expected);
 }
 
 fn alpha_peers(d: &Daemon) -> Vec<String> {

@@ -121,15 +121,13 @@ fn verify(name: &str, got: &Received) {
 fn exactly_once_across_bridge_kills() {
     let _watchdog = Watchdog::new("exactly_once_across_bridge_kills", Duration::from_secs(50));
     let dir = TestDir::new("loopback");
-    let key = dir.key_file("k", b"loopback test key 0123456789abcdef");
-    let key = key.to_str().unwrap();
+    let keys = dir.keys(&["sender", "receiver"]);
+    let (keys_s, keys_r) = (keys.args("sender"), keys.args("receiver"));
     let root_s = dir.join("s");
     let root_r = dir.join("r");
     let common_args = [
         "--bus",
         "b",
-        "--key-file",
-        key,
         "--heartbeat-interval-ms",
         "100",
         "--peer-timeout-ms",
@@ -148,6 +146,7 @@ fn exactly_once_across_bridge_kills() {
         "tele:tethered",
     ];
     args_s.extend(common_args);
+    args_s.extend(keys_s.iter().map(String::as_str));
     let mut sender = Daemon::start("sender", &dir, &args_s);
     let addr = sender.listen_addr();
     let peer = format!("sender={addr}");
@@ -164,6 +163,7 @@ fn exactly_once_across_bridge_kills() {
         "tele",
     ];
     args_r.extend(common_args);
+    args_r.extend(keys_r.iter().map(String::as_str));
     let mut receiver = Daemon::start("receiver", &dir, &args_r);
     receiver.wait_log("connected to peer sender", Duration::from_secs(10));
 

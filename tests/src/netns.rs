@@ -650,6 +650,49 @@ impl Drop for NetPair {
     }
 }
 
+/// Key pairs and allowlists for bridge daemons of a test (or the demo):
+/// for each name, `<dir>/<name>.key` (mode 0600, with `<name>.key.pub`) and
+/// `<dir>/<name>.allow` listing every *other* name's public key. Existing
+/// files are replaced. Pass [`bridge_identity_args`] to each daemon.
+///
+/// # Errors
+///
+/// If a file cannot be written.
+pub fn write_bridge_identities(dir: &Path, names: &[&str]) -> io::Result<()> {
+    use shmbus_bridge::identity::StaticKeypair;
+    std::fs::create_dir_all(dir)?;
+    let mut lines = Vec::new();
+    for name in names {
+        let kp = StaticKeypair::generate().map_err(io::Error::other)?;
+        let key = dir.join(format!("{name}.key"));
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(dir.join(format!("{name}.key.pub")));
+        kp.write_new(&key, name).map_err(io::Error::other)?;
+        lines.push((name.to_string(), format!("{} {name}\n", kp.public())));
+    }
+    for (name, _) in &lines {
+        let list: String = lines
+            .iter()
+            .filter(|(n, _)| n != name)
+            .map(|(_, l)| l.as_str())
+            .collect();
+        let p = dir.join(format!("{name}.allow"));
+        std::fs::write(&p, list)?;
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
+/// `--key-file <dir>/<name>.key --allowlist <dir>/<name>.allow`.
+pub fn bridge_identity_args(dir: &Path, name: &str) -> Vec<String> {
+    vec![
+        "--key-file".into(),
+        dir.join(format!("{name}.key")).display().to_string(),
+        "--allowlist".into(),
+        dir.join(format!("{name}.allow")).display().to_string(),
+    ]
+}
+
 /// `/proc/sys/<key with dots as slashes>` for a `net.` key.
 fn sysctl_path(key: &str) -> io::Result<PathBuf> {
     let valid = key.starts_with("net.")

@@ -37,11 +37,29 @@ impl Drop for TempDir {
     }
 }
 
+/// A key file and an allowlist naming the peers the tests use.
+fn key_files(dir: &TempDir) -> (PathBuf, PathBuf) {
+    let key = dir.0.join("bridge.key");
+    if !key.exists() {
+        StaticKeypair::generate()
+            .unwrap()
+            .write_new(&key, "node-a")
+            .unwrap();
+    }
+    let list: String = ["base", "cam-host", "p", "q", "x"]
+        .iter()
+        .map(|n| format!("{} {n}\n", StaticKeypair::generate().unwrap().public()))
+        .collect();
+    let allow = dir.file("peers", list.as_bytes(), 0o644);
+    (key, allow)
+}
+
 fn key_config(dir: &TempDir) -> String {
-    let key = dir.file("bridge.key", b"0123456789abcdef0123456789abcdef\n", 0o600);
+    let (key, allow) = key_files(dir);
     format!(
-        "node_name = \"node-a\"\nkey_file = {:?}\n",
-        key.display().to_string()
+        "node_name = \"node-a\"\nkey_file = {:?}\nallowlist = {:?}\n",
+        key.display().to_string(),
+        allow.display().to_string()
     )
 }
 
@@ -74,7 +92,9 @@ fn minimal_file_gets_documented_defaults() {
     // Allow-lists deny by default.
     assert!(c.export_rule("anything").is_none());
     assert!(!c.imports_topic("anything"));
-    assert_eq!(c.key.len(), 32, "trailing newline is not part of the key");
+    assert_eq!(c.allowlist.entries().len(), 5);
+    assert_eq!(c.protection, Protection::Auth, "auth is the default");
+    assert_eq!(c.limits, Limits::default());
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
 
@@ -142,7 +162,11 @@ fn command_line_overrides_the_file() {
         "{}listen = \"127.0.0.1:1\"\n[[peer]]\nname = \"p\"\naddress = \"h:1\"\n[[export]]\ntopics = \"file\"\n",
         key_config(&dir)
     );
-    let other_key = dir.file("other.key", b"another key of enough length", 0o400);
+    let other_key = dir.0.join("other.key");
+    StaticKeypair::generate()
+        .unwrap()
+        .write_new(&other_key, "cli-node")
+        .unwrap();
     let c = load(
         &text,
         &cli(&[
@@ -322,68 +346,75 @@ fn config_file_errors() {
 #[test]
 fn key_file_checks() {
     let dir = TempDir::new("key");
-    let with_key = |path: &Path| {
+    let (key, allow) = key_files(&dir);
+    let with = |key: &Path, allow: &Path| {
         format!(
-            "node_name = \"n\"\nkey_file = {:?}\n",
-            path.display().to_string()
+            "node_name = \"n\"\nkey_file = {:?}\nallowlist = {:?}\n",
+            key.display().to_string(),
+            allow.display().to_string()
         )
     };
-
     assert!(matches!(
         load("node_name = \"n\"\n", &Cli::default()),
         Err(ConfigError::MissingKeyFile)
     ));
+    assert!(matches!(
+        load(
+            &format!(
+                "node_name = \"n\"\nkey_file = {:?}\n",
+                key.display().to_string()
+            ),
+            &Cli::default()
+        ),
+        Err(ConfigError::MissingAllowlist)
+    ));
     let missing = dir.0.join("missing.key");
-    let e = load(&with_key(&missing), &Cli::default()).unwrap_err();
-    assert!(matches!(e, ConfigError::ReadKey { .. }));
+    let e = load(&with(&missing, &allow), &Cli::default()).unwrap_err();
     assert!(e.to_string().contains("missing.key"), "{e}");
-
-    let world = dir.file("world.key", b"0123456789abcdef", 0o644);
-    let e = load(&with_key(&world), &Cli::default()).unwrap_err();
-    assert!(matches!(e, ConfigError::KeyPermissions { mode: 0o644, .. }));
-    assert!(e.to_string().contains("chmod 600"), "{e}");
-
-    let group = dir.file("group.key", b"0123456789abcdef", 0o640);
-    let c = load(&with_key(&group), &Cli::default()).unwrap();
-    assert_eq!(c.warnings.len(), 1);
-    assert!(c.warnings[0].contains("group"), "{:?}", c.warnings);
-
-    for (name, contents) in [("empty.key", &b""[..]), ("blank.key", &b" \n\r\n\t"[..])] {
-        let p = dir.file(name, contents, 0o600);
-        let e = load(&with_key(&p), &Cli::default()).unwrap_err();
-        assert!(matches!(e, ConfigError::BadKey { .. }));
-        assert!(e.to_string().contains("empty"), "{e}");
-    }
-
-    let short = dir.file("short.key", b"abc\n", 0o600);
-    let c = load(&with_key(&short), &Cli::default()).unwrap();
-    assert_eq!(c.key.len(), 3);
-    assert!(c.warnings[0].contains("only 3 bytes"), "{:?}", c.warnings);
-
-    let huge = dir.file(
-        "huge.key",
-        &vec![b'k'; MAX_KEY_FILE_LEN as usize + 1],
-        0o600,
-    );
-    assert!(matches!(
-        load(&with_key(&huge), &Cli::default()),
-        Err(ConfigError::BadKey { .. })
+    let world = dir.file("world.key", &fs::read(&key).unwrap(), 0o644);
+    let e = err_text(load(&with(&world, &allow), &Cli::default()));
+    assert!(e.contains("chmod 600"), "{e}");
+    // The allowlist may be world-readable, not group-writable.
+    let writable = dir.file("writable", &fs::read(&allow).unwrap(), 0o664);
+    let e = err_text(load(&with(&key, &writable), &Cli::default()));
+    assert!(e.contains("chmod 644"), "{e}");
+    // A peer to dial must be on the allowlist.
+    let e = err_text(load(
+        &format!(
+            "{}[[peer]]\nname = \"zz\"\naddress = \"h:1\"\n",
+            with(&key, &allow)
+        ),
+        &Cli::default(),
     ));
-
-    let subdir = dir.0.join("key-dir");
-    fs::create_dir(&subdir).unwrap();
-    fs::set_permissions(&subdir, fs::Permissions::from_mode(0o700)).unwrap();
-    assert!(matches!(
-        load(&with_key(&subdir), &Cli::default()),
-        Err(ConfigError::BadKey { .. })
-    ));
-
-    // Raw binary keys keep all their bytes except trailing whitespace.
-    let binary = dir.file("binary.key", &[0, 1, 2, 0xFF, b'\n', 7, b' '], 0o600);
+    assert!(e.contains("not in the allowlist"), "{e}");
+    // The node's own key on its allowlist is a mistake.
+    let own = fs::read_to_string(format!("{}.pub", key.display())).unwrap();
+    let self_list = dir.file("self-list", own.replace("node-a", "me").as_bytes(), 0o644);
+    let e = err_text(load(&with(&key, &self_list), &Cli::default()));
+    assert!(e.contains("own key"), "{e}");
+    // Flags for the new settings.
+    let c = load(
+        &with(&key, &allow),
+        &cli(&[
+            "--protection",
+            "encrypt",
+            "--handshake-timeout-ms",
+            "500",
+            "--max-pending-per-address",
+            "2",
+            "--max-replica-bytes-per-peer",
+            "1G",
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.protection, Protection::Encrypt);
     assert_eq!(
-        load(&with_key(&binary), &Cli::default()).unwrap().key.len(),
-        6
+        c.limits.handshake_timeout,
+        std::time::Duration::from_millis(500)
     );
+    assert_eq!(c.limits.max_pending_per_address, 2);
+    assert_eq!(c.limits.max_replica_bytes_per_peer, 1 << 30);
+    assert!(load(&with(&key, &allow), &cli(&["--handshake-timeout-ms", "5"])).is_err());
 }
 
 #[test]

@@ -9,6 +9,18 @@
 //! completion (tethered: also until the peer's ACK). The positions are
 //! computed by [`ExportPositions`]; this module applies them to the
 //! [`RawReader`] (release or pin) and does the I/O.
+//!
+//! Every frame leaves sealed ([`seal`](crate::proto::seal)): control frames
+//! through [`Scratch`], which seals each one as it is queued, DATA frames in
+//! [`send_data`]. In `auth` mode a DATA frame's tag is computed over the ring
+//! bytes in place and sent after them in the same `sendmsg`, so the payload
+//! still goes from the ring with `MSG_ZEROCOPY`. In `encrypt` mode the ring
+//! bytes are copied into a buffer, encrypted there and sent with a plain
+//! send. The tag makes the bridge's reading of the ring part of what is
+//! authenticated: a ring byte changed between the read for the tag and the
+//! kernel's read for the wire (only a process with write access to the ring
+//! can: the publisher's user) arrives with a tag that fails, and the peer
+//! closes the connection instead of publishing bytes no one vouched for.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -32,6 +44,7 @@ use crate::{
             StreamFlags, StreamTail, Subscribe, DATA_HEADER_LEN, MAX_DATA_LEN,
             MAX_HEARTBEAT_ENTRIES,
         },
+        seal::{Direction, Protection, SealError, TAG_LEN},
         stream::{ExportMode, ExportPositions},
     },
 };
@@ -135,21 +148,66 @@ struct Wire {
     sock: ZeroCopySocket,
     /// Bytes handed to the socket so far: the tracker's position.
     conn_offset: u64,
-    /// Control frames waiting for [`Wire::flush`].
-    scratch: Vec<u8>,
+    /// Control frames waiting for [`Wire::flush`], sealed.
+    scratch: Scratch,
+    /// Buffer for DATA payloads encrypted in `encrypt` mode.
+    encrypted: Vec<u8>,
     stats: Arc<super::stats::PeerStats>,
+}
+
+/// Sealed control frames waiting to be sent, and the sending direction's
+/// key and counter. Frames are sealed in the order they are queued, which
+/// is the order they are sent: the counter and the wire agree. The buffer
+/// is emptied only by [`Wire::flush`] (a frame sealed and then dropped
+/// would break the counter sequence).
+struct Scratch {
+    buf: Vec<u8>,
+    keys: Direction,
+    /// The counter ran out (after 2^64 - 1 frames): the connection must end.
+    exhausted: bool,
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scratch")
+            .field("len", &self.buf.len())
+            .field("keys", &self.keys)
+            .finish()
+    }
+}
+
+impl Scratch {
+    /// Queues one encoded frame, sealed.
+    fn extend_from_slice(&mut self, frame: &[u8]) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(frame);
+        if self.keys.seal_control(&mut self.buf, start).is_err() {
+            self.buf.truncate(start);
+            self.exhausted = true;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
 }
 
 impl Wire {
     /// Sends the queued control frames (plain send).
     fn flush(&mut self) -> Result<(), BridgeError> {
+        if self.scratch.exhausted {
+            return Err(BridgeError::io(
+                "seal",
+                std::io::Error::other(SealError::CounterExhausted),
+            ));
+        }
         if self.scratch.is_empty() {
             return Ok(());
         }
-        let len = self.scratch.len() as u64;
+        let len = self.scratch.buf.len() as u64;
         let end = self.conn_offset + len;
-        let r = self.sock.send_vectored(&self.scratch, &[], end, false);
-        self.scratch.clear();
+        let r = self.sock.send_vectored(&self.scratch.buf, &[], end, false);
+        self.scratch.buf.clear();
         r?;
         self.conn_offset = end;
         self.stats.bytes_sent.add(len);
@@ -177,6 +235,7 @@ impl<'a> Sender<'a> {
         link: &'a Link,
         sock: ZeroCopySocket,
         set: ExportSet,
+        keys: Direction,
     ) -> Self {
         Self {
             shared,
@@ -185,7 +244,12 @@ impl<'a> Sender<'a> {
             wire: Wire {
                 sock,
                 conn_offset: 0,
-                scratch: Vec::new(),
+                scratch: Scratch {
+                    buf: Vec::new(),
+                    keys,
+                    exhausted: false,
+                },
+                encrypted: Vec::new(),
                 stats: Arc::clone(&peer.stats),
             },
             set,
@@ -238,7 +302,6 @@ impl<'a> Sender<'a> {
         if self.shared.stopping() {
             return Ok(());
         }
-        self.wire.scratch.clear();
         for f in frames {
             self.wire.scratch.extend_from_slice(&f);
         }
@@ -313,6 +376,18 @@ impl<'a> Sender<'a> {
                 ErrorCode::UnexpectedFrame,
                 format!("second SUBSCRIBE for stream {}", s.stream),
             ));
+        }
+        let cap = self.shared.config.limits.max_exports_per_peer;
+        if !self.set.streams.contains_key(&ring.path) && self.set.streams.len() >= cap {
+            // Each export reader is a subscriber slot on a local ring.
+            self.peer.stats.limit_refusals.add(1);
+            log::warning!(
+                "not exporting {}/{} to {}: it already has {cap} export readers (max_exports_per_peer)",
+                ring.topic,
+                ring.publisher,
+                self.peer.name
+            );
+            return Ok(());
         }
         if !self.set.streams.contains_key(&ring.path) {
             let tethered = matches!(ring.mode, ConfigMode::Tethered);
@@ -420,7 +495,6 @@ impl<'a> Sender<'a> {
             }
         }
         rings.sort_by_key(|r| r.id);
-        self.wire.scratch.clear();
         for ring in rings {
             if self.announced.contains_key(&ring.id) || self.set.finished.contains(&ring.path) {
                 continue;
@@ -630,7 +704,6 @@ impl<'a> Sender<'a> {
                 tails.push(StreamTail { stream: *id, tail });
             }
         }
-        self.wire.scratch.clear();
         if tails.is_empty() {
             encode(
                 &Frame::Heartbeat(Heartbeat::new(&[])),
@@ -696,7 +769,6 @@ impl<'a> Sender<'a> {
         self.wire
             .sock
             .set_send_timeout(Some(Duration::from_secs(1)));
-        self.wire.scratch.clear();
         for f in std::mem::take(&mut self.link.queues().frames_out) {
             self.wire.scratch.extend_from_slice(&f);
         }
@@ -782,10 +854,13 @@ fn violation(code: ErrorCode, message: String) -> StepError {
     StepError::Violation(Violation(code, message))
 }
 
-fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
+fn encode(frame: &Frame<'_>, out: &mut Scratch) {
     // Frames built by the sender are valid by construction (names and
     // geometry come from validated ring headers).
-    let _ = frame.encode_to_vec(out);
+    let mut v = Vec::with_capacity(frame.encoded_len());
+    if frame.encode_to_vec(&mut v).is_ok() {
+        out.extend_from_slice(&v);
+    }
 }
 
 /// Sends `start..end` of `st`'s ring (a range `next_chunk` just returned)
@@ -808,7 +883,7 @@ fn send_data(
         len: len32,
     }
     .encode()?;
-    let conn_end = wire.conn_offset + DATA_HEADER_LEN as u64 + len;
+    let conn_end = wire.conn_offset + DATA_HEADER_LEN as u64 + len + TAG_LEN as u64;
     // Protection until the kernel is done with the send: tethered, the reader
     // released only up to `release_target() <= sent == start` and releases
     // further only once the tracker reports the completion (`protect`);
@@ -818,12 +893,39 @@ fn send_data(
     // SAFETY: `start..end` was just returned by `next_chunk` of this reader
     // and stays protected as described above.
     let (a, b) = unsafe { st.reader.slices(start, end) };
-    let one = [a];
-    let two = [a, b];
-    let parts: &[&[u8]] = if b.is_empty() { &one } else { &two };
-    let report = wire
-        .sock
-        .send_vectored(&header, parts, conn_end, shared.config.zerocopy)?;
+    // Any queued control frame goes first: it was sealed with a lower counter.
+    wire.flush()?;
+    let mut seal = wire
+        .scratch
+        .keys
+        .begin()
+        .map_err(|e| BridgeError::io("seal", std::io::Error::other(e)))?;
+    seal.aad(&header);
+    let report = match wire.scratch.keys.protection() {
+        Protection::Auth => {
+            // The ring bytes are associated data: read here for the tag,
+            // read again by the kernel for the wire, never copied.
+            seal.aad(a);
+            seal.aad(b);
+            let tag = seal.tag();
+            let one = [a];
+            let two = [a, b];
+            let parts: &[&[u8]] = if b.is_empty() { &one } else { &two };
+            wire.sock
+                .send_frame(&header, parts, &tag, conn_end, shared.config.zerocopy)?
+        }
+        Protection::Encrypt => {
+            // Encryption needs a copy: the ring is read-only to the bridge.
+            let buf = &mut wire.encrypted;
+            buf.clear();
+            buf.extend_from_slice(a);
+            buf.extend_from_slice(b);
+            seal.encrypt(buf);
+            let tag = seal.tag();
+            wire.sock
+                .send_frame(&header, &[&buf[..]], &tag, conn_end, false)?
+        }
+    };
     wire.conn_offset = conn_end;
     st.pos.on_sent(conn_end, end);
     st.stats.bytes.add(len);
@@ -838,7 +940,7 @@ fn send_data(
 }
 
 /// Queues GAP(sent, to) for `st` and moves it on.
-fn send_gap(out: &mut Vec<u8>, st: &mut ExportStream, id: u32, peer: &str, to: u64) {
+fn send_gap(out: &mut Scratch, st: &mut ExportStream, id: u32, peer: &str, to: u64) {
     let from = st.pos.sent();
     if to <= from {
         return;

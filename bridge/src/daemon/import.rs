@@ -8,6 +8,15 @@
 //! received into space reserved in the ring, validated (stamps, lengths,
 //! padding, sequence numbers) and only then published. Anything else from
 //! the peer is a protocol violation: ERROR, close, nothing published.
+//!
+//! Every frame is authenticated by the [`FrameReader`] before it counts: a
+//! DATA payload lands in reserved replica space, and is published only after
+//! its tag verified. A frame that fails authentication closes the connection
+//! (counted in `auth_failures`), and no ERROR is sent: the stream is no
+//! longer trustworthy in either direction. A DATA header that is refused
+//! (unknown stream, wrong position) is still read to its tag first, so a
+//! forged header counts as an authentication failure, a real one as the
+//! peer's protocol error.
 
 use std::{
     collections::HashMap,
@@ -184,6 +193,8 @@ pub(crate) struct Receiver<'a> {
     ids: HashMap<u32, Announced>,
     pending: Vec<Pending>,
     bytes_reported: u64,
+    /// The current DATA frame's payload was read (or its read failed).
+    reader_done: bool,
 }
 
 impl std::fmt::Debug for Receiver<'_> {
@@ -213,6 +224,7 @@ impl<'a> Receiver<'a> {
             ids: HashMap::new(),
             pending: Vec::new(),
             bytes_reported: 0,
+            reader_done: false,
         }
     }
 
@@ -245,12 +257,40 @@ impl<'a> Receiver<'a> {
                     break;
                 }
                 Err(ReadError::Stopped) => break,
+                Err(ReadError::Auth(e)) => {
+                    self.auth_failed(&e);
+                    break;
+                }
                 Err(e) => {
                     self.link.close(e.to_string(), false);
                     break;
                 }
             };
-            match self.handle(incoming) {
+            let data_len = match &incoming {
+                Incoming::Data(h) => Some(u64::from(h.len)),
+                _ => None,
+            };
+            let outcome = self.handle(incoming);
+            if let (Some(len), Err(_)) = (data_len, &outcome) {
+                if !self.reader_done {
+                    // Refused before its payload was read: read it to the
+                    // tag, so that a forged header is told from the peer's
+                    // own mistake.
+                    match self
+                        .reader
+                        .skip_payload(&mut self.sock, len, self.link.stop_flag())
+                    {
+                        Ok(()) => {}
+                        Err(ReadError::Auth(e)) => {
+                            self.auth_failed(&e);
+                            break;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            self.reader_done = false;
+            match outcome {
                 Ok(()) => {}
                 Err(Step::Violation(Violation(code, message))) => {
                     self.link.fail(code, message);
@@ -260,10 +300,22 @@ impl<'a> Receiver<'a> {
                     self.link.close(message, false);
                     break;
                 }
+                Err(Step::Auth(e)) => {
+                    self.auth_failed(&e);
+                    break;
+                }
             }
         }
         self.report_bytes();
         self.set
+    }
+
+    fn auth_failed(&self, e: &crate::proto::seal::SealError) {
+        self.shared.stats.auth_failures.add(1);
+        self.peer.stats.auth_failures.add(1);
+        log::warning!("closing the connection to {}: {e}", self.peer.name);
+        self.link
+            .close(format!("a frame failed authentication: {e}"), false);
     }
 
     fn report_bytes(&mut self) {
@@ -357,6 +409,37 @@ impl<'a> Receiver<'a> {
             return Announced::Ignored;
         }
         let key = (a.topic.clone(), a.publisher.clone());
+        if !self.set.streams.contains_key(&key) {
+            let limits = &cfg.limits;
+            let streams = self.set.streams.len() + self.pending.len();
+            let bytes: u64 = self
+                .set
+                .streams
+                .values()
+                .map(|s| s.meta.capacity)
+                .chain(self.pending.iter().map(|p| p.stream.meta.capacity))
+                .sum();
+            let refusal = if streams >= limits.max_streams_per_peer {
+                Some(format!(
+                    "{} already has {streams} imported streams (max_streams_per_peer)",
+                    self.peer.name
+                ))
+            } else if bytes.saturating_add(a.meta.capacity) > limits.max_replica_bytes_per_peer {
+                Some(format!(
+                    "its replica would bring the replicas of {} to {} bytes (max_replica_bytes_per_peer {})",
+                    self.peer.name,
+                    bytes.saturating_add(a.meta.capacity),
+                    limits.max_replica_bytes_per_peer
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = refusal {
+                self.peer.stats.limit_refusals.add(1);
+                log::warning!("not importing {what}: {why}");
+                return Announced::Ignored;
+            }
+        }
         if self
             .ids
             .values()
@@ -513,6 +596,7 @@ impl<'a> Receiver<'a> {
             set,
             reader,
             sock,
+            reader_done,
             ..
         } = self;
         let key = match ids.get(&h.stream) {
@@ -584,9 +668,14 @@ impl<'a> Receiver<'a> {
         }
         {
             let (stamp, a, b) = chunk.buffers();
+            *reader_done = true;
+            // On failure the chunk is dropped uncommitted: nothing published.
             reader
                 .read_payload(sock, &mut [&mut stamp[..], a, b], stop)
-                .map_err(|e| Step::Close(e.to_string()))?;
+                .map_err(|e| match e {
+                    ReadError::Auth(e) => Step::Auth(e),
+                    e => Step::Close(e.to_string()),
+                })?;
         }
         let records = chunk.commit().map_err(|e| {
             violation(
@@ -669,6 +758,8 @@ impl<'a> Receiver<'a> {
 enum Step {
     Violation(Violation),
     Close(String),
+    /// A frame failed authentication.
+    Auth(crate::proto::seal::SealError),
 }
 
 fn violation(code: ErrorCode, message: String) -> Step {

@@ -28,7 +28,28 @@
 //!
 //! A peer that fails the handshake gets nothing and is logged with the
 //! reason; a peer that breaks the protocol after it gets an ERROR frame and
-//! is disconnected. Neither affects other peers' connections.
+//! is disconnected; a frame that fails authentication closes its connection
+//! at once. None of these affects other peers' connections.
+//!
+//! # Limits
+//!
+//! Before authentication (see the `conn` module): at most `max_pending_handshakes`
+//! accepted connections handshake at once, at most
+//! `max_pending_per_address` from one source address — more are closed at
+//! accept, counted in `rejected_connections` — and each has one absolute
+//! deadline. After: per peer, at most `max_streams_per_peer` imported
+//! streams whose replica rings add up to at most
+//! `max_replica_bytes_per_peer`, and at most `max_exports_per_peer` readers
+//! (subscriber slots) on local rings; the state of a peer that has been away
+//! for `peer_state_expiry` is dropped (readers leave their slots, the
+//! counters go). Peers exist only for allowlist entries, so all of this is
+//! bounded by the allowlist.
+//!
+//! # Allowlist reload
+//!
+//! [`Daemon::reload_allowlist`] (SIGHUP) re-reads the allowlist; a live
+//! connection whose (name, key) is no longer on it is closed at once, and
+//! new handshakes use the new list.
 
 pub mod backoff;
 pub mod catalog;
@@ -43,10 +64,10 @@ pub mod stats;
 use std::{
     collections::HashMap,
     io,
-    net::{SocketAddr, TcpListener, ToSocketAddrs},
+    net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs},
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, Ordering},
+        Arc, Condvar, Mutex, RwLock,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -54,6 +75,7 @@ use std::{
 
 use crate::{
     config::{Config, PeerConfig},
+    identity::{Allowlist, PublicKey},
     log,
     proto::handshake::Role,
 };
@@ -66,10 +88,6 @@ use self::{
     link::Link,
     stats::{PeerStats, Stats},
 };
-
-/// Connections accepted but not yet authenticated, at most; more are closed
-/// at once (a flood of idle connections cannot exhaust threads).
-pub const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// Shortest reconnect delay.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -103,8 +121,37 @@ pub(crate) struct Shared {
     pub(crate) catalog: Catalog,
     pub(crate) stats: Stats,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
-    pending: AtomicUsize,
+    allowlist: RwLock<Arc<Allowlist>>,
+    pending: Arc<Mutex<Pending>>,
     connections: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Accepted connections still in their handshake.
+#[derive(Debug, Default)]
+struct Pending {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+/// One accepted connection's place among the pending handshakes; given back
+/// on drop.
+#[derive(Debug)]
+pub(crate) struct PendingSlot {
+    table: Arc<Mutex<Pending>>,
+    ip: IpAddr,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut p = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        p.total = p.total.saturating_sub(1);
+        if let Some(n) = p.by_address.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                p.by_address.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -112,11 +159,6 @@ impl Shared {
     pub(crate) fn stopping(&self) -> bool {
         // Relaxed: a flag polled by every loop; it publishes no data.
         self.stop.load(Ordering::Relaxed)
-    }
-
-    /// The stop flag, for readers that poll it.
-    pub(crate) fn stop_flag(&self) -> &AtomicBool {
-        &self.stop
     }
 
     fn peer(&self, name: &str) -> Arc<Peer> {
@@ -127,8 +169,78 @@ impl Shared {
                 slot: Mutex::new(PeerSlot::default()),
                 cv: Condvar::new(),
                 stats: self.stats.peer(name),
+                last_seen: Mutex::new(Instant::now()),
             })
         }))
+    }
+
+    /// The current allowlist.
+    pub(crate) fn allowlist(&self) -> Arc<Allowlist> {
+        Arc::clone(&self.allowlist.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Takes a place among the pending handshakes for a connection from
+    /// `ip`, or says why not.
+    fn admit(&self, ip: IpAddr) -> Result<PendingSlot, String> {
+        let limits = &self.config.limits;
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.total >= limits.max_pending_handshakes {
+            return Err(format!(
+                "{} handshakes already pending (max_pending_handshakes)",
+                p.total
+            ));
+        }
+        let n = p.by_address.entry(ip).or_insert(0);
+        if *n >= limits.max_pending_per_address {
+            return Err(format!(
+                "{n} handshakes from this address already pending (max_pending_per_address)"
+            ));
+        }
+        *n += 1;
+        p.total += 1;
+        Ok(PendingSlot {
+            table: Arc::clone(&self.pending),
+            ip,
+        })
+    }
+
+    /// Drops the state of peers absent for longer than `peer_state_expiry`.
+    fn expire_peers(&self) {
+        let expiry = self.config.limits.peer_state_expiry;
+        let mut gone = Vec::new();
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, p| {
+                let idle = p
+                    .slot
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .active
+                    .is_none();
+                let away = p
+                    .last_seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .elapsed();
+                if idle && away > expiry {
+                    gone.push((name.clone(), Arc::clone(p)));
+                    false
+                } else {
+                    true
+                }
+            });
+        for (name, peer) in gone {
+            // Readers leave their slots and replicas close when the last
+            // reference (ours, unless a connection is starting) goes.
+            drop(peer);
+            self.stats.remove_peer(&name);
+            self.stats.peers_expired.add(1);
+            log::info!(
+                "dropped the state of peer {name}: away for more than {:?} (peer_state_expiry)",
+                expiry
+            );
+        }
     }
 
     /// Sleeps up to `d`, waking early on shutdown; false if shutting down.
@@ -152,12 +264,15 @@ pub(crate) struct Peer {
     slot: Mutex<PeerSlot>,
     cv: Condvar,
     pub(crate) stats: Arc<PeerStats>,
+    /// When a connection of this peer last ended (or the peer was created).
+    last_seen: Mutex<Instant>,
 }
 
 #[derive(Debug, Default)]
 struct PeerSlot {
-    /// The connection leasing the streams, and the node that initiated it.
-    active: Option<(Arc<Link>, String)>,
+    /// The connection leasing the streams, the node that initiated it, and
+    /// the key it authenticated with.
+    active: Option<(Arc<Link>, String, PublicKey)>,
     exports: ExportSet,
     imports: ImportSet,
 }
@@ -176,10 +291,10 @@ impl Peer {
     /// `initiator`, taking over from the current one unless that one wins
     /// the tie-break (the smaller initiator name, when the two were opened
     /// from different sides).
-    fn acquire(&self, shared: &Shared, link: &Arc<Link>, initiator: &str) -> Lease {
+    fn acquire(&self, shared: &Shared, link: &Arc<Link>, initiator: &str, key: PublicKey) -> Lease {
         let deadline = Instant::now() + shared.config.peer_timeout + Duration::from_secs(10);
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((old, old_initiator)) = &slot.active {
+        while let Some((old, old_initiator, _)) = &slot.active {
             if old_initiator != initiator && old_initiator.as_str() < initiator && !old.stopping() {
                 return Lease::Duplicate;
             }
@@ -193,7 +308,7 @@ impl Peer {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        slot.active = Some((Arc::clone(link), initiator.to_owned()));
+        slot.active = Some((Arc::clone(link), initiator.to_owned(), key));
         Lease::Granted(
             std::mem::take(&mut slot.exports),
             std::mem::take(&mut slot.imports),
@@ -206,6 +321,7 @@ impl Peer {
         slot.exports = exports;
         slot.imports = imports;
         slot.active = None;
+        *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         self.cv.notify_all();
     }
 }
@@ -220,6 +336,7 @@ impl Daemon {
     /// A daemon for `config`; nothing runs until [`Daemon::run`].
     pub fn new(config: Config) -> Self {
         let stats = Stats::new(&config.node_name);
+        let allowlist = RwLock::new(Arc::new(config.allowlist.clone()));
         Self {
             shared: Arc::new(Shared {
                 config,
@@ -227,7 +344,8 @@ impl Daemon {
                 catalog: Catalog::new(),
                 stats,
                 peers: Mutex::new(HashMap::new()),
-                pending: AtomicUsize::new(0),
+                allowlist,
+                pending: Arc::new(Mutex::new(Pending::default())),
                 connections: Mutex::new(Vec::new()),
             }),
         }
@@ -238,6 +356,57 @@ impl Daemon {
     pub fn shutdown(&self) {
         // Relaxed: see `Shared::stopping`.
         self.shared.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Re-reads the allowlist file; closes live connections whose (name,
+    /// key) is no longer on it. On a read or parse error the current list
+    /// stays and the error is logged and returned.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`](crate::config::ConfigError) of the file.
+    pub fn reload_allowlist(&self) -> Result<(), crate::config::ConfigError> {
+        let shared = &self.shared;
+        let path = &shared.config.allowlist_file;
+        let list = match crate::config::load_allowlist(path) {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("allowlist not reloaded, keeping the current one: {e}");
+                return Err(e);
+            }
+        };
+        let n = list.entries().len();
+        *shared.allowlist.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list.clone());
+        let peers: Vec<Arc<Peer>> = shared
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut revoked = 0;
+        for peer in peers {
+            let slot = peer.slot.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((link, _, key)) = &slot.active {
+                if !list.allows(&peer.name, key) {
+                    link.close(
+                        format!(
+                            "key {} of peer {} was removed from the allowlist",
+                            key.short(),
+                            peer.name
+                        ),
+                        false,
+                    );
+                    shared.stats.sessions_revoked.add(1);
+                    revoked += 1;
+                }
+            }
+        }
+        log::info!(
+            "reloaded the allowlist {}: {n} peers; closed {revoked} connections of removed keys",
+            path.display()
+        );
+        Ok(())
     }
 
     /// The counters as text (see [`stats`]).
@@ -333,6 +502,7 @@ fn catalog_loop(shared: &Shared, daemon: &Daemon) {
     while shared.sleep(SCAN_INTERVAL) {
         shared.catalog.scan(&shared.config);
         if last_stats.elapsed() >= Duration::from_secs(1) {
+            shared.expire_peers();
             daemon.write_stats_file();
             last_stats = Instant::now();
         }
@@ -364,20 +534,29 @@ fn listen_loop(shared: &Arc<Shared>, listener: &TcpListener) {
     while !shared.stopping() {
         match listener.accept() {
             Ok((stream, addr)) => {
-                // Relaxed: a counter bounding resource use; it orders nothing.
-                if shared.pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
-                    shared.pending.fetch_sub(1, Ordering::Relaxed);
-                    shared.stats.rejected_connections.add(1);
-                    log::warning!("refused connection from {addr}: {MAX_PENDING_HANDSHAKES} handshakes already pending");
-                    continue;
-                }
+                let slot = match shared.admit(addr.ip()) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        let n = shared.stats.rejected_connections.get();
+                        shared.stats.rejected_connections.add(1);
+                        // One line per 100 refusals: a flood must not flood the log.
+                        if n % 100 == 0 {
+                            log::warning!(
+                                "refused connection from {addr}: {why} ({} refused so far)",
+                                n + 1
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                };
                 let s = Arc::clone(shared);
                 let spawned =
                     thread::Builder::new()
                         .name(format!("conn-{addr}"))
                         .spawn(move || {
                             let _ = stream.set_nonblocking(false);
-                            conn::serve(&s, stream, addr, Role::Acceptor, None);
+                            conn::serve(&s, stream, addr, Role::Acceptor, None, Some(slot));
                         });
                 match spawned {
                     Ok(h) => {
@@ -387,8 +566,6 @@ fn listen_loop(shared: &Arc<Shared>, listener: &TcpListener) {
                         conns.push(h);
                     }
                     Err(e) => {
-                        // Relaxed: as above.
-                        shared.pending.fetch_sub(1, Ordering::Relaxed);
                         log::error!("cannot start a thread for {addr}: {e}");
                     }
                 }
@@ -424,10 +601,14 @@ fn dial_loop(shared: &Arc<Shared>, peer: &PeerConfig) {
         if let Some(addr) = addr {
             match std::net::TcpStream::connect_timeout(&addr, shared.config.peer_timeout) {
                 Ok(stream) => {
-                    // Relaxed: as in `listen_loop`.
-                    shared.pending.fetch_add(1, Ordering::Relaxed);
-                    let outcome =
-                        conn::serve(shared, stream, addr, Role::Initiator, Some(&peer.name));
+                    let outcome = conn::serve(
+                        shared,
+                        stream,
+                        addr,
+                        Role::Initiator,
+                        Some(&peer.name),
+                        None,
+                    );
                     worked = outcome.authenticated && outcome.lasted > Duration::from_secs(1);
                     failures = if outcome.authenticated {
                         0

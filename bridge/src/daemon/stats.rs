@@ -5,14 +5,21 @@
 //! line describes:
 //!
 //! ```text
-//! bridge node=alpha uptime_ms=5012 handshake_failures=3 rejected_connections=0
-//! peer name=beta connected=1 connections=2 reconnects=1 protocol_errors=0 bytes_sent=... bytes_received=... zc_completed_ids=... zc_copied_ids=... zc_switched_to_plain=...
+//! bridge node=alpha uptime_ms=5012 handshake_failures=3 rejected_connections=0 unknown_keys=1 name_mismatches=0 handshake_timeouts=1 auth_failures=0 sessions_revoked=0 peers_expired=0
+//! peer name=beta connected=1 connections=2 reconnects=1 protocol_errors=0 auth_failures=0 limit_refusals=0 bytes_sent=... bytes_received=... zc_completed_ids=... zc_copied_ids=... zc_switched_to_plain=...
 //! stream peer=beta dir=out topic=imu publisher=p-7-0 bytes=... messages=... frames=... zc_sends=... plain_sends=... enobufs=... gaps=... gap_bytes=... position=... peer_tail=...
 //! ```
 //!
 //! `dir=out` streams are exported (sent), `dir=in` imported (received);
 //! `peer_tail` of an imported stream is the sender's tail from its last
 //! HEARTBEAT. Values are cumulative since the daemon started.
+//!
+//! The maps are bounded: `peer` and `stream` lines exist only for
+//! authenticated peers (at most one per allowlist entry), a peer has at most
+//! `max_streams_per_peer` imported and `max_exports_per_peer` exported
+//! streams, and the lines of a peer whose state expired are removed
+//! ([`Stats::remove_peer`]). Unauthenticated connections only move the
+//! `bridge` counters.
 
 use std::{
     collections::BTreeMap,
@@ -76,6 +83,11 @@ pub struct PeerStats {
     pub connections: Counter,
     /// Connections that ended with a protocol error (either side's).
     pub protocol_errors: Counter,
+    /// Frames from this peer that failed authentication (injected, replayed,
+    /// reordered, corrupted); each one closed its connection.
+    pub auth_failures: Counter,
+    /// Streams or subscriptions refused because a per-peer limit was reached.
+    pub limit_refusals: Counter,
     /// Bytes written to the peer.
     pub bytes_sent: Counter,
     /// Bytes read from the peer.
@@ -124,6 +136,18 @@ pub struct Stats {
     pub handshake_failures: Counter,
     /// Connections turned away before the handshake (too many pending).
     pub rejected_connections: Counter,
+    /// Handshakes refused because the key is not on the allowlist.
+    pub unknown_keys: Counter,
+    /// Handshakes refused because the claimed name is not the key's.
+    pub name_mismatches: Counter,
+    /// Handshakes that did not finish within the handshake deadline.
+    pub handshake_timeouts: Counter,
+    /// Frames that failed authentication, all peers together.
+    pub auth_failures: Counter,
+    /// Live connections closed because their key left the allowlist.
+    pub sessions_revoked: Counter,
+    /// Peers whose state was dropped after `peer_state_expiry`.
+    pub peers_expired: Counter,
     peers: Mutex<BTreeMap<String, Arc<PeerStats>>>,
     streams: Mutex<BTreeMap<StreamKey, Arc<StreamStats>>>,
 }
@@ -136,6 +160,12 @@ impl Stats {
             started: Instant::now(),
             handshake_failures: Counter::default(),
             rejected_connections: Counter::default(),
+            unknown_keys: Counter::default(),
+            name_mismatches: Counter::default(),
+            handshake_timeouts: Counter::default(),
+            auth_failures: Counter::default(),
+            sessions_revoked: Counter::default(),
+            peers_expired: Counter::default(),
             peers: Mutex::new(BTreeMap::new()),
             streams: Mutex::new(BTreeMap::new()),
         }
@@ -154,27 +184,55 @@ impl Stats {
         Arc::clone(streams.entry(key).or_default())
     }
 
+    /// Removes every line of `peer` (its state was dropped).
+    pub fn remove_peer(&self, peer: &str) {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(peer);
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| k.0 != peer);
+    }
+
+    /// Number of (peer, stream) lines, for tests of the bounds.
+    pub fn sizes(&self) -> (usize, usize) {
+        (
+            self.peers.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            self.streams.lock().unwrap_or_else(|e| e.into_inner()).len(),
+        )
+    }
+
     /// The text form (see the module docs).
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "bridge node={} uptime_ms={} handshake_failures={} rejected_connections={}",
+            "bridge node={} uptime_ms={} handshake_failures={} rejected_connections={} unknown_keys={} name_mismatches={} handshake_timeouts={} auth_failures={} sessions_revoked={} peers_expired={}",
             self.node,
             self.started.elapsed().as_millis(),
             self.handshake_failures.get(),
-            self.rejected_connections.get()
+            self.rejected_connections.get(),
+            self.unknown_keys.get(),
+            self.name_mismatches.get(),
+            self.handshake_timeouts.get(),
+            self.auth_failures.get(),
+            self.sessions_revoked.get(),
+            self.peers_expired.get(),
         );
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         for (name, p) in peers.iter() {
             let connections = p.connections.get();
             let _ = writeln!(
                 s,
-                "peer name={name} connected={} connections={connections} reconnects={} protocol_errors={} bytes_sent={} bytes_received={} zc_completed_ids={} zc_copied_ids={} zc_switched_to_plain={}",
+                "peer name={name} connected={} connections={connections} reconnects={} protocol_errors={} auth_failures={} limit_refusals={} bytes_sent={} bytes_received={} zc_completed_ids={} zc_copied_ids={} zc_switched_to_plain={}",
                 // Relaxed: a display value.
                 u8::from(p.connected.load(Ordering::Relaxed)),
                 connections.saturating_sub(1),
                 p.protocol_errors.get(),
+                p.auth_failures.get(),
+                p.limit_refusals.get(),
                 p.bytes_sent.get(),
                 p.bytes_received.get(),
                 p.zc_completed_ids.get(),
@@ -249,5 +307,10 @@ mod tests {
             &st,
             &s.stream("beta", Dir::Out, "imu", "p-1-0")
         ));
+        s.stream("gamma", Dir::In, "imu", "p-1-0");
+        assert_eq!(s.sizes(), (1, 2));
+        s.remove_peer("beta");
+        assert_eq!(s.sizes(), (0, 1));
+        assert!(!s.render().contains("beta"));
     }
 }

@@ -17,9 +17,10 @@
 //! may receive the modified bytes. For the bridge this is the rule "ring
 //! space is released at `min(peer ACK, zero-copy completion)`".
 //!
-//! The frame header is usually built in a temporary buffer, so it is copied
-//! into a slot owned by the socket before a zero-copy send; the slot is not
-//! reused until that send completes.
+//! The frame header (and the trailer, the frame's authentication tag) are
+//! usually built in temporary buffers, so they are copied into a slot owned
+//! by the socket before a zero-copy send; the slot is not reused until that
+//! send completes.
 //!
 //! # Fallbacks (MACHINE-FACTS §1-3, the kernel's `msg_zerocopy.rst`)
 //!
@@ -56,6 +57,10 @@ const SO_EE_CODE_ZEROCOPY_COPIED: u8 = 1;
 /// Largest header that can be sent with a zero-copy payload in one call;
 /// longer headers make the call plain. A DATA header is 24 bytes.
 pub const MAX_ZEROCOPY_HEADER_LEN: usize = 64;
+/// Largest trailer that can be sent with a zero-copy payload in one call
+/// (a frame's 16-byte tag); longer trailers make the call plain.
+pub const MAX_ZEROCOPY_TRAILER_LEN: usize = 32;
+const SLOT_LEN: usize = MAX_ZEROCOPY_HEADER_LEN + MAX_ZEROCOPY_TRAILER_LEN;
 
 /// Header slots: one per zero-copy call in flight, so at most this many
 /// zero-copy calls are in flight; beyond, calls are plain until completions
@@ -127,7 +132,7 @@ pub struct ZeroCopySocket {
     /// Stable storage for headers of zero-copy calls: slot `id % HEADER_SLOTS`
     /// belongs to the call with kernel id `id` until it completes. `None`
     /// only during `Drop`.
-    header_slots: Option<Box<[[u8; MAX_ZEROCOPY_HEADER_LEN]]>>,
+    header_slots: Option<Box<[[u8; SLOT_LEN]]>>,
     send_timeout: Option<Duration>,
     stats: SocketStats,
 }
@@ -151,9 +156,7 @@ impl ZeroCopySocket {
             stream,
             tracker,
             so_zerocopy,
-            header_slots: Some(
-                vec![[0u8; MAX_ZEROCOPY_HEADER_LEN]; HEADER_SLOTS].into_boxed_slice(),
-            ),
+            header_slots: Some(vec![[0u8; SLOT_LEN]; HEADER_SLOTS].into_boxed_slice()),
             send_timeout: None,
             stats: SocketStats::default(),
         }
@@ -265,6 +268,25 @@ impl ZeroCopySocket {
         release_to: u64,
         zerocopy: bool,
     ) -> Result<SendReport, BridgeError> {
+        self.send_frame(header, payload, &[], release_to, zerocopy)
+    }
+
+    /// [`ZeroCopySocket::send_vectored`] with a `trailer` after the payload
+    /// (a frame's authentication tag), sent in the same call; it is copied
+    /// into the socket's slot like the header, so a zero-copy send needs
+    /// `trailer.len() <= MAX_ZEROCOPY_TRAILER_LEN`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ZeroCopySocket::send_vectored`].
+    pub fn send_frame(
+        &mut self,
+        header: &[u8],
+        payload: &[&[u8]],
+        trailer: &[u8],
+        release_to: u64,
+        zerocopy: bool,
+    ) -> Result<SendReport, BridgeError> {
         if payload.len() > 2 {
             return Err(BridgeError::InvalidArgument(
                 "at most two payload slices per send",
@@ -276,11 +298,12 @@ impl ZeroCopySocket {
             ));
         }
         let payload_len: usize = payload.iter().map(|p| p.len()).sum();
-        let total = header.len() + payload_len;
+        let total = header.len() + payload_len + trailer.len();
         let deadline = self.send_timeout.map(|t| Instant::now() + t);
         let mut use_zc = zerocopy
             && self.so_zerocopy
             && header.len() <= MAX_ZEROCOPY_HEADER_LEN
+            && trailer.len() <= MAX_ZEROCOPY_TRAILER_LEN
             && self.tracker.wants_zerocopy(payload_len);
         let mut report = SendReport::default();
         let mut sent = 0usize;
@@ -290,7 +313,7 @@ impl ZeroCopySocket {
         }
         while sent < total {
             let call_zc = use_zc && self.header_slot_available()?;
-            let r = self.sendmsg_once(header, payload, sent, call_zc);
+            let r = self.sendmsg_once(header, payload, trailer, sent, call_zc);
             match r {
                 Ok(n) => {
                     sent += n;
@@ -350,39 +373,55 @@ impl ZeroCopySocket {
         Ok(false)
     }
 
-    /// One `sendmsg` of everything from byte `skip` on (header, then payload).
-    /// Returns the bytes sent (> 0) or the OS error.
+    /// One `sendmsg` of everything from byte `skip` on (header, payload,
+    /// trailer). Returns the bytes sent (> 0) or the OS error.
     fn sendmsg_once(
         &mut self,
         header: &[u8],
         payload: &[&[u8]],
+        trailer: &[u8],
         skip: usize,
         zc: bool,
     ) -> io::Result<usize> {
         let mut iov = [libc::iovec {
             iov_base: ptr::null_mut(),
             iov_len: 0,
-        }; 3];
+        }; 4];
         let mut n = 0;
         let header_rest = header.get(skip..).unwrap_or(&[]);
+        let payload_len: usize = payload.iter().map(|p| p.len()).sum();
+        let trailer_skip = skip.saturating_sub(header.len() + payload_len);
+        let trailer_rest = trailer.get(trailer_skip..).unwrap_or(&[]);
+        // The kernel keeps reading header and trailer after we return, so
+        // for a zero-copy call they go from a slot that stays untouched
+        // until this id completes: slots are indexed by id, and
+        // `header_slot_available` ensured fewer than HEADER_SLOTS ids are in
+        // flight. Lengths were checked against the slot's halves.
+        let slot: Option<&mut [u8; SLOT_LEN]> = if zc {
+            let slot_index = self.tracker.next_id() as usize % HEADER_SLOTS;
+            let slots = self
+                .header_slots
+                .as_mut()
+                .ok_or_else(|| io::Error::other("socket is being dropped"))?;
+            Some(&mut slots[slot_index])
+        } else {
+            None
+        };
+        let (slot_head, slot_tail): (Option<&mut [u8]>, Option<&mut [u8]>) = match slot {
+            Some(s) => {
+                let (h, t) = s.split_at_mut(MAX_ZEROCOPY_HEADER_LEN);
+                (Some(h), Some(t))
+            }
+            None => (None, None),
+        };
         if !header_rest.is_empty() {
-            let src: &[u8] = if zc {
-                // The kernel keeps reading the header after we return, so it
-                // goes from a slot that stays untouched until this id
-                // completes: slots are indexed by id, and `header_slot_available`
-                // ensured fewer than HEADER_SLOTS ids are in flight.
-                let slot_index = self.tracker.next_id() as usize % HEADER_SLOTS;
-                let slots = self
-                    .header_slots
-                    .as_mut()
-                    .ok_or_else(|| io::Error::other("socket is being dropped"))?;
-                let slot = &mut slots[slot_index];
-                // header.len() <= MAX_ZEROCOPY_HEADER_LEN when zc is used.
-                let dst = &mut slot[..header_rest.len()];
-                dst.copy_from_slice(header_rest);
-                dst
-            } else {
-                header_rest
+            let src: &[u8] = match slot_head {
+                Some(h) => {
+                    let dst = &mut h[..header_rest.len()];
+                    dst.copy_from_slice(header_rest);
+                    dst
+                }
+                None => header_rest,
             };
             iov[n] = iovec(src);
             n += 1;
@@ -397,6 +436,18 @@ impl ZeroCopySocket {
             skip_payload = 0;
             n += 1;
         }
+        if !trailer_rest.is_empty() {
+            let src: &[u8] = match slot_tail {
+                Some(t) => {
+                    let dst = &mut t[..trailer_rest.len()];
+                    dst.copy_from_slice(trailer_rest);
+                    dst
+                }
+                None => trailer_rest,
+            };
+            iov[n] = iovec(src);
+            n += 1;
+        }
         // SAFETY: an all-zero msghdr is valid (null name/control, no iovecs).
         let mut msg: libc::msghdr = unsafe { mem::zeroed() };
         msg.msg_iov = iov.as_mut_ptr();
@@ -405,7 +456,7 @@ impl ZeroCopySocket {
         // The kernel's later reads for MSG_ZEROCOPY go through its own page
         // references, not these pointers.
         // SAFETY: `msg` points to `n` iovecs, each a live, readable borrowed
-        // slice (`header`, a header slot, or `payload`) outliving this call.
+        // slice (`header`, `trailer`, a slot, or `payload`) outliving this call.
         let r = unsafe { libc::sendmsg(self.stream.as_raw_fd(), &msg, flags) };
         match r {
             r if r > 0 => Ok(r as usize),

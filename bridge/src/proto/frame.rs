@@ -32,9 +32,7 @@
 //!
 //! | type | code | body |
 //! |---|---|---|
-//! | HELLO | 1 | `hello_magic u64` ([`HELLO_MAGIC`]), `protocol_version u16`, `layout_version u32`, `nonce [u8; 32]`, `peer_name str16` |
-//! | AUTH | 2 | `proof [u8; 32]` (HMAC-SHA256, see [`handshake`](super::handshake)) |
-//! | AUTH_OK | 3 | empty |
+//! | HELLO | 1 | `hello_magic u64` ([`HELLO_MAGIC`]), `protocol_version u16`, `layout_version u32`, `nonce [u8; 32]` (random), `peer_name str16` (the name the sender claims) |
 //! | STREAM_ANNOUNCE | 4 | `stream u32`, `type_fingerprint u64`, `ring_capacity u64` (power of two), `max_message u64` (1..=capacity), `flags u32` ([`StreamFlags`]), `topic str16`, `publisher str16`, `type_name str16` |
 //! | SUBSCRIBE | 5 | `stream u32`, `resume_position u64` ([`RESUME_OLDEST`]: from the oldest position the sender holds) |
 //! | DATA | 6 | `stream u32`, `start_position u64`, `len u32` (≤ [`MAX_DATA_LEN`]), then `len` raw ring bytes; body length = 16 + `len` |
@@ -43,6 +41,12 @@
 //! | HEARTBEAT | 9 | `count u16` (≤ [`MAX_HEARTBEAT_ENTRIES`]), then `count` × (`stream u32`, `sender_tail u64`) |
 //! | ERROR | 10 | `code u16` ([`ErrorCode`]), `message str16` |
 //! | END | 11 | `stream u32`, `position u64`: the stream's publisher is gone and every byte before `position` was sent |
+//! | NOISE | 12 | a Noise handshake message, 1..=[`MAX_NOISE_LEN`] bytes (see [`handshake`](super::handshake)) |
+//!
+//! Codes 2 and 3 (AUTH, AUTH_OK of the pre-shared-key protocol version 1)
+//! are no longer used. After the handshake every frame is followed by a
+//! 16-byte tag ([`seal`](super::seal)); the tag is not part of the body
+//! length.
 //!
 //! # DATA frames and zero-copy
 //!
@@ -98,8 +102,8 @@ pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
 pub const MAX_HEARTBEAT_ENTRIES: usize = 1024;
 /// Length of the HELLO nonce.
 pub const NONCE_LEN: usize = 32;
-/// Length of the AUTH proof (an HMAC-SHA256 tag).
-pub const PROOF_LEN: usize = 32;
+/// Largest Noise handshake message in a NOISE frame.
+pub const MAX_NOISE_LEN: usize = 256;
 /// SUBSCRIBE `resume_position` meaning "from the oldest position you still
 /// hold": a receiver with no data of the stream yet. Never a real position
 /// (positions are byte counts and stay far below `u64::MAX`).
@@ -118,10 +122,6 @@ pub use types::*;
 pub enum FrameType {
     /// Handshake opener: versions, nonce, peer name.
     Hello = 1,
-    /// Handshake proof of the pre-shared key.
-    Auth = 2,
-    /// The peer's proof was verified.
-    AuthOk = 3,
     /// A ring the sender offers.
     StreamAnnounce = 4,
     /// The receiver wants a stream from a position.
@@ -138,6 +138,8 @@ pub enum FrameType {
     Error = 10,
     /// The stream's publisher is gone; nothing follows a position.
     End = 11,
+    /// A Noise handshake message.
+    Noise = 12,
 }
 
 impl FrameType {
@@ -145,8 +147,6 @@ impl FrameType {
     pub fn from_u8(code: u8) -> Option<Self> {
         Some(match code {
             1 => Self::Hello,
-            2 => Self::Auth,
-            3 => Self::AuthOk,
             4 => Self::StreamAnnounce,
             5 => Self::Subscribe,
             6 => Self::Data,
@@ -155,6 +155,7 @@ impl FrameType {
             9 => Self::Heartbeat,
             10 => Self::Error,
             11 => Self::End,
+            12 => Self::Noise,
             _ => return None,
         })
     }
@@ -163,8 +164,6 @@ impl FrameType {
     pub const fn max_body_len(self) -> u32 {
         let len = match self {
             Self::Hello => HELLO_FIXED_LEN + 2 + MAX_NAME_LEN,
-            Self::Auth => PROOF_LEN,
-            Self::AuthOk => 0,
             Self::StreamAnnounce => {
                 ANNOUNCE_FIXED_LEN + 3 * 2 + 2 * MAX_NAME_LEN + MAX_TYPE_NAME_LEN
             }
@@ -173,6 +172,7 @@ impl FrameType {
             Self::Gap => 20,
             Self::Heartbeat => 2 + MAX_HEARTBEAT_ENTRIES * HEARTBEAT_ENTRY_LEN,
             Self::Error => 2 + 2 + MAX_ERROR_MESSAGE_LEN,
+            Self::Noise => MAX_NOISE_LEN,
         };
         len as u32
     }
@@ -182,8 +182,6 @@ impl fmt::Display for FrameType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = match self {
             Self::Hello => "HELLO",
-            Self::Auth => "AUTH",
-            Self::AuthOk => "AUTH_OK",
             Self::StreamAnnounce => "STREAM_ANNOUNCE",
             Self::Subscribe => "SUBSCRIBE",
             Self::Data => "DATA",
@@ -192,6 +190,7 @@ impl fmt::Display for FrameType {
             Self::Heartbeat => "HEARTBEAT",
             Self::Error => "ERROR",
             Self::End => "END",
+            Self::Noise => "NOISE",
         };
         f.write_str(name)
     }
@@ -327,10 +326,10 @@ impl FrameHeader {
     /// ```
     /// use shmbus_bridge::proto::frame::{FrameHeader, FrameType, HEADER_LEN};
     ///
-    /// let bytes: [u8; HEADER_LEN] = [b'S', b'B', 3, 0, 0, 0, 0, 0];
+    /// let bytes: [u8; HEADER_LEN] = [b'S', b'B', 7, 0, 12, 0, 0, 0];
     /// let h = FrameHeader::parse(&bytes)?;
-    /// assert_eq!(h.frame_type, FrameType::AuthOk);
-    /// assert_eq!(h.prefix_len(), HEADER_LEN);
+    /// assert_eq!(h.frame_type, FrameType::Ack);
+    /// assert_eq!(h.prefix_len(), HEADER_LEN + 12);
     /// # Ok::<(), shmbus_bridge::proto::frame::FrameError>(())
     /// ```
     pub fn parse(bytes: &[u8; HEADER_LEN]) -> Result<Self, FrameError> {
@@ -441,10 +440,16 @@ fn decode_body(header: FrameHeader, body: &[u8]) -> Result<Frame<'_>, FrameError
                 peer_name,
             })
         }
-        FrameType::Auth => Frame::Auth(Auth {
-            proof: r.array::<PROOF_LEN>()?,
-        }),
-        FrameType::AuthOk => Frame::AuthOk,
+        FrameType::Noise => {
+            let msg = r.bytes(body.len())?;
+            if msg.is_empty() {
+                return Err(FrameError::Malformed {
+                    frame_type: ft,
+                    reason: "empty Noise message",
+                });
+            }
+            Frame::Noise(msg)
+        }
         FrameType::StreamAnnounce => {
             let stream = r.u32()?;
             let type_fingerprint = r.u64()?;
@@ -556,8 +561,7 @@ impl Frame<'_> {
     pub fn frame_type(&self) -> FrameType {
         match self {
             Self::Hello(_) => FrameType::Hello,
-            Self::Auth(_) => FrameType::Auth,
-            Self::AuthOk => FrameType::AuthOk,
+            Self::Noise(_) => FrameType::Noise,
             Self::StreamAnnounce(_) => FrameType::StreamAnnounce,
             Self::Subscribe(_) => FrameType::Subscribe,
             Self::Data(_) => FrameType::Data,
@@ -590,6 +594,12 @@ impl Frame<'_> {
                 Err(FrameError::TooManyEntries { count: h.len() })
             }
             Self::Error(e) => check_str("error message", e.message, 0, MAX_ERROR_MESSAGE_LEN),
+            Self::Noise(m) if m.is_empty() || m.len() > MAX_NOISE_LEN => {
+                Err(FrameError::Malformed {
+                    frame_type: FrameType::Noise,
+                    reason: "Noise message must be 1 to 256 bytes",
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -598,8 +608,7 @@ impl Frame<'_> {
     fn encoded_body_len(&self) -> usize {
         match self {
             Self::Hello(h) => HELLO_FIXED_LEN + 2 + h.peer_name.len(),
-            Self::Auth(_) => PROOF_LEN,
-            Self::AuthOk => 0,
+            Self::Noise(m) => m.len(),
             Self::StreamAnnounce(a) => {
                 ANNOUNCE_FIXED_LEN + 6 + a.topic.len() + a.publisher.len() + a.type_name.len()
             }
@@ -648,8 +657,8 @@ impl Frame<'_> {
                 w.put(&h.nonce);
                 w.str16(h.peer_name);
             }
-            Self::Auth(a) => w.put(&a.proof),
-            Self::AuthOk | Self::Data(_) => {}
+            Self::Noise(m) => w.put(m),
+            Self::Data(_) => {}
             Self::StreamAnnounce(a) => {
                 w.put(&a.stream.to_le_bytes());
                 w.put(&a.type_fingerprint.to_le_bytes());

@@ -1,245 +1,122 @@
-//! Mutual authentication of two bridges, sans-IO.
+//! Mutual authentication of two bridges with Noise IK, sans-IO.
 //!
-//! # Protocol
+//! # Why IK
 //!
-//! Both sides send HELLO at once (no ordering between the two directions):
-//! [`HELLO_MAGIC`], [`PROTOCOL_VERSION`], the bus ring layout version, a fresh
-//! 32-byte random nonce and the node name. On receiving the peer's HELLO a
-//! side checks magic, protocol version and layout version (exact match; a
-//! mismatch is a typed error and an ERROR frame to the peer), refuses a peer
-//! that claims its own name or echoes its own nonce, checks the peer name
-//! against the expected one if configured, and sends AUTH with its proof:
+//! Each node has a static X25519 key pair and an allowlist of peer public
+//! keys (with the node name each key may use). The node that dials knows
+//! whom it dials — a `[[peer]]` entry names the peer, and the allowlist gives
+//! that name's key — so the initiator knows the responder's static key in
+//! advance: the **IK** pattern fits, and takes one round trip:
 //!
 //! ```text
-//! proof = HMAC-SHA256(psk, "shmbus-bridge auth v1" || role(prover)
-//!                          || protocol_version u16 || layout_version u32
-//!                          || nonce(prover) || nonce(verifier)
-//!                          || len u16 || name(prover) || len u16 || name(verifier))
+//! -> e, es, s, ss    (initiator's static key, encrypted, in message 1)
+//! <- e, ee, se
 //! ```
 //!
-//! `role(prover)` is `"initiator"` for the side that opened the TCP
-//! connection and `"acceptor"` for the other. On receiving the peer's AUTH, a
-//! side recomputes the proof the peer must have made and compares in constant
-//! time ([`hmac::Mac::verify_slice`]); on success it sends AUTH_OK. The
-//! handshake is complete when the peer's AUTH verified *and* the peer's
-//! AUTH_OK arrived. The peer's frames therefore arrive in the fixed order
-//! HELLO, AUTH, AUTH_OK; anything else is an error.
+//! The responder, however, does not know who is calling until message 1
+//! arrives: with **KK** it would have to know the initiator's key *before*
+//! reading message 1, i.e. try every allowlisted key in turn. With IK the
+//! responder reads the initiator's static key out of message 1, looks it up
+//! in the allowlist, and if it is not there closes the connection without
+//! sending a single byte (an unknown key learns nothing, not even that this
+//! is a bridge with the right key). The cost of IK: message 1 can be
+//! replayed by someone who recorded it; a replay cannot finish the handshake
+//! (it lacks the initiator's ephemeral key), and the responder does not
+//! consider the peer authenticated — nor take over its streams — until the
+//! first *transport* frame from the initiator opens under the new session
+//! keys (key confirmation, see below).
 //!
-//! # Why these inputs
+//! # Messages
 //!
-//! - Both nonces: a proof is bound to this connection; a recorded proof is
-//!   useless on another one.
-//! - The role label: a side's own proof, reflected back to it on the same
-//!   connection, does not verify, because it expects the *other* role's label.
-//! - Both names, and refusing a peer that claims our own name: an attacker
-//!   who opens a second connection to us (or makes us dial it) and relays our
-//!   proof from one connection to the other would have to present our own
-//!   name as its own, which is refused.
-//! - The versions: a downgrade by rewriting HELLO fields breaks the proof.
+//! 1. Initiator → responder: a HELLO frame, laid out as in protocol
+//!    version 1 (`hello_magic`, [`PROTOCOL_VERSION`] = 2, ring layout
+//!    version, 32 random bytes, the node name it *claims*), then a NOISE
+//!    frame with Noise message 1, whose payload is the initiator's wanted
+//!    [`Protection`]. A version-1 bridge decodes the HELLO, sees version 2,
+//!    and refuses with "peer speaks bridge protocol version 2, this bridge
+//!    speaks 1: upgrade one side"; a version-1 HELLO arriving here is
+//!    refused as clearly (a [`HandshakeError::VersionMismatch`] naming
+//!    pre-shared keys).
+//! 2. Responder → initiator: a NOISE frame with message 2, whose payload is
+//!    the agreed protection (the stronger of the two wishes).
+//! 3. Initiator → responder: the first sealed frame, an empty HEARTBEAT
+//!    (counter 0): key confirmation.
 //!
-//! The key is never sent; only a MAC over fresh nonces is. Timeouts are the
-//! caller's business (no clock here): drop the connection if the handshake
-//! does not complete within the configured peer timeout.
+//! The HELLO bytes are the Noise prologue, so the claimed name, versions and
+//! random bytes are covered by the handshake: a change on the way makes it
+//! fail. The responder accepts the initiator only if its static key is on
+//! the allowlist **and** the name it claims is the one listed for that key;
+//! the peer's name is the allowlisted one. The initiator accepts the
+//! responder only if message 2 decrypts, which needs the private key of the
+//! allowlisted public key it dialed.
 //!
-//! # Example
+//! # What the peer is told
 //!
-//! ```
-//! use shmbus_bridge::proto::frame::{decode, Decoded};
-//! use shmbus_bridge::proto::handshake::*;
+//! Before the peer is authenticated the responder only answers a HELLO it
+//! cannot work with at all (another protocol version or ring layout) with an
+//! ERROR frame, so an older bridge logs a clear reason. Anything else — bad
+//! magic, garbage, an unknown key, a name that is not the key's — ends the
+//! connection with no reply; the reason is logged locally.
 //!
-//! let key = PresharedKey::new(b"correct horse battery staple").unwrap();
-//! let params = |role, name: &str| HandshakeParams {
-//!     role,
-//!     local_name: name.to_owned(),
-//!     expected_peer: None,
-//!     layout_version: 1,
-//! };
-//! let mut a = Handshake::new(params(Role::Initiator, "a"), key.clone(), Nonce::random()?)?;
-//! let mut b = Handshake::new(params(Role::Acceptor, "b"), key, Nonce::random()?)?;
-//! let (mut to_b, mut to_a) = (Vec::new(), Vec::new());
-//! a.start(&mut to_b)?;
-//! b.start(&mut to_a)?;
-//! // Shuttle bytes until both sides are done (a socket would carry them).
-//! fn pump(side: &mut Handshake, inbox: &mut Vec<u8>, outbox: &mut Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
-//!     let bytes = std::mem::take(inbox);
-//!     let mut rest = &bytes[..];
-//!     while let Decoded::Frame { frame, consumed } = decode(rest)? {
-//!         side.handle(&frame, outbox)?;
-//!         rest = &rest[consumed..];
-//!     }
-//!     Ok(())
-//! }
-//! while !(a.is_complete() && b.is_complete()) {
-//!     pump(&mut a, &mut to_a, &mut to_b)?;
-//!     pump(&mut b, &mut to_b, &mut to_a)?;
-//! }
-//! assert_eq!(a.peer().unwrap().name, "b");
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! # After the handshake
+//!
+//! [`Session::keys`] holds one key and one frame counter per direction
+//! (see [`seal`](super::seal)).
 
-use std::{fmt, io};
+use std::fmt;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
-use super::frame::{
-    Auth, ErrorCode, ErrorFrame, Frame, FrameError, FrameType, Hello, HELLO_MAGIC, MAX_NAME_LEN,
-    NONCE_LEN,
+use super::{
+    frame::{
+        ErrorCode, ErrorFrame, Frame, FrameError, FrameType, Heartbeat, Hello, HELLO_MAGIC,
+        MAX_NAME_LEN, MAX_NOISE_LEN, NONCE_LEN,
+    },
+    seal::{Protection, SessionKeys, TAG_LEN},
 };
+use crate::identity::{Allowlist, PublicKey, StaticKeypair};
 
 /// The bridge protocol version this build speaks. Peers must match exactly.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 1 was the pre-shared-key handshake with unauthenticated frames.
+pub const PROTOCOL_VERSION: u16 = 2;
 
-const DOMAIN: &[u8] = b"shmbus-bridge auth v1";
+/// The Noise protocol: pattern IK, X25519, ChaCha20-Poly1305, BLAKE2s.
+pub const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// The pre-shared key both bridges hold.
-///
-/// Only the keyed HMAC state is kept, not the raw bytes, and `Debug` does not
-/// print it.
-#[derive(Clone)]
-pub struct PresharedKey {
-    mac: HmacSha256,
-    len: usize,
-}
-
-impl PresharedKey {
-    /// Builds a key from raw bytes; `None` if `bytes` is empty.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use shmbus_bridge::proto::handshake::PresharedKey;
-    /// assert!(PresharedKey::new(b"").is_none());
-    /// assert_eq!(PresharedKey::new(b"secret").unwrap().len(), 6);
-    /// ```
-    pub fn new(bytes: &[u8]) -> Option<Self> {
-        if bytes.is_empty() {
-            return None;
-        }
-        // HMAC accepts keys of any length, so this only fails for the empty
-        // key excluded above.
-        let mac = <HmacSha256 as Mac>::new_from_slice(bytes).ok()?;
-        Some(Self {
-            mac,
-            len: bytes.len(),
-        })
-    }
-
-    /// Key length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Always false: an empty key cannot be built.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl fmt::Debug for PresharedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PresharedKey(<{} bytes, redacted>)", self.len)
-    }
-}
+/// Prefix of the Noise prologue (followed by the initiator's HELLO frame).
+const PROLOGUE_LABEL: &[u8] = b"shmbus-bridge v2 prologue";
 
 /// Which end of the TCP connection this side is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Opened the connection (`connect`).
+    /// Opened the connection (`connect`): the Noise initiator.
     Initiator,
-    /// Accepted the connection (`accept`).
+    /// Accepted the connection (`accept`): the Noise responder.
     Acceptor,
 }
 
-impl Role {
-    fn label(self) -> &'static [u8] {
-        match self {
-            Self::Initiator => b"initiator",
-            Self::Acceptor => b"acceptor",
-        }
-    }
-
-    fn other(self) -> Self {
-        match self {
-            Self::Initiator => Self::Acceptor,
-            Self::Acceptor => Self::Initiator,
-        }
-    }
-}
-
-/// A 32-byte handshake nonce.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Nonce([u8; NONCE_LEN]);
-
-impl Nonce {
-    /// Wraps given bytes (tests, or a caller with its own randomness source).
-    /// A nonce must never be reused.
-    pub const fn from_bytes(bytes: [u8; NONCE_LEN]) -> Self {
-        Self(bytes)
-    }
-
-    /// A fresh nonce from the operating system's CSPRNG (`getrandom(2)`).
-    ///
-    /// # Errors
-    ///
-    /// The OS error if the kernel cannot provide random bytes.
-    pub fn random() -> io::Result<Self> {
-        let mut bytes = [0u8; NONCE_LEN];
-        crate::io::random::fill(&mut bytes)?;
-        Ok(Self(bytes))
-    }
-
-    /// The raw bytes.
-    pub fn as_bytes(&self) -> &[u8; NONCE_LEN] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Nonce {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Nonce(")?;
-        for b in &self.0[..4] {
-            write!(f, "{b:02x}")?;
-        }
-        f.write_str("..)")
-    }
-}
-
-/// What this side is and expects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What this side is and wants.
+#[derive(Debug, Clone)]
 pub struct HandshakeParams {
-    /// Which end of the connection this side is.
-    pub role: Role,
-    /// This node's name (1..=255 bytes).
+    /// This node's name (as allowlisted by its peers).
     pub local_name: String,
-    /// If set, the peer must present exactly this name.
-    pub expected_peer: Option<String>,
+    /// This node's static key pair.
+    pub keypair: StaticKeypair,
     /// The ring layout version of the local bus; the peer's must match.
     pub layout_version: u32,
+    /// The protection this side wants (the stronger wish of the two wins).
+    pub protection: Protection,
 }
 
-/// The authenticated peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerInfo {
-    /// The peer's node name.
-    pub name: String,
-    /// The peer's nonce.
-    pub nonce: Nonce,
-    /// The peer's protocol version (equal to ours).
-    pub protocol_version: u16,
-    /// The peer's ring layout version (equal to ours).
-    pub layout_version: u32,
-}
-
-/// Progress reported by [`Handshake::handle`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Status {
-    /// Keep feeding frames.
-    InProgress,
-    /// Both sides are authenticated; normal frames may flow.
-    Complete(PeerInfo),
+/// An authenticated peer and the keys of the connection.
+#[derive(Debug)]
+pub struct Session {
+    /// The peer's node name, from the allowlist.
+    pub peer_name: String,
+    /// The peer's static public key.
+    pub peer_key: PublicKey,
+    /// The agreed protection.
+    pub protection: Protection,
+    /// Per-direction keys and counters.
+    pub keys: SessionKeys,
 }
 
 /// Why the handshake failed.
@@ -252,16 +129,14 @@ pub enum HandshakeError {
         found: u64,
     },
     /// The peer speaks another protocol version.
-    #[error(
-        "peer speaks bridge protocol version {peer}, this bridge speaks {local}: upgrade one side"
-    )]
+    #[error("peer speaks bridge protocol version {peer}, this bridge speaks {local}{}: upgrade one side", if *peer == 1 { " (version 1 used pre-shared keys; version 2 uses a key pair per node and an allowlist)" } else { "" })]
     VersionMismatch {
         /// Our version.
         local: u16,
         /// The peer's version.
         peer: u16,
     },
-    /// The peer's bus uses another ring layout, so ring bytes cannot be forwarded verbatim.
+    /// The peer's bus uses another ring layout.
     #[error("peer's ring layout version is {peer}, ours is {local}: run the same shmbus version on both hosts")]
     LayoutMismatch {
         /// Our layout version.
@@ -269,358 +144,430 @@ pub enum HandshakeError {
         /// The peer's layout version.
         peer: u32,
     },
-    /// The peer's proof did not verify.
-    #[error("peer failed authentication: its proof does not match; check that both bridges use the same pre-shared key")]
-    AuthenticationFailed,
-    /// The peer echoed our own nonce (a reflection attempt or a self-connection).
-    #[error("peer echoed this bridge's own nonce: refusing a reflected handshake")]
-    ReflectedNonce,
-    /// The peer claims this node's own name.
-    #[error("peer claims this node's own name {name:?}: refusing a connection to self or a reflection attempt")]
-    SelfConnection {
-        /// The name.
-        name: String,
+    /// The Noise message did not verify (garbage, a tampered message, or
+    /// for the initiator: the responder does not hold the allowlisted key).
+    #[error("{0}")]
+    Noise(String),
+    /// The initiator's static key is not on the allowlist.
+    #[error("unknown key {key}: not on the allowlist (peer claimed the name {claimed:?})")]
+    UnknownKey {
+        /// The key (base64).
+        key: String,
+        /// The name it claimed (validated, so safe to print).
+        claimed: String,
     },
-    /// The peer's name is not the configured one.
-    #[error("peer is named {found:?} but {expected:?} was expected: check the peer's node name and this bridge's peer list")]
-    UnexpectedPeer {
-        /// The configured name.
-        expected: String,
-        /// The name presented.
-        found: String,
+    /// The initiator claims a name other than the one its key is listed with.
+    #[error(
+        "key {key} is allowlisted as {listed:?} but the peer claims the name {claimed:?}; refused"
+    )]
+    NameMismatch {
+        /// The key (short form).
+        key: String,
+        /// The allowlisted name.
+        listed: String,
+        /// The claimed name.
+        claimed: String,
+    },
+    /// The peer presented this node's own key.
+    #[error(
+        "peer presented this node's own public key: refusing a connection to self or a reflection"
+    )]
+    SelfConnection,
+    /// The claimed name is not a valid node name.
+    #[error("peer claims an invalid node name ({0})")]
+    BadName(String),
+    /// The peer asked for a protection mode this version does not know.
+    #[error("peer asked for unknown protection mode {0}")]
+    BadProtection(u8),
+    /// The responder's agreed protection is weaker than ours.
+    #[error(
+        "responder agreed to protection {got:?}, weaker than the {wanted:?} this bridge asked for"
+    )]
+    Downgrade {
+        /// Ours.
+        wanted: Protection,
+        /// Theirs.
+        got: Protection,
     },
     /// A frame arrived that is not valid at this point of the handshake.
     #[error("unexpected {got} frame during the handshake, expected {expected}")]
     UnexpectedFrame {
-        /// What the state machine waited for.
+        /// What was expected.
         expected: &'static str,
         /// What arrived.
         got: FrameType,
     },
+    /// The key confirmation frame did not open under the session key.
+    #[error("the initiator's first frame failed authentication (a replayed handshake message?)")]
+    ConfirmationFailed,
     /// The peer sent ERROR.
     #[error("peer rejected the handshake ({code:?}): {message}")]
     PeerRejected {
         /// The peer's error code.
         code: ErrorCode,
-        /// The peer's message.
+        /// The peer's message, with control characters escaped.
         message: String,
     },
     /// A handshake frame could not be decoded or encoded.
     #[error("handshake frame: {0}")]
     Frame(#[from] FrameError),
-    /// The state machine was used after it completed or failed, or started twice.
-    #[error("handshake state machine misuse: {0}")]
-    InvalidState(&'static str),
 }
 
 impl HandshakeError {
-    /// The ERROR frame to tell the peer about this failure, if any.
-    fn wire_code(&self) -> Option<ErrorCode> {
-        Some(match self {
-            Self::BadHelloMagic { .. } | Self::Frame(_) => ErrorCode::Malformed,
+    /// The ERROR frame the responder sends for this failure, if any (only
+    /// for HELLOs it cannot work with: see the module docs).
+    pub fn reply(&self) -> Option<Vec<u8>> {
+        let code = match self {
             Self::VersionMismatch { .. } => ErrorCode::ProtocolVersion,
             Self::LayoutMismatch { .. } => ErrorCode::LayoutVersion,
-            Self::AuthenticationFailed | Self::ReflectedNonce => ErrorCode::AuthFailed,
-            Self::SelfConnection { .. } | Self::UnexpectedPeer { .. } => ErrorCode::UnexpectedPeer,
-            Self::UnexpectedFrame { .. } => ErrorCode::UnexpectedFrame,
-            Self::PeerRejected { .. } | Self::InvalidState(_) => return None,
+            _ => return None,
+        };
+        let mut message = self.to_string();
+        // Our own messages are short; cut at a character boundary if not.
+        let mut end = message.len().min(super::frame::MAX_ERROR_MESSAGE_LEN);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        let mut out = Vec::new();
+        Frame::Error(ErrorFrame {
+            code,
+            message: &message,
         })
+        .encode_to_vec(&mut out)
+        .ok()?;
+        Some(out)
     }
 }
 
-#[derive(Debug)]
-enum State {
-    New,
-    AwaitHello,
-    AwaitAuth(PeerInfo),
-    AwaitAuthOk(PeerInfo),
-    Done(PeerInfo),
-    Failed,
-}
-
-/// The handshake state machine of one connection.
+/// Validates a node name: 1..=255 bytes of `[A-Za-z0-9._-]`.
 ///
-/// Feed it every frame the peer sends (decoded with
-/// [`decode`](super::frame::decode)) until it reports
-/// [`Status::Complete`]; send whatever it appends to the output buffer. On
-/// any error it has appended an ERROR frame for the peer (where one applies):
-/// flush it, then close the connection.
-#[derive(Debug)]
-pub struct Handshake {
-    params: HandshakeParams,
-    key: PresharedKey,
-    nonce: Nonce,
-    state: State,
+/// # Errors
+///
+/// A message saying what is wrong.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "a node name must be 1 to {MAX_NAME_LEN} bytes long, not {}",
+            name.len()
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "{} may contain only letters, digits, '.', '_' and '-'",
+            crate::log::sanitize(name)
+        ));
+    }
+    Ok(())
 }
 
-impl Handshake {
-    /// Creates the state machine.
+fn builder(prologue: &[u8]) -> Result<snow::Builder<'_>, HandshakeError> {
+    let params = NOISE_PARAMS
+        .parse()
+        .map_err(|e| HandshakeError::Noise(format!("Noise parameters: {e:?}")))?;
+    snow::Builder::new(params)
+        .prologue(prologue)
+        .map_err(|e| HandshakeError::Noise(e.to_string()))
+}
+
+fn prologue(hello: &[u8]) -> Vec<u8> {
+    let mut p = PROLOGUE_LABEL.to_vec();
+    p.extend_from_slice(hello);
+    p
+}
+
+fn noise_err(what: &str) -> impl Fn(snow::Error) -> HandshakeError + '_ {
+    move |e| HandshakeError::Noise(format!("{what}: {e}"))
+}
+
+fn session(
+    hs: &mut snow::HandshakeState,
+    initiator: bool,
+    protection: Protection,
+    peer_name: String,
+    peer_key: PublicKey,
+) -> Session {
+    let (i2r, r2i) = hs.dangerously_get_raw_split();
+    let (i2r, r2i) = (zeroize::Zeroizing::new(i2r), zeroize::Zeroizing::new(r2i));
+    let keys = SessionKeys::derive(&i2r, &r2i, hs.get_handshake_hash(), initiator, protection);
+    Session {
+        peer_name,
+        peer_key,
+        protection,
+        keys,
+    }
+}
+
+fn peer_protection(payload: &[u8]) -> Result<Protection, HandshakeError> {
+    let v = *payload
+        .first()
+        .ok_or_else(|| HandshakeError::Noise("empty handshake payload".into()))?;
+    Protection::from_u8(v).ok_or(HandshakeError::BadProtection(v))
+}
+
+/// Checks the cleartext HELLO fields that need no key: magic, protocol
+/// version, ring layout version, name syntax.
+///
+/// # Errors
+///
+/// [`HandshakeError::BadHelloMagic`], [`HandshakeError::VersionMismatch`],
+/// [`HandshakeError::LayoutMismatch`] or [`HandshakeError::BadName`].
+pub fn check_hello(hello: &Hello<'_>, layout_version: u32) -> Result<(), HandshakeError> {
+    if hello.hello_magic != HELLO_MAGIC {
+        return Err(HandshakeError::BadHelloMagic {
+            found: hello.hello_magic,
+        });
+    }
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(HandshakeError::VersionMismatch {
+            local: PROTOCOL_VERSION,
+            peer: hello.protocol_version,
+        });
+    }
+    if hello.layout_version != layout_version {
+        return Err(HandshakeError::LayoutMismatch {
+            local: layout_version,
+            peer: hello.layout_version,
+        });
+    }
+    check_node_name(hello.peer_name).map_err(HandshakeError::BadName)
+}
+
+/// The dialing side, between message 1 and message 2.
+pub struct Initiator {
+    hs: snow::HandshakeState,
+    peer_name: String,
+    peer_key: PublicKey,
+    protection: Protection,
+    layout_version: u32,
+}
+
+impl fmt::Debug for Initiator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Initiator")
+            .field("peer_name", &self.peer_name)
+            .field("peer_key", &self.peer_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Initiator {
+    /// Builds message 1 (HELLO + NOISE frames, appended to `out`) for a
+    /// connection to `peer_name`, whose allowlisted key is `peer_key`.
+    /// `random` fills the HELLO's 32 random bytes.
     ///
     /// # Errors
     ///
-    /// [`HandshakeError::Frame`] if the local name is empty or too long.
-    pub fn new(
-        params: HandshakeParams,
-        key: PresharedKey,
-        nonce: Nonce,
+    /// [`HandshakeError::Noise`] or [`HandshakeError::Frame`] (a bad local name).
+    pub fn start(
+        params: &HandshakeParams,
+        peer_name: &str,
+        peer_key: &PublicKey,
+        random: [u8; NONCE_LEN],
+        out: &mut Vec<u8>,
     ) -> Result<Self, HandshakeError> {
-        if params.local_name.is_empty() {
-            return Err(FrameError::EmptyString { field: "peer name" }.into());
-        }
-        if params.local_name.len() > MAX_NAME_LEN {
-            return Err(FrameError::StringTooLong {
-                field: "peer name",
-                len: params.local_name.len(),
-                max: MAX_NAME_LEN,
-            }
-            .into());
-        }
-        Ok(Self {
-            params,
-            key,
-            nonce,
-            state: State::New,
-        })
-    }
-
-    /// This side's role.
-    pub fn role(&self) -> Role {
-        self.params.role
-    }
-
-    /// Whether the handshake completed.
-    pub fn is_complete(&self) -> bool {
-        matches!(self.state, State::Done(_))
-    }
-
-    /// The authenticated peer, once complete.
-    pub fn peer(&self) -> Option<&PeerInfo> {
-        match &self.state {
-            State::Done(p) => Some(p),
-            _ => None,
-        }
-    }
-
-    /// Appends this side's HELLO to `out`. Call once, before [`Handshake::handle`].
-    ///
-    /// # Errors
-    ///
-    /// [`HandshakeError::InvalidState`] if called twice.
-    pub fn start(&mut self, out: &mut Vec<u8>) -> Result<(), HandshakeError> {
-        if !matches!(self.state, State::New) {
-            return Err(HandshakeError::InvalidState("start called twice"));
-        }
+        let start = out.len();
         Frame::Hello(Hello {
             hello_magic: HELLO_MAGIC,
             protocol_version: PROTOCOL_VERSION,
-            layout_version: self.params.layout_version,
-            nonce: self.nonce.0,
-            peer_name: &self.params.local_name,
+            layout_version: params.layout_version,
+            nonce: random,
+            peer_name: &params.local_name,
         })
         .encode_to_vec(out)?;
-        self.state = State::AwaitHello;
-        Ok(())
+        let prologue = prologue(&out[start..]);
+        let mut hs = builder(&prologue)?
+            .local_private_key(params.keypair.private_bytes())
+            .and_then(|b| b.remote_public_key(peer_key.as_bytes()))
+            .and_then(snow::Builder::build_initiator)
+            .map_err(noise_err("cannot start the handshake"))?;
+        let mut msg = [0u8; MAX_NOISE_LEN];
+        let n = hs
+            .write_message(&[params.protection.to_u8()], &mut msg)
+            .map_err(noise_err("cannot write handshake message 1"))?;
+        Frame::Noise(&msg[..n]).encode_to_vec(out)?;
+        Ok(Self {
+            hs,
+            peer_name: peer_name.to_owned(),
+            peer_key: *peer_key,
+            protection: params.protection,
+            layout_version: params.layout_version,
+        })
     }
 
-    /// Processes one frame from the peer, appending any reply to `out`.
+    /// Processes the responder's reply (message 2, or an ERROR, or a
+    /// version-1 HELLO) and, on success, appends the key confirmation frame
+    /// (sealed) to `out`.
     ///
     /// # Errors
     ///
-    /// Any [`HandshakeError`]; the state machine is then failed and an ERROR
-    /// frame for the peer has been appended to `out` where one applies.
-    pub fn handle(
-        &mut self,
+    /// [`HandshakeError`]; close the connection.
+    pub fn finish(
+        mut self,
         frame: &Frame<'_>,
         out: &mut Vec<u8>,
-    ) -> Result<Status, HandshakeError> {
-        let result = self.step(frame, out);
-        if let Err(e) = &result {
-            if !matches!(e, HandshakeError::InvalidState(_)) {
-                self.fail(e, out);
-            }
-        }
-        result
-    }
-
-    /// Records that the peer's bytes could not be decoded: fails the state
-    /// machine, appends an ERROR frame for the peer and returns the error to
-    /// report.
-    pub fn on_decode_error(&mut self, err: FrameError, out: &mut Vec<u8>) -> HandshakeError {
-        let e = HandshakeError::Frame(err);
-        self.fail(&e, out);
-        e
-    }
-
-    fn fail(&mut self, e: &HandshakeError, out: &mut Vec<u8>) {
-        self.state = State::Failed;
-        if let Some(code) = e.wire_code() {
-            let message = e.to_string();
-            // Our own messages are short; cut at a char boundary if needed.
-            let mut end = message.len().min(super::frame::MAX_ERROR_MESSAGE_LEN);
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            // Cannot fail: the message was bounded above.
-            let _ = Frame::Error(ErrorFrame {
-                code,
-                message: &message[..end],
-            })
-            .encode_to_vec(out);
-        }
-    }
-
-    fn step(&mut self, frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<Status, HandshakeError> {
-        if let Frame::Error(e) = frame {
-            if !matches!(self.state, State::Done(_) | State::Failed) {
+    ) -> Result<Session, HandshakeError> {
+        let msg = match frame {
+            Frame::Noise(m) => *m,
+            Frame::Error(e) => {
                 return Err(HandshakeError::PeerRejected {
                     code: e.code,
-                    message: e.message.to_owned(),
+                    message: crate::log::sanitize(e.message),
+                })
+            }
+            Frame::Hello(h) => {
+                // A version-1 bridge sends its HELLO first, unasked.
+                check_hello(h, self.layout_version)?;
+                return Err(HandshakeError::UnexpectedFrame {
+                    expected: "NOISE",
+                    got: FrameType::Hello,
                 });
             }
+            other => {
+                return Err(HandshakeError::UnexpectedFrame {
+                    expected: "NOISE",
+                    got: other.frame_type(),
+                })
+            }
+        };
+        let mut payload = [0u8; MAX_NOISE_LEN];
+        let n = self.hs.read_message(msg, &mut payload).map_err(|e| {
+            HandshakeError::Noise(format!(
+                "handshake message 2 does not verify ({e}): the peer does not hold the private key allowlisted for {:?}, or the message was changed on the way",
+                self.peer_name
+            ))
+        })?;
+        let agreed = peer_protection(&payload[..n])?;
+        if agreed < self.protection {
+            return Err(HandshakeError::Downgrade {
+                wanted: self.protection,
+                got: agreed,
+            });
         }
-        match (std::mem::replace(&mut self.state, State::Failed), frame) {
-            (State::AwaitHello, Frame::Hello(hello)) => {
-                let peer = self.check_hello(hello)?;
-                let proof = self.proof(
-                    self.params.role,
-                    &self.nonce,
-                    &peer.nonce,
-                    &self.params.local_name,
-                    &peer.name,
-                );
-                Frame::Auth(Auth { proof }).encode_to_vec(out)?;
-                self.state = State::AwaitAuth(peer);
-                Ok(Status::InProgress)
-            }
-            (State::AwaitAuth(peer), Frame::Auth(auth)) => {
-                self.verify(&peer, &auth.proof)?;
-                Frame::AuthOk.encode_to_vec(out)?;
-                self.state = State::AwaitAuthOk(peer);
-                Ok(Status::InProgress)
-            }
-            (State::AwaitAuthOk(peer), Frame::AuthOk) => {
-                self.state = State::Done(peer.clone());
-                Ok(Status::Complete(peer))
-            }
-            (State::New, _) => {
-                self.state = State::New;
-                Err(HandshakeError::InvalidState("handle called before start"))
-            }
-            (state @ (State::Done(_) | State::Failed), _) => {
-                self.state = state;
-                Err(HandshakeError::InvalidState("handshake already finished"))
-            }
-            (State::AwaitHello, f) => Err(HandshakeError::UnexpectedFrame {
-                expected: "HELLO",
-                got: f.frame_type(),
+        let mut s = session(&mut self.hs, true, agreed, self.peer_name, self.peer_key);
+        let start = out.len();
+        Frame::Heartbeat(Heartbeat::new(&[])).encode_to_vec(out)?;
+        s.keys
+            .send
+            .seal_control(out, start)
+            .map_err(|e| HandshakeError::Noise(e.to_string()))?;
+        Ok(s)
+    }
+}
+
+/// The accepting side, after message 1: message 2 was written, the key
+/// confirmation frame is awaited.
+pub struct Responder {
+    session: Session,
+}
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder")
+            .field("peer_name", &self.session.peer_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Responder {
+    /// Processes message 1: `hello_bytes` is the HELLO frame exactly as
+    /// received (the prologue), `hello` its decoding, `noise` the NOISE
+    /// frame's message. On success appends message 2 to `out`.
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeError`]; send [`HandshakeError::reply`] if it has one, then
+    /// close.
+    pub fn respond(
+        params: &HandshakeParams,
+        allowlist: &Allowlist,
+        hello_bytes: &[u8],
+        hello: &Hello<'_>,
+        noise: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Self, HandshakeError> {
+        check_hello(hello, params.layout_version)?;
+        let prologue = prologue(hello_bytes);
+        let mut hs = builder(&prologue)?
+            .local_private_key(params.keypair.private_bytes())
+            .and_then(snow::Builder::build_responder)
+            .map_err(noise_err("cannot start the handshake"))?;
+        let mut payload = [0u8; MAX_NOISE_LEN];
+        let n = hs
+            .read_message(noise, &mut payload)
+            .map_err(noise_err("handshake message 1 does not verify"))?;
+        let key = hs
+            .get_remote_static()
+            .and_then(PublicKey::from_slice)
+            .ok_or_else(|| HandshakeError::Noise("no static key in message 1".into()))?;
+        if key == params.keypair.public() {
+            return Err(HandshakeError::SelfConnection);
+        }
+        let Some(listed) = allowlist.name_of(&key) else {
+            return Err(HandshakeError::UnknownKey {
+                key: key.to_string(),
+                claimed: hello.peer_name.to_owned(),
+            });
+        };
+        if listed != hello.peer_name {
+            return Err(HandshakeError::NameMismatch {
+                key: key.short(),
+                listed: listed.to_owned(),
+                claimed: hello.peer_name.to_owned(),
+            });
+        }
+        let wanted = peer_protection(&payload[..n])?;
+        let agreed = wanted.max(params.protection);
+        let mut msg = [0u8; MAX_NOISE_LEN];
+        let n = hs
+            .write_message(&[agreed.to_u8()], &mut msg)
+            .map_err(noise_err("cannot write handshake message 2"))?;
+        Frame::Noise(&msg[..n]).encode_to_vec(out)?;
+        let session = session(&mut hs, false, agreed, listed.to_owned(), key);
+        Ok(Self { session })
+    }
+
+    /// The peer this responder is talking to (authenticated only once
+    /// [`Responder::confirm`] succeeds).
+    pub fn peer_name(&self) -> &str {
+        &self.session.peer_name
+    }
+
+    /// Opens the initiator's first sealed frame (`frame` without its tag,
+    /// then `tag`), which must be an empty HEARTBEAT: the initiator holds
+    /// the session keys, so this is not a replayed message 1.
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeError::ConfirmationFailed`] or
+    /// [`HandshakeError::UnexpectedFrame`].
+    pub fn confirm(
+        mut self,
+        frame: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<Session, HandshakeError> {
+        self.session
+            .keys
+            .recv
+            .open_control(frame, tag)
+            .map_err(|_| HandshakeError::ConfirmationFailed)?;
+        match super::frame::decode(frame)? {
+            super::frame::Decoded::Frame {
+                frame: Frame::Heartbeat(h),
+                ..
+            } if h.is_empty() => Ok(self.session),
+            super::frame::Decoded::Frame { frame, .. } => Err(HandshakeError::UnexpectedFrame {
+                expected: "empty HEARTBEAT (key confirmation)",
+                got: frame.frame_type(),
             }),
-            (State::AwaitAuth(_), f) => Err(HandshakeError::UnexpectedFrame {
-                expected: "AUTH",
-                got: f.frame_type(),
-            }),
-            (State::AwaitAuthOk(_), f) => Err(HandshakeError::UnexpectedFrame {
-                expected: "AUTH_OK",
-                got: f.frame_type(),
+            super::frame::Decoded::Incomplete { .. } => Err(HandshakeError::UnexpectedFrame {
+                expected: "empty HEARTBEAT (key confirmation)",
+                got: FrameType::Heartbeat,
             }),
         }
-    }
-
-    fn check_hello(&self, hello: &Hello<'_>) -> Result<PeerInfo, HandshakeError> {
-        if hello.hello_magic != HELLO_MAGIC {
-            return Err(HandshakeError::BadHelloMagic {
-                found: hello.hello_magic,
-            });
-        }
-        if hello.protocol_version != PROTOCOL_VERSION {
-            return Err(HandshakeError::VersionMismatch {
-                local: PROTOCOL_VERSION,
-                peer: hello.protocol_version,
-            });
-        }
-        if hello.layout_version != self.params.layout_version {
-            return Err(HandshakeError::LayoutMismatch {
-                local: self.params.layout_version,
-                peer: hello.layout_version,
-            });
-        }
-        if hello.nonce == self.nonce.0 {
-            return Err(HandshakeError::ReflectedNonce);
-        }
-        if hello.peer_name == self.params.local_name {
-            return Err(HandshakeError::SelfConnection {
-                name: hello.peer_name.to_owned(),
-            });
-        }
-        if let Some(expected) = &self.params.expected_peer {
-            if hello.peer_name != expected {
-                return Err(HandshakeError::UnexpectedPeer {
-                    expected: expected.clone(),
-                    found: hello.peer_name.to_owned(),
-                });
-            }
-        }
-        Ok(PeerInfo {
-            name: hello.peer_name.to_owned(),
-            nonce: Nonce(hello.nonce),
-            protocol_version: hello.protocol_version,
-            layout_version: hello.layout_version,
-        })
-    }
-
-    fn transcript(
-        &self,
-        prover: Role,
-        prover_nonce: &Nonce,
-        verifier_nonce: &Nonce,
-        prover_name: &str,
-        verifier_name: &str,
-    ) -> HmacSha256 {
-        let mut mac = self.key.mac.clone();
-        mac.update(DOMAIN);
-        mac.update(prover.label());
-        mac.update(&PROTOCOL_VERSION.to_le_bytes());
-        mac.update(&self.params.layout_version.to_le_bytes());
-        mac.update(&prover_nonce.0);
-        mac.update(&verifier_nonce.0);
-        for name in [prover_name, verifier_name] {
-            // Names are at most MAX_NAME_LEN bytes (checked), so they fit a u16.
-            mac.update(&(name.len() as u16).to_le_bytes());
-            mac.update(name.as_bytes());
-        }
-        mac
-    }
-
-    fn proof(
-        &self,
-        prover: Role,
-        prover_nonce: &Nonce,
-        verifier_nonce: &Nonce,
-        prover_name: &str,
-        verifier_name: &str,
-    ) -> [u8; 32] {
-        self.transcript(
-            prover,
-            prover_nonce,
-            verifier_nonce,
-            prover_name,
-            verifier_name,
-        )
-        .finalize()
-        .into_bytes()
-        .into()
-    }
-
-    fn verify(&self, peer: &PeerInfo, proof: &[u8; 32]) -> Result<(), HandshakeError> {
-        self.transcript(
-            self.params.role.other(),
-            &peer.nonce,
-            &self.nonce,
-            &peer.name,
-            &self.params.local_name,
-        )
-        // Constant-time comparison of the tags.
-        .verify_slice(proof)
-        .map_err(|_| HandshakeError::AuthenticationFailed)
     }
 }
 

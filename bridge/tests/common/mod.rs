@@ -17,6 +17,7 @@ use std::{
 };
 
 use rkyv::{Archive, Deserialize, Serialize};
+use shmbus_bridge::identity::StaticKeypair;
 
 /// The message the tests publish across the bridge.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone)]
@@ -72,12 +73,58 @@ impl TestDir {
         self.path.join(p)
     }
 
-    /// A pre-shared key file with `key`, mode 0600.
-    pub fn key_file(&self, name: &str, key: &[u8]) -> PathBuf {
-        let p = self.join(name);
-        std::fs::write(&p, key).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        p
+    /// A key pair per node in `names` and, per node, an allowlist of all
+    /// the others (see [`Keys::args`]).
+    pub fn keys(&self, names: &[&str]) -> Keys {
+        let dir = self.join("keys");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut pairs = Vec::new();
+        for name in names {
+            let kp = StaticKeypair::generate().unwrap();
+            let path = dir.join(format!("{name}.key"));
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(dir.join(format!("{name}.key.pub")));
+            kp.write_new(&path, name).unwrap();
+            pairs.push((name.to_string(), kp, path));
+        }
+        for (name, _, _) in &pairs {
+            let list: String = pairs
+                .iter()
+                .filter(|(n, _, _)| n != name)
+                .map(|(n, kp, _)| format!("{} {n}\n", kp.public()))
+                .collect();
+            let p = dir.join(format!("{name}.allow"));
+            std::fs::write(&p, list).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        Keys { dir, pairs }
+    }
+}
+
+/// Key files and allowlists of a test's nodes.
+pub struct Keys {
+    pub dir: PathBuf,
+    pub pairs: Vec<(String, StaticKeypair, PathBuf)>,
+}
+
+impl Keys {
+    /// `--key-file <name's key> --allowlist <name's allowlist>`.
+    pub fn args(&self, name: &str) -> Vec<String> {
+        vec![
+            "--key-file".into(),
+            self.dir.join(format!("{name}.key")).display().to_string(),
+            "--allowlist".into(),
+            self.dir.join(format!("{name}.allow")).display().to_string(),
+        ]
+    }
+
+    /// The key pair of `name`.
+    pub fn keypair(&self, name: &str) -> StaticKeypair {
+        self.pairs
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, kp, _)| kp.clone())
+            .unwrap()
     }
 }
 

@@ -7,11 +7,13 @@
 //!
 //! Takes exactly the flags of `shmbus-bridge` (`--node-name`, `--root`,
 //! `--listen`, `--peer`, `--export`, `--import`, `--key-file`,
-//! `--stats-file`, ...), loads them with `shmbus_bridge::config::Config`
-//! and runs `shmbus_bridge::daemon::Daemon` until SIGTERM or SIGINT, or
-//! until its standard input reaches EOF (so a test that closes the pipe, or
-//! dies, stops it). SIGUSR1 prints the counters to stderr and the stats
-//! file, as the real daemon does; they are printed and written at exit too.
+//! `--allowlist`, `--protection`, `--stats-file`, ...), loads them with
+//! `shmbus_bridge::config::Config` and runs `shmbus_bridge::daemon::Daemon`
+//! until SIGTERM or SIGINT, or until its standard input reaches EOF (so a
+//! test that closes the pipe, or dies, stops it). SIGUSR1 prints the
+//! counters to stderr and the stats file and SIGHUP re-reads the allowlist,
+//! as the real daemon does; the counters are printed and written at exit
+//! too.
 //! The process also dies with the thread that started it
 //! (`PR_SET_PDEATHSIG`). Exit codes: 0 clean shutdown, 1 daemon failure, 2
 //! invalid configuration.

@@ -4,7 +4,7 @@
 //! ```text
 //! fault-proxy --listen ADDR --upstream ADDR [--delay-ms MS]
 //!     [--throttle-bytes-per-sec B] [--cut-after-bytes N] [--cut-every-bytes N]
-//!     [--cut-mode rst|fin] [--max-conns K]
+//!     [--cut-mode rst|fin] [--max-conns K] [--frames]
 //! ```
 //!
 //! Each connection accepted on `--listen` (side A, the client) gets its own
@@ -26,6 +26,11 @@
 //! - `--cut-mode`: `rst` (default) closes both sockets with a reset; `fin`
 //!   shuts both down (the peers see EOF after the data already forwarded).
 //! - `--max-conns`: connections beyond this many live ones are refused.
+//! - `--frames`: the A→B stream is a shmbus bridge connection; it is
+//!   forwarded frame by frame (the first two frames, HELLO and NOISE, as
+//!   they are; every later frame is header + body + 16-byte tag), so the
+//!   `inject`, `replay` and `reorder` commands can act at frame boundaries,
+//!   as an on-path attacker without the keys would.
 //!
 //! Only loopback and private addresses (10/8, 172.16/12, 192.168/16,
 //! 100.64/10, fc00::/7) are accepted for `--listen` and `--upstream`, and
@@ -40,6 +45,10 @@
 //! - `delay MS`, `throttle BYTES_PER_SEC` (0: off): change the settings;
 //! - `down`: cut every connection and refuse new ones until `up`;
 //! - `stats`: print `stats conns=<live> a2b=<n> b2a=<n> cuts=<n>`;
+//! - `inject` / `replay` / `reorder` (with `--frames`): on the next A→B
+//!   frame boundary of any connection, insert a forged HEARTBEAT with a zero
+//!   tag / send the next frame twice / swap the next two frames; printed as
+//!   `tampered conn=<id> kind=<kind> frame=<index>` when done;
 //! - `quit`: exit 0.
 //!
 //! Stdout lines: `listening <addr>` at start, `open conn=<id> from=<addr>`,
@@ -82,10 +91,12 @@ const CONNECT: Duration = Duration::from_secs(5);
 fn main() -> ExitCode {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    let config = match Args::parse(std::env::args().skip(1), &[]).and_then(Config::from_args) {
+    let config = match Args::parse(std::env::args().skip(1), &["frames"])
+        .and_then(Config::from_args)
+    {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("fault-proxy: {e}\nusage: fault-proxy --listen ADDR --upstream ADDR [--delay-ms MS] [--throttle-bytes-per-sec B] [--cut-after-bytes N] [--cut-every-bytes N] [--cut-mode rst|fin] [--max-conns K]");
+            eprintln!("fault-proxy: {e}\nusage: fault-proxy --listen ADDR --upstream ADDR [--delay-ms MS] [--throttle-bytes-per-sec B] [--cut-after-bytes N] [--cut-every-bytes N] [--cut-mode rst|fin] [--max-conns K] [--frames]");
             return ExitCode::from(2);
         }
     };
@@ -149,6 +160,7 @@ struct Config {
     cut_every: Option<u64>,
     cut_mode: CutMode,
     max_conns: usize,
+    frames: bool,
 }
 
 impl Config {
@@ -166,6 +178,7 @@ impl Config {
             cut_every: positive("cut-every-bytes", args.opt("cut-every-bytes")?)?,
             cut_mode: CutMode::parse(&args.or("cut-mode", "rst".to_string())?)?,
             max_conns: args.or("max-conns", 64)?,
+            frames: args.flag("frames"),
         };
         args.finish()?;
         for (name, addr) in [("listen", config.listen), ("upstream", config.upstream)] {
@@ -270,6 +283,74 @@ struct Shared {
     cuts: AtomicU64,
     a2b: AtomicU64,
     b2a: AtomicU64,
+    /// `--frames`: forward A→B frame by frame.
+    frames: bool,
+    /// The tampering to do at the next A→B frame boundary.
+    tamper: Mutex<Option<Tamper>>,
+}
+
+/// What an on-path attacker does to the A→B frames (`--frames`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tamper {
+    /// A forged HEARTBEAT (no entries) with an all-zero tag, before the next frame.
+    Inject,
+    /// The next frame, sent twice.
+    Replay,
+    /// The next two frames, swapped.
+    Reorder,
+}
+
+impl Tamper {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Inject => "inject",
+            Self::Replay => "replay",
+            Self::Reorder => "reorder",
+        }
+    }
+}
+
+/// Splits a bridge connection's A→B byte stream into frames.
+#[derive(Debug, Default)]
+struct FrameSplitter {
+    buf: Vec<u8>,
+    /// Frames split so far (HELLO is 0, NOISE 1, then sealed frames).
+    index: u64,
+}
+
+impl FrameSplitter {
+    /// Frames HELLO and NOISE carry no tag; every later frame does.
+    const UNSEALED: u64 = 2;
+    const TAG: usize = 16;
+
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete frame, if buffered.
+    fn next(&mut self) -> Option<Vec<u8>> {
+        let header = self.buf.get(..8)?;
+        let body = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        let tag = if self.index >= Self::UNSEALED {
+            Self::TAG
+        } else {
+            0
+        };
+        let len = 8 + body + tag;
+        if self.buf.len() < len {
+            return None;
+        }
+        self.index += 1;
+        Some(self.buf.drain(..len).collect())
+    }
+}
+
+/// A HEARTBEAT frame with no entries and a zero tag: well formed, but
+/// made without the session key.
+fn forged_heartbeat() -> Vec<u8> {
+    let mut f = vec![b'S', b'B', 9, 0, 2, 0, 0, 0, 0, 0];
+    f.extend([0u8; FrameSplitter::TAG]);
+    f
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -292,6 +373,8 @@ impl Shared {
             cuts: AtomicU64::new(0),
             a2b: AtomicU64::new(0),
             b2a: AtomicU64::new(0),
+            frames: config.frames,
+            tamper: Mutex::new(None),
         }
     }
 
@@ -556,6 +639,9 @@ type Chunk = (Instant, Vec<u8>);
 fn read_side(conn: &Conn, shared: &Shared, dir: Dir, tx: &SyncSender<Chunk>) {
     let (mut src, _) = conn.ends(dir);
     let mut buf = vec![0u8; CHUNK];
+    let mut splitter = (shared.frames && dir == Dir::A2B).then(FrameSplitter::default);
+    // A frame held back by `reorder`.
+    let mut held: Option<Vec<u8>> = None;
     loop {
         // Acquire pairs with the Release store in `Conn::kill`.
         if conn.dead.load(Ordering::Acquire) {
@@ -564,8 +650,61 @@ fn read_side(conn: &Conn, shared: &Shared, dir: Dir, tx: &SyncSender<Chunk>) {
         match src.read(&mut buf) {
             Ok(0) => return, // EOF: dropping `tx` tells the writer.
             Ok(n) => {
-                if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
-                    return;
+                let Some(split) = splitter.as_mut() else {
+                    if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                    continue;
+                };
+                split.push(&buf[..n]);
+                while let Some(frame) = split.next() {
+                    let index = split.index - 1;
+                    let mut out = Vec::new();
+                    if let Some(first) = held.take() {
+                        // `reorder`: this frame goes before the held one.
+                        out.push(frame);
+                        out.push(first);
+                        say(&format!(
+                            "tampered conn={} kind=reorder frame={}",
+                            conn.id,
+                            index - 1
+                        ));
+                    } else {
+                        // Not the key confirmation (the first sealed frame):
+                        // the connection must be established first.
+                        let tamper = if index > FrameSplitter::UNSEALED {
+                            lock(&shared.tamper).take()
+                        } else {
+                            None
+                        };
+                        match tamper {
+                            None => out.push(frame),
+                            Some(Tamper::Reorder) => held = Some(frame),
+                            Some(t @ Tamper::Inject) => {
+                                out.push(forged_heartbeat());
+                                out.push(frame);
+                                say(&format!(
+                                    "tampered conn={} kind={} frame={index}",
+                                    conn.id,
+                                    t.name()
+                                ));
+                            }
+                            Some(t @ Tamper::Replay) => {
+                                out.push(frame.clone());
+                                out.push(frame);
+                                say(&format!(
+                                    "tampered conn={} kind={} frame={index}",
+                                    conn.id,
+                                    t.name()
+                                ));
+                            }
+                        }
+                    }
+                    for f in out {
+                        if tx.send((Instant::now(), f)).is_err() {
+                            return;
+                        }
+                    }
                 }
             }
             Err(e) if is_timeout(&e) => {}
@@ -724,6 +863,17 @@ fn command(shared: &Shared, line: &str) -> Result<Option<String>, String> {
             cut_all(shared, "down", shared.cut_mode);
         }
         ("up", None) => set(&|s| s.down = false),
+        ("inject" | "replay" | "reorder", None) => {
+            if !shared.frames {
+                return Err(format!("{verb} needs --frames"));
+            }
+            let t = match verb {
+                "inject" => Tamper::Inject,
+                "replay" => Tamper::Replay,
+                _ => Tamper::Reorder,
+            };
+            *lock(&shared.tamper) = Some(t);
+        }
         ("stats", None) => {
             return Ok(Some(format!(
                 "stats conns={} a2b={} b2a={} cuts={}",
@@ -763,6 +913,27 @@ mod tests {
         assert_eq!(p.reserve(20), (5, Some("after-bytes")));
         assert_eq!(p.reserve(20), (3, Some("every-bytes")));
         assert_eq!(p.reserve(20), (8, Some("every-bytes")));
+    }
+
+    #[test]
+    fn frames_are_split_with_tags_after_the_handshake() {
+        let mut s = FrameSplitter::default();
+        let hello = [b'S', b'B', 1, 0, 3, 0, 0, 0, 1, 2, 3];
+        let noise = [b'S', b'B', 12, 0, 1, 0, 0, 0, 9];
+        let mut sealed = forged_heartbeat();
+        sealed[10] = 7; // first tag byte
+        let mut all = hello.to_vec();
+        all.extend(noise);
+        all.extend(&sealed);
+        all.extend(&sealed[..5]);
+        s.push(&all);
+        assert_eq!(s.next().unwrap(), hello);
+        assert_eq!(s.next().unwrap(), noise);
+        assert_eq!(s.next().unwrap(), sealed);
+        assert_eq!(s.next(), None);
+        s.push(&sealed[5..]);
+        assert_eq!(s.next().unwrap(), sealed);
+        assert_eq!(s.index, 4);
     }
 
     #[test]

@@ -328,13 +328,17 @@ fn stage_latency(demo: &Demo) -> Result<()> {
 fn stage_bridge_hop(demo: &Demo) -> Result<()> {
     let topic = format!("{}-bridged", demo.run);
     let remote_root = format!("/dev/shm/shmbus-demo-remote-{}", std::process::id());
-    let key = format!("/dev/shm/shmbus-demo-{}.key", std::process::id());
+    let keys = format!("/dev/shm/shmbus-demo-keys-{}", std::process::id());
     let cleanup = || {
         let _ = std::fs::remove_dir_all(&remote_root);
-        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_dir_all(&keys);
     };
     let result = (|| -> Result<()> {
-        write_key(&key)?;
+        // A key pair per bridge; each one's allowlist holds the other's key.
+        shmbus_tests::netns::write_bridge_identities(
+            std::path::Path::new(&keys),
+            &["local", "remote"],
+        )?;
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
         let local_root = Bus::open_default()?.root().display().to_string();
@@ -353,8 +357,8 @@ fn stage_bridge_hop(demo: &Demo) -> Result<()> {
                 &listen,
                 "--import",
                 &topic,
-                "--key",
-                &key,
+                "--keys",
+                &keys,
             ],
             None,
         )?;
@@ -375,8 +379,8 @@ fn stage_bridge_hop(demo: &Demo) -> Result<()> {
                 &peer,
                 "--export",
                 &export,
-                "--key",
-                &key,
+                "--keys",
+                &keys,
             ],
             None,
         )?;
@@ -425,21 +429,6 @@ fn stage_bridge_hop(demo: &Demo) -> Result<()> {
     result
 }
 
-fn write_key(path: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut key = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))?;
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(hex.as_bytes())?;
-    Ok(())
-}
-
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -464,7 +453,7 @@ fn run_bridge(mut args: Args) -> Result<()> {
     let node: String = args.req("node")?;
     let root: String = args.req("root")?;
     let listen: String = args.req("listen")?;
-    let key: String = args.req("key")?;
+    let keys: String = args.req("keys")?;
     let peer: Option<String> = args.opt("peer")?;
     let export: Option<String> = args.opt("export")?;
     let import: Option<String> = args.opt("import")?;
@@ -472,16 +461,18 @@ fn run_bridge(mut args: Args) -> Result<()> {
     let mut argv = vec![
         "shmbus-bridge".to_string(),
         "--node-name".into(),
-        node,
+        node.clone(),
         "--root".into(),
         root,
         "--listen".into(),
         listen,
-        "--key-file".into(),
-        key,
         "--log-level".into(),
         "warn".into(),
     ];
+    argv.extend(shmbus_tests::netns::bridge_identity_args(
+        std::path::Path::new(&keys),
+        &node,
+    ));
     for (flag, value) in [("--peer", peer), ("--export", export), ("--import", import)] {
         if let Some(v) = value {
             argv.push(flag.into());

@@ -1,26 +1,39 @@
 //! `bridge-bench`: throughput of the shmbus bridge against plain TCP.
 //!
 //! ```text
-//! bridge-bench [--rounds N] [--quick]
+//! bridge-bench [--rounds N] [--quick] [--only TEXT]...
 //! ```
+//!
+//! `--only TEXT` (repeatable; a row must pass each) keeps the rows whose
+//! variant name contains TEXT if TEXT is part of a variant name (`auth`,
+//! `encrypt`, `bridge`; the TCP rows of the same path and size stay, for
+//! the ratios), else whose "path size" contains it (`loopback`, `veth`,
+//! `4096`), e.g. `--only loopback --only 65536 --only auth`.
 //!
 //! For 64 B, 4 KiB and 64 KiB messages, over loopback and over a veth pair
 //! between two network namespaces (root only), it moves a fixed volume
-//! three ways and prints a markdown table:
+//! four ways and prints a markdown table:
 //!
-//! - `tcp`: a sender process writes the messages (batched ~256 KiB writes)
-//!   to a receiver process that discards them: the ceiling.
-//! - `bridge zc` / `bridge copy`: a publisher process writes the same
-//!   messages into a ring on bus root A; an exporting bridge (tethered,
-//!   so lossless) sends them to an importing bridge that writes a replica
-//!   ring on root B; this process drains it and checks every message's
-//!   sequence number and check byte. `copy` runs both bridges with
-//!   `--no-zerocopy`.
+//! - `plain TCP`: a sender process writes the messages (batched ~256 KiB
+//!   writes) to a receiver process that discards them.
+//! - `TCP + same AEAD`: the same, and each write is followed by a
+//!   ChaCha20-Poly1305 tag over it (the bridge's own sealing code, `auth`
+//!   construction, one counter per write), which the receiver checks: the
+//!   honest ceiling for an authenticated link.
+//! - `bridge, auth` / `bridge, encrypt`: a publisher process writes the same
+//!   messages into a ring on bus root A; an exporting bridge (tethered, so
+//!   lossless) sends them to an importing bridge that writes a replica ring
+//!   on root B; this process drains it and checks every message's sequence
+//!   number and check byte. The bridges run `--protection auth` (the
+//!   default: tags over the ring bytes, zero-copy allowed) or
+//!   `--protection encrypt`.
 //!
 //! Sender CPU is getrusage (via `wait4`) of the sending processes: the
 //! publisher plus the exporting bridge, or the TCP sender, over their whole
-//! life (setup included). The exporting bridge's counters say which sends
-//! were really zero-copy.
+//! life (setup included). Receiver CPU is the importing bridge's (whole
+//! life) plus this process's draining thread (during the run), or the TCP
+//! receiver's. The exporting bridge's counters say which sends were really
+//! zero-copy.
 
 mod child;
 mod netns;
@@ -32,7 +45,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use crate::run::{Path, Row, Variant};
+use crate::run::{Baselines, Path, Row, Variant};
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,6 +70,7 @@ const SIZES: [(usize, u64); 3] = [(64, 128 << 20), (4 << 10, 1 << 30), (64 << 10
 fn drive(args: &[String]) -> Result<()> {
     let mut rounds = 3usize;
     let mut quick = false;
+    let mut only: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -68,12 +82,17 @@ fn drive(args: &[String]) -> Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("--rounds needs a positive number"))?;
             }
             "--quick" => quick = true,
+            "--only" => only.push(
+                it.next()
+                    .ok_or_else(|| anyhow::anyhow!("--only needs a text"))?
+                    .clone(),
+            ),
             "-h" | "--help" => {
-                println!("usage: bridge-bench [--rounds N] [--quick]");
+                println!("usage: bridge-bench [--rounds N] [--quick] [--only TEXT]...");
                 return Ok(());
             }
             other => {
-                bail!("unknown argument {other:?} (usage: bridge-bench [--rounds N] [--quick])")
+                bail!("unknown argument {other:?} (usage: bridge-bench [--rounds N] [--quick] [--only TEXT]...)")
             }
         }
     }
@@ -95,14 +114,20 @@ fn drive(args: &[String]) -> Result<()> {
         for &(size, volume) in &SIZES {
             let volume = if quick { volume / 8 } else { volume };
             let count = volume / size as u64;
-            let mut ceiling = None;
-            for variant in [Variant::Tcp, Variant::BridgeZc, Variant::BridgeCopy] {
+            let mut base = Baselines::default();
+            for variant in Variant::ALL {
+                let wanted = wanted(&only, path.name(), size, variant);
+                if !wanted {
+                    continue;
+                }
                 let row = Row::measure(path, variant, size, count, rounds)?;
                 eprintln!("{}", row.progress());
-                if variant == Variant::Tcp {
-                    ceiling = Some(row.gbps());
+                match variant {
+                    Variant::Tcp => base.tcp = Some(row.gbps()),
+                    Variant::TcpAead => base.ceiling = Some(row.gbps()),
+                    _ => {}
                 }
-                rows.push((row, ceiling));
+                rows.push((row, base));
             }
         }
     }
@@ -113,6 +138,22 @@ fn drive(args: &[String]) -> Result<()> {
         loadavg()
     );
     Ok(())
+}
+
+/// Whether a row passes every `--only` text: a text naming a variant (a
+/// part of any variant's name) must match the row's variant, except that
+/// TCP rows always pass those (they give the ratios); any other text must
+/// match the row's "path size" (e.g. `loopback`, `4096`).
+fn wanted(only: &[String], path: &str, size: usize, variant: Variant) -> bool {
+    let place = format!("{path} {size}");
+    only.iter().all(|o| {
+        let names_variant = Variant::ALL.iter().any(|v| v.name().contains(o.as_str()));
+        if names_variant {
+            variant.is_tcp() || variant.name().contains(o.as_str())
+        } else {
+            place.contains(o.as_str())
+        }
+    })
 }
 
 fn loadavg() -> String {

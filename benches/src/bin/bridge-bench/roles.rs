@@ -17,6 +17,7 @@ use shmbus_bridge::{
     config::{Cli, Config, LogLevel},
     daemon::Daemon,
     log,
+    proto::seal::{Direction, Protection, TAG_LEN},
 };
 use shmbus_bus::{create_dir_all, Policy, RingConfig, RingWriter, WaitStrategy};
 
@@ -28,6 +29,20 @@ pub(crate) const BATCH_BYTES: usize = 256 << 10;
 
 /// Sequence number of the warm-up message the publisher sends before `go`.
 pub(crate) const HELLO_SEQ: u64 = u64::MAX;
+
+/// The key of the `--aead` TCP rows (a benchmark, not a secret).
+const BENCH_KEY: [u8; 32] = [0x5a; 32];
+
+/// Sizes of the writes `tcp-send` makes for `count` messages of `size`
+/// bytes: batches of about [`BATCH_BYTES`], the last one shorter.
+fn batches(size: usize, count: u64) -> impl Iterator<Item = usize> {
+    let per_batch = (BATCH_BYTES / size).max(1) as u64;
+    let full = count / per_batch;
+    let rest = count % per_batch;
+    (0..full)
+        .map(move |_| per_batch as usize * size)
+        .chain((rest > 0).then_some(rest as usize * size))
+}
 
 fn die_with_parent() {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
@@ -163,13 +178,37 @@ fn publish(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `tcp-recv --listen IP:PORT`: says `port N`, accepts one connection,
-/// reads and discards until EOF, says `done BYTES`.
+/// `tcp-recv --listen IP:PORT [--aead --size N --count N]`: says `port
+/// N`, accepts one connection, reads and discards until EOF, says `done
+/// BYTES`. With `--aead` every batch `tcp-send --aead` writes is followed
+/// by a 16-byte tag, which is checked (ChaCha20-Poly1305 over the batch as
+/// associated data, a counter per batch: the bridge's `auth` mode, without
+/// the bridge) and not counted in BYTES.
 fn tcp_recv(args: &[String]) -> Result<()> {
     let f = Flags(args);
     let listener = TcpListener::bind(f.get("--listen")?)?;
     say(&format!("port {}", listener.local_addr()?.port()))?;
     let (mut conn, _) = listener.accept()?;
+    if args.iter().any(|a| a == "--aead") {
+        let size = usize::try_from(f.num("--size")?)?;
+        let count = f.num("--count")?;
+        let mut keys = Direction::new(BENCH_KEY, Protection::Auth);
+        let mut buf = vec![0u8; BATCH_BYTES.max(size) + TAG_LEN];
+        let mut total = 0u64;
+        for len in batches(size, count) {
+            conn.read_exact(&mut buf[..len + TAG_LEN])?;
+            let (data, tag) = buf[..len + TAG_LEN].split_at(len);
+            let mut seal = keys.begin()?;
+            seal.aad(data);
+            let tag: [u8; TAG_LEN] = tag.try_into()?;
+            if seal.verify(&tag).is_err() {
+                bail!("batch tag does not verify");
+            }
+            total += len as u64;
+        }
+        say(&format!("done {total}"))?;
+        return Ok(());
+    }
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
@@ -184,11 +223,14 @@ fn tcp_recv(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `tcp-send --addr IP:PORT --size N --count N`: connects, says `ready`,
-/// and on `go` writes `count` messages of `size` bytes (the same bytes the
-/// publisher writes) in writes of about [`BATCH_BYTES`].
+/// `tcp-send --addr IP:PORT --size N --count N [--aead]`: connects, says
+/// `ready`, and on `go` writes `count` messages of `size` bytes (the same
+/// bytes the publisher writes) in writes of about [`BATCH_BYTES`]; with
+/// `--aead` each write is followed by its tag (see [`tcp_recv`]).
 fn tcp_send(args: &[String]) -> Result<()> {
     let f = Flags(args);
+    let aead = args.iter().any(|a| a == "--aead");
+    let mut keys = Direction::new(BENCH_KEY, Protection::Auth);
     let addr: SocketAddr = f.get("--addr")?.parse()?;
     let size = usize::try_from(f.num("--size")?)?;
     let count = f.num("--count")?;
@@ -207,6 +249,11 @@ fn tcp_send(args: &[String]) -> Result<()> {
             payload::stamp(m, seq + i as u64);
         }
         conn.write_all(&buf[..n * size])?;
+        if aead {
+            let mut seal = keys.begin()?;
+            seal.aad(&buf[..n * size]);
+            conn.write_all(&seal.tag())?;
+        }
         seq += n as u64;
     }
     conn.shutdown(std::net::Shutdown::Write)?;

@@ -14,6 +14,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use shmbus_bus::{ring_path, topic_dir, wait_any, RingReader, StartAt, WaitStrategy};
 
+use shmbus_bridge::identity::StaticKeypair;
+
 use crate::{child::Proc, netns::VethPair, payload, roles::HELLO_SEQ};
 
 /// Bus, topic and publisher id used on both roots.
@@ -42,7 +44,7 @@ pub(crate) enum Path<'a> {
 }
 
 impl Path<'_> {
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Path::Loopback => "loopback",
             Path::Veth(_) => "veth",
@@ -70,21 +72,37 @@ impl Path<'_> {
 /// What is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Variant {
-    /// Plain TCP between two processes: the ceiling.
+    /// Plain TCP between two processes.
     Tcp,
-    /// Bridge pair with zero-copy allowed (the default).
-    BridgeZc,
-    /// Bridge pair with `--no-zerocopy`.
-    BridgeCopy,
+    /// Plain TCP with ChaCha20-Poly1305 tags over the same bytes, checked
+    /// by the receiver: the ceiling for an authenticated link.
+    TcpAead,
+    /// Bridge pair, `--protection auth` (the default), zero-copy allowed.
+    BridgeAuth,
+    /// Bridge pair, `--protection encrypt`.
+    BridgeEncrypt,
 }
 
 impl Variant {
-    fn name(self) -> &'static str {
+    /// Every variant, in table order.
+    pub(crate) const ALL: [Variant; 4] = [
+        Variant::Tcp,
+        Variant::TcpAead,
+        Variant::BridgeAuth,
+        Variant::BridgeEncrypt,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
         match self {
-            Variant::Tcp => "plain TCP (ceiling)",
-            Variant::BridgeZc => "bridge, zero-copy on",
-            Variant::BridgeCopy => "bridge, --no-zerocopy",
+            Variant::Tcp => "plain TCP",
+            Variant::TcpAead => "TCP + same AEAD (ceiling)",
+            Variant::BridgeAuth => "bridge, auth",
+            Variant::BridgeEncrypt => "bridge, encrypt",
         }
+    }
+
+    pub(crate) fn is_tcp(self) -> bool {
+        matches!(self, Variant::Tcp | Variant::TcpAead)
     }
 }
 
@@ -94,8 +112,11 @@ struct Round {
     secs: f64,
     /// Publisher CPU seconds (the TCP sender's for `Tcp`).
     pub_cpu: f64,
-    /// Exporting bridge CPU seconds (0 for `Tcp`).
+    /// Exporting bridge CPU seconds (0 for TCP).
     exp_cpu: f64,
+    /// Receiving side CPU seconds: the importing bridge plus this process's
+    /// draining thread, or the TCP receiver.
+    recv_cpu: f64,
 }
 
 /// A measured row.
@@ -142,9 +163,12 @@ impl Row {
         };
         for _ in 0..rounds {
             let r = match variant {
-                Variant::Tcp => tcp_round(path, size, count),
-                Variant::BridgeZc => bridge_round(path, size, count, true, &mut row.stats),
-                Variant::BridgeCopy => bridge_round(path, size, count, false, &mut row.stats),
+                Variant::Tcp => tcp_round(path, size, count, false),
+                Variant::TcpAead => tcp_round(path, size, count, true),
+                Variant::BridgeAuth => bridge_round(path, size, count, "auth", &mut row.stats),
+                Variant::BridgeEncrypt => {
+                    bridge_round(path, size, count, "encrypt", &mut row.stats)
+                }
             }
             .with_context(|| format!("{} {} {size} B", path.name(), variant.name()))?;
             row.rounds.push(r);
@@ -188,6 +212,10 @@ impl Row {
         self.cpu_per_gb(|r| r.pub_cpu + r.exp_cpu)
     }
 
+    fn receiver_cpu_per_gb(&self) -> f64 {
+        self.cpu_per_gb(|r| r.recv_cpu)
+    }
+
     /// One line for stderr while the run goes on.
     pub(crate) fn progress(&self) -> String {
         format!(
@@ -209,22 +237,33 @@ fn size_name(size: usize) -> String {
     }
 }
 
-/// The markdown table; `ceiling` is the TCP GB/s of the same path and size.
-pub(crate) fn table(rows: &[(Row, Option<f64>)]) -> String {
+/// GB/s of plain TCP and of TCP + AEAD (the ceiling) for the same path
+/// and size.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Baselines {
+    pub(crate) tcp: Option<f64>,
+    pub(crate) ceiling: Option<f64>,
+}
+
+/// The markdown table.
+pub(crate) fn table(rows: &[(Row, Baselines)]) -> String {
     let mut s = String::new();
-    s.push_str("| path | msg | variant | MiB/run | msgs/s | GB/s | × TCP | sender CPU s/GB | of it: publisher + exporting bridge | GB/s per round | ");
+    s.push_str("| path | msg | variant | MiB/run | msgs/s | GB/s | × TCP | × ceiling | sender CPU s/GB | of it: publisher + exporting bridge | receiver CPU s/GB | GB/s per round | ");
     s.push_str(&STAT_KEYS.join(" | "));
     s.push_str(" |\n|");
-    s.push_str(&"---|".repeat(10 + STAT_KEYS.len()));
+    s.push_str(&"---|".repeat(12 + STAT_KEYS.len()));
     s.push('\n');
-    for (row, ceiling) in rows {
-        let ratio = ceiling.map_or_else(|| "?".into(), |c| format!("{:.2}", row.gbps() / c));
+    for (row, base) in rows {
+        let of =
+            |b: Option<f64>| b.map_or_else(|| "?".into(), |c| format!("{:.2}", row.gbps() / c));
+        let ratio = of(base.tcp);
+        let of_ceiling = of(base.ceiling);
         let per_round: Vec<String> = row
             .rounds
             .iter()
             .map(|r| format!("{:.2}", row.bytes() / r.secs / 1e9))
             .collect();
-        let split = if row.variant == Variant::Tcp {
+        let split = if row.variant.is_tcp() {
             "–".to_owned()
         } else {
             format!(
@@ -235,7 +274,7 @@ pub(crate) fn table(rows: &[(Row, Option<f64>)]) -> String {
         };
         let _ = write!(
             s,
-            "| {} | {} | {} | {} | {:.3e} | {:.2} | {} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {} | {:.3e} | {:.2} | {} | {} | {:.2} | {} | {:.2} | {} |",
             row.path,
             size_name(row.size),
             row.variant.name(),
@@ -243,12 +282,14 @@ pub(crate) fn table(rows: &[(Row, Option<f64>)]) -> String {
             row.msgs_per_sec(),
             row.gbps(),
             ratio,
+            of_ceiling,
             row.sender_cpu_per_gb(),
             split,
+            row.receiver_cpu_per_gb(),
             per_round.join(" / ")
         );
         for k in STAT_KEYS {
-            if row.variant == Variant::Tcp {
+            if row.variant.is_tcp() {
                 s.push_str(" – |");
             } else {
                 let _ = write!(s, " {} |", row.stats.get(k).copied().unwrap_or(0));
@@ -256,22 +297,29 @@ pub(crate) fn table(rows: &[(Row, Option<f64>)]) -> String {
         }
         s.push('\n');
     }
-    s.push_str("\nStats columns: the exporting bridge's counters summed over the rounds of the row (`stream` and `peer` lines of its stats file).\n");
+    s.push_str("\nStats columns: the exporting bridge's counters summed over the rounds of the row (`stream` and `peer` lines of its stats file). × ceiling: GB/s over the TCP + AEAD row of the same path and size.\n");
     s
 }
 
-fn tcp_round(path: &Path<'_>, size: usize, count: u64) -> Result<Round> {
+fn tcp_round(path: &Path<'_>, size: usize, count: u64, aead: bool) -> Result<Round> {
     let listen = path.listen(1);
-    let mut recv = Proc::spawn(
-        "tcp-recv",
-        path.command(1, "tcp-recv", &["--listen".into(), listen.clone()])?,
-    )?;
+    let mut recv_args = vec!["--listen".into(), listen.clone()];
+    if aead {
+        recv_args.extend([
+            "--aead".into(),
+            "--size".into(),
+            size.to_string(),
+            "--count".into(),
+            count.to_string(),
+        ]);
+    }
+    let mut recv = Proc::spawn("tcp-recv", path.command(1, "tcp-recv", &recv_args)?)?;
     let port_line = recv.line()?;
     let port = port_line
         .strip_prefix("port ")
         .context("tcp-recv port line")?;
     let host = listen.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
-    let args = [
+    let mut args = vec![
         "--addr".into(),
         format!("{host}:{port}"),
         "--size".into(),
@@ -279,6 +327,9 @@ fn tcp_round(path: &Path<'_>, size: usize, count: u64) -> Result<Round> {
         "--count".into(),
         count.to_string(),
     ];
+    if aead {
+        args.push("--aead".into());
+    }
     let mut send = Proc::spawn("tcp-send", path.command(0, "tcp-send", &args)?)?;
     if send.line()? != "ready" {
         bail!("tcp-send did not say ready");
@@ -295,11 +346,12 @@ fn tcp_round(path: &Path<'_>, size: usize, count: u64) -> Result<Round> {
         bail!("tcp-recv got {got} bytes, expected {}", count * size as u64);
     }
     let sender_cpu = send.finish()?;
-    recv.finish()?;
+    let recv_cpu = recv.finish()?;
     Ok(Round {
         secs,
         pub_cpu: sender_cpu,
         exp_cpu: 0.0,
+        recv_cpu,
     })
 }
 
@@ -406,24 +458,59 @@ fn drain(reader: &mut RingReader, want: u64, next_seq: &mut u64, size: usize) ->
     Ok(())
 }
 
+/// Key pairs for the two bridges, each allowlisting the other; returns
+/// each one's `--key-file`/`--allowlist` flags.
+fn identities(dir: &std::path::Path) -> Result<[Vec<String>; 2]> {
+    let names = ["exp", "imp"];
+    let pairs = [StaticKeypair::generate()?, StaticKeypair::generate()?];
+    let mut out: [Vec<String>; 2] = Default::default();
+    for (i, name) in names.iter().enumerate() {
+        let key = dir.join(format!("{name}.key"));
+        pairs[i].write_new(&key, name)?;
+        let other = 1 - i;
+        let allow = dir.join(format!("{name}.allow"));
+        std::fs::write(
+            &allow,
+            format!("{} {}\n", pairs[other].public(), names[other]),
+        )?;
+        out[i] = vec![
+            "--key-file".into(),
+            s(&key),
+            "--allowlist".into(),
+            s(&allow),
+        ];
+    }
+    Ok(out)
+}
+
+/// CPU seconds the calling thread has used.
+fn thread_cpu() -> f64 {
+    // SAFETY: rusage is plain data, filled in by getrusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_THREAD with a pointer to a live rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
 fn bridge_round(
     path: &Path<'_>,
     size: usize,
     count: u64,
-    zerocopy: bool,
+    protection: &str,
     stats: &mut BTreeMap<String, u64>,
 ) -> Result<Round> {
     let dir = TempDir::new()?;
     let root_a = dir.0.join("a");
     let root_b = dir.0.join("b");
-    let key = dir.0.join("key");
-    std::fs::write(&key, b"bridge-bench pre-shared key 0123456789")?;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    let [exp_keys, imp_keys] = identities(&dir.0)?;
     let stats_file = dir.0.join("exporter.stats");
-    let mut common = vec!["--bus".to_owned(), BUS.into(), "--key-file".into(), s(&key)];
-    if !zerocopy {
-        common.push("--no-zerocopy".into());
-    }
+    let common = vec![
+        "--bus".to_owned(),
+        BUS.into(),
+        "--protection".into(),
+        protection.into(),
+    ];
     let mut exp_args = vec![
         "--node-name".to_owned(),
         "exp".into(),
@@ -440,6 +527,7 @@ fn bridge_round(
         exp_args.push("--allow-non-loopback-listen".into());
     }
     exp_args.extend(common.iter().cloned());
+    exp_args.extend(exp_keys);
     let exporter = Proc::spawn("exporting bridge", path.command(0, "bridge", &exp_args)?)?;
     let line = exporter.wait_log("listening on ", Duration::from_secs(10))?;
     let addr = line
@@ -461,6 +549,7 @@ fn bridge_round(
         TOPIC.into(),
     ];
     imp_args.extend(common);
+    imp_args.extend(imp_keys);
     let importer = Proc::spawn("importing bridge", path.command(1, "bridge", &imp_args)?)?;
     importer.wait_log("connected to peer exp", Duration::from_secs(10))?;
 
@@ -490,16 +579,18 @@ fn bridge_round(
         bail!("warm-up message missing");
     }
     let t0 = Instant::now();
+    let drain_cpu0 = thread_cpu();
     publisher.send("go")?;
     drain(&mut reader, count, &mut next_seq, size)?;
     let secs = t0.elapsed().as_secs_f64();
+    let drain_cpu = thread_cpu() - drain_cpu0;
     drop(reader);
     if publisher.line()? != "sent" {
         bail!("publisher did not say sent");
     }
     let pub_cpu = publisher.finish()?;
     let exp_cpu = exporter.finish()?;
-    importer.finish()?;
+    let imp_cpu = importer.finish()?;
     let text = std::fs::read_to_string(&stats_file)
         .with_context(|| format!("read {}", stats_file.display()))?;
     add_stats(&text, stats);
@@ -507,5 +598,6 @@ fn bridge_round(
         secs,
         pub_cpu,
         exp_cpu,
+        recv_cpu: imp_cpu + drain_cpu,
     })
 }

@@ -12,8 +12,7 @@ fn sample_frames(tails: &[StreamTail]) -> Vec<Frame<'_>> {
             nonce: [7; NONCE_LEN],
             peer_name: "node-a",
         }),
-        Frame::Auth(Auth { proof: [0xAB; 32] }),
-        Frame::AuthOk,
+        Frame::Noise(&[0xAB; 96]),
         Frame::StreamAnnounce(StreamAnnounce {
             stream: 42,
             topic: "imu",
@@ -172,9 +171,16 @@ fn header_errors() {
         Err(FrameError::UnknownType { code: 200 })
     );
     assert_eq!(
-        decode(&[b'S', b'B', 3, 1, 0, 0, 0, 0]),
+        decode(&[b'S', b'B', 7, 1, 0, 0, 0, 0]),
         Err(FrameError::ReservedFlags { flags: 1 })
     );
+    // AUTH and AUTH_OK of protocol version 1 are gone.
+    for code in [2, 3] {
+        assert_eq!(
+            decode(&[b'S', b'B', code, 0, 0, 0, 0, 0]),
+            Err(FrameError::UnknownType { code })
+        );
+    }
     // A huge declared length is refused from the header alone.
     assert!(matches!(
         decode(&[b'S', b'B', 7, 0, 0xFF, 0xFF, 0xFF, 0xFF]),
@@ -200,10 +206,19 @@ fn body_errors() {
         decode(&short),
         Err(FrameError::Malformed { reason, .. }) if reason.contains("shorter")
     ));
-    // AUTH_OK with a body: refused from the header alone.
+    // ACK with a longer body: refused from the header alone.
     assert!(matches!(
-        decode(&[b'S', b'B', 3, 0, 1, 0, 0, 0, 9]),
-        Err(FrameError::BodyTooLarge { max: 0, .. })
+        decode(&[b'S', b'B', 7, 0, 13, 0, 0, 0, 9]),
+        Err(FrameError::BodyTooLarge { max: 12, .. })
+    ));
+    // NOISE: empty or over 256 bytes refused.
+    assert!(matches!(
+        decode(&[b'S', b'B', 12, 0, 0, 0, 0, 0]),
+        Err(FrameError::Malformed { .. })
+    ));
+    assert!(matches!(
+        decode(&[b'S', b'B', 12, 0, 1, 1, 0, 0]),
+        Err(FrameError::BodyTooLarge { max: 256, .. })
     ));
     // ERROR whose body has one byte after its last field.
     let trailing = [b'S', b'B', 10, 0, 6, 0, 0, 0, 1, 0, 1, 0, b'a', 0];

@@ -4,7 +4,7 @@ use std::fmt;
 
 use super::{
     FrameError, FrameHeader, FrameType, Reader, DATA_FIXED_LEN, DATA_HEADER_LEN,
-    HEARTBEAT_ENTRY_LEN, MAX_DATA_LEN, NONCE_LEN, PROOF_LEN,
+    HEARTBEAT_ENTRY_LEN, MAX_DATA_LEN, NONCE_LEN,
 };
 
 /// An error code carried by an ERROR frame.
@@ -14,7 +14,7 @@ pub enum ErrorCode {
     ProtocolVersion,
     /// The peer's ring layout version differs.
     LayoutVersion,
-    /// Authentication failed (wrong pre-shared key, reflected proof).
+    /// Authentication failed.
     AuthFailed,
     /// A frame arrived that is not valid in the current state.
     UnexpectedFrame,
@@ -123,17 +123,10 @@ pub struct Hello<'a> {
     pub protocol_version: u16,
     /// Ring layout version of the sender's bus.
     pub layout_version: u32,
-    /// Fresh random nonce.
+    /// Fresh random bytes (part of the Noise prologue).
     pub nonce: [u8; NONCE_LEN],
-    /// The sender's node name.
+    /// The node name the sender claims; checked against its key's allowlist entry.
     pub peer_name: &'a str,
-}
-
-/// AUTH: proof of knowledge of the pre-shared key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Auth {
-    /// HMAC-SHA256 tag.
-    pub proof: [u8; PROOF_LEN],
 }
 
 /// STREAM_ANNOUNCE: a ring the sender can forward.
@@ -352,10 +345,8 @@ pub struct ErrorFrame<'a> {
 pub enum Frame<'a> {
     /// See [`Hello`].
     Hello(Hello<'a>),
-    /// See [`Auth`].
-    Auth(Auth),
-    /// The peer's AUTH was verified.
-    AuthOk,
+    /// A Noise handshake message (see [`handshake`](crate::proto::handshake)).
+    Noise(&'a [u8]),
     /// See [`StreamAnnounce`].
     StreamAnnounce(StreamAnnounce<'a>),
     /// See [`Subscribe`].

@@ -1,382 +1,317 @@
-//! Unit tests of the handshake state machine.
-
 use super::*;
-use crate::proto::frame::{decode, Ack, Decoded};
+use crate::proto::frame::{decode, Ack, Decoded, HEADER_LEN};
 
-fn params(role: Role, name: &str) -> HandshakeParams {
+fn params(name: &str, protection: Protection) -> HandshakeParams {
     HandshakeParams {
-        role,
         local_name: name.to_owned(),
-        expected_peer: None,
+        keypair: StaticKeypair::generate().unwrap(),
         layout_version: 7,
+        protection,
     }
 }
 
-fn key(k: &[u8]) -> PresharedKey {
-    PresharedKey::new(k).unwrap()
+fn allow(entries: &[(&HandshakeParams, &str)]) -> Allowlist {
+    let text: String = entries
+        .iter()
+        .map(|(p, name)| format!("{} {name}\n", p.keypair.public()))
+        .collect();
+    Allowlist::parse(&text, check_node_name).unwrap()
 }
 
-fn side(role: Role, name: &str, k: &[u8], nonce: u8) -> Handshake {
-    Handshake::new(params(role, name), key(k), Nonce::from_bytes([nonce; 32])).unwrap()
-}
-
-/// Decodes every frame in `bytes` into owned wire chunks.
-fn frames(bytes: &[u8]) -> Vec<Vec<u8>> {
-    let mut rest = bytes;
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let Decoded::Frame { consumed, .. } = decode(rest).unwrap() else {
-            panic!("incomplete frame in test buffer")
-        };
-        out.push(rest[..consumed].to_vec());
-        rest = &rest[consumed..];
-    }
-    out
-}
-
-fn feed(h: &mut Handshake, wire: &[u8], out: &mut Vec<u8>) -> Result<Status, HandshakeError> {
-    let Decoded::Frame { frame, .. } = decode(wire).unwrap() else {
+/// Splits message 1 into (hello bytes, hello, noise message).
+fn split_msg1(bytes: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let Decoded::Frame { consumed, .. } = decode(bytes).unwrap() else {
         panic!("incomplete")
     };
-    h.handle(&frame, out)
+    let (hello, rest) = bytes.split_at(consumed);
+    let Decoded::Frame {
+        frame: Frame::Noise(m),
+        consumed: c2,
+    } = decode(rest).unwrap()
+    else {
+        panic!("no NOISE frame")
+    };
+    assert_eq!(c2, rest.len());
+    (hello.to_vec(), m.to_vec())
 }
 
-/// Feeds every frame in `inbox` to `h` until it finishes.
-fn pump(
-    h: &mut Handshake,
-    inbox: &[u8],
-    outbox: &mut Vec<u8>,
-    result: &mut Option<Result<PeerInfo, HandshakeError>>,
-) {
-    for f in frames(inbox) {
-        if result.is_some() {
-            return;
-        }
-        match feed(h, &f, outbox) {
-            Ok(Status::InProgress) => {}
-            Ok(Status::Complete(p)) => *result = Some(Ok(p)),
-            Err(e) => *result = Some(Err(e)),
-        }
+fn hello_of(bytes: &[u8]) -> Hello<'_> {
+    match decode(bytes).unwrap() {
+        Decoded::Frame {
+            frame: Frame::Hello(h),
+            ..
+        } => h,
+        other => panic!("{other:?}"),
     }
 }
 
-/// Runs two sides against each other; returns each side's final result.
-fn run_pair(
-    a: &mut Handshake,
-    b: &mut Handshake,
-) -> (
-    Result<PeerInfo, HandshakeError>,
-    Result<PeerInfo, HandshakeError>,
-) {
-    let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
-    a.start(&mut to_b).unwrap();
-    b.start(&mut to_a).unwrap();
-    let mut results = [None, None];
-    for _round in 0..10 {
-        let inbox_a = std::mem::take(&mut to_a);
-        pump(a, &inbox_a, &mut to_b, &mut results[0]);
-        let inbox_b = std::mem::take(&mut to_b);
-        pump(b, &inbox_b, &mut to_a, &mut results[1]);
-        if results.iter().all(Option::is_some) {
-            break;
+struct Outcome {
+    initiator: Result<Session, HandshakeError>,
+    responder: Result<Session, HandshakeError>,
+}
+
+/// Runs the whole handshake between `i` (dialing `expect` with `expect_key`)
+/// and `r` (with `allowlist`).
+fn run(
+    i: &HandshakeParams,
+    expect: &str,
+    expect_key: &PublicKey,
+    r: &HandshakeParams,
+    allowlist: &Allowlist,
+) -> Outcome {
+    let mut m1 = Vec::new();
+    let init = Initiator::start(i, expect, expect_key, [5; 32], &mut m1).unwrap();
+    let (hello_bytes, noise) = split_msg1(&m1);
+    let mut m2 = Vec::new();
+    let resp = match Responder::respond(
+        r,
+        allowlist,
+        &hello_bytes,
+        &hello_of(&hello_bytes),
+        &noise,
+        &mut m2,
+    ) {
+        Ok(resp) => resp,
+        Err(e) => {
+            assert!(m2.is_empty(), "nothing is written on failure");
+            return Outcome {
+                initiator: Err(HandshakeError::Noise("no reply".into())),
+                responder: Err(e),
+            };
         }
+    };
+    let Decoded::Frame { frame, .. } = decode(&m2).unwrap() else {
+        panic!()
+    };
+    let mut m3 = Vec::new();
+    let initiator = init.finish(&frame, &mut m3);
+    let responder = if initiator.is_ok() {
+        let at = m3.len() - TAG_LEN;
+        let (body, tag) = m3.split_at_mut(at);
+        let tag: [u8; TAG_LEN] = (&*tag).try_into().unwrap();
+        resp.confirm(body, &tag)
+    } else {
+        Err(HandshakeError::ConfirmationFailed)
+    };
+    Outcome {
+        initiator,
+        responder,
     }
-    let [ra, rb] = results.map(|r| r.expect("handshake did not finish"));
-    (ra, rb)
 }
 
 #[test]
-fn success_both_sides_learn_each_other() {
-    let mut a = side(Role::Initiator, "alpha", b"k3y", 1);
-    let mut b = side(Role::Acceptor, "beta", b"k3y", 2);
-    let (ra, rb) = run_pair(&mut a, &mut b);
-    let pa = ra.unwrap();
-    let pb = rb.unwrap();
-    assert_eq!(pa.name, "beta");
-    assert_eq!(pb.name, "alpha");
-    assert_eq!(pa.nonce, Nonce::from_bytes([2; 32]));
-    assert!(a.is_complete() && b.is_complete());
-    assert_eq!(a.peer(), Some(&pa));
+fn both_sides_agree_and_frames_flow() {
+    let a = params("a", Protection::Auth);
+    let b = params("b", Protection::Encrypt);
+    let out = run(&a, "b", &b.keypair.public(), &b, &allow(&[(&a, "a")]));
+    let mut si = out.initiator.unwrap();
+    let mut sr = out.responder.unwrap();
+    assert_eq!(si.peer_name, "b");
+    assert_eq!(sr.peer_name, "a");
+    assert_eq!(sr.peer_key, a.keypair.public());
+    // The stronger wish wins on both sides.
+    assert_eq!(
+        (si.protection, sr.protection),
+        (Protection::Encrypt, Protection::Encrypt)
+    );
+    // Key confirmation used counter 0 of initiator -> responder.
+    assert_eq!(si.keys.send.next_counter(), 1);
+    assert_eq!(sr.keys.recv.next_counter(), 1);
+    let mut f = Vec::new();
+    Frame::Ack(Ack {
+        stream: 1,
+        position: 16,
+    })
+    .encode_to_vec(&mut f)
+    .unwrap();
+    let plain = f.clone();
+    sr.keys.send.seal_control(&mut f, 0).unwrap();
+    let (body, tag) = f.split_at_mut(plain.len());
+    si.keys
+        .recv
+        .open_control(body, &(&*tag).try_into().unwrap())
+        .unwrap();
+    assert_eq!(body, &plain[..]);
 }
 
 #[test]
-fn expected_peer_name_is_enforced() {
-    let mut a = Handshake::new(
-        HandshakeParams {
-            expected_peer: Some("gamma".into()),
-            ..params(Role::Initiator, "alpha")
-        },
-        key(b"k"),
-        Nonce::from_bytes([1; 32]),
+fn unknown_key_is_refused_without_reply() {
+    let a = params("a", Protection::Auth);
+    let b = params("b", Protection::Auth);
+    let other = params("c", Protection::Auth);
+    let out = run(&a, "b", &b.keypair.public(), &b, &allow(&[(&other, "c")]));
+    assert!(
+        matches!(&out.responder, Err(HandshakeError::UnknownKey { claimed, .. }) if claimed == "a"),
+        "{:?}",
+        out.responder.err()
+    );
+    assert!(out.responder.as_ref().err().unwrap().reply().is_none());
+}
+
+#[test]
+fn the_name_comes_from_the_allowlist_and_a_false_claim_is_refused() {
+    // `c` holds its own allowlisted key but claims to be `a`.
+    let a = params("a", Protection::Auth);
+    let c = params("a", Protection::Auth);
+    let b = params("b", Protection::Auth);
+    let list = allow(&[(&a, "a"), (&c, "c")]);
+    let out = run(&c, "b", &b.keypair.public(), &b, &list);
+    assert!(
+        matches!(&out.responder, Err(HandshakeError::NameMismatch { listed, claimed, .. }) if listed == "c" && claimed == "a"),
+        "{:?}",
+        out.responder.err()
+    );
+}
+
+#[test]
+fn initiator_refuses_a_responder_without_the_allowlisted_key() {
+    let a = params("a", Protection::Auth);
+    let b = params("b", Protection::Auth);
+    let impostor = params("b", Protection::Auth);
+    // `a` dials "b" with b's real key, but an impostor answers.
+    let out = run(
+        &a,
+        "b",
+        &b.keypair.public(),
+        &impostor,
+        &allow(&[(&a, "a")]),
+    );
+    // The impostor cannot even read message 1 (it is encrypted to b's key).
+    assert!(matches!(out.responder, Err(HandshakeError::Noise(_))));
+}
+
+#[test]
+fn own_key_is_refused() {
+    let a = params("a", Protection::Auth);
+    let mut a2 = params("z", Protection::Auth);
+    a2.keypair = a.keypair.clone();
+    let out = run(&a2, "a", &a.keypair.public(), &a, &allow(&[(&a, "z")]));
+    assert_eq!(out.responder.err(), Some(HandshakeError::SelfConnection));
+}
+
+#[test]
+fn tampered_hello_breaks_the_handshake() {
+    let a = params("a", Protection::Auth);
+    let b = params("b", Protection::Auth);
+    let list = allow(&[(&a, "a")]);
+    let mut m1 = Vec::new();
+    Initiator::start(&a, "b", &b.keypair.public(), [5; 32], &mut m1).unwrap();
+    let (mut hello_bytes, noise) = split_msg1(&m1);
+    // Change one of the random bytes (the prologue), not a checked field.
+    hello_bytes[HEADER_LEN + 14] ^= 1;
+    let err = Responder::respond(
+        &b,
+        &list,
+        &hello_bytes,
+        &hello_of(&hello_bytes),
+        &noise,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, HandshakeError::Noise(_)), "{err:?}");
+}
+
+#[test]
+fn replayed_message_1_cannot_confirm() {
+    let a = params("a", Protection::Auth);
+    let b = params("b", Protection::Auth);
+    let list = allow(&[(&a, "a")]);
+    let mut m1 = Vec::new();
+    Initiator::start(&a, "b", &b.keypair.public(), [5; 32], &mut m1).unwrap();
+    let (hello_bytes, noise) = split_msg1(&m1);
+    // The attacker replays message 1: the responder answers...
+    let resp = Responder::respond(
+        &b,
+        &list,
+        &hello_bytes,
+        &hello_of(&hello_bytes),
+        &noise,
+        &mut Vec::new(),
     )
     .unwrap();
-    let mut b = side(Role::Acceptor, "beta", b"k", 2);
-    let (ra, rb) = run_pair(&mut a, &mut b);
-    assert_eq!(
-        ra.unwrap_err(),
-        HandshakeError::UnexpectedPeer {
-            expected: "gamma".into(),
-            found: "beta".into()
-        }
-    );
-    // b hears why.
-    assert!(matches!(
-        rb.unwrap_err(),
-        HandshakeError::PeerRejected {
-            code: ErrorCode::UnexpectedPeer,
-            ..
-        }
-    ));
-}
-
-#[test]
-fn wrong_key_fails_on_both_sides() {
-    let mut a = side(Role::Initiator, "alpha", b"key-one", 1);
-    let mut b = side(Role::Acceptor, "beta", b"key-two", 2);
-    let (ra, rb) = run_pair(&mut a, &mut b);
-    assert_eq!(ra.unwrap_err(), HandshakeError::AuthenticationFailed);
-    assert_eq!(rb.unwrap_err(), HandshakeError::AuthenticationFailed);
-    assert!(!a.is_complete() && !b.is_complete());
-}
-
-#[test]
-fn reflected_proof_is_rejected() {
-    // The attacker talks to `a` with its own nonce and name, then sends
-    // `a`'s own AUTH back to it.
-    let mut a = side(Role::Acceptor, "alpha", b"secret", 1);
-    let mut out = Vec::new();
-    a.start(&mut out).unwrap();
-    let attacker_hello = {
-        let mut v = Vec::new();
-        Frame::Hello(Hello {
-            hello_magic: HELLO_MAGIC,
-            protocol_version: PROTOCOL_VERSION,
-            layout_version: 7,
-            nonce: [9; 32],
-            peer_name: "mallory",
-        })
-        .encode_to_vec(&mut v)
+    // ...but the attacker cannot produce the confirmation frame.
+    let mut forged = Vec::new();
+    Frame::Heartbeat(Heartbeat::new(&[]))
+        .encode_to_vec(&mut forged)
         .unwrap();
-        v
+    assert_eq!(
+        resp.confirm(&mut forged, &[0; TAG_LEN]).err(),
+        Some(HandshakeError::ConfirmationFailed)
+    );
+}
+
+/// A version-1 HELLO (pre-shared keys) is refused with a clear error and an
+/// ERROR reply, and a version-1 bridge's reply to our HELLO is reported.
+#[test]
+fn version_1_peers_are_refused_clearly() {
+    let b = params("b", Protection::Auth);
+    let old = Hello {
+        hello_magic: HELLO_MAGIC,
+        protocol_version: 1,
+        layout_version: 7,
+        nonce: [1; 32],
+        peer_name: "old",
     };
-    out.clear();
-    assert_eq!(
-        feed(&mut a, &attacker_hello, &mut out),
-        Ok(Status::InProgress)
-    );
-    let a_auth = frames(&out).remove(0);
-    out.clear();
-    assert_eq!(
-        feed(&mut a, &a_auth, &mut out),
-        Err(HandshakeError::AuthenticationFailed)
-    );
-    let err_frame = frames(&out).remove(0);
-    assert!(matches!(
-        decode(&err_frame),
-        Ok(Decoded::Frame {
-            frame: Frame::Error(ErrorFrame {
-                code: ErrorCode::AuthFailed,
-                ..
-            }),
-            ..
-        })
-    ));
-}
-
-#[test]
-fn cross_connection_relay_needs_our_own_name_and_is_refused() {
-    // Relaying `a`'s proof from one connection to another only works if
-    // the attacker presents `a`'s own name and nonce; both are refused.
-    for (nonce, name, expected) in [
-        ([1u8; 32], "mallory", HandshakeError::ReflectedNonce),
-        (
-            [9u8; 32],
-            "alpha",
-            HandshakeError::SelfConnection {
-                name: "alpha".into(),
-            },
-        ),
-    ] {
-        let mut a = side(Role::Acceptor, "alpha", b"secret", 1);
-        let mut out = Vec::new();
-        a.start(&mut out).unwrap();
-        let mut hello = Vec::new();
-        Frame::Hello(Hello {
-            hello_magic: HELLO_MAGIC,
-            protocol_version: PROTOCOL_VERSION,
-            layout_version: 7,
-            nonce,
-            peer_name: name,
-        })
-        .encode_to_vec(&mut hello)
-        .unwrap();
-        assert_eq!(feed(&mut a, &hello, &mut out), Err(expected));
-    }
-}
-
-#[test]
-fn same_role_on_both_ends_fails() {
-    // Proofs are bound to the prover's role, so two initiators (a
-    // misconfiguration or a relay) cannot authenticate each other.
-    let mut a = side(Role::Initiator, "alpha", b"k", 1);
-    let mut b = side(Role::Initiator, "beta", b"k", 2);
-    let (ra, rb) = run_pair(&mut a, &mut b);
-    assert_eq!(ra.unwrap_err(), HandshakeError::AuthenticationFailed);
-    assert_eq!(rb.unwrap_err(), HandshakeError::AuthenticationFailed);
-}
-
-#[test]
-fn wrong_version_layout_and_magic() {
-    let cases: [(u64, u16, u32, HandshakeError, ErrorCode); 3] = [
-        (
-            HELLO_MAGIC,
-            PROTOCOL_VERSION + 1,
-            7,
-            HandshakeError::VersionMismatch {
-                local: PROTOCOL_VERSION,
-                peer: PROTOCOL_VERSION + 1,
-            },
-            ErrorCode::ProtocolVersion,
-        ),
-        (
-            HELLO_MAGIC,
-            PROTOCOL_VERSION,
-            8,
-            HandshakeError::LayoutMismatch { local: 7, peer: 8 },
-            ErrorCode::LayoutVersion,
-        ),
-        (
-            0x1234,
-            PROTOCOL_VERSION,
-            7,
-            HandshakeError::BadHelloMagic { found: 0x1234 },
-            ErrorCode::Malformed,
-        ),
-    ];
-    for (magic, version, layout, expected, code) in cases {
-        let mut a = side(Role::Acceptor, "alpha", b"k", 1);
-        let mut out = Vec::new();
-        a.start(&mut out).unwrap();
-        out.clear();
-        let mut hello = Vec::new();
-        Frame::Hello(Hello {
-            hello_magic: magic,
-            protocol_version: version,
-            layout_version: layout,
-            nonce: [3; 32],
-            peer_name: "beta",
-        })
-        .encode_to_vec(&mut hello)
-        .unwrap();
-        assert_eq!(feed(&mut a, &hello, &mut out), Err(expected.clone()));
-        let Ok(Decoded::Frame {
+    let err = check_hello(&old, 7).unwrap_err();
+    assert!(err.to_string().contains("pre-shared keys"), "{err}");
+    let reply = err.reply().expect("an ERROR for the old peer");
+    match decode(&reply).unwrap() {
+        Decoded::Frame {
             frame: Frame::Error(e),
             ..
-        }) = decode(&out)
-        else {
-            panic!("no ERROR frame for {expected:?}")
-        };
-        assert_eq!(e.code, code);
-        assert!(e.message.contains("version") || e.message.contains("magic"));
-        // The state machine stays failed.
-        assert!(matches!(
-            feed(&mut a, &hello, &mut out),
-            Err(HandshakeError::InvalidState(_))
-        ));
+        } => assert_eq!(e.code, ErrorCode::ProtocolVersion),
+        other => panic!("{other:?}"),
     }
-}
-
-#[test]
-fn out_of_order_and_garbage() {
-    // AUTH before HELLO.
-    let mut a = side(Role::Acceptor, "alpha", b"k", 1);
-    let mut out = Vec::new();
-    a.start(&mut out).unwrap();
-    let mut v = Vec::new();
-    Frame::Auth(Auth { proof: [0; 32] })
-        .encode_to_vec(&mut v)
-        .unwrap();
-    assert_eq!(
-        feed(&mut a, &v, &mut out),
-        Err(HandshakeError::UnexpectedFrame {
-            expected: "HELLO",
-            got: FrameType::Auth
-        })
+    // As initiator: the old bridge's own HELLO arrives first.
+    let a = params("a", Protection::Auth);
+    let init = Initiator::start(&a, "b", &b.keypair.public(), [5; 32], &mut Vec::new()).unwrap();
+    let err = init
+        .finish(&Frame::Hello(old), &mut Vec::new())
+        .unwrap_err();
+    assert!(
+        matches!(err, HandshakeError::VersionMismatch { peer: 1, local: 2 }),
+        "{err:?}"
     );
-    // A data-plane frame in the middle of the handshake.
-    let mut a = side(Role::Acceptor, "alpha", b"k", 1);
-    a.start(&mut out).unwrap();
-    v.clear();
-    Frame::Ack(Ack {
-        stream: 0,
-        position: 0,
-    })
-    .encode_to_vec(&mut v)
-    .unwrap();
-    assert!(matches!(
-        feed(&mut a, &v, &mut out),
-        Err(HandshakeError::UnexpectedFrame {
-            got: FrameType::Ack,
-            ..
-        })
-    ));
-    // Garbage bytes: the caller's decode fails and reports it here.
-    let mut a = side(Role::Acceptor, "alpha", b"k", 1);
-    out.clear();
-    a.start(&mut out).unwrap();
-    out.clear();
-    let err = decode(b"GET / HTTP/1.1\r\n").unwrap_err();
-    let e = a.on_decode_error(err, &mut out);
-    assert!(matches!(
-        e,
-        HandshakeError::Frame(FrameError::BadMagic { .. })
-    ));
-    assert!(matches!(
-        decode(&out),
-        Ok(Decoded::Frame {
-            frame: Frame::Error(ErrorFrame {
-                code: ErrorCode::Malformed,
-                ..
+    // And its ERROR, with control characters escaped.
+    let init = Initiator::start(&a, "b", &b.keypair.public(), [5; 32], &mut Vec::new()).unwrap();
+    let err = init
+        .finish(
+            &Frame::Error(ErrorFrame {
+                code: ErrorCode::ProtocolVersion,
+                message: "peer speaks 2\nFAKE LOG LINE\x1b[31m",
             }),
-            ..
-        })
-    ));
-    // Misuse.
-    assert!(matches!(
-        a.start(&mut out),
-        Err(HandshakeError::InvalidState(_))
-    ));
-    let mut fresh = side(Role::Acceptor, "alpha", b"k", 1);
-    assert!(matches!(
-        fresh.handle(&Frame::AuthOk, &mut out),
-        Err(HandshakeError::InvalidState(_))
-    ));
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains('\n') && !text.contains('\x1b'), "{text:?}");
 }
 
 #[test]
-fn invalid_local_name_and_empty_key() {
-    assert!(PresharedKey::new(&[]).is_none());
-    let long = "n".repeat(MAX_NAME_LEN + 1);
-    for name in ["", long.as_str()] {
-        assert!(matches!(
-            Handshake::new(
-                params(Role::Initiator, name),
-                key(b"k"),
-                Nonce::from_bytes([0; 32])
-            ),
-            Err(HandshakeError::Frame(_))
-        ));
+fn names_are_checked_before_use() {
+    assert!(check_node_name("robot-1.base_2").is_ok());
+    for bad in ["", "a b", "a\nb", "a/b", "ä", &"x".repeat(256)] {
+        assert!(check_node_name(bad).is_err(), "{bad:?}");
     }
-    // Debug never shows key material.
-    assert_eq!(
-        format!("{:?}", key(b"topsecret")),
-        "PresharedKey(<9 bytes, redacted>)"
-    );
-}
-
-#[test]
-fn random_nonces_differ() {
-    let a = Nonce::random().unwrap();
-    let b = Nonce::random().unwrap();
-    assert_ne!(a, b);
+    let b = params("b", Protection::Auth);
+    let h = Hello {
+        hello_magic: HELLO_MAGIC,
+        protocol_version: PROTOCOL_VERSION,
+        layout_version: 7,
+        nonce: [1; 32],
+        peer_name: "evil\u{1b}[2J",
+    };
+    assert!(matches!(
+        check_hello(&h, b.layout_version),
+        Err(HandshakeError::BadName(_))
+    ));
+    let h = Hello {
+        layout_version: 8,
+        peer_name: "ok",
+        ..h
+    };
+    assert!(matches!(
+        check_hello(&h, 7),
+        Err(HandshakeError::LayoutMismatch { local: 7, peer: 8 })
+    ));
 }
