@@ -14,6 +14,8 @@
 //!   channels, and a watchdog that kills children of a test that hangs;
 //! - [`isolation`]: pid namespaces, other uids, a small tmpfs, and what a
 //!   bus leaves behind (the Core v2 tests of issue 7);
+//! - [`hostile`]: the named shared words of a ring (producer page, control
+//!   file) with plain read/write access, for the hostile-words tests;
 //! - [`ringfile`]: reading and patching segment files from outside (control
 //!   counters, record walking, corruption);
 //! - [`netns`]: two "hosts" as network namespaces joined by veth, with
@@ -24,6 +26,7 @@
 
 pub mod args;
 pub mod harness;
+pub mod hostile;
 pub mod isolation;
 pub mod msg;
 pub mod netns;

@@ -65,6 +65,10 @@ fn main() -> ExitCode {
         "sweep" => core_v2::sweep(args),
         "fill" => core_v2::fill(args),
         "access" => core_v2::access(args),
+        "hw-pub" => core_v2::hw_pub(args),
+        "hw-sub" => core_v2::hw_sub(args),
+        "wake-sub" => core_v2::wake_sub(args),
+        "fork-reader" => core_v2::fork_reader(args),
         other => usage(&format!("unknown subcommand {other:?}")),
     }
 }

@@ -588,3 +588,327 @@ fn map_then_mprotect(file: &Path) -> String {
     }
     out
 }
+
+// ---------------------------------------------------------------------------
+// Hostile words and liveness (tests/tests/hostile_words.rs, liveness.rs).
+//
+// peer hw-pub --path P [--capacity B] [--slots N] [--size-max B]
+// peer hw-sub --path P [--start oldest|latest] [--wait block|spin|sleep]
+//      [--size-max B] [--open-retry-ms MS]
+// peer wake-sub --path P --rounds R
+// peer fork-reader --path P
+//
+// - `hw-pub`: a bus-level Block [`RingWriter`] at `--path` (max message 512),
+//   driven line by line from stdin:
+//   `send N MS` writes N [`storm_payload`]s (sequence numbers continue),
+//   each waiting at most MS ms: `sent n=<k> of=<N> end=ok|timeout|error
+//   err=<text>`; `stats`: `stats published=<n> tail=<t> head=<h>
+//   evictions=<e> full=<f> subscribers=<s>`; `reap`: `reaped <n>`. EOF
+//   drops the writer (closes the ring) and exits 0.
+// - `hw-sub`: opens a bus-level [`RingReader`] at `--path` and prints
+//   `joined slot=<i> gen=<g> pos=<p>` (or `open-error <text>` and exits 1),
+//   then per stdin line `read N MS` reads until N messages, the end of the
+//   ring, an error or MS ms: `read got=<k> first=<seq|-> last=<seq|->
+//   lost=<m> seqoff=<k> end=ok|timeout|closed|error err=<text>`. Every
+//   payload is checked (a wrong one ends the read with `end=error
+//   err=content: ...`), and so is the order (consecutive); `seqoff` counts
+//   messages whose ring sequence number differs from the one in the payload.
+//   EOF: drops the reader, prints `bye`, exits 0.
+// - `wake-sub`: joins with `Block { spins: 0 }` (sleeps at once), prints
+//   `joined`, then R times: reads one message (timeout 5 s) whose payload is
+//   a CLOCK_MONOTONIC timestamp (ns, LE) and prints `woke round=<r>
+//   latency_us=<x>` (or `error <text>` and exits 1).
+// - `fork-reader`: joins, prints `joined slot=<i> gen=<g>`, forks (single
+//   threaded here); the child drops its copy of the reader and `_exit(0)`s;
+//   the parent reaps it, prints `child-exited code=<c>` and `slot ok|<err>
+//   slot=<i> gen=<g>`, then waits for a line on stdin and reads one message:
+//   `got <len>` (or `error <text>`), and exits 0.
+// ---------------------------------------------------------------------------
+
+fn stdin_lines() -> impl Iterator<Item = String> {
+    std::io::stdin().lines().map_while(Result::ok)
+}
+
+fn flat(e: impl std::fmt::Display) -> String {
+    e.to_string().replace('\n', " ")
+}
+
+/// `hw-pub`: see above.
+pub(crate) fn hw_pub(args: Args) -> ExitCode {
+    done(run_hw_pub(args), "hw-pub")
+}
+
+fn run_hw_pub(mut args: Args) -> Result<ExitCode, String> {
+    let _ = args.opt::<PathBuf>("root")?;
+    let path: PathBuf = args.req("path")?;
+    let config = RingConfig {
+        capacity: args.or("capacity", 4096u64)?,
+        max_message: 512,
+        slots: args.or("slots", 4u32)?,
+        ..RingConfig::default()
+    };
+    let size_max: usize = args.or("size-max", 120usize)?;
+    args.finish()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut w = RingWriter::create(&path, &config).map_err(|e| format!("create: {e}"))?;
+    say(&format!("ready path={}", path.display()));
+    let mut seq = 0u64;
+    for line in stdin_lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["send", n, ms] => {
+                let n: u64 = n.parse().map_err(|_| format!("bad line {line:?}"))?;
+                let ms: u64 = ms.parse().map_err(|_| format!("bad line {line:?}"))?;
+                let mut sent = 0;
+                let mut end = "ok".to_string();
+                while sent < n {
+                    let payload = storm_payload(seq, size_max);
+                    match w.write(
+                        &payload,
+                        WaitStrategy::default(),
+                        Some(Duration::from_millis(ms)),
+                    ) {
+                        Ok(()) => {
+                            sent += 1;
+                            seq += 1;
+                        }
+                        Err(shmbus_bus::Error::Timeout) => {
+                            end = "timeout".into();
+                            break;
+                        }
+                        Err(e) => {
+                            end = format!("error err={}", flat(e));
+                            break;
+                        }
+                    }
+                }
+                say(&format!("sent n={sent} of={n} end={end}"));
+            }
+            ["stats"] => {
+                let s = w.stats();
+                say(&format!(
+                    "stats published={} tail={} head={} evictions={} full={} subscribers={}",
+                    s.published, s.tail, s.head, s.evictions, s.full_events, s.subscribers
+                ));
+            }
+            ["reap"] => say(&format!("reaped {}", w.reap_dead_subscribers())),
+            _ => return Err(format!("bad line {line:?}")),
+        }
+    }
+    drop(w);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn wait_arg(args: &mut Args) -> Result<WaitStrategy, String> {
+    Ok(match args.or("wait", "block".to_string())?.as_str() {
+        "block" => WaitStrategy::default(),
+        "sleep" => WaitStrategy::Block { spins: 0 },
+        "spin" => WaitStrategy::BusySpin,
+        "yield" => WaitStrategy::SpinThenYield { spins: 256 },
+        w => return Err(format!("--wait {w:?}: block, sleep, spin or yield")),
+    })
+}
+
+fn start_arg(args: &mut Args) -> Result<shmbus_bus::StartAt, String> {
+    Ok(match args.or("start", "oldest".to_string())?.as_str() {
+        "oldest" => shmbus_bus::StartAt::Oldest,
+        "latest" => shmbus_bus::StartAt::Latest,
+        s => return Err(format!("--start {s:?}: oldest or latest")),
+    })
+}
+
+/// `hw-sub`: see above.
+pub(crate) fn hw_sub(args: Args) -> ExitCode {
+    done(run_hw_sub(args), "hw-sub")
+}
+
+fn run_hw_sub(mut args: Args) -> Result<ExitCode, String> {
+    let _ = args.opt::<PathBuf>("root")?;
+    let path: PathBuf = args.req("path")?;
+    let start = start_arg(&mut args)?;
+    let wait = wait_arg(&mut args)?;
+    let size_max: usize = args.or("size-max", 120usize)?;
+    args.finish()?;
+    let mut reader = match RingReader::open(&path, start) {
+        Ok(r) => r,
+        Err(e) => {
+            say(&format!("open-error {}", flat(e)));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let (index, generation) = reader.slot().ok_or("joined without a slot")?;
+    say(&format!(
+        "joined slot={index} gen={generation} pos={}",
+        reader.position()
+    ));
+    let mut prev: Option<u64> = None;
+    for line in stdin_lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let ["read", n, ms] = words.as_slice() else {
+            return Err(format!("bad line {line:?}"));
+        };
+        let n: u64 = n.parse().map_err(|_| format!("bad line {line:?}"))?;
+        let ms: u64 = ms.parse().map_err(|_| format!("bad line {line:?}"))?;
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        let (mut got, mut lost, mut seqoff) = (0u64, 0u64, 0u64);
+        let (mut first, mut last) = (None::<u64>, None::<u64>);
+        let mut end = "ok".to_string();
+        while got < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match reader.read(wait, Some(left)) {
+                Ok(ReadEvent::Message(m)) => {
+                    let seq = match check_storm(m.payload(), size_max) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            end = format!("error err=content: {e}");
+                            break;
+                        }
+                    };
+                    if m.sequence() != seq {
+                        seqoff += 1;
+                    }
+                    if let Some(p) = prev {
+                        if seq != p + 1 {
+                            end = format!("error err=order: seq {seq} after {p}");
+                            prev = Some(seq);
+                            break;
+                        }
+                    }
+                    prev = Some(seq);
+                    first.get_or_insert(seq);
+                    last = Some(seq);
+                    got += 1;
+                }
+                Ok(ReadEvent::Gap { messages, .. }) => {
+                    lost += messages;
+                    prev = None;
+                }
+                Ok(ReadEvent::Closed) => {
+                    end = "closed".into();
+                    break;
+                }
+                Ok(ReadEvent::Empty) => {}
+                Err(shmbus_bus::Error::Timeout) => {
+                    end = "timeout".into();
+                    break;
+                }
+                Err(e) => {
+                    end = format!("error err={}", flat(e));
+                    break;
+                }
+            }
+        }
+        let show = |v: Option<u64>| v.map_or("-".to_string(), |s| s.to_string());
+        say(&format!(
+            "read got={got} first={} last={} lost={lost} seqoff={seqoff} end={end}",
+            show(first),
+            show(last)
+        ));
+    }
+    drop(reader);
+    say("bye");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the same clock in every process).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `wake-sub`: see above.
+pub(crate) fn wake_sub(args: Args) -> ExitCode {
+    done(run_wake_sub(args), "wake-sub")
+}
+
+fn run_wake_sub(mut args: Args) -> Result<ExitCode, String> {
+    let _ = args.opt::<PathBuf>("root")?;
+    let path: PathBuf = args.req("path")?;
+    let rounds: u32 = args.req("rounds")?;
+    args.finish()?;
+    let mut reader =
+        RingReader::open(&path, shmbus_bus::StartAt::Latest).map_err(|e| format!("open: {e}"))?;
+    say("joined");
+    for round in 0..rounds {
+        match reader.read(
+            WaitStrategy::Block { spins: 0 },
+            Some(Duration::from_secs(5)),
+        ) {
+            Ok(ReadEvent::Message(m)) => {
+                let now = monotonic_ns();
+                let sent = m
+                    .payload()
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
+                    .ok_or("short payload")?;
+                say(&format!(
+                    "woke round={round} latency_us={}",
+                    now.saturating_sub(sent) / 1000
+                ));
+            }
+            Ok(other) => return Err(format!("round {round}: {other:?}")),
+            Err(e) => return Err(format!("round {round}: {e}")),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fork-reader`: see above.
+pub(crate) fn fork_reader(args: Args) -> ExitCode {
+    done(run_fork_reader(args), "fork-reader")
+}
+
+fn run_fork_reader(mut args: Args) -> Result<ExitCode, String> {
+    let _ = args.opt::<PathBuf>("root")?;
+    let path: PathBuf = args.req("path")?;
+    args.finish()?;
+    let mut reader =
+        RingReader::open(&path, shmbus_bus::StartAt::Latest).map_err(|e| format!("open: {e}"))?;
+    let (index, generation) = reader.slot().ok_or("joined without a slot")?;
+    say(&format!("joined slot={index} gen={generation}"));
+    // SAFETY: this process is single-threaded here (the peer starts no
+    // threads), so the child may run arbitrary code until `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // The child: drop its copy of the handle (documented to leave the
+        // parent's slot alone), then leave without running exit handlers.
+        drop(reader);
+        // SAFETY: `_exit` ends the child at once.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if r != pid {
+        return Err(format!("waitpid: {}", std::io::Error::last_os_error()));
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -libc::WTERMSIG(status)
+    };
+    say(&format!("child-exited code={code}"));
+    let (i2, g2) = reader.slot().ok_or("no slot after the fork")?;
+    match reader.check_slot() {
+        Ok(()) => say(&format!("slot ok slot={i2} gen={g2}")),
+        Err(e) => say(&format!("slot {} slot={i2} gen={g2}", flat(e))),
+    }
+    let _ = stdin_lines().next();
+    match reader.read(WaitStrategy::default(), Some(Duration::from_secs(10))) {
+        Ok(ReadEvent::Message(m)) => say(&format!("got {}", m.payload().len())),
+        Ok(other) => say(&format!("error {other:?}")),
+        Err(e) => say(&format!("error {}", flat(e))),
+    }
+    Ok(ExitCode::SUCCESS)
+}
