@@ -54,6 +54,30 @@ pub enum ReadEvent<'a> {
 const LIVENESS_POLLS: u32 = 1 << 14;
 
 /// How to open a ring for reading; see [`RingReader::open_with`].
+///
+/// # Examples
+///
+/// A subscriber registered in a topic before its publisher exists is joined
+/// to the publisher's ring from its first record:
+///
+/// ```
+/// use shmbus_bus::{ReaderOptions, ReadEvent, Registration, RingConfig, RingReader, RingWriter};
+/// let topic = std::env::temp_dir().join(format!("shmbus-doc-early-{}", std::process::id()));
+/// std::fs::create_dir_all(&topic).unwrap();
+/// let me = Registration::register_in(&topic, false).unwrap();
+///
+/// let path = topic.join("p.ring");
+/// let mut w = RingWriter::create(&path, &RingConfig::default()).unwrap();
+/// w.try_write(b"first").unwrap(); // before the subscriber opened the ring
+///
+/// let options = ReaderOptions { registration: Some(&me), ..ReaderOptions::default() };
+/// let mut r = RingReader::open_with(&path, &options).unwrap();
+/// match r.try_read().unwrap() {
+///     ReadEvent::Message(m) => assert_eq!(m.payload(), b"first"),
+///     other => panic!("{other:?}"),
+/// }
+/// # drop((r, w, me)); std::fs::remove_dir_all(&topic).unwrap();
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct ReaderOptions<'a> {
     /// Where to start (a pre-joined slot starts at the ring's first record).
