@@ -90,6 +90,34 @@ fn crash(seg: &Seg, r: ReaderCore<HeapView>) {
     std::mem::forget(r);
 }
 
+/// Reads a lappable reader (Overwrite, observer) dry with validated copies,
+/// checking every payload. Returns (sequence numbers received, messages
+/// reported lost).
+fn copy_all(r: &mut ReaderCore<HeapView>) -> (Vec<u64>, u64) {
+    let (mut received, mut lost) = (Vec::new(), 0u64);
+    loop {
+        match r.peek().unwrap() {
+            Peek::Record(rec) => {
+                let mut buf = vec![0; rec.len as usize];
+                match r.copy_validated(&rec, &mut buf).unwrap() {
+                    Peek::Record(rec) => {
+                        assert_eq!(buf, payload(rec.seq, rec.len as usize), "torn copy");
+                        r.consume_to(rec.end, rec.seq + 1);
+                        received.push(rec.seq);
+                    }
+                    Peek::Gap { messages, .. } => lost += messages,
+                    Peek::Empty => {}
+                }
+            }
+            Peek::Gap { messages, bytes } => {
+                assert!(bytes > 0 || messages > 0);
+                lost += messages;
+            }
+            Peek::Empty => return (received, lost),
+        }
+    }
+}
+
 #[test]
 fn records_round_trip_across_many_wraps() {
     let seg = segment(4096, Policy::Block, None);
@@ -166,36 +194,11 @@ fn overwrite_reader_reports_exact_loss() {
     for seq in 0..200 {
         write(&mut w, seq, 40).unwrap();
     }
-    let (mut received, mut lost) = (0u64, 0u64);
-    let mut last = None;
-    loop {
-        match r.peek().unwrap() {
-            Peek::Record(rec) => {
-                let mut buf = vec![0; rec.len as usize];
-                match r.copy_validated(&rec, &mut buf).unwrap() {
-                    Peek::Record(rec) => {
-                        assert_eq!(buf, payload(rec.seq, 40));
-                        if let Some(prev) = last {
-                            assert!(rec.seq > prev);
-                        }
-                        last = Some(rec.seq);
-                        r.consume_to(rec.end, rec.seq + 1);
-                        received += 1;
-                    }
-                    Peek::Gap { messages, .. } => lost += messages,
-                    Peek::Empty => {}
-                }
-            }
-            Peek::Gap { messages, bytes } => {
-                assert!(bytes > 0);
-                lost += messages;
-            }
-            Peek::Empty => break,
-        }
-    }
-    assert_eq!(received + lost, 200);
-    assert!(lost > 0 && received > 0);
-    assert_eq!(last, Some(199));
+    let (received, lost) = copy_all(&mut r);
+    assert!(received.windows(2).all(|w| w[0] < w[1]), "in order");
+    assert_eq!(received.len() as u64 + lost, 200);
+    assert!(lost > 0 && !received.is_empty());
+    assert_eq!(received.last(), Some(&199));
 }
 
 #[test]
@@ -359,28 +362,13 @@ fn overwrite_loss_is_exact_across_the_32_bit_wrap() {
     for i in 0..400 {
         write(&mut w, start + i, 40).unwrap();
     }
-    let (mut received, mut lost, mut last) = (0u64, 0u64, 0u64);
-    loop {
-        match r.peek().unwrap() {
-            Peek::Record(rec) => {
-                let mut buf = vec![0; rec.len as usize];
-                match r.copy_validated(&rec, &mut buf).unwrap() {
-                    Peek::Record(rec) => {
-                        assert_eq!(buf, payload(rec.seq, 40));
-                        last = rec.seq;
-                        r.consume_to(rec.end, rec.seq + 1);
-                        received += 1;
-                    }
-                    Peek::Gap { messages, .. } => lost += messages,
-                    Peek::Empty => {}
-                }
-            }
-            Peek::Gap { messages, .. } => lost += messages,
-            Peek::Empty => break,
-        }
-    }
-    assert_eq!(received + lost, 400);
-    assert_eq!(last, start + 399, "64-bit sequence numbers past 2^32");
+    let (received, lost) = copy_all(&mut r);
+    assert_eq!(received.len() as u64 + lost, 400);
+    assert_eq!(
+        received.last(),
+        Some(&(start + 399)),
+        "64-bit sequence numbers past 2^32"
+    );
 }
 
 #[test]
@@ -703,24 +691,8 @@ fn prejoined_overwrite_reader_counts_what_it_lost_before_adopting() {
     else {
         panic!("adopt")
     };
-    let (mut received, mut lost) = (0u64, 0u64);
-    loop {
-        match r.peek().unwrap() {
-            Peek::Record(rec) => {
-                let mut buf = vec![0; rec.len as usize];
-                match r.copy_validated(&rec, &mut buf).unwrap() {
-                    Peek::Record(rec) => {
-                        r.consume_to(rec.end, rec.seq + 1);
-                        received += 1;
-                    }
-                    Peek::Gap { messages, .. } => lost += messages,
-                    Peek::Empty => {}
-                }
-            }
-            Peek::Gap { messages, .. } => lost += messages,
-            Peek::Empty => break,
-        }
-    }
+    let (received, lost) = copy_all(&mut r);
+    let received = received.len() as u64;
     assert!(lost > 0);
     assert_eq!(
         received + lost,
