@@ -18,14 +18,16 @@
 //! bus-level handles, a Block ring of 4 KiB with 4 slots):
 //!
 //! 1. the publisher sends 5 messages; the live subscriber (slot 0) reads
-//!    them, then starts a read of up to 100 (1.2 s) and falls asleep in it;
+//!    them, then starts a read of 5 (5 s timeout) and falls asleep in it;
 //! 2. the word is written;
 //! 3. `jl` (start latest) and `jo` (start oldest) open the ring;
 //! 4. `D`: the publisher sends 5 (2 s timeout per message); `E`: every
-//!    reader reads what it can (the live one is still in its read);
+//!    reader reads what it can (the live one is still in its read, the
+//!    joiners read up to 100 for 1.5 s);
 //! 5. `F`: pressure: the publisher sends up to 60 with a 300 ms timeout while
 //!    nobody reads (a 4 KiB ring fills: it must time out, gated by the
-//!    readers), then reports its counters; `G`: every reader reads what it can;
+//!    readers), then reports its counters; `G`: every reader reads what `F`
+//!    sent (5 s timeout);
 //! 6. `C`: the publisher closes the ring; every reader must see `closed`
 //!    (or the error it already reported).
 
@@ -621,7 +623,9 @@ fn run_row(
     let r = read(&mut live.proc, 5, 5000).expect("warm-up read");
     assert_eq!(r.got, 5, "warm-up read: {r:?}");
     // The live subscriber falls asleep in a read.
-    live.proc.send_line("read 100 1200");
+    // (It wants the 5 the publisher sends in `D`; a reader that gets fewer
+    // waits the whole 5 s.)
+    live.proc.send_line("read 5 5000");
     thread::sleep(Duration::from_millis(150));
     let words = RingWords::open(&path).expect("open ring files");
     let mut hostile = Some(hostile);
@@ -644,13 +648,13 @@ fn run_row(
     // E
     for r in readers.iter_mut().skip(1) {
         if r.open.is_ok() {
-            r.proc.send_line("read 100 800");
+            r.proc.send_line("read 100 1500");
         }
     }
     let mut e_reads = Vec::new();
     for r in &mut readers {
         e_reads.push(if r.open.is_ok() {
-            match answer(&mut r.proc, "read ", Duration::from_millis(1200)) {
+            match answer(&mut r.proc, "read ", Duration::from_millis(5000)) {
                 Ok(l) => Some(parse_read(&l)),
                 Err(e) => {
                     obs.broken.push(format!("E {}: {e}", r.name));
@@ -679,13 +683,14 @@ fn run_row(
     // G
     for r in readers.iter_mut() {
         if r.open.is_ok() && r.proc.try_status().is_none() {
-            r.proc.send_line("read 100 800");
+            // Everything `F` sent (a reader that gets fewer waits 5 s).
+            r.proc.send_line(&format!("read {} 5000", obs.f.n.max(1)));
         }
     }
     let mut g_reads = Vec::new();
     for r in &mut readers {
         g_reads.push(if r.open.is_ok() {
-            match answer(&mut r.proc, "read ", Duration::from_millis(800)) {
+            match answer(&mut r.proc, "read ", Duration::from_millis(5000)) {
                 Ok(l) => Some(parse_read(&l)),
                 Err(e) => {
                     obs.broken.push(format!("G {}: {e}", r.name));
