@@ -73,7 +73,7 @@ pub use crate::{
         raw::{RawChunk, RawReader, ReplicaChunk, ReplicaWriter},
         reader::{
             wait_any, wait_probes, Drained, Message, ReadEvent, ReaderOptions, ReadyProbe,
-            RingReader, StartAt,
+            RingReader, StartAt, CLOSE_GRACE,
         },
         writer::{Loan, RingWriter, WriterStats},
     },

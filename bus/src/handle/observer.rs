@@ -34,7 +34,8 @@ pub enum Observed<'a> {
     },
     /// Nothing new yet.
     Empty,
-    /// The publisher closed the ring and everything was read.
+    /// The publisher is gone (closed the ring and released it, or died) and
+    /// everything was read.
     Closed,
 }
 
@@ -132,7 +133,10 @@ impl RingObserver {
                 }
                 Peek::Gap { messages, bytes } => return Ok(Observed::Gap { messages, bytes }),
                 Peek::Empty => {
-                    let closed = self.core.writer_closed().map_err(|f| self.fault(f))?;
+                    // Closed means gone: the publisher's lock is free too
+                    // (the state word alone could be forged).
+                    let closed = self.core.writer_closed().map_err(|f| self.fault(f))?
+                        && !self.core.view.publisher_alive();
                     if closed && matches!(self.core.verify_empty(), Ok(Peek::Empty)) {
                         return Ok(Observed::Closed);
                     }

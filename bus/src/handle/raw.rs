@@ -7,7 +7,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use crate::{
     handle::reader::join_error,
-    layout::{WRITER_CLOSED, WRITER_OPEN},
+    layout::WRITER_CLOSED,
     ring::{
         gate::{JoinAt, JoinRequest, SlotStatus},
         reader::ReaderCore,
@@ -21,7 +21,7 @@ use crate::{
         segment::{self, Mapping, RingConfig, SegmentInfo, Start},
         wait::{self, Deadline, WaitStrategy},
     },
-    sync::{load_acquire_ro, load_acquire_ro32, Ordering},
+    sync::{load_acquire_ro, Ordering},
     Error, StartAt,
 };
 
@@ -150,11 +150,11 @@ impl RawReader {
         load_acquire_ro(&self.core.view.producer().head)
     }
 
-    /// True once the publisher closed the ring or died (its lock is free).
+    /// True once the publisher is gone: its lock is free (it closed the ring
+    /// and released its files, or died). The `writer_state` word alone is
+    /// not believed: a same-user scribbler could forge it.
     pub fn publisher_gone(&self) -> bool {
-        // Acquire: pairs with the writer's Release store of CLOSED (after its final tail).
-        load_acquire_ro32(&self.core.view.producer().writer_state) != WRITER_OPEN
-            || !self.core.view.publisher_alive()
+        !self.core.view.publisher_alive()
     }
 
     /// Whether this reader still owns its slot.

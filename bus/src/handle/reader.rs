@@ -1,6 +1,10 @@
 //! [`RingReader`]: one subscriber's handle on one publisher's ring.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::{
     layout::WRITER_OPEN,
@@ -52,6 +56,11 @@ pub enum ReadEvent<'a> {
 
 /// How many empty polls pass between liveness checks of the publisher.
 const LIVENESS_POLLS: u32 = 1 << 14;
+
+/// How long a ring may say CLOSED while its publisher still holds its lock
+/// (the moment between a publisher's close and the release of its files)
+/// before a reader reports the word as corrupt.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How to open a ring for reading; see [`RingReader::open_with`].
 ///
@@ -129,6 +138,8 @@ pub struct RingReader {
     pending_gap: Option<(u64, u64)>,
     /// Overwrite policy: a record a probe copied and validated into `scratch`.
     pending_copy: Option<RecordRef>,
+    /// When the ring was first seen CLOSED while its publisher held its lock.
+    closed_seen: Option<Instant>,
 }
 
 impl RingReader {
@@ -218,6 +229,7 @@ impl RingReader {
             closed: false,
             pending_gap: None,
             pending_copy: None,
+            closed_seen: None,
         }
     }
 
@@ -464,21 +476,40 @@ impl RingReader {
     }
 
     /// True once the publisher is gone and the ring is drained.
+    ///
+    /// Gone means its lock is free: the `writer_state` word saying CLOSED
+    /// only makes the reader look at once, and a CLOSED that outlasts
+    /// [`CLOSE_GRACE`] while the lock is held is reported as corrupt (a
+    /// forged word, or a child forked without exec still holding the
+    /// publisher's file), never taken for the end of the stream. Every
+    /// [`LIVENESS_POLLS`] empty polls (and after every wait slice without
+    /// news) the reader also checks that a published tail past its position
+    /// has a record there: a position forged inside a record is reported,
+    /// not waited on forever.
     fn check_closed(&mut self) -> Result<bool, Error> {
         if self.closed {
             return Ok(true);
         }
         self.empty_polls = self.empty_polls.wrapping_add(1);
-        let closed = self.core.writer_closed().map_err(|f| self.fault(f))?;
-        let gone =
-            closed || (self.empty_polls % LIVENESS_POLLS == 0 && !self.core.view.publisher_alive());
-        if !gone {
+        let marked = self.core.writer_closed().map_err(|f| self.fault(f))?;
+        let periodic = self.empty_polls % LIVENESS_POLLS == 0;
+        if !marked && !periodic {
             return Ok(false);
         }
-        // The publisher may have committed more before it went: look again,
-        // comparing against the tail too.
+        let alive = self.core.view.publisher_alive();
+        if marked && alive {
+            let since = *self.closed_seen.get_or_insert_with(Instant::now);
+            if since.elapsed() > CLOSE_GRACE {
+                return Err(Error::corrupt(
+                    &self.info().path,
+                    "writer_state: closed while the publisher still holds its lock (a forged word, or a child forked without exec holds the publisher's file)",
+                ));
+            }
+        }
+        // Anything past our position must be readable (see above); the
+        // publisher may also have committed more before it went.
         match self.core.verify_empty().map_err(|f| self.fault(f))? {
-            Peek::Empty => {
+            Peek::Empty if !alive => {
                 self.closed = true;
                 Ok(true)
             }
