@@ -43,10 +43,10 @@ fn forward(
     let (a, b) = unsafe { raw.slices(start, end) };
     let bytes: Vec<u8> = a.iter().chain(b).copied().collect();
     let mut chunk = replica.reserve(end - start, Default::default(), None)?;
-    let (stamp, x, y) = chunk.buffers();
-    stamp.copy_from_slice(&bytes[..8]);
-    x.copy_from_slice(&bytes[8..8 + x.len()]);
-    let rest = 8 + x.len();
+    let (header, x, y) = chunk.buffers();
+    header.copy_from_slice(&bytes[..16]);
+    x.copy_from_slice(&bytes[16..16 + x.len()]);
+    let rest = 16 + x.len();
     y.copy_from_slice(&bytes[rest..]);
     chunk.commit()
 }
@@ -105,21 +105,21 @@ fn bad_chunks_are_refused_and_publish_nothing() {
     let mut local = RingReader::open(&dir.0.join("r.ring"), StartAt::Latest).unwrap();
     // A stamp for the wrong position.
     let mut chunk = replica.reserve(32, Default::default(), None).unwrap();
-    let (stamp, rest, _) = chunk.buffers();
-    stamp.copy_from_slice(&(8192u64 | 1).to_le_bytes());
-    rest[..8].copy_from_slice(&4u64.to_le_bytes());
+    let (header, _, _) = chunk.buffers();
+    header[..8].copy_from_slice(&(8192u64 | 1).to_le_bytes());
+    header[8..].copy_from_slice(&4u64.to_le_bytes());
     assert!(matches!(chunk.commit(), Err(Error::Corrupt { .. })));
     // A length beyond the maximum.
     let mut chunk = replica.reserve(32, Default::default(), None).unwrap();
-    let (stamp, rest, _) = chunk.buffers();
-    stamp.copy_from_slice(&(4096u64 | 1).to_le_bytes());
-    rest[..8].copy_from_slice(&5000u64.to_le_bytes());
+    let (header, _, _) = chunk.buffers();
+    header[..8].copy_from_slice(&(4096u64 | 1).to_le_bytes());
+    header[8..].copy_from_slice(&5000u64.to_le_bytes());
     assert!(matches!(chunk.commit(), Err(Error::Corrupt { .. })));
     // A record running past the chunk.
     let mut chunk = replica.reserve(32, Default::default(), None).unwrap();
-    let (stamp, rest, _) = chunk.buffers();
-    stamp.copy_from_slice(&(4096u64 | 1).to_le_bytes());
-    rest[..8].copy_from_slice(&100u64.to_le_bytes());
+    let (header, _, _) = chunk.buffers();
+    header[..8].copy_from_slice(&(4096u64 | 1).to_le_bytes());
+    header[8..].copy_from_slice(&100u64.to_le_bytes());
     assert!(matches!(chunk.commit(), Err(Error::Corrupt { .. })));
     assert!(matches!(
         replica.reserve(24, Default::default(), None),
@@ -128,10 +128,10 @@ fn bad_chunks_are_refused_and_publish_nothing() {
     assert!(matches!(local.try_read().unwrap(), ReadEvent::Empty));
     // A good one still lands at the same position.
     let mut chunk = replica.reserve(32, Default::default(), None).unwrap();
-    let (stamp, rest, _) = chunk.buffers();
-    stamp.copy_from_slice(&(4096u64 | 1).to_le_bytes());
-    rest[..8].copy_from_slice(&3u64.to_le_bytes());
-    rest[8..11].copy_from_slice(b"abc");
+    let (header, rest, _) = chunk.buffers();
+    header[..8].copy_from_slice(&(4096u64 | 1).to_le_bytes());
+    header[8..].copy_from_slice(&3u64.to_le_bytes());
+    rest[..3].copy_from_slice(b"abc");
     assert_eq!(chunk.commit().unwrap(), 1);
     match local.try_read().unwrap() {
         ReadEvent::Message(m) => assert_eq!(m.payload(), b"abc"),

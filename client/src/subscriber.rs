@@ -225,7 +225,7 @@ where
     /// publisher.send(&42)?;
     /// let sample = subscriber.recv_timeout(std::time::Duration::from_secs(1))?;
     /// assert_eq!(*sample, 42);
-    /// # drop((sample, subscriber, publisher)); std::fs::remove_dir_all(&root).ok();
+    /// # drop(sample); drop((subscriber, publisher)); std::fs::remove_dir_all(&root).ok();
     /// # Ok::<(), shmbus::Error>(())
     /// ```
     pub fn distrust_publishers(&mut self) {

@@ -454,7 +454,7 @@ impl ReplicaWriter {
                         writer: self,
                         start,
                         len,
-                        first_stamp: [0; 8],
+                        first_header: [0; 16],
                     })
                 }
                 Err(ReserveFail::TooLarge) => {
@@ -504,7 +504,7 @@ pub struct ReplicaChunk<'a> {
     writer: &'a mut ReplicaWriter,
     start: u64,
     len: u64,
-    first_stamp: [u8; 8],
+    first_header: [u8; 16],
 }
 
 impl ReplicaChunk<'_> {
@@ -513,29 +513,31 @@ impl ReplicaChunk<'_> {
         self.start
     }
 
-    /// Where to put the chunk's bytes, in order: the first 8 bytes (the first
-    /// record's commit stamp, kept out of the ring until the chunk is
-    /// validated), then the rest up to the ring's end, then the rest from the
-    /// ring's start (empty unless the chunk wraps).
-    pub fn buffers(&mut self) -> (&mut [u8; 8], &mut [u8], &mut [u8]) {
+    /// Where to put the chunk's bytes, in order: the first 16 bytes (the
+    /// first record's header: its commit stamp and its length/sequence word,
+    /// kept out of the ring until the chunk is validated, so a reader waiting
+    /// at the chunk's start never sees a word of it early — in particular not
+    /// one that is still ciphertext), then the rest up to the ring's end, then
+    /// the rest from the ring's start (empty unless the chunk wraps).
+    pub fn buffers(&mut self) -> (&mut [u8; 16], &mut [u8], &mut [u8]) {
         let geo = self.writer.core.geometry();
         let (cap, mask) = (geo.capacity, geo.mask());
         let off = self.start & mask;
-        let rest = self.len.saturating_sub(8);
-        let first = rest.min(cap - off - 8);
+        let rest = self.len.saturating_sub(16);
+        let first = rest.min(cap - off - 16);
         let map = &self.writer.core.view;
-        // The ranges are inside the writable data mapping (off + 8 + first <=
-        // cap; the wrapped part < cap) and do not overlap (reserve_raw caps a
-        // chunk at half the ring).
+        // The ranges are inside the writable data mapping (off + 16 + first
+        // <= cap; the wrapped part < cap) and do not overlap (reserve_raw caps
+        // a chunk at half the ring).
         // SAFETY: in bounds and disjoint (above); reserved by `reserve_raw`, and
         // unreadable by subscribers before commit (the stamp at `start` is unset).
         let (a, b) = unsafe {
             (
-                map.data_mut(off + 8, first as usize),
+                map.data_mut(off + 16, first as usize),
                 map.data_mut(0, (rest - first) as usize),
             )
         };
-        (&mut self.first_stamp, a, b)
+        (&mut self.first_header, a, b)
     }
 
     /// Validates the records and publishes them to local subscribers.
@@ -546,11 +548,13 @@ impl ReplicaChunk<'_> {
     /// [`Error::Corrupt`] naming the first framing error; nothing is
     /// published and the replica can take a correct chunk at the same position.
     pub fn commit(self) -> Result<u32, Error> {
-        let stamp = u64::from_le_bytes(self.first_stamp);
+        let (stamp, meta) = self.first_header.split_at(8);
+        let stamp = u64::from_le_bytes(stamp.try_into().unwrap_or_default());
+        let meta = u64::from_le_bytes(meta.try_into().unwrap_or_default());
         let start = self.start;
         self.writer
             .core
-            .commit_raw(stamp, self.len)
+            .commit_raw(stamp, meta, self.len)
             .map_err(|(pos, what)| {
                 Error::corrupt(
                     &self.writer.core.view.info().path,

@@ -127,14 +127,15 @@ impl<V: View> WriterCore<V> {
     }
 
     /// Validates and publishes `len` bytes of records received into the ring
-    /// at the write position. The first record's stamp arrives separately
-    /// (`first_stamp`) so that no reader sees it before validation; every
-    /// other stamp and all meta words are already in the ring. Returns the
+    /// at the write position. The first record's header (stamp and meta
+    /// word) arrives separately so that no reader sees it before validation;
+    /// every other stamp and meta word is already in the ring. Returns the
     /// number of data records, or the position and reason of the first
     /// framing error (then nothing is published).
     pub(crate) fn commit_raw(
         &mut self,
         first_stamp: u64,
+        first_meta: u64,
         len: u64,
     ) -> Result<u32, (u64, &'static str)> {
         let mask = self.geo.mask();
@@ -154,8 +155,12 @@ impl<V: View> WriterCore<V> {
                 // Relaxed: this thread received these bytes itself.
                 self.view.word(off).load(Ordering::Relaxed)
             };
-            // Relaxed: as above.
-            let meta = self.view.word(off + 8).load(Ordering::Relaxed);
+            let meta = if pos == start {
+                first_meta
+            } else {
+                // Relaxed: as above.
+                self.view.word(off + 8).load(Ordering::Relaxed)
+            };
             let kind = records::classify(stamp, pos);
             let header =
                 records::check_header(&self.geo, pos, kind, meta).map_err(|what| (pos, what))?;
@@ -189,6 +194,10 @@ impl<V: View> WriterCore<V> {
         self.seq = seq;
         self.seq_known |= !first;
         self.clear_next_stamp(end);
+        // Relaxed: published by the first stamp's Release below.
+        self.view
+            .word((start & mask) + 8)
+            .store(first_meta, Ordering::Relaxed);
         // SYNC: commit. The whole chunk becomes visible with its first stamp.
         self.view
             .word(start & mask)
