@@ -13,10 +13,24 @@ pub(crate) fn bytes(n: u64) -> String {
     }
     if unit == 0 {
         format!("{n} B")
-    } else if v >= 100.0 || v.fract() == 0.0 {
+    } else if v >= 100.0 {
         format!("{v:.0} {}", UNITS[unit])
     } else {
-        format!("{v:.1} {}", UNITS[unit])
+        let s = format!("{v:.1}");
+        format!("{} {}", s.strip_suffix(".0").unwrap_or(&s), UNITS[unit])
+    }
+}
+
+/// `12.3k`-style count.
+pub(crate) fn count(n: f64) -> String {
+    if n >= 1e9 {
+        format!("{:.2}G", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.2}M", n / 1e6)
+    } else if n >= 1e4 {
+        format!("{:.1}k", n / 1e3)
+    } else {
+        format!("{n:.0}")
     }
 }
 
