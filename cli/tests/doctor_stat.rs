@@ -296,3 +296,44 @@ fn stat_shows_rates_and_lag() {
         "no escape codes when not a terminal"
     );
 }
+
+#[test]
+fn bench_measures_every_case() {
+    let root = Root::new("bench");
+    let out = root.shmbus(&["bench", "--seconds", "1.6", "--json"], b"");
+    assert!(out.status.success(), "{}", describe(&out));
+    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results.len(), 8);
+    let mut seen = Vec::new();
+    for r in &results {
+        seen.push(format!("{} {} {}", r["api"], r["size"], r["kind"]));
+        assert!(r["messages"].as_u64().unwrap() > 0, "{r}");
+        if r["kind"] == "latency" {
+            let (p50, p99, max) = (
+                r["p50_ns"].as_u64().unwrap(),
+                r["p99_ns"].as_u64().unwrap(),
+                r["max_ns"].as_u64().unwrap(),
+            );
+            assert!(0 < p50 && p50 <= p99 && p99 <= max, "{r}");
+        } else {
+            assert!(r["messages_per_s"].as_f64().unwrap() > 0.0, "{r}");
+            let per_msg =
+                r["bytes_per_s"].as_f64().unwrap() / r["messages_per_s"].as_f64().unwrap();
+            assert!((per_msg - r["size"].as_f64().unwrap()).abs() < 1.0, "{r}");
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        8,
+        "raw and typed, 64 B and 4 KiB, latency and throughput: {seen:?}"
+    );
+    // Its private root is gone.
+    let leftovers: Vec<_> = fs::read_dir(root.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".bench-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
