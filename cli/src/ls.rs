@@ -132,7 +132,12 @@ fn render_topic(out: &mut String, topic: &TopicView) {
             t.row(vec![
                 ring.publisher_id.clone(),
                 s.slot.to_string(),
-                s.pid.to_string(),
+                // 0: a pre-joined slot, whose owner has not opened the ring.
+                if s.pid == 0 {
+                    "-".into()
+                } else {
+                    s.pid.to_string()
+                },
                 s.kind.into(),
                 yes_no(s.alive).into(),
                 bytes(s.lag_bytes),
