@@ -120,13 +120,18 @@ fn panels(plan: &Plan, results: &Results) -> Vec<Panel> {
     panels
 }
 
-/// Log-scale bounds around `values`, with some room.
+/// Log-scale bounds around `values`: whole decades, so the axis is labelled
+/// at powers of ten.
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = values
+        .filter(|v| *v > 0.0)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return (1.0, 10.0);
     }
-    ((lo / 2.0).max(0.5), (hi * 2.0).max(lo * 10.0))
+    let lo = 10f64.powf((lo / 1.2).log10().floor());
+    let hi = 10f64.powf((hi * 2.0).log10().ceil());
+    (lo, hi.max(lo * 10.0))
 }
 
 fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
@@ -247,7 +252,7 @@ pub fn render(plan: &Plan, results: &Results, title: &str) -> Result<Option<Stri
                         chart
                             .draw_series(std::iter::once(Text::new(
                                 fmt_rate(*rate),
-                                (x + 0.2, *rate * 1.15),
+                                (x + 0.2, *rate * 1.6),
                                 ("sans-serif", 12),
                             )))
                             .map_err(err)?;
@@ -348,6 +353,13 @@ mod tests {
         }
         // Every system keeps its colour in both panels.
         assert!(svg.matches("#D62728").count() >= 2 || svg.matches("#d62728").count() >= 2);
+    }
+
+    #[test]
+    fn bounds_are_whole_decades() {
+        assert_eq!(bounds([150.0, 2_000.0].into_iter()), (100.0, 10_000.0));
+        assert_eq!(bounds([100.0].into_iter()), (10.0, 1_000.0));
+        assert_eq!(bounds(std::iter::empty()), (1.0, 10.0));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use shmbus::Bus;
 use shmbus_bus::{ReadEvent, RingConfig, RingReader, RingWriter, StartAt, WaitStrategy};
 
 use crate::{
-    text::{bytes, count, Table},
+    text::{bytes, count, nanos, Table},
     Where,
 };
 
@@ -207,7 +207,7 @@ fn render(results: &[Result_], args: &Args) -> String {
     let mut t = Table::new(&[
         "API", "SIZE", "MEASURE", "P50", "P99", "P99.9", "MAX", "MSGS/S", "BYTES/S",
     ]);
-    let us = |v: Option<u64>| v.map_or("-".into(), |ns| format!("{:.1} µs", ns as f64 / 1e3));
+    let us = |v: Option<u64>| v.map_or("-".into(), nanos);
     for r in results {
         t.row(vec![
             format!("{:?}", r.api).to_lowercase(),

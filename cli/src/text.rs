@@ -21,6 +21,15 @@ pub(crate) fn bytes(n: u64) -> String {
     }
 }
 
+/// A duration in nanoseconds as `850 ns`, `12.3 µs` or `4.05 ms`.
+pub(crate) fn nanos(ns: u64) -> String {
+    match ns {
+        0..=999 => format!("{ns} ns"),
+        1_000..=999_999 => format!("{:.1} µs", ns as f64 / 1e3),
+        _ => format!("{:.2} ms", ns as f64 / 1e6),
+    }
+}
+
 /// `12.3k`-style count.
 pub(crate) fn count(n: f64) -> String {
     if n >= 1e9 {
@@ -117,6 +126,13 @@ mod tests {
         assert_eq!(bytes(1024), "1 KiB");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(4 << 20), "4 MiB");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(nanos(850), "850 ns");
+        assert_eq!(nanos(12_345), "12.3 µs");
+        assert_eq!(nanos(4_050_000), "4.05 ms");
     }
 
     #[test]
