@@ -116,8 +116,16 @@ pub(crate) fn run(place: &Where, args: &Args) -> anyhow::Result<ExitCode> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    if interactive {
+        print!(
+            "\x1b[H\x1b[2Jshmbus stat: measuring for {:.1} s…",
+            interval.as_secs_f64()
+        );
+        std::io::stdout().flush()?;
+    }
     let mut prev: HashMap<(String, String), (u64, u64, u64, Instant)> = HashMap::new();
     let mut frames = 0u64;
+    let mut baseline_taken = false;
     let stdout = std::io::stdout();
     loop {
         let view = model::scan(&place.root(), &place.bus, args.pattern.as_deref())?;
@@ -153,30 +161,34 @@ pub(crate) fn run(place: &Where, args: &Args) -> anyhow::Result<ExitCode> {
                 rows.push(row);
             }
         }
-        let mut out = stdout.lock();
-        if place.json {
-            let frame = Frame {
-                unix_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis()),
-                rows,
-            };
-            serde_json::to_writer(&mut out, &frame)?;
-            writeln!(out)?;
-        } else if interactive {
-            let mut screen = String::from("\x1b[H\x1b[2J");
-            let _ = writeln!(
-                screen,
-                "shmbus stat — bus {} at {} — every {:.1} s — q or Ctrl-C quits",
-                place.bus,
-                view.path.display(),
-                interval.as_secs_f64()
-            );
-            screen.push_str(&table(&rows).render(""));
-            out.write_all(screen.as_bytes())?;
+        if !baseline_taken {
+            // The first listing is the baseline of the rates: nothing to show yet.
+            baseline_taken = true;
         } else {
-            for r in &rows {
-                writeln!(
+            let mut out = stdout.lock();
+            if place.json {
+                let frame = Frame {
+                    unix_ms: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis()),
+                    rows,
+                };
+                serde_json::to_writer(&mut out, &frame)?;
+                writeln!(out)?;
+            } else if interactive {
+                let mut screen = String::from("\x1b[H\x1b[2J");
+                let _ = writeln!(
+                    screen,
+                    "shmbus stat — bus {} at {} — every {:.1} s — q or Ctrl-C quits",
+                    place.bus,
+                    view.path.display(),
+                    interval.as_secs_f64()
+                );
+                screen.push_str(&table(&rows).render(""));
+                out.write_all(screen.as_bytes())?;
+            } else {
+                for r in &rows {
+                    writeln!(
                     out,
                     "{} {}/{} {} msgs/s={} bytes/s={} subs={} max_lag={} max_lag_msgs={} fill={:.1}% full/s={:.1}",
                     SystemTime::now()
@@ -193,13 +205,14 @@ pub(crate) fn run(place: &Where, args: &Args) -> anyhow::Result<ExitCode> {
                     r.fill * 100.0,
                     r.full_per_s
                 )?;
+                }
             }
-        }
-        out.flush()?;
-        drop(out);
-        frames += 1;
-        if args.count.is_some_and(|c| frames >= c) {
-            break;
+            out.flush()?;
+            drop(out);
+            frames += 1;
+            if args.count.is_some_and(|c| frames >= c) {
+                break;
+            }
         }
         let until = Instant::now() + interval;
         while Instant::now() < until {

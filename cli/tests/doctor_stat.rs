@@ -271,6 +271,13 @@ fn stat_shows_rates_and_lag() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(frames.len(), 2);
+    // Every frame, the first included, has rates over a whole interval.
+    for frame in &frames {
+        assert!(
+            frame["rows"][0]["messages_per_s"].as_f64().unwrap() > 200.0,
+            "{frame:#}"
+        );
+    }
     let row = &frames[1]["rows"][0];
     assert_eq!(row["publisher_id"], id.as_str());
     assert_eq!(row["state"], "live");
