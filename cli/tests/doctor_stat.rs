@@ -344,3 +344,112 @@ fn bench_measures_every_case() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Runs `sh -c script` and parses the doctor's JSON it prints.
+fn doctor_in(script: &str) -> (Output, Vec<Value>) {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    let all = checks(&out);
+    (out, all)
+}
+
+#[test]
+fn doctor_fails_on_too_few_open_files() {
+    let root = Root::new("doctor-nofile");
+    let (out, all) = doctor_in(&format!(
+        "ulimit -n 40 && exec {SHMBUS} --root {} doctor --json",
+        root.path().display()
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let c = find(&all, "open-files");
+    assert_eq!(c["status"], "fail", "{c:#}");
+    assert!(c["detail"].as_str().unwrap().contains("soft 40"), "{c:#}");
+    assert!(c["fix"].as_str().unwrap().contains("ulimit -n"), "{c:#}");
+}
+
+#[test]
+fn doctor_warns_on_a_root_that_is_not_a_tmpfs() {
+    let fs_type = Command::new("stat")
+        .args(["-f", "-c", "%T", "/var/tmp"])
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&fs_type.stdout).trim() == "tmpfs" {
+        eprintln!("skipped: /var/tmp is a tmpfs here");
+        return;
+    }
+    let dir = format!("/var/tmp/shmbus-cli-doctor-{}", std::process::id());
+    let out = Command::new(SHMBUS)
+        .args(["--root", &dir, "doctor", "--json"])
+        .output()
+        .unwrap();
+    let all = checks(&out);
+    let c = find(&all, "shm-space");
+    assert_eq!(c["status"], "warn", "{c:#}");
+    assert!(
+        c["detail"].as_str().unwrap().contains("not a tmpfs"),
+        "{c:#}"
+    );
+    assert!(c["fix"].as_str().unwrap().contains("SHMBUS_ROOT"), "{c:#}");
+}
+
+#[test]
+fn doctor_warns_on_a_low_memlock_limit_without_privilege() {
+    if !is_root() {
+        eprintln!("skipped: dropping to another user needs root");
+        return;
+    }
+    let (_, all) = doctor_in(&format!(
+        "ulimit -l 64 && exec setpriv --reuid=65534 --regid=65534 --clear-groups {SHMBUS} --root /nonexistent/shmbus doctor --json"
+    ));
+    let c = find(&all, "memlock");
+    assert_eq!(c["status"], "warn", "{c:#}");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("RLIMIT_MEMLOCK 64 KiB"),
+        "{c:#}"
+    );
+    assert!(c["fix"].as_str().unwrap().contains("ulimit -l"), "{c:#}");
+}
+
+#[test]
+fn doctor_warns_when_logind_would_remove_the_rings() {
+    if !is_root() {
+        eprintln!("skipped: mount namespaces need root");
+        return;
+    }
+    let root = Root::new("doctor-logind");
+    let conf = root.path().join("logind.conf");
+    // A private mount namespace where systemd seems to run and logind's
+    // configuration is ours; the doctor runs as an ordinary user.
+    let run = |setting: &str, uid: u32| {
+        fs::write(&conf, format!("[Login]\n{setting}\n")).unwrap();
+        fs::set_permissions(&conf, fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, all) = doctor_in(&format!(
+            "exec unshare --mount sh -c 'mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && \
+             mount --bind {conf} /etc/systemd/logind.conf && \
+             exec setpriv --reuid={uid} --regid={uid} --clear-groups {SHMBUS} --root /nonexistent/shmbus doctor --json'",
+            conf = conf.display()
+        ));
+        find(&all, "remove-ipc").clone()
+    };
+    let c = run("#RemoveIPC=yes", 1000);
+    assert_eq!(c["status"], "warn", "{c:#}");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("RemoveIPC=yes (default)"),
+        "{c:#}"
+    );
+    assert!(c["fix"].as_str().unwrap().contains("RemoveIPC=no"), "{c:#}");
+    let c = run("RemoveIPC=no", 1000);
+    assert_eq!(c["status"], "ok", "{c:#}");
+    // System users are spared.
+    let c = run("RemoveIPC=yes", 999);
+    assert_eq!(c["status"], "ok", "{c:#}");
+    assert!(
+        c["detail"].as_str().unwrap().contains("system user"),
+        "{c:#}"
+    );
+}
