@@ -179,7 +179,13 @@ pub(crate) fn ring_view(publisher_id: &str, path: &Path) -> RingView {
 
 fn from_status(publisher_id: &str, path: &Path, st: &RingStatus) -> RingView {
     let gone = st.closed || !st.publisher_alive;
-    let needed = st.subscribers.iter().any(|s| s.alive || s.held);
+    // The sweep's rule (`sweep_topic`): a slot needs the data while its
+    // owner lives (lock, registration or lease), and a durable slot whose
+    // owner died is kept for its lease.
+    let needed = st
+        .subscribers
+        .iter()
+        .any(|s| s.alive || (s.durable && s.kind != SlotKind::Orphaned));
     let state = match (gone, needed, st.closed) {
         (false, _, _) => RingState::Live,
         (true, false, _) => RingState::Stale,
