@@ -69,7 +69,7 @@ struct Cli {
 enum Command {
     /// Topics, publishers and subscribers (with their lag), damaged and orphaned rings.
     Ls(ls::Args),
-    /// Live view refreshed every second: messages/s, bytes/s, lag, fill, blocked publishers.
+    /// Live view refreshed every second: messages/s, bytes/s, lag, ring fill, publishers finding it full.
     Stat(stat::Args),
     /// Follow a topic without a subscriber slot (never holds a publisher back).
     Tail(tail::Args),
