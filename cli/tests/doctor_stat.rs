@@ -453,3 +453,40 @@ fn doctor_warns_when_logind_would_remove_the_rings() {
         "{c:#}"
     );
 }
+
+#[test]
+fn stat_on_a_terminal_redraws_and_quits_on_q() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: script(1) is needed for a pseudo-terminal");
+        return;
+    }
+    let root = Root::new("stat-tty");
+    let mut publisher = root.peer("publish", &["--topic", "tty", "--count", "3"]);
+    publisher.expect("done");
+    let cmd = format!(
+        "{SHMBUS} --root {} stat --interval 0.2",
+        root.path().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"q").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "q did not quit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.matches("\x1b[H\x1b[2J").count() >= 3,
+        "redraws in place: {text:?}"
+    );
+    assert!(text.contains("q or Ctrl-C quits"), "{text:?}");
+    assert!(text.contains("tty    peer-"), "{text:?}");
+}
