@@ -4,9 +4,11 @@
 //! is gone, by its lock, with no slot that still needs data; control files
 //! without a data file and creators' temporary files older than 10 s), so
 //! `gc` decides death exactly as publishers and subscribers do: by locks,
-//! which hold across pid namespaces. On top of it, bridge hold links whose
-//! replica writer is gone and end markers, older than `--hold-age`.
-//! `--dry-run` lists what would go, from the same snapshot `ls` shows.
+//! which hold across pid namespaces. On top of it, the bridge's own expiry
+//! of its markers (`shmbus_bridge::daemon::replica::expire_markers`): hold
+//! links whose replica writer is gone and end markers, older than
+//! `--hold-age`. `--dry-run` lists what would go by the same rules, from the
+//! snapshot `ls` shows.
 
 use std::{
     collections::BTreeSet,
@@ -18,7 +20,7 @@ use std::{
 };
 
 use serde::Serialize;
-use shmbus_bus::{control_path_of, sweep_topic, RingStatus};
+use shmbus_bus::{control_path_of, sweep_topic};
 
 use crate::{
     model::{self, RingState},
@@ -59,8 +61,11 @@ pub(crate) fn run(place: &Where, args: &Args) -> anyhow::Result<ExitCode> {
         } else {
             let before = files(&dir);
             sweep_topic(&dir)?;
-            expire_bridge_markers(&dir, hold_age);
+            // The bridge's own rule, for a bridge that is not running.
+            shmbus_bridge::daemon::replica::expire_markers(&dir, hold_age);
             let after = files(&dir);
+            // What went while gc ran (a subscriber's own sweep may have
+            // taken some at the same moment: gone either way).
             for path in before.difference(&after) {
                 removed.push(Removed {
                     why: why(path),
@@ -143,32 +148,6 @@ fn age(path: &Path) -> Option<Duration> {
 fn modified_age(path: &Path) -> Option<Duration> {
     let modified = fs::symlink_metadata(path).ok()?.modified().ok()?;
     SystemTime::now().duration_since(modified).ok()
-}
-
-/// Removes hold links whose replica writer is gone and end markers, older
-/// than `max_age` (the bridge's own rule, for a bridge that is not running).
-fn expire_bridge_markers(dir: &Path, max_age: Duration) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for entry in rd.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let hold = name.starts_with('.') && name.ends_with(".hold");
-        let end = name.starts_with('.') && name.ends_with(".ended");
-        if !(hold || end) || age(&path).is_none_or(|a| a < max_age) {
-            continue;
-        }
-        if hold {
-            if let Ok(st) = RingStatus::read(&path) {
-                if st.publisher_alive && !st.closed {
-                    continue;
-                }
-            }
-            let _ = fs::remove_file(&path);
-            let _ = fs::remove_file(control_path_of(&path));
-        } else {
-            let _ = fs::remove_file(&path);
-        }
-    }
 }
 
 /// What a sweep of `dir` would remove now (see the module docs).
