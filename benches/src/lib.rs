@@ -18,9 +18,12 @@
 //!   its own binary with `--role ...` arguments, one process per role, each
 //!   pinned with `sched_setaffinity`.
 //! - [`payload`], [`stats`], [`os`], [`machine`], [`report`]: payload pattern,
-//!   percentiles, thin OS wrappers, machine description and markdown output.
+//!   percentiles, thin OS wrappers, machine description and markdown output;
+//!   [`chart`]: the same results as an SVG chart (latency percentiles and
+//!   rates per system, log scales).
 
 pub mod cell;
+pub mod chart;
 pub mod machine;
 pub mod msg;
 pub mod os;

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use shmbus_benches::cell::{Bench, RoleArgs, Timing};
 use shmbus_benches::machine::Machine;
 use shmbus_benches::runner::{self, Plan};
-use shmbus_benches::{os, payload, report, roles, systems};
+use shmbus_benches::{chart, os, payload, report, roles, systems};
 
 const HELP: &str = "\
 compare: side-by-side IPC benchmark (markdown on stdout, progress on stderr)
@@ -35,7 +35,10 @@ OPTIONS
   --warmup-msgs N      stream warm-up messages (default: 20000)
   --cpus A,B           cpu of the sender / of the receivers (default: 0,1)
   --shm-dir DIR        where run directories go (default: /dev/shm)
-  --out FILE           also write the report to FILE
+  --out FILE           also write the report to FILE, and its chart (SVG:
+                       latency percentiles and rates per system) beside it,
+                       FILE with the extension .svg
+  --chart FILE         write the chart to FILE (default: beside --out)
   --list               list the systems built into this binary
   -h, --help           this text
 ";
@@ -106,6 +109,7 @@ fn parent(args: &[String]) -> Result<()> {
         cpus: [0, 1],
     };
     let mut out_file = None;
+    let mut chart_file = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || {
@@ -164,6 +168,7 @@ fn parent(args: &[String]) -> Result<()> {
             }
             "--shm-dir" => plan.shm_root = PathBuf::from(val()?),
             "--out" => out_file = Some(PathBuf::from(val()?)),
+            "--chart" => chart_file = Some(PathBuf::from(val()?)),
             other => bail!("unknown option {other:?} (see --help)"),
         }
     }
@@ -174,8 +179,22 @@ fn parent(args: &[String]) -> Result<()> {
     let results = runner::run(&plan)?;
     let text = report::render(&plan, &results, &machine, start.elapsed().as_secs_f64());
     print!("{text}");
-    if let Some(p) = out_file {
-        std::fs::write(&p, &text).with_context(|| format!("writing {}", p.display()))?;
+    if let Some(p) = &out_file {
+        std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = chart_file.or_else(|| out_file.as_deref().map(chart::path_beside)) {
+        let cpu = machine.facts.iter().find(|(k, _)| k == "CPU");
+        let title = match cpu {
+            Some((_, v)) => format!("shmbus IPC comparison — {v}"),
+            None => "shmbus IPC comparison".to_owned(),
+        };
+        match chart::render(&plan, &results, &title)? {
+            Some(svg) => {
+                std::fs::write(&p, svg).with_context(|| format!("writing {}", p.display()))?;
+                eprintln!("chart: {}", p.display());
+            }
+            None => eprintln!("chart: nothing was measured, none written"),
+        }
     }
     Ok(())
 }
