@@ -275,9 +275,12 @@ pub struct Producer {
     _pad2: [u8; 4],
     /// Subscribers evicted (dead or lagging), counter.
     pub evictions: AtomicU64,
-    /// Times the writer found the ring full, counter.
+    /// Times the writer found the ring full (once per send that had to wait
+    /// or failed with `Full`), counter.
     pub full_events: AtomicU64,
-    _pad3: [u8; 104],
+    /// Nanoseconds the writer spent waiting for space, counter.
+    pub blocked_ns: AtomicU64,
+    _pad3: [u8; 96],
 }
 
 /// The control file's first line, at offset 0.
@@ -379,7 +382,8 @@ impl Producer {
             _pad2: [0; 4],
             evictions: AtomicU64::new(0),
             full_events: AtomicU64::new(0),
-            _pad3: [0; 104],
+            blocked_ns: AtomicU64::new(0),
+            _pad3: [0; 96],
         }
     }
 }

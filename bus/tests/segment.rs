@@ -299,3 +299,23 @@ fn sweep_removes_rings_of_gone_publishers_only() {
         "only notes.txt is left"
     );
 }
+
+#[test]
+fn a_blocked_send_counts_one_full_event_and_its_waiting_time() {
+    let dir = TempDir::new("blocked");
+    let path = dir.path("p.ring");
+    let mut w = RingWriter::create(&path, &small()).unwrap();
+    let _r = RingReader::open(&path, StartAt::Latest).unwrap();
+    while w.try_write(&[0; 1000]).is_ok() {}
+    let before = w.stats();
+    assert_eq!(before.full_events, 1, "the try_write that failed");
+    let wait = std::time::Duration::from_millis(60);
+    assert!(matches!(
+        w.write(&[0; 1000], WaitStrategy::default(), Some(wait)),
+        Err(Error::Timeout)
+    ));
+    let after = w.stats();
+    assert_eq!(after.full_events, 2, "one event per send, not per retry");
+    assert!(after.blocked >= wait, "{:?}", after.blocked);
+    assert!(after.blocked < wait * 20, "{:?}", after.blocked);
+}

@@ -95,8 +95,10 @@ pub(crate) struct PublisherView {
     pub(crate) published: u64,
     pub(crate) tail: u64,
     pub(crate) head: u64,
-    /// Times the publisher found its ring full (it waited or failed).
+    /// Sends that found the ring full (waited for space, or failed).
     pub(crate) full_events: u64,
+    /// Nanoseconds the publisher spent waiting for space.
+    pub(crate) blocked_ns: u64,
     pub(crate) evictions: u64,
     pub(crate) waiters: u32,
     /// Bytes published and not yet released by the slowest gating subscriber.
@@ -223,6 +225,7 @@ fn from_status(publisher_id: &str, path: &Path, st: &RingStatus) -> RingView {
             tail: st.tail,
             head: st.head,
             full_events: st.full_events,
+            blocked_ns: st.blocked_ns,
             evictions: st.evictions,
             waiters: st.waiters,
             fill_bytes,

@@ -48,8 +48,10 @@ struct Row {
     subscribers: usize,
     /// Share of the ring published and not yet released (0..1).
     fill: f64,
-    /// Times per second the publisher found its ring full (it waited).
+    /// Sends per second that found the ring full.
     full_per_s: f64,
+    /// Share of the interval the publisher spent waiting for space (0..1).
+    blocked: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
 }
@@ -123,7 +125,9 @@ pub(crate) fn run(place: &Where, args: &Args) -> anyhow::Result<ExitCode> {
         );
         std::io::stdout().flush()?;
     }
-    let mut prev: HashMap<(String, String), (u64, u64, u64, Instant)> = HashMap::new();
+    // (published, tail, full events, blocked ns, when) per (topic, publisher).
+    type Counters = (u64, u64, u64, u64, Instant);
+    let mut prev: HashMap<(String, String), Counters> = HashMap::new();
     let mut frames = 0u64;
     let mut baseline_taken = false;
     let stdout = std::io::stdout();
@@ -146,17 +150,20 @@ pub(crate) fn run(place: &Where, args: &Args) -> anyhow::Result<ExitCode> {
                     subscribers: live_subs.len(),
                     fill: 0.0,
                     full_per_s: 0.0,
+                    blocked: 0.0,
                     reason: ring.reason.clone(),
                 };
                 if let Some(p) = &ring.publisher {
                     row.fill = p.fill_bytes as f64 / p.capacity as f64;
-                    if let Some((published, tail, full, at)) = prev.get(&key) {
+                    if let Some((published, tail, full, blocked, at)) = prev.get(&key) {
                         let dt = now.duration_since(*at).as_secs_f64().max(1e-9);
                         row.messages_per_s = p.published.saturating_sub(*published) as f64 / dt;
                         row.bytes_per_s = p.tail.saturating_sub(*tail) as f64 / dt;
                         row.full_per_s = p.full_events.saturating_sub(*full) as f64 / dt;
+                        row.blocked =
+                            (p.blocked_ns.saturating_sub(*blocked) as f64 / 1e9 / dt).min(1.0);
                     }
-                    prev.insert(key, (p.published, p.tail, p.full_events, now));
+                    prev.insert(key, (p.published, p.tail, p.full_events, p.blocked_ns, now));
                 }
                 rows.push(row);
             }
@@ -190,7 +197,7 @@ pub(crate) fn run(place: &Where, args: &Args) -> anyhow::Result<ExitCode> {
                 for r in &rows {
                     writeln!(
                     out,
-                    "{} {}/{} {} msgs/s={} bytes/s={} subs={} max_lag={} max_lag_msgs={} fill={:.1}% full/s={:.1}",
+                    "{} {}/{} {} msgs/s={} bytes/s={} subs={} max_lag={} max_lag_msgs={} fill={:.1}% full/s={:.1} blocked={:.1}%",
                     SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs()),
@@ -203,7 +210,8 @@ pub(crate) fn run(place: &Where, args: &Args) -> anyhow::Result<ExitCode> {
                     bytes(r.max_lag_bytes),
                     r.max_lag_messages.map_or("?".into(), |m| m.to_string()),
                     r.fill * 100.0,
-                    r.full_per_s
+                    r.full_per_s,
+                    r.blocked * 100.0
                 )?;
                 }
             }
@@ -241,6 +249,7 @@ fn table(rows: &[Row]) -> Table {
         "LAG MSGS",
         "FILL",
         "FULL/S",
+        "BLOCKED",
     ]);
     for r in rows {
         t.row(vec![
@@ -254,6 +263,7 @@ fn table(rows: &[Row]) -> Table {
             r.max_lag_messages.map_or("?".into(), |m| m.to_string()),
             format!("{:.0}%", r.fill * 100.0),
             format!("{:.1}", r.full_per_s),
+            format!("{:.0}%", r.blocked * 100.0),
         ]);
     }
     t

@@ -86,8 +86,10 @@ pub struct RingStatus {
     pub publisher_alive: bool,
     /// Subscribers evicted or reaped so far.
     pub evictions: u64,
-    /// Times the publisher found the ring full (it had to wait or fail).
+    /// Sends that found the ring full (waited for space, or failed).
     pub full_events: u64,
+    /// Nanoseconds the publisher spent waiting for space.
+    pub blocked_ns: u64,
     /// Readers counted as sleeping.
     pub waiters: u32,
     /// Slots in use.
@@ -204,6 +206,7 @@ fn status(map: &Arc<Mapping>) -> Result<RingStatus, Error> {
         publisher_alive: map.publisher_alive(),
         evictions: producer.evictions.load(Ordering::Relaxed),
         full_events: producer.full_events.load(Ordering::Relaxed),
+        blocked_ns: producer.blocked_ns.load(Ordering::Relaxed),
         waiters: map.waiters().waiters.load(Ordering::Relaxed),
         subscribers,
     })

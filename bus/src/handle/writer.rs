@@ -145,7 +145,20 @@ impl RingWriter {
 
     fn reserve_once(&mut self, len: usize, want: usize) -> Result<Reserved, Error> {
         let result = self.core.reserve_up_to(len as u64, want as u64);
-        self.reserve_result(result, len as u64)
+        let result = self.reserve_result(result, len as u64);
+        if matches!(result, Err(Error::Full)) {
+            self.count_full();
+        }
+        result
+    }
+
+    fn count_full(&self) {
+        // Relaxed: a statistic.
+        self.core
+            .view
+            .producer()
+            .full_events
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn reserve_result(
@@ -155,15 +168,7 @@ impl RingWriter {
     ) -> Result<Reserved, Error> {
         match result {
             Ok(r) => Ok(r),
-            Err(ReserveFail::Full) => {
-                // Relaxed: a statistic.
-                self.core
-                    .view
-                    .producer()
-                    .full_events
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(Error::Full)
-            }
+            Err(ReserveFail::Full) => Err(Error::Full),
             Err(ReserveFail::TooLarge) => Err(Error::TooLarge {
                 len,
                 max: self.core.geometry().max_message,
@@ -182,14 +187,43 @@ impl RingWriter {
         wait: WaitStrategy,
         timeout: Option<Duration>,
     ) -> Result<Reserved, Error> {
+        let first = self.core.reserve_up_to(len as u64, want as u64);
+        match self.reserve_result(first, len as u64) {
+            Err(Error::Full) => {}
+            other => return other,
+        }
+        // Blocked: one full event for this send; the time it waits is
+        // counted as it goes (tools see a publisher stuck right now).
+        self.count_full();
+        self.wait_for_space(len, want, wait, timeout)
+    }
+
+    /// Adds the time since `*since` to the blocked-time counter.
+    fn count_blocked(&self, since: &mut std::time::Instant) {
+        let now = std::time::Instant::now();
+        let waited = u64::try_from(now.duration_since(*since).as_nanos()).unwrap_or(u64::MAX);
+        *since = now;
+        // Relaxed: a statistic.
+        self.core
+            .view
+            .producer()
+            .blocked_ns
+            .fetch_add(waited, Ordering::Relaxed);
+    }
+
+    fn wait_for_space(
+        &mut self,
+        len: usize,
+        want: usize,
+        wait: WaitStrategy,
+        timeout: Option<Duration>,
+    ) -> Result<Reserved, Error> {
         let deadline = Deadline::after(timeout);
         let mut polls = 0u32;
+        let mut since = std::time::Instant::now();
         loop {
-            match self.reserve_once(len, want) {
-                Err(Error::Full) => {}
-                other => return other,
-            }
             if deadline.passed() {
+                self.count_blocked(&mut since);
                 return Err(Error::Timeout);
             }
             polls = polls.saturating_add(1);
@@ -198,7 +232,21 @@ impl RingWriter {
                 WaitStrategy::SpinThenYield { spins } if polls < spins => spin_loop(),
                 WaitStrategy::SpinThenYield { .. } => yield_now(),
                 WaitStrategy::Block { spins } if polls < spins => spin_loop(),
-                WaitStrategy::Block { .. } => self.sleep_for_space(deadline),
+                WaitStrategy::Block { .. } => {
+                    self.sleep_for_space(deadline);
+                    self.count_blocked(&mut since);
+                }
+            }
+            if polls % 256 == 0 {
+                self.count_blocked(&mut since);
+            }
+            let retry = self.core.reserve_up_to(len as u64, want as u64);
+            match self.reserve_result(retry, len as u64) {
+                Err(Error::Full) => {}
+                other => {
+                    self.count_blocked(&mut since);
+                    return other;
+                }
             }
         }
     }
@@ -314,6 +362,7 @@ impl RingWriter {
             head: producer.head.load(Ordering::Relaxed),
             evictions: producer.evictions.load(Ordering::Relaxed),
             full_events: producer.full_events.load(Ordering::Relaxed),
+            blocked: Duration::from_nanos(producer.blocked_ns.load(Ordering::Relaxed)),
             subscribers,
         }
     }
@@ -373,8 +422,10 @@ pub struct WriterStats {
     pub head: u64,
     /// Subscribers evicted (dead or, with untethered eviction, lagging).
     pub evictions: u64,
-    /// Times a reservation found the ring full.
+    /// Sends that found the ring full (waited for space, or failed with `Full`).
     pub full_events: u64,
+    /// Time spent waiting for space.
+    pub blocked: Duration,
     /// Active subscribers right now.
     pub subscribers: usize,
 }
