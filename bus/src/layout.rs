@@ -349,6 +349,12 @@ pub struct Slot {
     _pad: [u8; 32],
 }
 
+/// The meta word beside a ring's first (cleared) stamp when its creator did
+/// not know the first sequence number (a replica that learns it from its
+/// first record): no record header can say this (its length exceeds any
+/// `max_message`), so a reader starting there takes no hint from it.
+pub const NO_SEQ_HINT: u64 = u64::MAX;
+
 /// `Slot::first_seq` when the creator did not know it (a replica whose
 /// first record sets its numbering).
 pub const UNKNOWN_SEQ: u64 = u64::MAX;

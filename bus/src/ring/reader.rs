@@ -167,6 +167,11 @@ impl<V: View> ReaderCore<V> {
             if !matches!(kind, StampKind::Data | StampKind::Gap) && stamp != 0 {
                 return None;
             }
+            // A replica's first position before its first record: its
+            // numbering is not known yet, the first record read sets it.
+            if stamp == 0 && meta == crate::layout::NO_SEQ_HINT {
+                return None;
+            }
             // SYNC: head-advance: a writer overwriting `pos` moved head first.
             fence(Ordering::Acquire);
             let producer = self.view.producer();

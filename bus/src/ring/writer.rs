@@ -83,13 +83,15 @@ impl<V: View> WriterCore<V> {
     /// `seq: None`: the first received record sets the numbering.
     pub(crate) fn new_at(view: V, start: u64, seq: Option<u64>) -> Self {
         let geo = *view.geometry();
-        if let Some(seq) = seq {
-            // Relaxed: the ring is not visible yet (or, in production, the
-            // creator stored the same values before publishing the ring).
-            view.producer().published.store(seq, Ordering::Relaxed);
-            view.word(start + 8)
-                .store(meta_word(0, seq), Ordering::Relaxed);
-        }
+        // Relaxed: the ring is not visible yet (or, in production, the
+        // creator stored the same values before publishing the ring).
+        view.producer()
+            .published
+            .store(seq.unwrap_or(0), Ordering::Relaxed);
+        view.word(start + 8).store(
+            seq.map_or(crate::layout::NO_SEQ_HINT, |seq| meta_word(0, seq)),
+            Ordering::Relaxed,
+        );
         Self {
             view,
             geo,

@@ -678,9 +678,13 @@ fn init_data(map: &Arc<Mapping>, config: &RingConfig, me: &ProcessId, ring_id: u
     producer.head.store(start.position, r);
     producer.limit.store(start.position, r);
     producer.published.store(start.seq.unwrap_or(0), r);
-    // The first record's sequence hint beside its (clear) stamp.
-    map.word(start.position + 8)
-        .store(layout::meta_word(0, start.seq.unwrap_or(0)), r);
+    // The first record's sequence hint beside its (clear) stamp, or none.
+    map.word(start.position + 8).store(
+        start
+            .seq
+            .map_or(layout::NO_SEQ_HINT, |seq| layout::meta_word(0, seq)),
+        r,
+    );
 }
 
 fn init_control(map: &Arc<Mapping>, slots: u32, ring_id: u64) {
