@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     layout::{record_size, SLOT_ORPHANED, SLOT_STATE_MASK},
-    sync::Ordering,
+    sync::{untracked, Ordering},
 };
 
 type Seg = Arc<HeapSegment>;
@@ -629,13 +629,13 @@ fn threads_joiners_at_latest_never_see_a_gap() {
         },
         1,
     );
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(untracked::AtomicU64::new(0));
     let writer = {
         let (seg, stop) = (seg.clone(), stop.clone());
         thread::spawn(move || {
             let mut w = WriterCore::new(heap::view(&seg));
             let mut seq = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while stop.load(untracked::Ordering::Relaxed) == 0 {
                 match write(&mut w, seq, 8 + (seq % 100) as usize) {
                     Ok(()) => seq += 1,
                     Err(ReserveFail::Full) => {
@@ -674,7 +674,7 @@ fn threads_joiners_at_latest_never_see_a_gap() {
             crash(&seg, r);
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(1, untracked::Ordering::Relaxed);
     writer.join().unwrap();
 }
 
