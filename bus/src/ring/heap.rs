@@ -41,6 +41,11 @@ use crate::{
 
 use super::{Geometry, View};
 
+/// Under loom the lock table is a loom mutex: taking a liveness lock
+/// synchronizes with its last release (or the owner's death), as the
+/// kernel's lock code does in practice. The protocol relies on that: with a
+/// std mutex here (a lock that decides ownership but gives no ordering),
+/// `loom_crashed_owner_after_its_claim` reports a data race.
 #[cfg(loom)]
 type Mutex<T> = loom::sync::Mutex<T>;
 #[cfg(not(loom))]
@@ -247,9 +252,7 @@ unsafe impl View for HeapView {
         self.step();
         for (i, chunk) in dst.chunks_mut(8).enumerate() {
             // Relaxed per-word loads, as in production (validated by callers).
-            let word = self
-                .word(off + 8 * i as u64)
-                .load(Ordering::Relaxed);
+            let word = self.word(off + 8 * i as u64).load(Ordering::Relaxed);
             chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
         }
     }
