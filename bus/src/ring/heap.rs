@@ -140,6 +140,7 @@ pub(crate) fn view(seg: &Arc<HeapSegment>) -> HeapView {
 #[derive(Debug)]
 pub(crate) struct Crashed;
 
+#[cfg(loom)]
 /// Runs `f` as an owner that may die (a [`HeapView::with_crash_after`]
 /// view): `Some(result)` if it ran to the end, `None` if it died.
 pub(crate) fn catch_crash<T>(f: impl FnOnce() -> T) -> Option<T> {
@@ -161,16 +162,10 @@ pub(crate) fn catch_crash<T>(f: impl FnOnce() -> T) -> Option<T> {
 
 impl HeapView {
     /// This view dies at its `calls`-th call into the view (0: the first).
+    #[cfg(loom)]
     pub(crate) fn with_crash_after(mut self, calls: u64) -> Self {
         self.budget = Some(Arc::new(std::sync::atomic::AtomicI64::new(calls as i64)));
         self
-    }
-
-    /// Whether this view would still be alive after `calls` more calls.
-    pub(crate) fn calls_left(&self) -> Option<i64> {
-        self.budget
-            .as_ref()
-            .map(|b| b.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// One call into the view: the owner may die here.

@@ -647,6 +647,34 @@ fn loom_observer_copies() {
     });
 }
 
+/// SYNC: head-advance (a gap record's count), commit (gap). An observer of
+/// an Overwrite ring reads a gap record (5 messages lost upstream) that the
+/// writer may lap while it reads the count: a count it accepts is the
+/// record's, so records read + messages reported lost = the 7 messages.
+#[test]
+fn loom_observer_gap_record_lapped() {
+    model(|| {
+        let seg = segment(Policy::Overwrite, None);
+        let mut r = ReaderCore::observer(heap::view(&seg), JoinAt::Oldest).expect("no fault");
+        let writer = {
+            let seg = seg.clone();
+            thread::spawn(move || {
+                let mut w = WriterCore::new(heap::view(&seg));
+                let g = w.reserve_up_to(GAP_PAYLOAD, 0).expect("room");
+                w.commit_gap(g, 5);
+                w.publish();
+                // Records 5 and 6 (valued seq + 1): the second laps the gap record.
+                for v in 6..=7 {
+                    write_spin(&mut w, v, 16);
+                }
+            })
+        };
+        let (got, lost) = read_copies(&mut r, 6);
+        assert_eq!(got + lost, 7, "got {got}, lost {lost}");
+        writer.join().unwrap();
+    });
+}
+
 // ---------------------------------------------------------------------------
 // notify
 

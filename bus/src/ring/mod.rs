@@ -43,7 +43,7 @@
 //! | durable lease and reattach | a durable slot keeps gating after its owner dies; a reattach resumes exactly after the released position; after the lease the slot is reaped | `release-position` (the resumed slot keeps gating) | `loom_durable_slot_reattaches_without_loss`, `loom_durable_lease_expires` |
 //! | untethered eviction | a held sample is never overwritten, also after an eviction; the only fault is `Evicted` | `hold-evict`, `release-position` | `loom_eviction_never_overwrites_a_held_record`, `loom_evicted_holder_releases_its_sample` |
 //! | untethered pin | bytes pinned and found committed are not overwritten while read | `join-limit` (pin), `hold-evict` (unhold) | `loom_untethered_pin_protects_what_it_reads` |
-//! | Overwrite seqlock, observers | a copy is accepted only if `head` did not pass it; losses are counted exactly | `head-advance`, `commit`, `tail-publish` | `loom_overwrite_seqlock_copies`, `loom_observer_copies` |
+//! | Overwrite seqlock, observers | a copy is accepted only if `head` did not pass it; losses are counted exactly | `head-advance`, `commit`, `tail-publish` | `loom_overwrite_seqlock_copies`, `loom_observer_copies`, `loom_observer_gap_record_lapped` |
 //! | futex wake-up (symmetric) | a sleeper is never left asleep with data published | `notify` | `loom_no_missed_wakeup` |
 //! | replica raw commit, gap record | a raw chunk becomes visible with its first stamp; a gap record reports exactly its count | `commit` (raw, gap), `tail-publish` | `loom_replica_commit_raw_and_gap` |
 
