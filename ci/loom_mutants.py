@@ -49,6 +49,7 @@ LIMIT_MARKERS = (
 ALL_MODELS = [
     "loom_publish_consume_visibility_and_wrap",
     "loom_wrap_with_padding_record",
+    "loom_wrap_with_long_padding_record",
     "loom_leave_races_the_gate",
     "loom_no_missed_wakeup",
     "loom_untethered_pin_protects_what_it_reads",
@@ -67,6 +68,7 @@ ALL_MODELS = [
 ]
 FIRST = {
     "commit": ["loom_publish_consume_visibility_and_wrap", "loom_wrap_with_padding_record",
+               "loom_wrap_with_long_padding_record",
                "loom_replica_commit_raw_and_gap", "loom_overwrite_seqlock_copies"],
     "tail-publish": ["loom_join_races_the_gate", "loom_replica_commit_raw_and_gap",
                      "loom_overwrite_seqlock_copies", "loom_observer_copies"],

@@ -196,6 +196,39 @@ fn loom_wrap_with_padding_record() {
     });
 }
 
+/// SYNC: commit (padding), with a padding record longer than its header (a
+/// 128-byte ring, 48-byte messages: in 64 bytes a padding record is always a
+/// bare header): records of 64 and 32 bytes, then one of 64 that does not
+/// fit in the 32 left, so a 32-byte padding record precedes it. A reader
+/// that sees the padding's stamp must see its meta word (the stale one
+/// beside a cleared stamp there says length 0, not a valid padding).
+#[test]
+fn loom_wrap_with_long_padding_record() {
+    model(|| {
+        let seg = HeapSegment::new(
+            Geometry {
+                capacity: 128,
+                max_message: 48,
+                policy: Policy::Block,
+                evict_after: None,
+            },
+            1,
+        );
+        let mut r = join(&seg, JoinAt::Latest);
+        let writer = {
+            let seg = seg.clone();
+            thread::spawn(move || {
+                let mut w = WriterCore::new(heap::view(&seg));
+                write_spin(&mut w, 1, 48);
+                write_spin(&mut w, 2, 16);
+                write_spin(&mut w, 3, 48);
+            })
+        };
+        assert_eq!(read_n(&mut r, 3), [1, 2, 3]);
+        writer.join().unwrap();
+    });
+}
+
 // ---------------------------------------------------------------------------
 // join-limit, slot-claim, release-position: join and leave against the gate
 
@@ -577,6 +610,8 @@ fn read_copies(r: &mut ReaderCore<HeapView>, last_seq: u64) -> (u64, u64) {
                 let mut buf = vec![0; rec.len as usize];
                 match r.copy_validated(&rec, &mut buf).expect("no fault") {
                     Peek::Record(rec) => {
+                        // Every record of these models has 16 bytes.
+                        assert_eq!(buf.len(), 16, "copy of a torn length");
                         assert!(buf.iter().all(|&b| b == buf[0]), "torn copy {buf:?}");
                         assert_eq!(u64::from(buf[0]), rec.seq + 1, "stale copy");
                         if let Some(n) = next {

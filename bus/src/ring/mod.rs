@@ -35,7 +35,7 @@
 //! | protocol | invariant | carried by | model |
 //! |---|---|---|---|
 //! | publish / consume | a reader that sees a stamp sees the record's meta, payload and the cleared next stamp; stale bytes of an earlier lap are never a commit | `commit`, `tail-publish` | `loom_publish_consume_visibility_and_wrap` |
-//! | wrap with padding | a record that does not fit is preceded by a padding record; the reader skips it and reads offset 0 | `commit` (padding) | `loom_wrap_with_padding_record` |
+//! | wrap with padding | a record that does not fit is preceded by a padding record; the reader skips it and reads offset 0 | `commit` (padding) | `loom_wrap_with_padding_record`, `loom_wrap_with_long_padding_record` |
 //! | join | a joiner starts where the writer will not overwrite; what it reads is intact, in order, without a gap | `join-limit`, `slot-claim`, `tail-publish`, `head-advance` | `loom_join_races_the_gate` |
 //! | release / leave | the writer overwrites only what every gating slot has released or left | `release-position`, `slot-claim` | `loom_leave_races_the_gate` |
 //! | claim vs reaper, crashed owner | taking the slot's lock is claiming it: a live owner's slot is never reaped; a dead owner's (dying at any call into its view) is, and never blocks the writer for good | the lock, `slot-claim`, `release-position` | `loom_crashed_owner_before_its_claim`, `loom_crashed_owner_after_its_claim` |
