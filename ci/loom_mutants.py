@@ -344,7 +344,7 @@ def main():
     prepare_scratch(scratch)
 
     t0 = time.time()
-    # The unmutated tree must pass every model it will use.
+    # The unmutated tree must build (ci/loom.sh runs the models on it first).
     exe, err = build(scratch, target, env)
     if not exe:
         print(err)
