@@ -497,8 +497,8 @@ fn activate<V: View>(
         WantAt::Resume(p) => p.clamp(head, head + geo.capacity),
     };
     // A slot we resume (a durable reattach, an adoption) still owes its
-    // reader everything from its position: it keeps gating there while we
-    // refill it (its state kind stays, the generation moves on). A CLAIMING
+    // reader everything from its position: it gates there as ACTIVE (next
+    // generation) while we refill it; sweep sees it by our lock. A CLAIMING
     // slot does not gate, and the writer could overwrite what it owes.
     let claiming = match want {
         WantAt::Resume(_)
@@ -507,7 +507,7 @@ fn activate<V: View>(
                 SLOT_ACTIVE | SLOT_PREJOINED | SLOT_ORPHANED
             ) =>
         {
-            next_claim(previous, previous & SLOT_STATE_MASK)
+            next_claim(previous, SLOT_ACTIVE)
         }
         _ => next_claim(previous, SLOT_CLAIMING),
     };
