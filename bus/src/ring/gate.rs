@@ -497,14 +497,34 @@ fn activate<V: View>(
     let wanted = match want {
         WantAt::Join(JoinAt::Latest) => tail,
         WantAt::Join(JoinAt::Oldest) => head.min(tail),
-        WantAt::Resume(p) => p.clamp(head, tail),
+        // Not clamped to `tail`: the previous owner saw the records below
+        // its position through their stamps, and the `tail` store that
+        // followed them need not be visible here yet (a stale tail would
+        // hand those records out again). The writer never writes past
+        // `head + capacity` (`check_span`), so that bounds a forged position.
+        WantAt::Resume(p) => p.clamp(head, head + geo.capacity),
     };
-    let claiming = next_claim(previous, SLOT_CLAIMING);
+    // A slot we resume (a durable reattach, an adoption) still owes its
+    // reader everything from its position: it gates there as ACTIVE (next
+    // generation) while we refill it; sweep sees it by our lock. A CLAIMING
+    // slot does not gate, and the writer could overwrite what it owes.
+    let claiming = match want {
+        WantAt::Resume(_)
+            if matches!(
+                previous & SLOT_STATE_MASK,
+                SLOT_ACTIVE | SLOT_PREJOINED | SLOT_ORPHANED
+            ) =>
+        {
+            next_claim(previous, SLOT_ACTIVE)
+        }
+        _ => next_claim(previous, SLOT_CLAIMING),
+    };
     // A CAS, not a store: holding the lock keeps other claimers and reapers
     // out, but the writer's eviction CASes states without the lock; if one
     // lands between our look and now, the claim fails and the caller looks
-    // again. Relaxed: the writer ignores CLAIMING; everything is published
-    // by the Release store of the final state below.
+    // again. Relaxed: the writer ignores CLAIMING, and for a resumed slot it
+    // loads only the position (Release, below); everything else is
+    // published by the Release store of the final state.
     if slot
         .state
         .compare_exchange(previous, claiming, Ordering::Relaxed, Ordering::Relaxed)
@@ -523,7 +543,10 @@ fn activate<V: View>(
     slot.durable_key.store(key, Ordering::Relaxed);
     slot.lease_ns.store(lease, Ordering::Relaxed);
     slot.orphaned_at.store(0, Ordering::Relaxed);
-    slot.position.store(wanted, Ordering::Relaxed);
+    // SYNC: release-position. Release: a resumed slot gates meanwhile, and
+    // the writer may load this position before our final state; it must
+    // carry the previous owner's releases (loaded with Acquire) with it.
+    slot.position.store(wanted, Ordering::Release);
     let active = with_state(
         claiming,
         if req.tethered {

@@ -4,6 +4,27 @@
 //! Liveness locks are modelled faithfully: exclusive per owner (each
 //! [`HeapView`] is one owner, like one open file description), released
 //! when the owner "dies" ([`HeapSegment::crash`]). The clock is logical.
+//!
+//! **The ring's bytes** are one array of atomic 64-bit words, as in the
+//! production mapping (`View for Arc<Mapping>`): stamps, meta words and
+//! payload share them, so a reader that loads a stamp where a newer lap left
+//! payload bytes really finds those bytes. Payload is written with Relaxed
+//! word stores (production: a plain `copy_nonoverlapping` into the
+//! reservation) and [`View::read_payload`] copies with Relaxed word loads,
+//! exactly as production does (observers and Overwrite readers validate the
+//! copy afterwards). Production Block readers read payload *in place*
+//! through a plain `&[u8]`; under loom [`HeapView::read_in_place`] models
+//! that: the same Relaxed loads (so a stale value fails a value check) plus a
+//! loom `UnsafeCell` per word used only as a race detector, which
+//! `write_payload` touches mutably, so an in-place read not ordered after the
+//! write of those bytes, or an overwrite not ordered after an in-place read,
+//! fails the model even when the values happen to agree.
+//!
+//! **Crashes.** [`HeapView::with_crash_after`] gives a view that "dies" when
+//! its owner makes its `n`-th call into the view: the call unwinds with
+//! [`Crashed`] (the model catches it with [`catch_crash`] and then calls
+//! [`HeapSegment::crash`]), so a model can stop an owner at every point
+//! where it touches the view, keeping the shared writes it made before.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,7 +33,6 @@ use std::{
     time::Duration,
 };
 
-#[cfg(loom)]
 use crate::sync::Ordering;
 use crate::{
     layout::{Producer, Slot, Waiters},
@@ -21,6 +41,11 @@ use crate::{
 
 use super::{Geometry, View};
 
+/// Under loom the lock table is a loom mutex: taking a liveness lock
+/// synchronizes with its last release (or the owner's death), as the
+/// kernel's lock code does in practice. The protocol relies on that: with a
+/// std mutex here (a lock that decides ownership but gives no ordering),
+/// `loom_crashed_owner_after_its_claim` reports a data race.
 #[cfg(loom)]
 type Mutex<T> = loom::sync::Mutex<T>;
 #[cfg(not(loom))]
@@ -33,8 +58,9 @@ pub(crate) struct HeapSegment {
     waiters: Waiters,
     slots: Vec<Slot>,
     words: Vec<AtomicU64>,
+    /// Race detector for in-place payload reads (see the module docs).
     #[cfg(loom)]
-    cells: Vec<crate::sync::PayloadCell<u64>>,
+    cells: Vec<crate::sync::PayloadCell<()>>,
     geometry: Geometry,
     /// Lock byte -> owner.
     locks: Mutex<HashMap<u64, u64>>,
@@ -58,7 +84,7 @@ impl HeapSegment {
             words: (0..words).map(|_| AtomicU64::new(0)).collect(),
             #[cfg(loom)]
             cells: (0..words)
-                .map(|_| crate::sync::PayloadCell::new(0))
+                .map(|_| crate::sync::PayloadCell::new(()))
                 .collect(),
             geometry,
             locks: Mutex::new(HashMap::new()),
@@ -97,6 +123,8 @@ impl HeapSegment {
 pub(crate) struct HeapView {
     pub(crate) seg: Arc<HeapSegment>,
     pub(crate) owner: u64,
+    /// Calls into the view left before the owner dies (see the module docs).
+    budget: Option<Arc<std::sync::atomic::AtomicI64>>,
 }
 
 /// A new view (a new lock owner) of `seg`.
@@ -104,6 +132,68 @@ pub(crate) fn view(seg: &Arc<HeapSegment>) -> HeapView {
     HeapView {
         seg: seg.clone(),
         owner: seg.owners.fetch_add(1, untracked::Ordering::Relaxed) + 1,
+        budget: None,
+    }
+}
+
+/// The panic payload of an owner that died in a model.
+#[derive(Debug)]
+pub(crate) struct Crashed;
+
+#[cfg(loom)]
+/// Runs `f` as an owner that may die (a [`HeapView::with_crash_after`]
+/// view): `Some(result)` if it ran to the end, `None` if it died.
+pub(crate) fn catch_crash<T>(f: impl FnOnce() -> T) -> Option<T> {
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<Crashed>().is_none() {
+                default(info);
+            }
+        }));
+    });
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(e) if e.downcast_ref::<Crashed>().is_some() => None,
+        Err(e) => std::panic::resume_unwind(e),
+    }
+}
+
+impl HeapView {
+    /// This view dies at its `calls`-th call into the view (0: the first).
+    #[cfg(loom)]
+    pub(crate) fn with_crash_after(mut self, calls: u64) -> Self {
+        self.budget = Some(Arc::new(std::sync::atomic::AtomicI64::new(calls as i64)));
+        self
+    }
+
+    /// One call into the view: the owner may die here.
+    fn step(&self) {
+        if let Some(b) = &self.budget {
+            if b.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) <= 0 {
+                std::panic::panic_any(Crashed);
+            }
+        }
+    }
+
+    /// Reads payload bytes in place, as a production Block reader does
+    /// through a plain `&[u8]`: loom flags a write of these words that is not
+    /// ordered with this read (see the module docs).
+    ///
+    /// # Safety
+    ///
+    /// As for [`View::read_payload`].
+    #[cfg(loom)]
+    pub(crate) unsafe fn read_in_place(&self, off: u64, dst: &mut [u8]) {
+        for i in 0..dst.len().div_ceil(8) {
+            let idx = (((off + 8 * i as u64) & self.seg.geometry.mask()) / 8) as usize;
+            // SAFETY: a shared borrow of the detector cell; loom checks it
+            // against `write_payload`'s mutable borrows.
+            self.seg.cells[idx].with(|_| ());
+        }
+        // SAFETY: forwarded.
+        unsafe { self.read_payload(off, dst) }
     }
 }
 
@@ -112,62 +202,52 @@ pub(crate) fn view(seg: &Arc<HeapSegment>) -> HeapView {
 // view keeps alive; payload accesses index `words`/`cells` with bounds checks.
 unsafe impl View for HeapView {
     fn producer(&self) -> &Producer {
+        self.step();
         &self.seg.producer
     }
 
     fn waiters(&self) -> &Waiters {
+        self.step();
         &self.seg.waiters
     }
 
     fn slots(&self) -> &[Slot] {
+        self.step();
         &self.seg.slots
     }
 
     fn geometry(&self) -> &Geometry {
+        self.step();
         &self.seg.geometry
     }
 
     fn word(&self, off: u64) -> &AtomicU64 {
+        self.step();
         &self.seg.words[((off & self.seg.geometry.mask()) / 8) as usize]
     }
 
-    #[cfg(not(loom))]
     unsafe fn write_payload(&self, off: u64, src: &[u8]) {
+        self.step();
         for (i, chunk) in src.chunks(8).enumerate() {
-            let word = self.word(off + 8 * i as u64);
-            let mut bytes = word.load(untracked::Ordering::Relaxed).to_le_bytes();
+            let idx = (((off + 8 * i as u64) & self.seg.geometry.mask()) / 8) as usize;
+            // Production writes these bytes with a plain copy: the detector
+            // cell is borrowed mutably, so an in-place read that races it fails.
+            #[cfg(loom)]
+            self.seg.cells[idx].with_mut(|_| ());
+            let word = &self.seg.words[idx];
+            // Relaxed: only the single writer stores ring words; the commit
+            // stamp's Release publishes them.
+            let mut bytes = word.load(Ordering::Relaxed).to_le_bytes();
             bytes[..chunk.len()].copy_from_slice(chunk);
-            word.store(u64::from_le_bytes(bytes), untracked::Ordering::Relaxed);
+            word.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
         }
     }
 
-    #[cfg(not(loom))]
     unsafe fn read_payload(&self, off: u64, dst: &mut [u8]) {
+        self.step();
         for (i, chunk) in dst.chunks_mut(8).enumerate() {
-            let word = self
-                .word(off + 8 * i as u64)
-                .load(untracked::Ordering::Relaxed);
-            chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
-        }
-    }
-
-    #[cfg(loom)]
-    unsafe fn write_payload(&self, off: u64, src: &[u8]) {
-        for (i, chunk) in src.chunks(8).enumerate() {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            let cell = &self.seg.cells[((off & self.seg.geometry.mask()) / 8) as usize + i];
-            // SAFETY: loom checks that no read of this cell races this write.
-            cell.with_mut(|p| unsafe { *p = u64::from_le_bytes(word) });
-        }
-    }
-
-    #[cfg(loom)]
-    unsafe fn read_payload(&self, off: u64, dst: &mut [u8]) {
-        for (i, chunk) in dst.chunks_mut(8).enumerate() {
-            let cell = &self.seg.cells[((off & self.seg.geometry.mask()) / 8) as usize + i];
-            // SAFETY: loom checks that no write of this cell races this read.
-            let word = cell.with(|p| unsafe { *p });
+            // Relaxed per-word loads, as in production (validated by callers).
+            let word = self.word(off + 8 * i as u64).load(Ordering::Relaxed);
             chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
         }
     }
@@ -187,6 +267,7 @@ unsafe impl View for HeapView {
     // bucket lock is the mutex here).
     #[cfg(loom)]
     fn futex_wait(&self, word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
+        self.step();
         let guard = self.seg.futex.0.lock().unwrap();
         // Relaxed: the kernel reads the word with no ordering either.
         if word.load(Ordering::Relaxed) != expected {
@@ -197,11 +278,13 @@ unsafe impl View for HeapView {
 
     #[cfg(loom)]
     fn futex_wake(&self, _word: &AtomicU32) {
+        self.step();
         let _guard = self.seg.futex.0.lock().unwrap();
         self.seg.futex.1.notify_all();
     }
 
     fn try_lock(&self, byte: u64) -> io::Result<bool> {
+        self.step();
         let mut locks = self.seg.locks.lock().unwrap();
         match locks.get(&byte) {
             Some(&o) if o != self.owner => Ok(false),
@@ -213,6 +296,7 @@ unsafe impl View for HeapView {
     }
 
     fn unlock(&self, byte: u64) {
+        self.step();
         let mut locks = self.seg.locks.lock().unwrap();
         if locks.get(&byte) == Some(&self.owner) {
             locks.remove(&byte);
@@ -220,6 +304,7 @@ unsafe impl View for HeapView {
     }
 
     fn registry_alive(&self, index: u64, generation: u64) -> bool {
+        self.step();
         self.seg
             .registrations
             .lock()
@@ -228,6 +313,7 @@ unsafe impl View for HeapView {
     }
 
     fn now_ns(&self) -> u64 {
+        self.step();
         self.seg.clock.load(untracked::Ordering::Relaxed)
     }
 }

@@ -24,6 +24,28 @@
 //! | `hold-evict` | writer CASes a slot to EVICTED, `fence(SeqCst)`, loads `held` | subscriber stores `held`, `fence(SeqCst)`, loads `state` | an evicted subscriber never reads bytes the writer may overwrite (Dekker) |
 //! | `notify` | writer stores `tail`, `fence(SeqCst)`, loads `waiters` | reader bumps `waiters`, `fence(SeqCst)`, re-checks for data | no missed wake-up: one of the two sees the other (Dekker) |
 //! | `slot-claim` | claimer holds the slot's lock, stores the slot's fields, stores its state (Release) | writer's scan loads the state (Acquire) | a slot's fields are its current owner's; the lock makes the claim exclusive (no CAS race with a reaper: reaping takes the same lock) |
+//!
+//! # Protocols and the models that check them
+//!
+//! Each protocol of the core, the invariant it keeps, the pairs above that
+//! carry it, and the loom model (`loom_tests.rs`) that fails when one of
+//! them is weakened (`ci/loom-mutants.sh` checks that mechanically;
+//! `docs/loom.md` has the details and the mutation table).
+//!
+//! | protocol | invariant | carried by | model |
+//! |---|---|---|---|
+//! | publish / consume | a reader that sees a stamp sees the record's meta, payload and the cleared next stamp; stale bytes of an earlier lap are never a commit | `commit`, `tail-publish` | `loom_publish_consume_visibility_and_wrap` |
+//! | wrap with padding | a record that does not fit is preceded by a padding record; the reader skips it and reads offset 0 | `commit` (padding) | `loom_wrap_with_padding_record`, `loom_wrap_with_long_padding_record` |
+//! | join | a joiner starts where the writer will not overwrite; what it reads is intact, in order, without a gap | `join-limit`, `slot-claim`, `tail-publish`, `head-advance` | `loom_join_races_the_gate` |
+//! | release / leave | the writer overwrites only what every gating slot has released or left | `release-position`, `slot-claim` | `loom_leave_races_the_gate` |
+//! | claim vs reaper, crashed owner | taking the slot's lock is claiming it: a live owner's slot is never reaped; a dead owner's (dying at any call into its view) is, and never blocks the writer for good | the lock, `slot-claim`, `release-position` | `loom_crashed_owner_before_its_claim`, `loom_crashed_owner_after_its_claim` |
+//! | registry pre-join, adoption | a pre-joined subscriber receives everything from the ring's first record; a pre-joined slot whose registration is gone is reaped | `slot-claim`, `release-position` | `loom_prejoined_slots_adopted_or_dropped` |
+//! | durable lease and reattach | a durable slot keeps gating after its owner dies; a reattach resumes exactly after the released position; after the lease the slot is reaped | `release-position` (the resumed slot keeps gating) | `loom_durable_slot_reattaches_without_loss`, `loom_durable_lease_expires` |
+//! | untethered eviction | a held sample is never overwritten, also after an eviction; the only fault is `Evicted` | `hold-evict`, `release-position` | `loom_eviction_never_overwrites_a_held_record`, `loom_evicted_holder_releases_its_sample` |
+//! | untethered pin | bytes pinned and found committed are not overwritten while read | `join-limit` (pin), `hold-evict` (unhold) | `loom_untethered_pin_protects_what_it_reads` |
+//! | Overwrite seqlock, observers | a copy is accepted only if `head` did not pass it; losses are counted exactly | `head-advance`, `commit`, `tail-publish` | `loom_overwrite_seqlock_copies`, `loom_observer_copies`, `loom_observer_gap_record_lapped` |
+//! | futex wake-up (symmetric) | a sleeper is never left asleep with data published | `notify` | `loom_no_missed_wakeup` |
+//! | replica raw commit, gap record | a raw chunk becomes visible with its first stamp; a gap record reports exactly its count | `commit` (raw, gap), `tail-publish` | `loom_replica_commit_raw_and_gap` |
 
 pub(crate) mod gate;
 #[cfg(any(test, loom))]
