@@ -55,5 +55,5 @@ pub(crate) use loom::cell::UnsafeCell as PayloadCell;
 /// counters, the logical clock of heap-backed tests): never ring state.
 #[cfg(any(test, loom))]
 pub(crate) mod untracked {
-    pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 }

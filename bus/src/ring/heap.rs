@@ -124,7 +124,7 @@ pub(crate) struct HeapView {
     pub(crate) seg: Arc<HeapSegment>,
     pub(crate) owner: u64,
     /// Calls into the view left before the owner dies (see the module docs).
-    budget: Option<Arc<std::sync::atomic::AtomicI64>>,
+    budget: Option<Arc<untracked::AtomicI64>>,
 }
 
 /// A new view (a new lock owner) of `seg`.
@@ -164,14 +164,14 @@ impl HeapView {
     /// This view dies at its `calls`-th call into the view (0: the first).
     #[cfg(loom)]
     pub(crate) fn with_crash_after(mut self, calls: u64) -> Self {
-        self.budget = Some(Arc::new(std::sync::atomic::AtomicI64::new(calls as i64)));
+        self.budget = Some(Arc::new(untracked::AtomicI64::new(calls as i64)));
         self
     }
 
     /// One call into the view: the owner may die here.
     fn step(&self) {
         if let Some(b) = &self.budget {
-            if b.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) <= 0 {
+            if b.fetch_sub(1, untracked::Ordering::Relaxed) <= 0 {
                 std::panic::panic_any(Crashed);
             }
         }
