@@ -566,35 +566,18 @@ fn activate<V: View>(
     if !records::is_record_aligned(limit) || limit > tail_now {
         return fail("limit is not a record position within the tail");
     }
-    let (position, source) = if limit > wanted {
+    // A start that is not a record (a forged tail, head or limit inside a
+    // record) is caught by the reader's first empty wait: a published tail
+    // past it with no record there is Corrupt (`ReaderCore::verify_empty`).
+    let position = if limit > wanted {
         // The writer may already be overwriting below `limit`: start there
         // (a record boundary: a subscriber position or a published tail).
         // SYNC: release-position (Release).
         slot.position.store(limit, Ordering::Release);
-        (limit, "limit: not a record position")
+        limit
     } else {
-        (
-            wanted,
-            match want {
-                WantAt::Join(JoinAt::Latest) => "tail: not a record position",
-                WantAt::Join(JoinAt::Oldest) => "head: not a record position",
-                WantAt::Resume(_) => "position: the slot's resume point is not a record position",
-            },
-        )
+        wanted
     };
-    // A gating reader's start below the tail must be a committed record (its
-    // slot keeps it from being overwritten now): a position forged inside a
-    // record would leave the reader deaf, so it is refused here, naming the
-    // word it came from.
-    if geo.policy == crate::ring::Policy::Block && req.tethered && position < tail_now {
-        let stamp = load_acquire_ro(view.word(position));
-        if !matches!(
-            records::classify(stamp, position),
-            records::StampKind::Data | records::StampKind::Padding | records::StampKind::Gap
-        ) {
-            return fail(source);
-        }
-    }
     Ok((
         SlotClaim {
             index,

@@ -274,14 +274,12 @@ fn loom_leave_races_the_gate() {
     });
 }
 
-/// Calls the owner in the crash models makes into its view, at most:
-/// `gate::join` makes 6 (`now_ns`, `slots`, `try_lock`, then `slots`,
-/// `geometry`, `producer` in `activate`), 7 when its start lies below the
-/// tail it read last (`word`: the start must be a record), `gate::release`
-/// 2 (`slots`, then `waiters` after its position store). A crash point
-/// `n < OWNER_CALLS` dies at call `n`; `OWNER_CALLS` runs to the end and
-/// dies after.
-const OWNER_CALLS: u64 = 9;
+/// Calls the owner in the crash models makes into its view: `gate::join`
+/// makes 6 (`now_ns`, `slots`, `try_lock`, then `slots`, `geometry`,
+/// `producer` in `activate`), `gate::release` 2 (`slots`, then `waiters`
+/// after its position store). A crash point `n < OWNER_CALLS` dies at call
+/// `n`; `OWNER_CALLS` runs to the end and dies after.
+const OWNER_CALLS: u64 = 8;
 
 /// Liveness by locks. An owner joins the single slot and releases, dying at
 /// crash point `crash_at` (its lock is then released, as the kernel does),
@@ -362,9 +360,8 @@ fn loom_crashed_owner_before_its_claim() {
     }
 }
 
-/// [`crashed_owner_model`], dying with its slot active (point 6), at its
-/// next call (point 7: the record check, or releasing its position), or
-/// after it finished.
+/// [`crashed_owner_model`], dying with its slot active (point 6), right
+/// after releasing its position (point 7), or after it finished (point 8).
 #[test]
 fn loom_crashed_owner_after_its_claim() {
     for crash_at in [6, 7, OWNER_CALLS] {
