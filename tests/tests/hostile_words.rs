@@ -19,7 +19,8 @@
 //!
 //! 1. the publisher sends 5 messages; the live subscriber (slot 0) reads
 //!    them, then starts a read of 5 (5 s timeout) and falls asleep in it;
-//! 2. the word is written;
+//! 2. the word is written, and the test waits three sleep slices
+//!    (`MAX_SLEEP`) so the sleeping subscriber looks at it at least once;
 //! 3. `jl` (start latest) and `jo` (start oldest) open the ring;
 //! 4. `D`: the publisher sends 5 (2 s timeout per message); `E`: every
 //!    reader reads what it can (the live one is still in its read, the
@@ -46,6 +47,7 @@ use shmbus_bus::layout::{
     MAGIC, SLOT_ACTIVE, SLOT_CLAIMING, SLOT_FREE, SLOT_ORPHANED, SLOT_PREJOINED, SLOT_STATE_MASK,
     WRITER_CLOSED,
 };
+use shmbus_bus::MAX_SLEEP;
 use shmbus_tests::{
     harness::{field_u64, Proc, TestEnv, LINE_TIMEOUT},
     hostile::{
@@ -641,6 +643,11 @@ fn run_row(
         let (old, new) = (hostile.take().expect("once"))(&words, &ctx, live_slot);
         obs.old = old;
         obs.new = new;
+        // The live subscriber's sleep slice ends (at most every MAX_SLEEP)
+        // at least once while the word is as written: the rows promise what
+        // its next empty wait does, and the publisher rewrites some words
+        // (tail, head) at its next send in `D`.
+        thread::sleep(3 * MAX_SLEEP);
     }
     let mut readers = vec![live];
     if joiners {
