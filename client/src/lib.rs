@@ -81,6 +81,7 @@
 mod bus;
 mod codec;
 mod error;
+mod fill;
 mod publisher;
 mod subscriber;
 
@@ -90,6 +91,7 @@ pub use crate::{
         fingerprint, fingerprint_named, type_name, ArchiveWriter, Checkable, Publishable, MAX_ALIGN,
     },
     error::{Error, Result},
+    fill::{Fill, Row, MAX_FILL},
     publisher::{MessageLoan, Publisher},
     subscriber::{Sample, Subscriber, TopicEvent},
 };

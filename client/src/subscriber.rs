@@ -497,6 +497,10 @@ where
 
     /// Receives the next message if one is ready.
     ///
+    /// Each ring is looked at once per call: the publishers are tried round
+    /// robin, and the first ring with a message hands it over from the same
+    /// look that found it (no probe first).
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidMessage`] (the message is skipped),
@@ -504,17 +508,64 @@ where
     /// ignored), [`Error::Evicted`] (the ring is rejoined at its newest
     /// message), [`Error::Bus`] for a corrupt ring (it is dropped). The
     /// subscriber stays usable after each.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir().join(format!("shmbus-doc-try-{}", std::process::id()));
+    /// let bus = shmbus::Bus::builder().root(&root).build()?;
+    /// let mut subscriber = bus.subscriber::<u64>("ticks")?;
+    /// assert!(subscriber.try_recv()?.is_none()); // nothing yet
+    /// let mut publisher = bus.publisher::<u64>("ticks")?;
+    /// publisher.send(&7)?;
+    /// let sample = subscriber.try_recv()?.expect("sent above");
+    /// assert_eq!(*sample, 7);
+    /// # drop(sample); drop((subscriber, publisher)); std::fs::remove_dir_all(&root).ok();
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn try_recv(&mut self) -> Result<Option<Sample<'_, T>>> {
-        let Some(i) = self.find_ready()? else {
-            return Ok(None);
-        };
-        self.next = i + 1;
+        // Look for new publishers every RESCAN_POLLS polls, busy or idle (a
+        // subscriber kept busy by some publishers must still find new ones),
+        // and at every poll while there is none (one `stat` per poll).
+        self.polls = self.polls.wrapping_add(1);
+        if self.sources.is_empty() || self.polls % RESCAN_POLLS == 0 {
+            self.rescan_if_changed();
+        }
+        if let Some(e) = self.pending_errors.pop_front() {
+            return Err(e);
+        }
+        let start = self.next;
+        let mut k = 0;
+        while k < self.sources.len() {
+            let i = (start + k) % self.sources.len();
+            self.next = i + 1;
+            let this: *mut Self = self;
+            // SAFETY: `this` is `self`, made afresh each turn, a unique
+            // borrow alive for the whole call. The sample arm returns a
+            // borrow made through it and never touches `self` again; the
+            // other arms hold nothing borrowed and go on with `self`. The
+            // borrow checker cannot see that when one arm returns a borrow
+            // (no Polonius yet: rust-lang/rust#54663).
+            match unsafe { &mut *this }.read_source(i)? {
+                Step::Sample(sample) => return Ok(Some(sample)),
+                Step::Empty => k += 1,
+                // A gap noted or a finished ring removed: look at index `i`
+                // again (the same ring, or the one that moved into place).
+                Step::Again => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads source `i` once: a message (validated), nothing, or news that
+    /// was dealt with (a gap noted, a finished ring removed).
+    #[inline]
+    fn read_source(&mut self, i: usize) -> Result<Step<'_, T>> {
         let this: *mut Self = self;
-        // SAFETY: `this` is `self`, a unique borrow alive for the whole call.
-        // Everything below borrows through `me`, except the error arm, which
-        // goes back to `self` once every borrow through `me` is dead (the
-        // error owns its data). The borrow checker cannot see that when the
-        // other arm returns a borrow (no Polonius yet: rust-lang/rust#54663).
+        // SAFETY: as in `try_recv`: everything below borrows through `me`,
+        // except the error arms, which go back to `self` once every borrow
+        // through `me` is dead (the error owns its data), and the closed
+        // arm, which holds no borrow either.
         let me = unsafe { &mut *this };
         let Self {
             topic,
@@ -558,14 +609,12 @@ where
                     // are 16-byte aligned and complete (framing validated).
                     NonNull::from(unsafe { rkyv::access_unchecked::<T::Archived>(bytes) })
                 };
-                Ok(Some(Sample {
+                Ok(Step::Sample(Sample {
                     publisher: id,
                     message,
                     archived,
                 }))
             }
-            // Not seen after `find_ready` (it takes gaps and closed rings
-            // first); handled anyway, and `recv` waits again after `None`.
             ReadEvent::Gap { messages, bytes } => {
                 *lost_messages += messages;
                 note(
@@ -577,9 +626,18 @@ where
                         bytes,
                     },
                 );
-                Ok(None)
+                Ok(Step::Again)
             }
-            ReadEvent::Empty | ReadEvent::Closed => Ok(None),
+            ReadEvent::Empty => Ok(Step::Empty),
+            ReadEvent::Closed => {
+                let gone = self.sources.remove(i);
+                note(
+                    &mut self.events,
+                    &self.topic,
+                    TopicEvent::PublisherGone { publisher: gone.id },
+                );
+                Ok(Step::Again)
+            }
         }
     }
 
@@ -612,32 +670,28 @@ where
         timeout: Duration,
     ) -> Result<Sample<'_, T>> {
         loop {
-            if self.wait_ready(deadline)? {
-                let this: *mut Self = self;
-                // SAFETY: `this` is `self`, a unique borrow alive for the
-                // whole call. Returning the sample from one arm makes the
-                // borrow checker (without Polonius: rust-lang/rust#54663)
-                // keep `self` borrowed in the other arm too, where the
-                // reborrow below is already dead; nothing else uses `self`
-                // while it lives.
-                if let Some(sample) = unsafe { &mut *this }.try_recv()? {
-                    return Ok(sample);
-                }
-                // A ready ring gave no message (a race lost to a lapping
-                // writer): wait again; this is not a timeout.
+            let this: *mut Self = self;
+            // SAFETY: `this` is `self`, made afresh each turn, a unique
+            // borrow alive for the whole call. Returning the sample from one
+            // arm makes the borrow checker (without Polonius:
+            // rust-lang/rust#54663) keep `self` borrowed in the other arm
+            // too, where the reborrow below is already dead; nothing else
+            // uses `self` while it lives.
+            if let Some(sample) = unsafe { &mut *this }.try_recv()? {
+                return Ok(sample);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::Timeout(timeout));
             }
+            self.wait_news(deadline);
         }
     }
 
-    /// Waits until a source has a message (true), or the deadline or one
-    /// wait slice passes (false). Rescans for publishers after each slice.
-    fn wait_ready(&mut self, deadline: Option<Instant>) -> Result<bool> {
-        if self.find_ready()?.is_some() {
-            return Ok(true);
-        }
+    /// Waits until a source looks ready (one stamp load per ring per poll,
+    /// consuming nothing), or the deadline or one wait slice passes. Rescans
+    /// for publishers after a slice without news. The caller then reads
+    /// with `try_recv`, which is the only look that takes a message.
+    fn wait_news(&mut self, deadline: Option<Instant>) {
         // With no publisher yet there is nothing to sleep on: look for one
         // every few milliseconds (a `stat` each) instead of every slice.
         let max = if self.sources.is_empty() {
@@ -653,7 +707,6 @@ where
         if !ready {
             self.idle_checks();
         }
-        Ok(self.find_ready()?.is_some())
     }
 
     /// Reads up to `max` ready messages, handing each archived message to `f`,
@@ -788,6 +841,16 @@ where
             }
         }
     }
+}
+
+/// What one look at a ring found.
+enum Step<'a, T: Archive> {
+    /// A message, validated.
+    Sample(Sample<'a, T>),
+    /// Nothing to read there now.
+    Empty,
+    /// News dealt with (a gap noted, a finished ring removed): look again.
+    Again,
 }
 
 /// What to do with a ring whose read failed.
