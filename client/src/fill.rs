@@ -180,7 +180,7 @@ impl Fill {
         &self,
         fill: usize,
         buf: &mut [MaybeUninit<u8>],
-        mut write: Option<&mut RowFn<'_>>,
+        write: Option<&mut RowFn<'_>>,
     ) {
         let row_len = self.row_len;
         if write.is_none() || row_len == 0 {
@@ -188,7 +188,7 @@ impl Fill {
             // zeroes are valid bytes.
             unsafe { std::ptr::write_bytes(buf.as_mut_ptr(), 0, buf.len()) };
         }
-        let Some(write) = write.as_deref_mut() else {
+        let Some(write) = write else {
             return;
         };
         for index in 0..self.rows {

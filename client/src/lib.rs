@@ -83,6 +83,8 @@ mod codec;
 mod error;
 mod fill;
 mod publisher;
+#[cfg(feature = "tokio")]
+mod reactor;
 mod subscriber;
 
 pub use crate::{
@@ -95,6 +97,8 @@ pub use crate::{
     publisher::{MessageLoan, Publisher},
     subscriber::{Sample, Subscriber, TopicEvent},
 };
+#[cfg(feature = "tokio")]
+pub use crate::reactor::reactor_threads;
 pub use shmbus_bus::{Policy, StartAt, WaitStrategy, WriterStats};
 
 /// rkyv, re-exported so users derive with the exact version shmbus uses.

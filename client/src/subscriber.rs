@@ -11,6 +11,8 @@ use std::{
 use rkyv::Archive;
 use shmbus_bus::{self as bus, ReadEvent, RingReader, StartAt, WaitStrategy};
 
+#[cfg(feature = "tokio")]
+use crate::reactor;
 use crate::{codec, Bus, Checkable, Error, Result};
 
 /// How often an idle subscriber looks for new publishers: every this many
@@ -19,7 +21,7 @@ const RESCAN_POLLS: u32 = 1 << 12;
 
 /// Upper bound of a directory time's granularity (a kernel clock tick is 1
 /// to 10 ms): changes this recent may hide others made in the same tick.
-const MTIME_GRANULARITY: Duration = Duration::from_millis(50);
+pub(crate) const MTIME_GRANULARITY: Duration = Duration::from_millis(50);
 
 /// How often a blocked subscriber of a topic without publishers looks for one.
 const NO_PUBLISHER_POLL: Duration = Duration::from_millis(5);
@@ -794,50 +796,108 @@ where
         Ok(n)
     }
 
-    /// Probes for waiting from another thread (async receive).
-    #[cfg(feature = "tokio")]
-    fn ready_probes(&self) -> Vec<bus::ReadyProbe> {
-        self.sources
-            .iter()
-            .map(|s| s.reader.ready_probe())
-            .collect()
-    }
-
-    /// Receives the next message without blocking the async runtime: idle
-    /// waits sleep on the rings' futexes in a blocking-pool thread (one wait
-    /// slice at a time, so a dropped future frees the thread within
-    /// [`shmbus_bus::MAX_SLEEP`]). No core is spun.
+    /// Receives the next message without blocking the async runtime: when
+    /// nothing is ready, the task registers every ring it reads (as a
+    /// waiter, the sleeper handshake) with the process's reactor and
+    /// returns `Pending`; one reactor thread per
+    /// [`shmbus_bus::MAX_REGISTERED`] rings, shared by all async
+    /// subscribers of the process, sleeps in `futex_waitv` on those rings
+    /// and wakes the task when a publisher publishes. No thread is held per
+    /// wait, and no core is spun. New publishers and dead ones are noticed
+    /// within a wait slice ([`shmbus_bus::MAX_SLEEP`]).
+    ///
+    /// Cancel-safe: dropping the future (in `select!`, or a timeout) loses
+    /// no message (nothing is consumed before the future returns it) and
+    /// leaves nothing behind: the registrations are withdrawn, on the
+    /// dropping thread, as the future drops.
+    ///
+    /// It does not depend on tokio's reactor: any executor can poll it.
     ///
     /// # Errors
     ///
     /// As [`Self::try_recv`]; never [`Error::Timeout`] (wrap it in
-    /// `tokio::time::timeout` for one).
+    /// `tokio::time::timeout` for one); [`Error::Bus`] if the reactor thread
+    /// could not be started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir().join(format!("shmbus-doc-async-{}", std::process::id()));
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// # rt.block_on(async {
+    /// let bus = shmbus::Bus::builder().root(&root).build()?;
+    /// let mut subscriber = bus.subscriber::<u64>("ticks")?;
+    /// let mut publisher = bus.publisher::<u64>("ticks")?;
+    /// let sender = std::thread::spawn(move || {
+    ///     std::thread::sleep(std::time::Duration::from_millis(20));
+    ///     publisher.send(&5).unwrap();
+    /// });
+    /// let sample = subscriber.recv_async().await?; // parks the task, not a thread
+    /// assert_eq!(*sample, 5);
+    /// # drop(sample); sender.join().unwrap(); drop(subscriber);
+    /// # Ok::<(), shmbus::Error>(())
+    /// # })?;
+    /// # std::fs::remove_dir_all(&root).ok();
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     #[cfg(feature = "tokio")]
     pub async fn recv_async(&mut self) -> Result<Sample<'_, T>> {
+        let this: &mut Self = self;
+        let mut wait: Option<reactor::Wait> = None;
+        std::future::poll_fn(move |cx| {
+            let me: *mut Self = &mut *this;
+            // SAFETY: `me` is the subscriber this future borrows mutably for
+            // its whole life; a sample returned from it ends the future
+            // (`poll_fn` is awaited once, right here, and never polled after
+            // `Ready`), so no two borrows made through `me` are alive
+            // together. The raw pointer lives within one poll (the future
+            // stays `Send`).
+            unsafe { (*me).poll_recv(cx, &mut wait) }
+        })
+        .await
+    }
+
+    /// One poll of `recv_async`: a message, or `Pending` with `wait`
+    /// registered to wake `cx`.
+    #[cfg(feature = "tokio")]
+    fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        wait: &mut Option<reactor::Wait>,
+    ) -> std::task::Poll<Result<Sample<'_, T>>> {
+        use std::task::Poll;
+        // A registered wait that fired (news, a changed directory, a dead
+        // publisher) asks for the idle checks before the next look; one
+        // that did not (a spurious poll) is withdrawn all the same, and
+        // registered again below with the current waker and positions.
+        if wait.take().is_some_and(|w| w.fired()) {
+            self.idle_checks();
+        }
         loop {
-            if self.find_ready()?.is_some() {
-                let this: *mut Self = self;
-                // SAFETY: as in `recv_until`: `this` is `self`, and the
-                // reborrow is dead in the arm that goes on using `self`.
-                // `this` does not live across an `.await`.
-                if let Some(sample) = unsafe { &mut *this }.try_recv()? {
-                    return Ok(sample);
-                }
-                // A ready ring gave no message: look again.
-                continue;
+            let this: *mut Self = self;
+            // SAFETY: as in `recv_until`: `this` is `self`, made afresh each
+            // turn; the sample arm returns a borrow made through it and
+            // never touches `self` again.
+            match unsafe { &mut *this }.try_recv() {
+                Ok(Some(sample)) => return Poll::Ready(Ok(sample)),
+                Err(e) => return Poll::Ready(Err(e)),
+                Ok(None) => {}
             }
-            let probes = self.ready_probes();
-            let ready = tokio::task::spawn_blocking(move || {
-                bus::wait_probes(
-                    &probes,
-                    WaitStrategy::Block { spins: 0 },
-                    Some(bus::MAX_SLEEP),
-                )
-            })
-            .await
-            .unwrap_or(false);
-            if !ready {
-                self.idle_checks();
+            let readers = self.sources.iter().map(|s| &s.reader);
+            match reactor::Wait::register(readers, self.dir.clone(), self.dir_modified, cx.waker())
+            {
+                Ok(w) => {
+                    *wait = Some(w);
+                    return Poll::Pending;
+                }
+                // News came in before the registration counted: read again.
+                Err(reactor::Registered::Ready) => {}
+                Err(reactor::Registered::NoReactor(e)) => {
+                    return Poll::Ready(Err(Error::Bus(bus::Error::Io {
+                        path: "shmbus-reactor thread".into(),
+                        source: e,
+                    })));
+                }
             }
         }
     }

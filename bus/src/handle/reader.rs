@@ -630,6 +630,16 @@ impl ReadyProbe {
             || producer.writer_state.load(Ordering::Relaxed) != WRITER_OPEN
     }
 
+    /// Whether the watched position has news (for `handle::reactor`).
+    pub(crate) fn ready(&self) -> bool {
+        self.is_ready()
+    }
+
+    /// The ring's mapping (for `handle::reactor`).
+    pub(crate) fn mapping(&self) -> &Arc<Mapping> {
+        &self.map
+    }
+
     fn sleeper(&self) -> Sleeper<'_> {
         Sleeper {
             futex: &self.map.producer().futex,
