@@ -99,7 +99,7 @@ pub struct Row {
 /// struct ImageOut { width: u32, height: u32, encoding: String, data: Fill }
 ///
 /// # let root = std::env::temp_dir().join(format!("shmbus-doc-fill-{}", std::process::id()));
-/// let bus = Bus::builder().root(&root).capacity(32 << 20).max_message(16 << 20).build()?;
+/// let bus = Bus::builder().root(&root).capacity(32 << 20).max_message(12 << 20).build()?;
 /// let mut subscriber = bus.subscriber::<Image>("camera")?;
 /// let mut publisher = bus.publisher::<Image>("camera")?;
 ///
@@ -119,7 +119,7 @@ pub struct Row {
 /// })?;
 ///
 /// let image = subscriber.recv_timeout(Duration::from_secs(5))?; // checked
-/// assert_eq!((image.width, image.height), (2048, 1024));
+/// assert_eq!((image.width.to_native(), image.height.to_native()), (2048, 1024));
 /// assert_eq!(image.data.len(), 8 << 20);
 /// assert_eq!(&image.data[row_len * 3..][..4], &[3, 0, 0, 255]);
 /// # drop(image); drop((subscriber, publisher)); std::fs::remove_dir_all(&root).ok();

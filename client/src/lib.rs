@@ -87,6 +87,8 @@ mod publisher;
 mod reactor;
 mod subscriber;
 
+#[cfg(feature = "tokio")]
+pub use crate::reactor::reactor_threads;
 pub use crate::{
     bus::{Bus, BusBuilder, TopicOptions},
     codec::{
@@ -97,8 +99,6 @@ pub use crate::{
     publisher::{MessageLoan, Publisher},
     subscriber::{Sample, Subscriber, TopicEvent},
 };
-#[cfg(feature = "tokio")]
-pub use crate::reactor::reactor_threads;
 pub use shmbus_bus::{Policy, StartAt, WaitStrategy, WriterStats};
 
 /// rkyv, re-exported so users derive with the exact version shmbus uses.

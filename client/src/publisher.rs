@@ -191,7 +191,7 @@ impl<T: Publishable> Publisher<T> {
     /// let blob = BlobOut { id: 9, bytes: Fill::rows(2, 3) };
     /// publisher.send_filled(&blob, |row, bytes| bytes.fill(b'a' + row.index as u8))?;
     /// let got = subscriber.recv_timeout(std::time::Duration::from_secs(5))?;
-    /// assert_eq!((got.id, got.bytes.as_slice()), (9, &b"aaabbb"[..]));
+    /// assert_eq!((got.id.to_native(), got.bytes.as_slice()), (9, &b"aaabbb"[..]));
     /// # drop(got); drop((subscriber, publisher)); std::fs::remove_dir_all(&root).ok();
     /// # Ok::<(), shmbus::Error>(())
     /// ```

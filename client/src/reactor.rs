@@ -157,8 +157,8 @@ impl Shard {
             let rings: Vec<&WaitRegistration> =
                 list.iter().filter_map(|e| e.ring.as_ref()).collect();
             // Idle with nothing to watch: sleep until the doorbell.
-            let timeout = (!list.is_empty())
-                .then(|| next_slice.saturating_duration_since(Instant::now()));
+            let timeout =
+                (!list.is_empty()).then(|| next_slice.saturating_duration_since(Instant::now()));
             wait_registered(&rings, &self.bell, seen, timeout);
         }
     }
@@ -230,9 +230,9 @@ fn shard_for(rings: usize) -> std::io::Result<Arc<Shard>> {
 /// let _ = shmbus::reactor_threads();
 /// ```
 pub fn reactor_threads() -> usize {
-    SHARDS
-        .get()
-        .map_or(0, |s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+    SHARDS.get().map_or(0, |s| {
+        s.lock().unwrap_or_else(PoisonError::into_inner).len()
+    })
 }
 
 /// One wait of one async receive: its rings and directory, registered

@@ -50,7 +50,11 @@ fn idle_async_subscribers_use_a_bounded_number_of_threads() {
     let deadline = Instant::now() + PATIENCE;
     for ring in &rings {
         while RingStatus::read(ring).unwrap().waiters != 1 {
-            assert!(Instant::now() < deadline, "{} has no waiter", ring.display());
+            assert!(
+                Instant::now() < deadline,
+                "{} has no waiter",
+                ring.display()
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
     }
