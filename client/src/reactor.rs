@@ -18,13 +18,13 @@
 //! the doorbell so the reactor forgets the entries; no thread waits on
 //! behalf of a dropped future, and nothing was consumed.
 //!
-//! What a futex cannot announce is found by the reactor once per wait
-//! slice ([`shmbus_bus::MAX_SLEEP`]), while it has entries: a topic
-//! directory that changed (a new publisher: one `stat` per directory per
-//! slice, however many subscribers watch it) and a publisher that died
-//! (a lock probe per ring): the entries concerned fire, and the subscriber
-//! rescans or notices the end. Idle, the reactor costs one wake-up per
-//! slice, not one per subscriber.
+//! What a futex cannot announce is found by the reactor while it has
+//! entries: a topic directory that changed (a new publisher: one `stat` per
+//! directory per wait slice, [`shmbus_bus::MAX_SLEEP`], however many
+//! subscribers watch it) and, every [`LIVENESS_SLICES`] slices (about a
+//! second), a publisher that died (a lock probe per ring): the entries
+//! concerned fire, and the subscriber rescans or notices the end. Idle, the
+//! reactor costs one wake-up per slice, not one per subscriber.
 //!
 //! Why `futex_waitv` and not io_uring futex operations: both work here; a
 //! thread in `futex_waitv` needs no new dependency and no ring setup, wakes
@@ -47,6 +47,11 @@ use std::{
 use shmbus_bus::{
     wait_registered, Doorbell, RingReader, WaitRegistration, MAX_REGISTERED, MAX_SLEEP,
 };
+
+/// Every how many wait slices the reactor checks that the publishers of
+/// its rings are alive (a lock probe, a syscall, per ring): about once a
+/// second.
+const LIVENESS_SLICES: u32 = 20;
 
 /// An entry waits.
 const ARMED: u8 = 0;
@@ -126,21 +131,26 @@ impl Shard {
     fn run(self: Arc<Self>) {
         let mut list: Vec<Arc<Entry>> = Vec::new();
         let mut next_slice = Instant::now() + MAX_SLEEP;
+        let mut slices = 0u32;
         loop {
             let seen = self.bell.value();
             list.append(&mut self.lock().added);
             let slice = Instant::now() >= next_slice;
             if slice {
                 next_slice = Instant::now() + MAX_SLEEP;
+                slices = slices.wrapping_add(1);
             }
+            let probe_liveness = slice && slices % LIVENESS_SLICES == 0;
             let mut dirs: HashMap<PathBuf, Option<SystemTime>> = HashMap::new();
             list.retain(|e| {
                 if !e.armed() {
                     return false;
                 }
                 let news = match (&e.ring, &e.dir) {
-                    (Some(ring), _) if ring.is_ready() => true,
-                    (Some(ring), _) if slice => !ring.publisher_alive(),
+                    // News, or a futex that moved (a sleep on it would
+                    // return at once): the task looks and registers anew.
+                    (Some(ring), _) if ring.is_ready() || ring.woken() => true,
+                    (Some(ring), _) if probe_liveness => !ring.publisher_alive(),
                     (None, Some(watch)) if slice => {
                         let now = dirs
                             .entry(watch.dir.clone())

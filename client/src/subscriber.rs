@@ -803,8 +803,9 @@ where
     /// [`shmbus_bus::MAX_REGISTERED`] rings, shared by all async
     /// subscribers of the process, sleeps in `futex_waitv` on those rings
     /// and wakes the task when a publisher publishes. No thread is held per
-    /// wait, and no core is spun. New publishers and dead ones are noticed
-    /// within a wait slice ([`shmbus_bus::MAX_SLEEP`]).
+    /// wait, and no core is spun. New publishers are noticed within a wait
+    /// slice ([`shmbus_bus::MAX_SLEEP`]), publishers that died without
+    /// closing within about a second.
     ///
     /// Cancel-safe: dropping the future (in `select!`, or a timeout) loses
     /// no message (nothing is consumed before the future returns it) and
@@ -867,12 +868,11 @@ where
     ) -> std::task::Poll<Result<Sample<'_, T>>> {
         use std::task::Poll;
         // A registered wait that fired (news, a changed directory, a dead
-        // publisher) asks for the idle checks before the next look; one
-        // that did not (a spurious poll) is withdrawn all the same, and
-        // registered again below with the current waker and positions.
-        if wait.take().is_some_and(|w| w.fired()) {
-            self.idle_checks();
-        }
+        // publisher) and then finds no message asks for the idle checks
+        // (rescan, liveness) once; one that did not fire (a spurious poll)
+        // is withdrawn all the same, and registered again below with the
+        // current waker and positions.
+        let mut fired = wait.take().is_some_and(|w| w.fired());
         loop {
             let this: *mut Self = self;
             // SAFETY: as in `recv_until`: `this` is `self`, made afresh each
@@ -882,6 +882,10 @@ where
                 Ok(Some(sample)) => return Poll::Ready(Ok(sample)),
                 Err(e) => return Poll::Ready(Err(e)),
                 Ok(None) => {}
+            }
+            if std::mem::take(&mut fired) {
+                self.idle_checks();
+                continue;
             }
             let readers = self.sources.iter().map(|s| &s.reader);
             match reactor::Wait::register(readers, self.dir.clone(), self.dir_modified, cx.waker())

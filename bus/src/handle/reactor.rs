@@ -115,6 +115,17 @@ impl WaitRegistration {
         self.probe.ready()
     }
 
+    /// Whether the ring's futex moved since the registration (a publish
+    /// woke it): a sleep on this registration would return at once, so a
+    /// waiting thread should hand the news on and register again rather
+    /// than sleep on it.
+    pub fn woken(&self) -> bool {
+        // Relaxed: a hint, as any futex value read before a sleep (the
+        // kernel compares again); what was published is seen through
+        // `is_ready`'s own loads by the reader that acts on it.
+        self.map().producer().futex.load(Ordering::Relaxed) != self.seen
+    }
+
     /// Whether the ring's publisher still holds its lock (a syscall: call
     /// it now and then, e.g. once per wait slice; a crashed publisher wakes
     /// nobody).
