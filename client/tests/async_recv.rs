@@ -198,3 +198,92 @@ fn messages_arrive_from_a_publisher_in_another_process() {
         "the publisher process failed"
     );
 }
+
+/// An async subscriber with no publisher yet finds one created while it
+/// waits (the reactor watches the topic directory) and receives from it.
+#[test]
+fn waiting_subscriber_finds_a_new_publisher() {
+    let root = TempRoot::new("async-new-pub");
+    let bus = root.bus();
+    let mut subscriber = bus.subscriber::<u64>("late").unwrap();
+    let bus2 = root.bus();
+    let sender = std::thread::spawn(move || {
+        // Not a timing assumption: the receive below succeeds whenever the
+        // publisher comes; this pause only makes it likely that the
+        // subscriber is already asleep in the reactor by then.
+        std::thread::sleep(Duration::from_millis(100));
+        let mut publisher = bus2.publisher::<u64>("late").unwrap();
+        publisher.send(&42).unwrap();
+        publisher
+    });
+    runtime().block_on(async {
+        let got = tokio::time::timeout(PATIENCE, subscriber.recv_async())
+            .await
+            .expect("the new publisher was never found")
+            .unwrap();
+        assert_eq!(*got, 42);
+    });
+    drop(sender.join().unwrap());
+}
+
+/// More rings than one reactor thread sleeps on (127): the subscriber's
+/// registrations are spread over shards, and a message on any ring wakes
+/// it.
+#[test]
+fn rings_beyond_one_reactor_shard_wake_their_subscriber() {
+    const PUBLISHERS: usize = shmbus_bus::MAX_REGISTERED + 5;
+    let root = TempRoot::new("async-shards");
+    let bus = root
+        .builder()
+        .capacity(1 << 16)
+        .max_message(1 << 12)
+        .build()
+        .unwrap();
+    let mut subscriber = bus.subscriber::<u64>("many").unwrap();
+    let mut publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|_| bus.publisher::<u64>("many").unwrap())
+        .collect();
+    let rt = runtime();
+    // Attach every ring first (they are found by the directory scan).
+    rt.block_on(async {
+        let deadline = Instant::now() + PATIENCE;
+        while subscriber.publishers().len() < PUBLISHERS {
+            assert!(Instant::now() < deadline, "rings not attached");
+            assert!(subscriber.try_recv().unwrap().is_none());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let ring = |p: &shmbus::Publisher<u64>| {
+        bus.topic_dir("many")
+            .unwrap()
+            .join(format!("{}.ring", p.id()))
+    };
+    // The last ring (beyond the first shard's 127), the first, a middle one:
+    // sent to while the receive sleeps registered on every ring, so only
+    // the reactor's wake can complete it.
+    for k in [PUBLISHERS - 1, 0, PUBLISHERS / 2] {
+        let path = ring(&publishers[k]);
+        let publisher = &mut publishers[k];
+        let got = rt.block_on(async {
+            let send = async {
+                until_waiters(&path, 1).await;
+                publisher.send(&(k as u64)).unwrap();
+                std::future::pending::<()>().await;
+            };
+            let receive = async {
+                tokio::select! {
+                    got = subscriber.recv_async() => *got.unwrap(),
+                    () = send => unreachable!("pending() returned"),
+                }
+            };
+            tokio::time::timeout(PATIENCE, receive)
+                .await
+                .expect("the message never woke the subscriber")
+        });
+        assert_eq!(got, k as u64);
+    }
+    assert!(shmbus::reactor_threads() >= 2);
+    for p in &publishers {
+        assert_eq!(waiters(&ring(p)), 0);
+    }
+}
