@@ -98,15 +98,13 @@ impl WaitRegistration {
 
     fn sleeper(&self) -> Sleeper<'_> {
         let map = self.map();
-        Sleeper {
-            futex: &map.producer().futex,
-            waiters: &map.waiters().waiters,
-            // Our own claim's index, inside the table; `get` all the same.
-            sleeping: self
-                .slot
-                .and_then(|i| map.slots().get(i))
-                .map(|s| &s.sleeping),
-        }
+        let mut sleeper = self.probe.handshake_sleeper();
+        // Our own claim's index, inside the table; `get` all the same.
+        sleeper.sleeping = self
+            .slot
+            .and_then(|i| map.slots().get(i))
+            .map(|s| &s.sleeping);
+        sleeper
     }
 
     /// Whether the reader would find news at the watched position (a

@@ -630,16 +630,6 @@ impl ReadyProbe {
             || producer.writer_state.load(Ordering::Relaxed) != WRITER_OPEN
     }
 
-    /// Whether the watched position has news (for `handle::reactor`).
-    pub(crate) fn ready(&self) -> bool {
-        self.is_ready()
-    }
-
-    /// The ring's mapping (for `handle::reactor`).
-    pub(crate) fn mapping(&self) -> &Arc<Mapping> {
-        &self.map
-    }
-
     fn sleeper(&self) -> Sleeper<'_> {
         Sleeper {
             futex: &self.map.producer().futex,
@@ -732,5 +722,23 @@ impl Drop for Message<'_> {
         } else {
             self.reader.core.advance_to(end, next);
         }
+    }
+}
+
+/// What `handle::reactor` uses of a probe.
+impl ReadyProbe {
+    /// Whether the watched position has news.
+    pub(crate) fn ready(&self) -> bool {
+        self.is_ready()
+    }
+
+    /// The ring's mapping.
+    pub(crate) fn mapping(&self) -> &Arc<Mapping> {
+        &self.map
+    }
+
+    /// The probe's place in the sleep/wake handshake (no slot flag).
+    pub(crate) fn handshake_sleeper(&self) -> Sleeper<'_> {
+        self.sleeper()
     }
 }
