@@ -212,6 +212,36 @@ impl<T: Publishable> Publisher<T> {
     /// # Errors
     ///
     /// As [`Self::try_send`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use rkyv::{Archive, Serialize};
+    /// use shmbus::{Error, Fill};
+    ///
+    /// #[derive(Archive, Serialize)]
+    /// struct Blob { bytes: Vec<u8> }
+    /// #[derive(Archive, Serialize)]
+    /// #[rkyv(as = ArchivedBlob)]
+    /// struct BlobOut { bytes: Fill }
+    ///
+    /// # let root = std::env::temp_dir().join(format!("shmbus-doc-tsf-{}", std::process::id()));
+    /// let bus = shmbus::Bus::builder().root(&root).capacity(1 << 16).max_message(1 << 14).build()?;
+    /// let _subscriber = bus.subscriber::<Blob>("blobs")?; // holds what is sent
+    /// let mut publisher = bus.publisher::<Blob>("blobs")?;
+    /// let blob = BlobOut { bytes: Fill::bytes(10_000) };
+    /// let mut written = 0;
+    /// let full = loop {
+    ///     match publisher.try_send_filled(&blob, |_, b| { b.fill(1); written += 1 }) {
+    ///         Ok(()) => {}
+    ///         Err(Error::Full) => break true,
+    ///         Err(e) => return Err(e),
+    ///     }
+    /// };
+    /// assert!(full && written >= 3); // `fill` ran only for messages sent
+    /// # drop((_subscriber, publisher)); std::fs::remove_dir_all(&root).ok();
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn try_send_filled<M>(
         &mut self,
         message: &M,
