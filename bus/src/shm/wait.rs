@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::Backoff;
 
 use crate::{
-    shm::futex::{self, Sleeper},
-    sync::{spin_loop, AtomicU32},
+    shm::futex::{self, SleepEnd, Sleeper},
+    sync::spin_loop,
 };
 
 /// How to wait for a message (or, for a publisher, for space).
@@ -31,7 +31,8 @@ pub enum WaitStrategy {
         spins: u32,
     },
     /// Poll `spins` times, then sleep on the ring's futex until the publisher
-    /// wakes us. Uses no CPU while idle; costs a wake-up (~5-10 µs) per sleep.
+    /// wakes us. Uses no CPU while idle; costs a wake-up (~5-10 µs) per sleep,
+    /// plus the wake-up handshake's barrier (see [`crate::WakeHandshake`]).
     Block {
         /// Polls before sleeping.
         spins: u32,
@@ -44,9 +45,20 @@ impl Default for WaitStrategy {
     }
 }
 
-/// Longest single sleep of a blocked waiter: it then re-checks liveness of
-/// the peer it waits on (a crashed publisher wakes nobody) and new publishers.
+/// Longest single sleep of a blocked waiter by default: it then re-checks
+/// liveness of the peer it waits on (a crashed publisher wakes nobody) and
+/// new publishers. A reader can change its own
+/// ([`crate::RingReader::set_max_sleep`]).
 pub const MAX_SLEEP: Duration = Duration::from_millis(50);
+
+/// What one [`wait_until`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Waited {
+    /// `ready()`'s last answer.
+    pub(crate) ready: bool,
+    /// How its sleep ended, if it went to sleep (Block strategy).
+    pub(crate) slept: Option<SleepEnd>,
+}
 
 /// A deadline helper: `None` waits forever.
 #[derive(Debug, Clone, Copy)]
@@ -71,33 +83,36 @@ impl Deadline {
 }
 
 /// Waits until `ready()` holds for one of the rings whose sleepers are
-/// `sleepers`, the deadline passes, or one wait of at most [`MAX_SLEEP`]
-/// ends (a sleep, or that long of spinning/yielding). Returns `ready()`'s
-/// last answer. Callers loop, checking the publisher's liveness between
-/// calls, so even a busy-spinning reader notices a killed publisher.
+/// `sleepers`, the deadline passes, or one wait of at most `max_sleep`
+/// ends (a sleep, or that long of spinning/yielding). Callers loop, checking
+/// the publisher's liveness between calls, so even a busy-spinning reader
+/// notices a killed publisher.
 ///
 /// Under [`WaitStrategy::Block`] this registers as a waiter on every ring,
-/// re-checks, then sleeps on all futex words at once (`futex_waitv`).
+/// issues the handshake's barrier once, re-checks, then sleeps on all futex
+/// words at once (`futex_waitv`): [`futex::sleep`].
 pub(crate) fn wait_until(
     sleepers: &[Sleeper<'_>],
     strategy: WaitStrategy,
     deadline: Deadline,
+    max_sleep: Duration,
     mut ready: impl FnMut() -> bool,
-) -> bool {
+) -> Waited {
+    let done = |ready| Waited { ready, slept: None };
     let spins = match strategy {
         WaitStrategy::BusySpin => u32::MAX,
         WaitStrategy::SpinThenYield { spins } | WaitStrategy::Block { spins } => spins,
     };
-    let slice_end = Deadline::after(Some(MAX_SLEEP));
+    let slice_end = Deadline::after(Some(max_sleep));
     let mut n = 0u32;
     // Exponential spinning, then yields (crossbeam's Backoff).
     let backoff = Backoff::new();
     loop {
         if ready() {
-            return true;
+            return done(true);
         }
         if deadline.passed() || (n % 1024 == 1023 && slice_end.passed()) {
-            return false;
+            return done(false);
         }
         if n < spins {
             n += 1;
@@ -109,23 +124,21 @@ pub(crate) fn wait_until(
             WaitStrategy::SpinThenYield { .. } => {
                 n = n.wrapping_add(1);
                 if slice_end.passed() {
-                    return false;
+                    return done(false);
                 }
                 backoff.snooze();
             }
             WaitStrategy::Block { .. } => {
-                let seen: Vec<(&AtomicU32, u32)> = sleepers
-                    .iter()
-                    .map(|s| (s.futex, futex::prepare(s)))
-                    .collect();
-                let ready_now = ready();
-                if !ready_now {
-                    futex::futex_wait_any(&seen, Some(deadline.remaining(MAX_SLEEP)));
-                }
-                for s in sleepers {
-                    futex::finish(s);
-                }
-                return ready_now || ready();
+                let end = futex::sleep(
+                    sleepers,
+                    Some(deadline.remaining(max_sleep)),
+                    &mut ready,
+                    futex::futex_wait_any,
+                );
+                return Waited {
+                    ready: end == SleepEnd::Ready || ready(),
+                    slept: Some(end),
+                };
             }
         }
     }
