@@ -358,3 +358,103 @@ pub(crate) fn futex_wait_any(words: &[(&AtomicU32, u32)], timeout: Option<Durati
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::ring::{
+        heap::{self, HeapSegment},
+        writer::WriterCore,
+        Geometry, Policy, View,
+    };
+
+    fn ring() -> std::sync::Arc<HeapSegment> {
+        HeapSegment::new(
+            Geometry {
+                capacity: 4096,
+                max_message: 64,
+                policy: Policy::Overwrite,
+                evict_after: None,
+            },
+            2,
+        )
+    }
+
+    fn publish(w: &mut WriterCore<heap::HeapView>) {
+        let r = w.reserve(8).unwrap();
+        w.write_payload(&r, &[1; 8]);
+        w.commit(r, 8);
+        w.publish();
+    }
+
+    /// One arm, many publishes: one wake. A second arm (a sleeper that
+    /// comes while the first wake is in flight): one more wake.
+    #[test]
+    fn wakes_coalesce_to_one_per_sleep() {
+        for handshake in [WakeHandshake::Membarrier, WakeHandshake::Fence] {
+            let seg = ring();
+            let view = heap::view(&seg);
+            let mut w = WriterCore::new(heap::view(&seg));
+            w.set_handshake(handshake);
+            let s = Sleeper {
+                futex: &view.producer().futex,
+                waiters: &view.waiters().waiters,
+                armed: &view.waiters().wake_armed,
+                sleeping: None,
+                handshake: Some(handshake),
+            };
+            // Nobody counted: no wake at all.
+            publish(&mut w);
+            assert_eq!(seg.wakes(), 0);
+            let seen = prepare(&s);
+            for _ in 0..5 {
+                publish(&mut w);
+            }
+            assert_eq!(seg.wakes(), 1, "{handshake:?}: five publishes, one sleep");
+            assert_ne!(view.producer().futex.load(Ordering::Relaxed), seen);
+            // A second sleeper registers while the first still sleeps.
+            let seen2 = prepare(&s);
+            publish(&mut w);
+            publish(&mut w);
+            assert_eq!(
+                seg.wakes(),
+                2,
+                "{handshake:?}: the second sleep is woken once"
+            );
+            assert_ne!(view.producer().futex.load(Ordering::Relaxed), seen2);
+            finish(&s);
+            finish(&s);
+            // Everyone left: a stale arm costs nothing.
+            publish(&mut w);
+            assert_eq!(seg.wakes(), 2);
+        }
+    }
+
+    /// A sleeper whose ring names no handshake sleeps in short slices.
+    #[test]
+    fn unflagged_ring_sleeps_in_fallback_slices() {
+        let seg = ring();
+        let view = heap::view(&seg);
+        let s = Sleeper {
+            futex: &view.producer().futex,
+            waiters: &view.waiters().waiters,
+            armed: &view.waiters().wake_armed,
+            sleeping: None,
+            handshake: None,
+        };
+        assert!(!s.reliable());
+        let mut asked = None;
+        let end = sleep(
+            &[s],
+            Some(Duration::from_secs(10)),
+            || false,
+            |_, t| {
+                asked = t;
+                WaitEnd::TimedOut
+            },
+        );
+        assert_eq!(end, SleepEnd::TimedOut);
+        assert_eq!(asked, Some(FALLBACK_SLICE));
+        assert_eq!(seg.waiters_count(), 0, "finish uncounted the sleeper");
+    }
+}
