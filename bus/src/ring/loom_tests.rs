@@ -28,7 +28,7 @@ use crate::{
     layout::{data_stamp, meta_word, GAP_PAYLOAD, SLOT_FREE, SLOT_STATE_MASK},
     shm::{
         futex::{self as notify, SleepEnd, Sleeper, WaitEnd},
-        membarrier::WakeHandshake,
+        membarrier::{self, WakeHandshake},
     },
     sync::Ordering,
 };
@@ -904,6 +904,7 @@ fn sleep_and_read(r: &mut ReaderCore<HeapView>, handshake: WakeHandshake, sleeps
 #[test]
 fn loom_wake_membarrier_handshake() {
     model(|| {
+        membarrier::init_for_model();
         let seg = segment(Policy::Block, None);
         let mut r = join(&seg, JoinAt::Latest);
         let writer = spawn_writer_with(&seg, WakeHandshake::Membarrier, &[7]);
@@ -926,6 +927,7 @@ fn loom_wake_membarrier_handshake() {
 #[test]
 fn loom_wake_fence_handshake() {
     model(|| {
+        membarrier::init_for_model();
         let seg = segment(Policy::Block, None);
         let mut r = join(&seg, JoinAt::Latest);
         let writer = spawn_writer_with(&seg, WakeHandshake::Fence, &[7]);
@@ -949,6 +951,7 @@ fn loom_wake_fence_handshake() {
 #[test]
 fn loom_wake_coalesced_two_sleepers() {
     model(|| {
+        membarrier::init_for_model();
         let seg = segment(Policy::Block, None);
         let mut a = join(&seg, JoinAt::Latest);
         let mut b = join(&seg, JoinAt::Latest);
@@ -976,5 +979,24 @@ fn loom_wake_coalesced_two_sleepers() {
             "{wakes} wakes for {} sleeps",
             sleeps + sleeps_b
         );
+    });
+}
+
+/// The model's honesty check: a sleeper that fences (the symmetric
+/// protocol's half) against a writer that only has the light barrier (the
+/// membarrier handshake's half) gets no ordering from the model of the
+/// heavy barrier, and loom finds the lost wake-up. If this passed, the
+/// model of `membarrier` would be proving the symmetric protocol.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn loom_wake_light_barrier_does_not_pair_with_a_fence() {
+    model(|| {
+        membarrier::init_for_model();
+        let seg = segment(Policy::Block, None);
+        let mut r = join(&seg, JoinAt::Latest);
+        let writer = spawn_writer_with(&seg, WakeHandshake::Membarrier, &[7]);
+        let mut sleeps = 0;
+        assert_eq!(sleep_and_read(&mut r, WakeHandshake::Fence, &mut sleeps), 7);
+        writer.join().unwrap();
     });
 }

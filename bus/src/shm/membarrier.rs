@@ -194,6 +194,15 @@ mod imp {
         true
     }
 
+    /// Initializes the barrier word. Models call this before they spawn a
+    /// thread: loom's lazy initialization synchronizes every later user
+    /// with the initializing thread, which would hand a sleeper the
+    /// publisher's history (or the reverse) without any barrier.
+    pub(crate) fn init_for_model() {
+        // Relaxed: only forces the initialization; orders nothing.
+        BARRIER.load(Ordering::Relaxed);
+    }
+
     pub(crate) fn heavy_barrier() -> bool {
         // SYNC: wake-handshake (heavy side, the model of membarrier). The
         // later of this and a publisher's light barrier (one word's RMWs
