@@ -409,7 +409,7 @@ fn sub(args: &[String]) -> Result<()> {
             ReadEvent::Message(m) => {
                 let p = m.payload();
                 let sent = u64::from_le_bytes(p[..8].try_into()?);
-                if sent != 0 && received % 16 == 0 {
+                if sent != 0 && received.is_multiple_of(16) {
                     lat.push(now_ns().saturating_sub(sent));
                 }
                 received += 1;
