@@ -144,8 +144,14 @@ mod imp {
     /// the handshake then (it sleeps in short timed slices).
     pub(crate) fn heavy_barrier() -> bool {
         // Relaxed: a cache of whether the call works in this process.
-        if HEAVY.load(Ordering::Relaxed) == 2 {
-            return false;
+        match HEAVY.load(Ordering::Relaxed) {
+            2 => return false,
+            0 if std::env::var_os(DISABLE_ENV).is_some() => {
+                // Relaxed: as above.
+                HEAVY.store(2, Ordering::Relaxed);
+                return false;
+            }
+            _ => {}
         }
         if membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0 {
             // Relaxed: as above.
@@ -174,10 +180,11 @@ mod imp {
         compiler_fence(Ordering::SeqCst);
     }
 
-    /// Set in a process's environment, it makes [`register`] fail: that
-    /// process writes rings with the symmetric fence (tests and benchmarks
-    /// of the fallback; also an operator's switch for a process that must
-    /// never take the interrupts).
+    /// Set in a process's environment, it makes [`register`] and
+    /// [`heavy_barrier`] fail as a seccomp filter would: that process writes
+    /// rings with the symmetric fence, and sleeps on membarrier rings in
+    /// short timed slices (tests of the fallbacks; also an operator's switch
+    /// for a process that must never take or send the interrupts).
     pub(crate) const DISABLE_ENV: &str = "SHMBUS_NO_MEMBARRIER";
 }
 
