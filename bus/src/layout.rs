@@ -9,7 +9,7 @@
 //!
 //! control file `<id>.ctl` (shared read-write by the publisher and its subscribers)
 //! offset 0            ControlHeader   magic, version, slot count, the ring's id
-//! offset 128          Waiters         sleeping-reader count, the publisher's space futex
+//! offset 128          Waiters         sleeping-reader count, wake-armed word, the publisher's space futex
 //! offset 256          Slot[n]         one 128-byte line per subscriber
 //! lock byte 0         held by the publisher (open-file-description lock)
 //! lock byte k + 1     held by the owner of slot k
@@ -19,6 +19,16 @@
 //! segment is refused on a host of the other kind (and the crate does not
 //! build for one). Layout version 1 (one file per ring) is refused with an
 //! error naming both versions.
+//!
+//! # The wake-up handshake in the layout
+//!
+//! `SegmentHeader::flags` says how the writer publishes ([`FLAG_WAKE_MEMBARRIER`]:
+//! registered for `membarrier`, compiler fence only; [`FLAG_WAKE_FENCE`]:
+//! SeqCst fence; neither: sleepers use short timed slices) and
+//! `Waiters::wake_armed` coalesces wake-ups (see `shm::futex`). Both were
+//! added within layout version 2 without a bump: a peer that predates them
+//! writes no wake flag and never arms, and the other side then still
+//! delivers everything, at worst one sleep slice late.
 //!
 //! # Records
 //!
@@ -105,6 +115,18 @@ pub const POLICY_OVERWRITE: u32 = 2;
 
 /// Header flag: the ring is a replica written by a bridge (never re-exported).
 pub const FLAG_REPLICA: u32 = 0x1;
+/// Header flag: the ring's writer registered with
+/// `membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED)` before the ring
+/// became visible and publishes with only a compiler fence before its
+/// `waiters` load: sleepers issue the heavy barrier
+/// ([`crate::WakeHandshake::Membarrier`]).
+pub const FLAG_WAKE_MEMBARRIER: u32 = 0x2;
+/// Header flag: the ring's writer fences (SeqCst) between its `tail` store
+/// and its `waiters` load: sleepers fence too ([`crate::WakeHandshake::Fence`]).
+/// With neither wake flag (a writer that says nothing, e.g. an older tool),
+/// sleepers fence *and* sleep in short timed slices, so a missed wake-up
+/// costs at most one slice. Both flags at once: the header is corrupt.
+pub const FLAG_WAKE_FENCE: u32 = 0x4;
 
 /// `Producer::writer_state`: the publisher is (as far as it knows) alive.
 pub const WRITER_OPEN: u32 = 1;
@@ -308,7 +330,14 @@ pub struct Waiters {
     pub space_futex: AtomicU32,
     /// Nonzero while the writer sleeps for space.
     pub space_waiters: AtomicU32,
-    _pad: [u8; 116],
+    /// Wake coalescing: a sleeper stores 1 here (after counting itself in
+    /// `waiters`, before its barrier) each time it goes to sleep; the writer
+    /// wakes only when it swaps a 1 for 0, so one `FUTEX_WAKE` serves every
+    /// sleeper that armed before it, and publishes meanwhile wake nobody
+    /// again. Untrusted like every word here: a forged 0 delays a sleeper by
+    /// at most its sleep slice, a forged 1 costs the writer one extra wake.
+    pub wake_armed: AtomicU32,
+    _pad: [u8; 112],
 }
 
 /// One subscriber's line in the table, at `SLOTS_OFFSET + i * SLOT_SIZE` of
@@ -402,7 +431,8 @@ impl Waiters {
             waiters: AtomicU32::new(0),
             space_futex: AtomicU32::new(0),
             space_waiters: AtomicU32::new(0),
-            _pad: [0; 116],
+            wake_armed: AtomicU32::new(0),
+            _pad: [0; 112],
         }
     }
 }

@@ -63,6 +63,7 @@ mod shm;
 
 pub use ring::gate::LIVENESS_INTERVAL;
 pub use ring::Policy;
+pub use shm::membarrier::WakeHandshake;
 
 #[cfg(not(loom))]
 pub use crate::{
@@ -74,7 +75,7 @@ pub use crate::{
         reactor::{wait_registered, Doorbell, WaitRegistration, MAX_REGISTERED},
         reader::{
             wait_any, wait_probes, Drained, Message, ReadEvent, ReaderOptions, ReadyProbe,
-            RingReader, StartAt, CLOSE_GRACE,
+            RingReader, SleepStats, StartAt, CLOSE_GRACE,
         },
         writer::{Loan, RingWriter, WriterStats},
     },

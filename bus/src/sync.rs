@@ -16,9 +16,14 @@ pub(crate) use loom::{
 #[cfg(not(loom))]
 pub(crate) use std::{
     hint::spin_loop,
-    sync::atomic::{fence, AtomicU32, AtomicU64, Ordering},
+    sync::atomic::{compiler_fence, fence, AtomicU32, AtomicU64, Ordering},
     thread::yield_now,
 };
+
+/// Loom's lazily initialized statics (reset for every execution of a model):
+/// the model's stand-in for the heavy barrier lives in one.
+#[cfg(loom)]
+pub(crate) use loom::lazy_static;
 
 /// An Acquire load of a word that may live in read-only memory.
 ///

@@ -82,7 +82,7 @@ pub const CONTROL_HEADER_WORDS: [Word; 4] = [
 ];
 
 /// The control file's waiting words.
-pub const WAITER_WORDS: [Word; 3] = [
+pub const WAITER_WORDS: [Word; 4] = [
     control("waiters", WAITERS_OFFSET + offset_of!(Waiters, waiters), 4),
     control(
         "space_futex",
@@ -92,6 +92,11 @@ pub const WAITER_WORDS: [Word; 3] = [
     control(
         "space_waiters",
         WAITERS_OFFSET + offset_of!(Waiters, space_waiters),
+        4,
+    ),
+    control(
+        "wake_armed",
+        WAITERS_OFFSET + offset_of!(Waiters, wake_armed),
         4,
     ),
 ];

@@ -303,6 +303,9 @@ fn table() -> Vec<Row> {
         w("space_waiters", Misaligned, Const(3), Harmless("subscribers pay a wake syscall per release, nothing lost")),
         w("space_waiters", OutOfRange, Const(u64::from(u32::MAX)), Harmless("as above")),
         w("space_waiters", Forged, Const(1), Harmless("as above")),
+        w("wake_armed", Misaligned, Const(3), Harmless("read as armed: the publisher pays one extra wake, nothing lost")),
+        w("wake_armed", OutOfRange, Const(u64::from(u32::MAX)), Harmless("as above")),
+        w("wake_armed", Forged, Const(0), Harmless("forged 0 under a sleeper: its wake-up is skipped, its slice (MAX_SLEEP) ends and it finds the data, nothing lost")),
         // ---- the live subscriber's slot
         Row { joiners: false, ..live("state", Misaligned, Or(3), SlotLost("CLAIMING: the writer ignores the slot (subscribers trust each other for flow control), laps the subscriber under pressure; it reports SlotLost, never wrong bytes")) },
         Row { joiners: false, ..live("state", OutOfRange, Const(u64::MAX), SlotLost("an unknown state: as above")) },

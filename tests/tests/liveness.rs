@@ -162,12 +162,12 @@ fn reader_killed_asleep_gives_back_its_waiter_count() {
 }
 
 /// The subscriber process maps the data file read-only and sleeps on the
-/// producer page's futex word with no spinning; the publisher (this
-/// process) sends one timestamped message 200 ms after the subscriber's
-/// last wake-up, when `waiters` says it sleeps. The subscriber must get it
-/// within 2 s, and, since its sleeps are sliced at `MAX_SLEEP` (50 ms), a
-/// median latency far below 25 ms shows the futex woke it (timed re-checks
-/// alone would give latencies spread over 0..50 ms).
+/// producer page's futex word with no spinning, in 30 s slices; the
+/// publisher (this process) sends one timestamped message 200 ms after the
+/// subscriber's last wake-up, when `waiters` says it sleeps. Every round
+/// must end by a futex wake-up: the subscriber's sleep statistics count no
+/// sleep that ran to its timeout (without the wake, each round would wait
+/// its 30 s slice out). Latencies are printed, not asserted.
 #[test]
 fn futex_wait_works_on_the_read_only_mapping() {
     const ROUNDS: usize = 11;
@@ -216,23 +216,21 @@ fn futex_wait_works_on_the_read_only_mapping() {
                 Some(Duration::from_secs(2)),
             )
             .expect("write");
-        let line = sub.expect_line("woke", Duration::from_secs(2));
+        let line = sub.expect_line("woke", Duration::from_secs(60));
         assert!(line.contains(&format!("round={round}")), "{line}");
+        assert_eq!(
+            field_u64(&line, "timeouts"),
+            0,
+            "round {round}: a sleep ran to its 30 s timeout instead of being woken: {line}"
+        );
+        assert!(
+            field_u64(&line, "woken") > round as u64,
+            "round {round}: each round ends with a wake-up: {line}"
+        );
         latencies.push(field_u64(&line, "latency_us"));
     }
     sub.wait_ok(LINE_TIMEOUT);
-    let mut sorted = latencies.clone();
-    sorted.sort_unstable();
-    let median = sorted[ROUNDS / 2];
-    eprintln!("wake-up latencies (µs): {latencies:?}, median {median}");
-    assert!(
-        sorted.iter().all(|&l| l < 2_000_000),
-        "each within 2 s: {latencies:?}"
-    );
-    assert!(
-        median < 5_000,
-        "median wake-up {median} µs: the futex did not wake the sleeper (timed re-checks every 50 ms would): {latencies:?}"
-    );
+    eprintln!("wake-up latencies (µs): {latencies:?}");
 }
 
 /// A publisher and a subscriber of the same ring in one process, each with

@@ -16,7 +16,6 @@ use crate::{
         Policy, View,
     },
     shm::{
-        futex::Sleeper,
         liveness::ProcessId,
         segment::{self, Mapping, RingConfig, SegmentInfo, Start},
         wait::{self, Deadline, WaitStrategy},
@@ -299,16 +298,19 @@ impl RawReader {
     ) -> bool {
         let view = &self.core.view;
         let producer = view.producer();
-        let sleeper = Sleeper {
-            futex: &producer.futex,
-            waiters: &view.waiters().waiters,
-            sleeping: self.core.claim().map(|c| &view.slots()[c.index].sleeping),
-        };
-        wait::wait_until(&[sleeper], strategy, Deadline::after(timeout), || {
-            // Relaxed: hints; the caller re-reads the tail with Acquire.
-            producer.tail.load(Ordering::Relaxed) > position
-                || producer.writer_state.load(Ordering::Relaxed) == WRITER_CLOSED
-        })
+        let sleeper = view.sleeper(self.core.claim().map(|c| c.index));
+        wait::wait_until(
+            &[sleeper],
+            strategy,
+            Deadline::after(timeout),
+            wait::MAX_SLEEP,
+            || {
+                // Relaxed: hints; the caller re-reads the tail with Acquire.
+                producer.tail.load(Ordering::Relaxed) > position
+                    || producer.writer_state.load(Ordering::Relaxed) == WRITER_CLOSED
+            },
+        )
+        .ready
     }
 }
 

@@ -15,7 +15,7 @@ use crate::{
     },
     shm::{
         fs::Access,
-        futex::Sleeper,
+        futex::{SleepEnd, Sleeper},
         liveness::ProcessId,
         registry::Registration,
         segment::{self, Mapping, SegmentInfo},
@@ -140,6 +140,47 @@ pub struct RingReader {
     pending_copy: Option<RecordRef>,
     /// When the ring was first seen CLOSED while its publisher held its lock.
     closed_seen: Option<Instant>,
+    /// Longest single sleep (see [`Self::set_max_sleep`]).
+    max_sleep: Duration,
+    /// How this reader's sleeps ended.
+    sleep_stats: SleepStats,
+}
+
+/// How a reader's sleeps (blocking waits on the ring's futex) ended; see
+/// [`RingReader::sleep_stats`].
+///
+/// A sleep that ends by its timeout while a message is already there means
+/// a wake-up was missed (or came late): with the default handshake that
+/// never happens (tests run millions of sleeps with a 10 s slice and count
+/// it), so `timeouts_with_data` stays 0 unless the ring's writer did not
+/// register the handshake (then sleeps are short timed slices by design).
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_bus::{RingConfig, RingReader, RingWriter, StartAt};
+/// let dir = std::env::temp_dir().join(format!("shmbus-doc-stats-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("p.ring");
+/// let w = RingWriter::create(&path, &RingConfig::default()).unwrap();
+/// let r = RingReader::open(&path, StartAt::Latest).unwrap();
+/// assert_eq!(r.sleep_stats().sleeps, 0);
+/// # drop((r, w)); std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SleepStats {
+    /// Times the reader registered to sleep (after its spins found nothing).
+    pub sleeps: u64,
+    /// Of those, the re-check after registering found news: no sleep.
+    pub ready_at_recheck: u64,
+    /// Of those, the sleep was ended by a wake-up (or the futex word had
+    /// changed already).
+    pub woken: u64,
+    /// Of those, the sleep ran to its timeout.
+    pub timeouts: u64,
+    /// Of the timeouts, a message (or the end of the stream) was there
+    /// when the sleep ended: a missed or late wake-up.
+    pub timeouts_with_data: u64,
 }
 
 impl RingReader {
@@ -230,7 +271,45 @@ impl RingReader {
             pending_gap: None,
             pending_copy: None,
             closed_seen: None,
+            max_sleep: wait::MAX_SLEEP,
+            sleep_stats: SleepStats::default(),
         }
+    }
+
+    /// Sets the longest single sleep of this reader's blocking waits (default
+    /// [`crate::MAX_SLEEP`]): after each, it checks the publisher's liveness
+    /// (a crashed publisher wakes nobody). A longer slice means fewer
+    /// wake-ups of an idle subscriber and a later notice of a crashed
+    /// publisher; the wake-up of new data does not depend on it. On a ring
+    /// whose writer did not register the handshake, sleeps stay short
+    /// (1 ms) whatever this says.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus_bus::{RingConfig, RingReader, RingWriter, StartAt};
+    /// use std::time::Duration;
+    /// let dir = std::env::temp_dir().join(format!("shmbus-doc-slice-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let path = dir.join("p.ring");
+    /// let w = RingWriter::create(&path, &RingConfig::default()).unwrap();
+    /// let mut r = RingReader::open(&path, StartAt::Latest).unwrap();
+    /// r.set_max_sleep(Duration::from_secs(1));
+    /// assert_eq!(r.max_sleep(), Duration::from_secs(1));
+    /// # drop((r, w)); std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
+    pub fn set_max_sleep(&mut self, max_sleep: Duration) {
+        self.max_sleep = max_sleep.max(Duration::from_micros(1));
+    }
+
+    /// The longest single sleep of this reader (see [`Self::set_max_sleep`]).
+    pub fn max_sleep(&self) -> Duration {
+        self.max_sleep
+    }
+
+    /// How this reader's sleeps ended so far (see [`SleepStats`]).
+    pub fn sleep_stats(&self) -> SleepStats {
+        self.sleep_stats
     }
 
     /// The slot this reader owns: (index, generation). No (index,
@@ -396,6 +475,7 @@ impl RingReader {
         ReadyProbe {
             map: self.core.view.clone(),
             position: self.core.position(),
+            max_sleep: self.max_sleep,
         }
     }
 
@@ -547,22 +627,22 @@ impl RingReader {
     /// Waits until [`Self::is_ready`], the deadline, or one sleep ends.
     fn wait_ready(&mut self, wait: WaitStrategy, deadline: Deadline) -> bool {
         let sleeper = self.sleeper();
-        let ready = wait::wait_until(&[sleeper], wait, deadline, || self.core.poll_ready());
-        if !ready {
+        let waited = wait::wait_until(&[sleeper], wait, deadline, self.max_sleep, || {
+            self.core.poll_ready()
+        });
+        if let Some(end) = waited.slept {
+            self.sleep_stats.count(end, waited.ready);
+        }
+        if !waited.ready {
             // A sleep ended without news: is the publisher still there?
             self.check_publisher_soon();
         }
-        ready
+        waited.ready
     }
 
     /// This reader's place in the ring's sleep/wake handshake.
     pub(crate) fn sleeper(&self) -> Sleeper<'_> {
-        let view = &self.core.view;
-        Sleeper {
-            futex: &view.producer().futex,
-            waiters: &view.waiters().waiters,
-            sleeping: self.core.claim().map(|c| &view.slots()[c.index].sleeping),
-        }
+        self.core.view.sleeper(self.core.claim().map(|c| c.index))
     }
 
     /// Committed, unread ring bytes: `(position, tail)` (for the bridge).
@@ -606,9 +686,31 @@ impl Drop for RingReader {
 /// rings' futexes at once.
 pub fn wait_any(readers: &[&RingReader], wait: WaitStrategy, timeout: Option<Duration>) -> bool {
     let sleepers: Vec<Sleeper<'_>> = readers.iter().map(|r| r.sleeper()).collect();
-    wait::wait_until(&sleepers, wait, Deadline::after(timeout), || {
+    let max_sleep = readers
+        .iter()
+        .map(|r| r.max_sleep)
+        .min()
+        .unwrap_or(wait::MAX_SLEEP);
+    wait::wait_until(&sleepers, wait, Deadline::after(timeout), max_sleep, || {
         readers.iter().any(|r| r.is_ready())
     })
+    .ready
+}
+
+impl SleepStats {
+    fn count(&mut self, end: SleepEnd, ready_after: bool) {
+        self.sleeps += 1;
+        match end {
+            SleepEnd::Ready => self.ready_at_recheck += 1,
+            SleepEnd::Woken => self.woken += 1,
+            SleepEnd::TimedOut => {
+                self.timeouts += 1;
+                if ready_after {
+                    self.timeouts_with_data += 1;
+                }
+            }
+        }
+    }
 }
 
 /// Waits for a ring's next message without borrowing its reader; see
@@ -617,6 +719,7 @@ pub fn wait_any(readers: &[&RingReader], wait: WaitStrategy, timeout: Option<Dur
 pub struct ReadyProbe {
     map: Arc<Mapping>,
     position: u64,
+    max_sleep: Duration,
 }
 
 impl ReadyProbe {
@@ -631,11 +734,7 @@ impl ReadyProbe {
     }
 
     fn sleeper(&self) -> Sleeper<'_> {
-        Sleeper {
-            futex: &self.map.producer().futex,
-            waiters: &self.map.waiters().waiters,
-            sleeping: None,
-        }
+        self.map.sleeper(None)
     }
 }
 
@@ -643,9 +742,15 @@ impl ReadyProbe {
 /// (at most [`wait::MAX_SLEEP`]) ends. Returns whether one is ready.
 pub fn wait_probes(probes: &[ReadyProbe], wait: WaitStrategy, timeout: Option<Duration>) -> bool {
     let sleepers: Vec<Sleeper<'_>> = probes.iter().map(ReadyProbe::sleeper).collect();
-    wait::wait_until(&sleepers, wait, Deadline::after(timeout), || {
+    let max_sleep = probes
+        .iter()
+        .map(|p| p.max_sleep)
+        .min()
+        .unwrap_or(wait::MAX_SLEEP);
+    wait::wait_until(&sleepers, wait, Deadline::after(timeout), max_sleep, || {
         probes.iter().any(ReadyProbe::is_ready)
     })
+    .ready
 }
 
 /// What [`RingReader::drain`] did.

@@ -70,6 +70,8 @@ pub(crate) struct HeapSegment {
     owners: untracked::AtomicU64,
     /// The logical clock, nanoseconds.
     clock: untracked::AtomicU64,
+    /// `futex_wake` calls so far (the wake models count them).
+    wakes: untracked::AtomicU64,
     #[cfg(loom)]
     futex: (loom::sync::Mutex<()>, loom::sync::Condvar),
 }
@@ -91,6 +93,7 @@ impl HeapSegment {
             registrations: Mutex::new(HashSet::new()),
             owners: untracked::AtomicU64::new(0),
             clock: untracked::AtomicU64::new(1),
+            wakes: untracked::AtomicU64::new(0),
             #[cfg(loom)]
             futex: (loom::sync::Mutex::new(()), loom::sync::Condvar::new()),
         })
@@ -109,6 +112,11 @@ impl HeapSegment {
         } else {
             regs.remove(&(index, generation));
         }
+    }
+
+    /// `futex_wake` calls made through any view of this segment.
+    pub(crate) fn wakes(&self) -> u64 {
+        self.wakes.load(untracked::Ordering::Relaxed)
     }
 
     /// Advances the logical clock.
@@ -259,6 +267,7 @@ unsafe impl View for HeapView {
 
     #[cfg(not(loom))]
     fn futex_wake(&self, word: &AtomicU32) {
+        self.seg.wakes.fetch_add(1, untracked::Ordering::Relaxed);
         crate::shm::futex::futex_wake(word);
     }
 
@@ -279,6 +288,7 @@ unsafe impl View for HeapView {
     #[cfg(loom)]
     fn futex_wake(&self, _word: &AtomicU32) {
         self.step();
+        self.seg.wakes.fetch_add(1, untracked::Ordering::Relaxed);
         let _guard = self.seg.futex.0.lock().unwrap();
         self.seg.futex.1.notify_all();
     }

@@ -26,7 +26,10 @@ use super::{
 };
 use crate::{
     layout::{data_stamp, meta_word, GAP_PAYLOAD, SLOT_FREE, SLOT_STATE_MASK},
-    shm::futex::{self as notify, Sleeper},
+    shm::{
+        futex::{self as notify, SleepEnd, Sleeper, WaitEnd},
+        membarrier::{self, WakeHandshake},
+    },
     sync::Ordering,
 };
 
@@ -726,7 +729,9 @@ fn loom_no_missed_wakeup() {
         let sleeper = Sleeper {
             futex: &view.producer().futex,
             waiters: &view.waiters().waiters,
+            armed: &view.waiters().wake_armed,
             sleeping: None,
+            handshake: Some(WakeHandshake::Fence),
         };
         loop {
             if r.poll_ready() {
@@ -833,6 +838,165 @@ fn loom_replica_commit_raw_and_gap() {
                 (17, vec![0xab; 8])
             ]
         );
+        writer.join().unwrap();
+    });
+}
+
+// ---------------------------------------------------------------------------
+// wake-handshake, wake-coalesce: the asymmetric handshake and coalesced wakes
+
+/// A sleeper on `view`'s ring whose header says `handshake`.
+fn sleeper_of(view: &HeapView, handshake: WakeHandshake) -> Sleeper<'_> {
+    Sleeper {
+        futex: &view.producer().futex,
+        waiters: &view.waiters().waiters,
+        armed: &view.waiters().wake_armed,
+        sleeping: None,
+        handshake: Some(handshake),
+    }
+}
+
+/// Spawns a writer that publishes one 8-byte record of each of `values`
+/// with `handshake` (so `notify` runs the light barrier or the fence).
+fn spawn_writer_with(
+    seg: &Arc<HeapSegment>,
+    handshake: WakeHandshake,
+    values: &'static [u8],
+) -> thread::JoinHandle<()> {
+    let seg = seg.clone();
+    thread::spawn(move || {
+        let mut w = WriterCore::new(heap::view(&seg));
+        w.set_handshake(handshake);
+        for &v in values {
+            write_spin(&mut w, v, 8);
+        }
+    })
+}
+
+/// Waits for the next record with the production sleeper code
+/// (`futex::sleep`: register, arm, barrier, re-check, futex wait, finish)
+/// and no timeout, so a missed wake-up is a loom deadlock; then reads it.
+/// Counts the sleeps it registered for in `sleeps`.
+fn sleep_and_read(r: &mut ReaderCore<HeapView>, handshake: WakeHandshake, sleeps: &mut u64) -> u8 {
+    let view = r.view.clone();
+    let sleeper = sleeper_of(&view, handshake);
+    while !r.poll_ready() {
+        *sleeps += 1;
+        let end = notify::sleep(
+            &[sleeper],
+            None,
+            || r.poll_ready(),
+            |words, timeout| {
+                assert!(timeout.is_none(), "a reliable handshake sleeps untimed");
+                view.futex_wait(words[0].0, words[0].1, None);
+                WaitEnd::Woken
+            },
+        );
+        assert_ne!(end, SleepEnd::TimedOut);
+    }
+    read_one(r).0
+}
+
+/// SYNC: wake-handshake (asymmetric). The sleeper's heavy barrier (the model
+/// of membarrier, see `shm::membarrier`) against a writer whose `notify`
+/// has only the light barrier: the sleeper is never left asleep with the
+/// record published, and the writer wakes at most once per sleep.
+#[test]
+fn loom_wake_membarrier_handshake() {
+    model(|| {
+        membarrier::init_for_model();
+        let seg = segment(Policy::Block, None);
+        let mut r = join(&seg, JoinAt::Latest);
+        let writer = spawn_writer_with(&seg, WakeHandshake::Membarrier, &[7]);
+        let mut sleeps = 0;
+        assert_eq!(
+            sleep_and_read(&mut r, WakeHandshake::Membarrier, &mut sleeps),
+            7
+        );
+        writer.join().unwrap();
+        assert!(
+            seg.wakes() <= sleeps,
+            "{} wakes for {sleeps} sleeps",
+            seg.wakes()
+        );
+    });
+}
+
+/// SYNC: wake-handshake (symmetric). The same with `WakeHandshake::Fence`:
+/// a SeqCst fence on both sides, through the production sleeper code.
+#[test]
+fn loom_wake_fence_handshake() {
+    model(|| {
+        membarrier::init_for_model();
+        let seg = segment(Policy::Block, None);
+        let mut r = join(&seg, JoinAt::Latest);
+        let writer = spawn_writer_with(&seg, WakeHandshake::Fence, &[7]);
+        let mut sleeps = 0;
+        assert_eq!(sleep_and_read(&mut r, WakeHandshake::Fence, &mut sleeps), 7);
+        writer.join().unwrap();
+        assert!(
+            seg.wakes() <= sleeps,
+            "{} wakes for {sleeps} sleeps",
+            seg.wakes()
+        );
+    });
+}
+
+/// SYNC: wake-coalesce, wake-handshake. Two sleepers, one writer (membarrier
+/// handshake) publishing two records one at a time: each sleeper receives
+/// both (no wake-up lost when the second sleeper arms while the first's wake
+/// is in flight, nor when a wake consumed an arm), and the writer's
+/// `FUTEX_WAKE`s never outnumber the sleeps (one wake per sleep at most,
+/// however many records arrive during it).
+#[test]
+fn loom_wake_coalesced_two_sleepers() {
+    model(|| {
+        membarrier::init_for_model();
+        let seg = segment(Policy::Block, None);
+        let mut a = join(&seg, JoinAt::Latest);
+        let mut b = join(&seg, JoinAt::Latest);
+        let writer = spawn_writer_with(&seg, WakeHandshake::Membarrier, &[3, 4]);
+        let other = thread::spawn(move || {
+            let mut sleeps = 0;
+            let got = [
+                sleep_and_read(&mut b, WakeHandshake::Membarrier, &mut sleeps),
+                sleep_and_read(&mut b, WakeHandshake::Membarrier, &mut sleeps),
+            ];
+            (got, sleeps)
+        });
+        let mut sleeps = 0;
+        let got = [
+            sleep_and_read(&mut a, WakeHandshake::Membarrier, &mut sleeps),
+            sleep_and_read(&mut a, WakeHandshake::Membarrier, &mut sleeps),
+        ];
+        let (got_b, sleeps_b) = other.join().unwrap();
+        writer.join().unwrap();
+        assert_eq!(got, [3, 4]);
+        assert_eq!(got_b, [3, 4]);
+        let wakes = seg.wakes();
+        assert!(
+            wakes <= sleeps + sleeps_b,
+            "{wakes} wakes for {} sleeps",
+            sleeps + sleeps_b
+        );
+    });
+}
+
+/// The model's honesty check: a sleeper that fences (the symmetric
+/// protocol's half) against a writer that only has the light barrier (the
+/// membarrier handshake's half) gets no ordering from the model of the
+/// heavy barrier, and loom finds the lost wake-up. If this passed, the
+/// model of `membarrier` would be proving the symmetric protocol.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn loom_wake_light_barrier_does_not_pair_with_a_fence() {
+    model(|| {
+        membarrier::init_for_model();
+        let seg = segment(Policy::Block, None);
+        let mut r = join(&seg, JoinAt::Latest);
+        let writer = spawn_writer_with(&seg, WakeHandshake::Membarrier, &[7]);
+        let mut sleeps = 0;
+        assert_eq!(sleep_and_read(&mut r, WakeHandshake::Fence, &mut sleeps), 7);
         writer.join().unwrap();
     });
 }

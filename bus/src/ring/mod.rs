@@ -22,7 +22,8 @@
 //! | `head-advance` | writer stores `head`, then `fence(Release)`, then overwrites | overwrite-mode reader or observer copies, `fence(Acquire)`, loads `head` | a reader that saw any overwritten byte sees the advanced `head` and discards its copy (seqlock) |
 //! | `join-limit` | writer stores `limit`, `fence(SeqCst)`, scans slots | joiner stores its slot ACTIVE, `fence(SeqCst)`, loads `limit` | either the writer's scan sees the joiner, or the joiner starts at or after the writer's limit (Dekker) |
 //! | `hold-evict` | writer CASes a slot to EVICTED, `fence(SeqCst)`, loads `held` | subscriber stores `held`, `fence(SeqCst)`, loads `state` | an evicted subscriber never reads bytes the writer may overwrite (Dekker) |
-//! | `notify` | writer stores `tail`, `fence(SeqCst)`, loads `waiters` | reader bumps `waiters`, `fence(SeqCst)`, re-checks for data | no missed wake-up: one of the two sees the other (Dekker) |
+//! | `wake-handshake` | writer stores `tail`, then a compiler fence (Membarrier ring; loom: an RMW of the barrier word) or `fence(SeqCst)` (Fence ring), loads `waiters`/`wake_armed` | sleeper bumps `waiters`, stores `wake_armed`, then `membarrier(GLOBAL_EXPEDITED)` (loom: an RMW of the barrier word) or `fence(SeqCst)`, re-checks for data | no missed wake-up: one of the two sees the other (Dekker; asymmetric argument in `shm::membarrier`) |
+//! | `wake-coalesce` | writer swaps `wake_armed` 1 → 0, bumps the futex word (Release), wakes | sleeper loads the futex word (Acquire), then arms | the swap that takes a sleeper's arm bumps the word after the sleeper read it, so its sleep ends; at most one wake per sleep |
 //! | `slot-claim` | claimer holds the slot's lock, stores the slot's fields, stores its state (Release) | writer's scan loads the state (Acquire) | a slot's fields are its current owner's; the lock makes the claim exclusive (no CAS race with a reaper: reaping takes the same lock) |
 //!
 //! # Protocols and the models that check them
@@ -44,7 +45,8 @@
 //! | untethered eviction | a held sample is never overwritten, also after an eviction; the only fault is `Evicted` | `hold-evict`, `release-position` | `loom_eviction_never_overwrites_a_held_record`, `loom_evicted_holder_releases_its_sample` |
 //! | untethered pin | bytes pinned and found committed are not overwritten while read | `join-limit` (pin), `hold-evict` (unhold) | `loom_untethered_pin_protects_what_it_reads` |
 //! | Overwrite seqlock, observers | a copy is accepted only if `head` did not pass it; losses are counted exactly | `head-advance`, `commit`, `tail-publish` | `loom_overwrite_seqlock_copies`, `loom_observer_copies`, `loom_observer_gap_record_lapped` |
-//! | futex wake-up (symmetric) | a sleeper is never left asleep with data published | `notify` | `loom_no_missed_wakeup` |
+//! | futex wake-up (symmetric) | a sleeper is never left asleep with data published | `wake-handshake` | `loom_no_missed_wakeup`, `loom_wake_fence_handshake` |
+//! | futex wake-up (asymmetric, coalesced) | the same with membarrier on the sleeper's side only; two sleepers, wakes coalesced, none lost; at most one wake per sleep | `wake-handshake`, `wake-coalesce` | `loom_wake_membarrier_handshake`, `loom_wake_coalesced_two_sleepers` |
 //! | replica raw commit, gap record | a raw chunk becomes visible with its first stamp; a gap record reports exactly its count | `commit` (raw, gap), `tail-publish` | `loom_replica_commit_raw_and_gap` |
 
 pub(crate) mod gate;
@@ -153,4 +155,10 @@ pub(crate) unsafe trait View {
     /// A monotonic clock shared by all processes of the host (nanoseconds;
     /// loom models use a logical clock): leases and untethered eviction.
     fn now_ns(&self) -> u64;
+    /// How the writer of this ring closes the wake-up handshake (what its
+    /// header says). The default, the symmetric fence, is right for any
+    /// view that does not know better (heap views; models set it explicitly).
+    fn wake_handshake(&self) -> crate::shm::membarrier::WakeHandshake {
+        crate::shm::membarrier::WakeHandshake::Fence
+    }
 }

@@ -16,6 +16,7 @@ use crate::{
         data_stamp, gap_stamp, meta_word, padding_stamp, record_size, GAP_PAYLOAD, RECORD_ALIGN,
         RECORD_HEADER, WRITER_CLOSED,
     },
+    shm::membarrier::{self, WakeHandshake},
     sync::{fence, Ordering},
 };
 
@@ -68,6 +69,9 @@ pub(crate) struct WriterCore<V: View> {
     /// False for a replica that has not received a record yet: its first
     /// record sets the numbering.
     seq_known: bool,
+    /// How `notify` closes the store-load race with sleepers (the ring's
+    /// header says the same to them).
+    handshake: WakeHandshake,
     pub(crate) gate: GateState,
 }
 
@@ -83,6 +87,7 @@ impl<V: View> WriterCore<V> {
     /// `seq: None`: the first received record sets the numbering.
     pub(crate) fn new_at(view: V, start: u64, seq: Option<u64>) -> Self {
         let geo = *view.geometry();
+        let handshake = view.wake_handshake();
         // Relaxed: the ring is not visible yet (or, in production, the
         // creator stored the same values before publishing the ring).
         view.producer()
@@ -102,8 +107,16 @@ impl<V: View> WriterCore<V> {
             seq: seq.unwrap_or(0),
             published: seq.unwrap_or(0),
             seq_known: seq.is_some(),
+            handshake,
             gate: GateState::default(),
         }
+    }
+
+    /// Sets the wake-up handshake (loom models; production takes it from
+    /// the view, which read it from the ring's header).
+    #[cfg(any(test, loom))]
+    pub(crate) fn set_handshake(&mut self, handshake: WakeHandshake) {
+        self.handshake = handshake;
     }
 
     /// Reserves `len` bytes of whole records (a replica chunk) at the write
@@ -474,15 +487,39 @@ impl<V: View> WriterCore<V> {
         self.notify();
     }
 
-    /// SYNC: notify. The fence orders the `tail` store before the `waiters`
-    /// load; the reader fences between its `waiters` increment and its
-    /// re-check. One of the two sees the other, so no wake-up is missed.
+    /// Wakes sleepers after a `tail` store, at most once per sleep of each
+    /// (protocol and proofs: `shm::futex`).
     fn notify(&self) {
-        fence(Ordering::SeqCst);
-        // Relaxed: the fence above provides the ordering.
-        if self.view.waiters().waiters.load(Ordering::Relaxed) != 0 {
+        match self.handshake {
+            WakeHandshake::Membarrier => {
+                // SYNC: wake-handshake (asymmetric). Only a compiler fence
+                // between the `tail` store above and the `waiters` load
+                // below: a sleeper's membarrier forces a full barrier on
+                // this CPU at an instruction boundary, before the store
+                // (then we see its `waiters`/`wake_armed` stores) or after
+                // it (then its re-check sees `tail`). Loom: see membarrier.
+                membarrier::light_barrier();
+            }
+            WakeHandshake::Fence => {
+                // SYNC: wake-handshake (symmetric). Pairs with the sleeper's
+                // fence(SeqCst) in `futex::barrier`: one of the two sees the other.
+                fence(Ordering::SeqCst);
+            }
+        }
+        let w = self.view.waiters();
+        // Relaxed: ordered after the `tail` store by the handshake above.
+        // Nobody counted: one load, no wake.
+        if w.waiters.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        // Relaxed: as above. SYNC: wake-coalesce. Wake only when this swap
+        // takes a sleeper's arm; publishes while a wake is in flight find 0.
+        if w.wake_armed.load(Ordering::Relaxed) != 0 && w.wake_armed.swap(0, Ordering::Relaxed) != 0
+        {
             let futex = &self.view.producer().futex;
-            // Release: a woken reader that loads the futex word (Acquire) sees the new tail.
+            // SYNC: wake-coalesce. Release: a sleeper whose prepare loads
+            // this bump (Acquire) armed after our swap, so its arm is not
+            // the one we took; and a woken reader sees the new tail.
             futex.fetch_add(1, Ordering::Release);
             self.view.futex_wake(futex);
         }

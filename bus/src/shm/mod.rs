@@ -14,6 +14,7 @@ pub(crate) mod listing;
 pub(crate) mod liveness;
 #[cfg(not(loom))]
 pub(crate) mod lock;
+pub(crate) mod membarrier;
 #[cfg(not(loom))]
 pub(crate) mod paths;
 #[cfg(not(loom))]

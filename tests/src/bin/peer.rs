@@ -11,6 +11,8 @@
 //!      [--timeout-s S] [--bus NAME]
 //! ```
 //!
+//! (More modes: `peer/core_v2.rs`, `peer/wake.rs`.)
+//!
 //! Both print progress lines on stdout that tests wait for:
 //!
 //! - publisher: `ready ring=<id> path=<file>`, `subscribers <n>`, `sent <n>`
@@ -38,6 +40,8 @@ use std::{
 use shmbus::{Bus, Error, Policy, Publisher, StartAt, WaitStrategy};
 #[path = "peer/core_v2.rs"]
 mod core_v2;
+#[path = "peer/wake.rs"]
+mod wake;
 
 use shmbus_tests::{
     args::Args,
@@ -69,6 +73,8 @@ fn main() -> ExitCode {
         "hw-sub" => core_v2::hw_sub(args),
         "wake-sub" => core_v2::wake_sub(args),
         "fork-reader" => core_v2::fork_reader(args),
+        "wake-pub" => wake::wake_pub(args),
+        "wake-count" => wake::wake_count(args),
         other => usage(&format!("unknown subcommand {other:?}")),
     }
 }

@@ -835,28 +835,32 @@ fn run_wake_sub(mut args: Args) -> Result<ExitCode, String> {
     args.finish()?;
     let mut reader =
         RingReader::open(&path, shmbus_bus::StartAt::Latest).map_err(|e| format!("open: {e}"))?;
+    // Slices far longer than the test's pauses: a round that is not ended
+    // by a futex wake-up shows as a timeout in the sleep statistics.
+    reader.set_max_sleep(Duration::from_secs(30));
     say("joined");
     for round in 0..rounds {
-        match reader.read(
+        let sent = match reader.read(
             WaitStrategy::Block { spins: 0 },
-            Some(Duration::from_secs(5)),
+            Some(Duration::from_secs(30)),
         ) {
-            Ok(ReadEvent::Message(m)) => {
-                let now = monotonic_ns();
-                let sent = m
-                    .payload()
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_le_bytes)
-                    .ok_or("short payload")?;
-                say(&format!(
-                    "woke round={round} latency_us={}",
-                    now.saturating_sub(sent) / 1000
-                ));
-            }
+            Ok(ReadEvent::Message(m)) => m
+                .payload()
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or("short payload")?,
             Ok(other) => return Err(format!("round {round}: {other:?}")),
             Err(e) => return Err(format!("round {round}: {e}")),
-        }
+        };
+        let now = monotonic_ns();
+        let stats = reader.sleep_stats();
+        say(&format!(
+            "woke round={round} latency_us={} woken={} timeouts={}",
+            now.saturating_sub(sent) / 1000,
+            stats.woken,
+            stats.timeouts
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }
