@@ -71,6 +71,9 @@ pub struct WaitRegistration {
     slot: Option<usize>,
     /// The futex value `prepare` returned: what a sleep waits on.
     seen: u32,
+    /// The ring's wake-up handshake can be relied on (`Sleeper::reliable`):
+    /// if not, a sleep on it lasts at most `futex::FALLBACK_SLICE`.
+    reliable: bool,
     /// 1 while counted as a waiter (SYNC: reg-once).
     armed: AtomicU32,
 }
@@ -86,9 +89,12 @@ impl WaitRegistration {
             probe,
             slot,
             seen: 0,
+            reliable: false,
             armed: AtomicU32::new(1),
         };
         me.seen = futex::prepare(&me.sleeper());
+        // After `prepare`: a heavy barrier it found denied counts.
+        me.reliable = me.sleeper().reliable();
         me
     }
 
@@ -204,13 +210,24 @@ impl Doorbell {
 /// Returns nothing: callers look at what is ready.
 ///
 /// Sleeps on at most [`MAX_REGISTERED`] registrations (the rest are not
-/// watched: callers shard). Unregistered entries are skipped.
+/// watched: callers shard). Unregistered entries are skipped. If a ring's
+/// wake-up handshake cannot be relied on (no handshake in its header, or
+/// `membarrier` denied), the sleep lasts at most the handshake's fallback
+/// slice, so a wake-up it misses costs a slice, never a hang.
 pub fn wait_registered(
     registrations: &[&WaitRegistration],
     bell: &Doorbell,
     bell_seen: u32,
     timeout: Option<Duration>,
 ) {
+    let unreliable = registrations
+        .iter()
+        .any(|r| r.is_registered() && !r.reliable);
+    let timeout = if unreliable {
+        Some(timeout.map_or(futex::FALLBACK_SLICE, |t| t.min(futex::FALLBACK_SLICE)))
+    } else {
+        timeout
+    };
     let mut words: Vec<(&AtomicU32, u32)> =
         Vec::with_capacity(registrations.len().min(MAX_REGISTERED) + 1);
     words.push((&bell.word, bell_seen));
@@ -221,5 +238,6 @@ pub fn wait_registered(
             .take(MAX_REGISTERED)
             .map(|r| (&r.map().producer().futex, r.seen)),
     );
-    futex::futex_wait_any(&words, timeout);
+    // How it ended does not matter: callers look at what is ready.
+    let _ = futex::futex_wait_any(&words, timeout);
 }
