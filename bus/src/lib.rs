@@ -72,6 +72,7 @@ pub use crate::{
         inspect::{RingStatus, SlotKind, SubscriberStatus},
         observer::{Observed, RingObserver},
         raw::{RawChunk, RawReader, ReplicaChunk, ReplicaWriter},
+        reactor::{wait_registered, Doorbell, WaitRegistration, MAX_REGISTERED},
         reader::{
             wait_any, wait_probes, Drained, Message, ReadEvent, ReaderOptions, ReadyProbe,
             RingReader, SleepStats, StartAt, CLOSE_GRACE,

@@ -15,6 +15,8 @@ use std::{any::TypeId, mem::MaybeUninit};
 
 use shmbus_bus::layout::TYPE_NAME_MAX;
 
+use crate::fill::{Fill, Row};
+
 use rkyv::{
     api::high::{HighSerializer, HighValidator},
     bytecheck::CheckBytes,
@@ -274,11 +276,79 @@ pub struct ArchiveWriter<'a> {
     buf: &'a mut [MaybeUninit<u8>],
     /// Bytes the archive has so far (may exceed `buf.len()`).
     pos: usize,
+    /// What to do with [`Fill`] fields.
+    fills: Fills<'a>,
+    /// [`Fill`] fields met so far (the index the next one gets).
+    fills_seen: usize,
+    /// A [`Fill`] was counted but not written: the buffer holds no
+    /// complete archive, even if it was big enough.
+    deferred: bool,
+}
+
+/// The user's code that writes [`Fill`] fields: called for each row with
+/// where it is and its bytes.
+pub(crate) type RowFn<'f> = dyn FnMut(Row, &mut [u8]) + 'f;
+
+/// What an [`ArchiveWriter`] does with [`Fill`] fields.
+pub(crate) enum Fills<'f> {
+    /// Count their bytes, leave the space unwritten, call nothing: a pass
+    /// that only learns the archive's size.
+    Defer,
+    /// Zero each row and hand it to the closure, if any (the pass whose
+    /// bytes are committed); without one, the rows stay zero.
+    Run(Option<&'f mut RowFn<'f>>),
+}
+
+impl std::fmt::Debug for Fills<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Defer => "Defer",
+            Self::Run(None) => "Run(zeros)",
+            Self::Run(Some(_)) => "Run(closure)",
+        })
+    }
+}
+
+impl Fills<'_> {
+    /// The same instruction, borrowed for a shorter time.
+    pub(crate) fn reborrow(&mut self) -> Fills<'_> {
+        match self {
+            Self::Defer => Fills::Defer,
+            Self::Run(None) => Fills::Run(None),
+            Self::Run(Some(write)) => Fills::Run(Some(&mut **write)),
+        }
+    }
 }
 
 impl<'a> ArchiveWriter<'a> {
-    fn new(buf: &'a mut [MaybeUninit<u8>]) -> Self {
-        Self { buf, pos: 0 }
+    fn new(buf: &'a mut [MaybeUninit<u8>], fills: Fills<'a>) -> Self {
+        Self {
+            buf,
+            pos: 0,
+            fills,
+            fills_seen: 0,
+            deferred: false,
+        }
+    }
+
+    /// Reserves `fill.len()` bytes at the current position and returns where
+    /// they start. Writes them (zeroed rows handed to the closure) if this
+    /// pass writes fills and they lie inside the buffer; otherwise only
+    /// counts them.
+    pub(crate) fn fill(&mut self, fill: &Fill) -> usize {
+        let pos = self.pos;
+        let len = fill.len();
+        let index = self.fills_seen;
+        self.fills_seen += 1;
+        let inside = pos <= self.buf.len() && len <= self.buf.len() - pos;
+        match &mut self.fills {
+            Fills::Run(write) if inside => {
+                fill.run(index, &mut self.buf[pos..pos + len], write.as_deref_mut());
+            }
+            _ => self.deferred = true,
+        }
+        self.pos = pos.saturating_add(len);
+        pos
     }
 }
 
@@ -287,6 +357,7 @@ impl std::fmt::Debug for ArchiveWriter<'_> {
         f.debug_struct("ArchiveWriter")
             .field("capacity", &self.buf.len())
             .field("pos", &self.pos)
+            .field("fills", &self.fills)
             .finish()
     }
 }
@@ -342,27 +413,37 @@ impl std::fmt::Debug for Scratch {
 pub(crate) enum SerializeFail {
     /// The archive needs exactly `needed` bytes, more than the buffer has.
     NoRoom { needed: usize },
+    /// The archive (exactly `needed` bytes) has [`Fill`] fields that this
+    /// pass only counted ([`Fills::Defer`]): write it again with
+    /// [`Fills::Run`].
+    Deferred { needed: usize },
     /// rkyv (or the type's `Serialize`) failed after `reached` bytes.
     Failed { error: BoxedError, reached: usize },
 }
 
-/// Serializes `value` into `buf`; returns the archive's length.
+/// Serializes `value` into `buf`; returns the archive's length. With
+/// [`Fills::Run`], the closures of its [`Fill`] fields run (once each) if
+/// their bytes lie inside `buf`.
 pub(crate) fn serialize_into<T: Publishable>(
     value: &T,
     buf: &mut [MaybeUninit<u8>],
     scratch: &mut Scratch,
+    mut fills: Fills<'_>,
 ) -> Result<usize, SerializeFail> {
     let cap = buf.len();
-    let (result, needed) = serialize_with::<T, Failure>(value, buf, scratch);
+    let (result, needed, deferred) =
+        serialize_with::<T, Failure>(value, &mut *buf, scratch, fills.reborrow());
     match result {
-        Ok(()) if needed <= cap => Ok(needed),
-        Ok(()) => Err(SerializeFail::NoRoom { needed }),
+        Ok(()) if needed > cap => Err(SerializeFail::NoRoom { needed }),
+        Ok(()) if deferred => Err(SerializeFail::Deferred { needed }),
+        Ok(()) => Ok(needed),
         Err(Failure) => Err(explain_failure(value, buf, scratch, needed)),
     }
 }
 
 /// Rare: serializes again to learn why the first attempt failed (the
-/// buffer's bytes are rewritten; nothing uses them after a failure).
+/// buffer's bytes are rewritten; nothing uses them after a failure). Runs
+/// no [`Fill`] closure: they ran at most once, in the attempt that failed.
 #[cold]
 #[inline(never)]
 fn explain_failure<T: Publishable>(
@@ -371,7 +452,7 @@ fn explain_failure<T: Publishable>(
     scratch: &mut Scratch,
     needed: usize,
 ) -> SerializeFail {
-    let (result, reached) = serialize_with::<T, BoxedError>(value, buf, scratch);
+    let (result, reached, _) = serialize_with::<T, BoxedError>(value, buf, scratch, Fills::Defer);
     let error = match result {
         Err(error) => error,
         // Failed once, not twice: a `Serialize` impl that is not
@@ -385,21 +466,25 @@ fn explain_failure<T: Publishable>(
 }
 
 /// What `rkyv::api::high::to_bytes_in_with_alloc` does, keeping the writer
-/// (and the size it counted) when serialization fails: the outcome, and the
-/// archive's size (as far as it got).
-fn serialize_with<T, E>(
+/// (and the size it counted) when serialization fails: the outcome, the
+/// archive's size (as far as it got), and whether a [`Fill`] was deferred.
+fn serialize_with<'f, T, E>(
     value: &T,
-    buf: &mut [MaybeUninit<u8>],
+    buf: &'f mut [MaybeUninit<u8>],
     scratch: &mut Scratch,
-) -> (Result<(), E>, usize)
+    fills: Fills<'f>,
+) -> (Result<(), E>, usize, bool)
 where
     T: for<'a, 'b> Serialize<HighSerializer<ArchiveWriter<'b>, ArenaHandle<'a>, E>>,
     E: rkyv::rancor::Source,
 {
-    let mut serializer =
-        rkyv::ser::Serializer::new(ArchiveWriter::new(buf), scratch.0.acquire(), Share::new());
+    let mut serializer = rkyv::ser::Serializer::new(
+        ArchiveWriter::new(buf, fills),
+        scratch.0.acquire(),
+        Share::new(),
+    );
     let result = rkyv::api::serialize_using::<_, E>(value, &mut serializer).map(drop);
-    (result, serializer.writer.pos)
+    (result, serializer.writer.pos, serializer.writer.deferred)
 }
 
 /// A serialization or validation that failed once and then succeeded (a
@@ -528,13 +613,19 @@ mod tests {
     fn serialize_reports_exact_size_when_short() {
         let mut arena = Scratch::new();
         let mut big = Aligned([MaybeUninit::uninit(); 64]);
-        let n = serialize_into(&A { x: 7 }, &mut big.0, &mut arena).unwrap();
+        let n = serialize_into(&A { x: 7 }, &mut big.0, &mut arena, Fills::Run(None)).unwrap();
         // Too small by one byte: the exact size comes back, not an error text.
-        match serialize_into(&A { x: 7 }, &mut big.0[..n - 1], &mut arena) {
+        match serialize_into(
+            &A { x: 7 },
+            &mut big.0[..n - 1],
+            &mut arena,
+            Fills::Run(None),
+        ) {
             Err(SerializeFail::NoRoom { needed }) => assert_eq!(needed, n),
             other => panic!("{other:?}"),
         }
-        let n2 = serialize_into(&A { x: 7 }, &mut big.0[..n], &mut arena).unwrap();
+        let n2 =
+            serialize_into(&A { x: 7 }, &mut big.0[..n], &mut arena, Fills::Run(None)).unwrap();
         assert_eq!(n2, n);
         // SAFETY: `n` bytes were initialized by the serializer.
         let bytes = unsafe { std::slice::from_raw_parts(big.0.as_ptr().cast::<u8>(), n) };
@@ -542,7 +633,7 @@ mod tests {
         // A variable-size archive, counted past a small buffer.
         let v: Vec<u8> = (0..=255).collect();
         let exact = rkyv::to_bytes::<TestError>(&v).unwrap().len();
-        match serialize_into(&v, &mut big.0, &mut arena) {
+        match serialize_into(&v, &mut big.0, &mut arena, Fills::Run(None)) {
             Err(SerializeFail::NoRoom { needed }) => assert_eq!(needed, exact),
             other => panic!("{other:?}"),
         }
@@ -582,7 +673,7 @@ mod tests {
     fn serialize_failures_keep_their_reason_in_every_build() {
         let mut arena = Scratch::new();
         let mut buf = Aligned([MaybeUninit::uninit(); 64]);
-        match serialize_into(&Fails, &mut buf.0, &mut arena) {
+        match serialize_into(&Fails, &mut buf.0, &mut arena, Fills::Run(None)) {
             Err(SerializeFail::Failed { error, reached }) => {
                 assert_eq!(reached, 0);
                 let reason = serialize_reason(&error, "Fails");

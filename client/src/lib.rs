@@ -43,6 +43,16 @@
 //! - Every archive is validated (rkyv `bytecheck`) before you see it, unless
 //!   you opt out with the `unsafe` [`Subscriber::trust_publishers`].
 //!
+//! ## Big messages, async receive
+//!
+//! - A large byte payload can be written straight into the ring, with no
+//!   `Vec` first: a writer-side twin of the message type with a [`Fill`]
+//!   field, sent with [`Publisher::send_filled`] (see [`Fill`]).
+//! - [`Subscriber::recv_async`] (feature `tokio`, on by default) parks the
+//!   task, not a thread: one reactor thread per
+//!   [`shmbus_bus::MAX_REGISTERED`] rings waits for every async subscriber
+//!   of the process ([`reactor_threads`]).
+//!
 //! ## Message types
 //!
 //! Every ring carries the name of its message type and a fingerprint; a
@@ -81,15 +91,21 @@
 mod bus;
 mod codec;
 mod error;
+mod fill;
 mod publisher;
+#[cfg(feature = "tokio")]
+mod reactor;
 mod subscriber;
 
+#[cfg(feature = "tokio")]
+pub use crate::reactor::reactor_threads;
 pub use crate::{
     bus::{Bus, BusBuilder, TopicOptions},
     codec::{
         fingerprint, fingerprint_named, type_name, ArchiveWriter, Checkable, Publishable, MAX_ALIGN,
     },
     error::{Error, Result},
+    fill::{Fill, Row, MAX_FILL},
     publisher::{MessageLoan, Publisher},
     subscriber::{Sample, Subscriber, TopicEvent},
 };

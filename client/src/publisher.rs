@@ -10,7 +10,7 @@ use rkyv::Archive;
 use shmbus_bus::{self as bus, Loan, RingReader, RingWriter, StartAt, WaitStrategy, WriterStats};
 
 use crate::{
-    codec::{self, Publishable, SerializeFail},
+    codec::{self, Fills, Publishable, RowFn, SerializeFail},
     Bus, Error, Result,
 };
 
@@ -34,6 +34,10 @@ pub struct Publisher<T: Archive> {
     size_hint: usize,
     /// rkyv's scratch allocator, reused across messages.
     arena: codec::Scratch,
+    /// The last message had [`Fill`](crate::Fill) fields: size the next
+    /// one by counting alone (no first loan), since its fills cannot run
+    /// before its exact size is known.
+    count_first: bool,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -70,6 +74,7 @@ impl<T: Publishable> Publisher<T> {
             wait: WaitStrategy::default(),
             size_hint: 64,
             arena: codec::Scratch::new(),
+            count_first: false,
             _type: PhantomData,
         })
     }
@@ -105,7 +110,7 @@ impl<T: Publishable> Publisher<T> {
     ///
     /// [`Error::TooLarge`], [`Error::Serialize`]; never [`Error::Timeout`].
     pub fn send(&mut self, message: &T) -> Result<()> {
-        self.send_inner(message, Wait::Forever(self.wait), true)
+        self.send_inner(message, None, Wait::Forever(self.wait), true)
     }
 
     /// Publishes `message` if there is space now.
@@ -114,7 +119,7 @@ impl<T: Publishable> Publisher<T> {
     ///
     /// [`Error::Full`], [`Error::TooLarge`], [`Error::Serialize`].
     pub fn try_send(&mut self, message: &T) -> Result<()> {
-        self.send_inner(message, Wait::Never, true)
+        self.send_inner(message, None, Wait::Never, true)
     }
 
     /// Publishes `message`, waiting at most `timeout` for space. A timeout
@@ -125,7 +130,7 @@ impl<T: Publishable> Publisher<T> {
     /// [`Error::Timeout`] with `timeout`, [`Error::TooLarge`],
     /// [`Error::Serialize`].
     pub fn send_timeout(&mut self, message: &T, timeout: Duration) -> Result<()> {
-        self.send_inner(message, Wait::after(self.wait, timeout), true)
+        self.send_inner(message, None, Wait::after(self.wait, timeout), true)
     }
 
     /// Publishes every message with one tail store and at most one wake-up.
@@ -140,7 +145,7 @@ impl<T: Publishable> Publisher<T> {
     {
         let mut n = 0;
         for m in messages {
-            if let Err(e) = self.send_inner(m, Wait::Forever(self.wait), false) {
+            if let Err(e) = self.send_inner(m, None, Wait::Forever(self.wait), false) {
                 self.writer.publish();
                 return Err(e);
             }
@@ -150,6 +155,104 @@ impl<T: Publishable> Publisher<T> {
         Ok(n)
     }
 
+    /// Publishes `message`, a value of a writer-side twin of `T` (same
+    /// archived form: `#[rkyv(as = ArchivedT)]`), calling `fill` to write
+    /// the rows of its [`Fill`](crate::Fill) fields straight into the ring.
+    /// Waits for space like [`Self::send`]. Subscribers of `T` read it as
+    /// an archived `T`: the compiler checks the archived types are one, and
+    /// the ring's type name and fingerprint stay `T`'s.
+    ///
+    /// `fill` is called once per row of each `Fill` field, in order, with
+    /// the row zeroed (see [`Fill`](crate::Fill)); not at all if sending
+    /// fails before the message is written (too large, full, timeout). A
+    /// panic in `fill` publishes nothing and leaves the publisher usable.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::send`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use rkyv::{Archive, Serialize};
+    /// use shmbus::Fill;
+    ///
+    /// #[derive(Archive, Serialize)]
+    /// struct Blob { id: u64, bytes: Vec<u8> }
+    ///
+    /// #[derive(Archive, Serialize)]
+    /// #[rkyv(as = ArchivedBlob)]
+    /// struct BlobOut { id: u64, bytes: Fill }
+    ///
+    /// # let root = std::env::temp_dir().join(format!("shmbus-doc-as-{}", std::process::id()));
+    /// let bus = shmbus::Bus::builder().root(&root).build()?;
+    /// let mut subscriber = bus.subscriber::<Blob>("blobs")?;
+    /// let mut publisher = bus.publisher::<Blob>("blobs")?;
+    /// let blob = BlobOut { id: 9, bytes: Fill::rows(2, 3) };
+    /// publisher.send_filled(&blob, |row, bytes| bytes.fill(b'a' + row.index as u8))?;
+    /// let got = subscriber.recv_timeout(std::time::Duration::from_secs(5))?;
+    /// assert_eq!((got.id.to_native(), got.bytes.as_slice()), (9, &b"aaabbb"[..]));
+    /// # drop(got); drop((subscriber, publisher)); std::fs::remove_dir_all(&root).ok();
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
+    pub fn send_filled<M>(
+        &mut self,
+        message: &M,
+        mut fill: impl FnMut(crate::Row, &mut [u8]),
+    ) -> Result<()>
+    where
+        M: Publishable + Archive<Archived = T::Archived>,
+    {
+        self.send_inner(message, Some(&mut fill), Wait::Forever(self.wait), true)
+    }
+
+    /// Like [`Self::send_filled`], if there is space now (else `fill` is
+    /// not called).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::try_send`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use rkyv::{Archive, Serialize};
+    /// use shmbus::{Error, Fill};
+    ///
+    /// #[derive(Archive, Serialize)]
+    /// struct Blob { bytes: Vec<u8> }
+    /// #[derive(Archive, Serialize)]
+    /// #[rkyv(as = ArchivedBlob)]
+    /// struct BlobOut { bytes: Fill }
+    ///
+    /// # let root = std::env::temp_dir().join(format!("shmbus-doc-tsf-{}", std::process::id()));
+    /// let bus = shmbus::Bus::builder().root(&root).capacity(1 << 16).max_message(1 << 14).build()?;
+    /// let _subscriber = bus.subscriber::<Blob>("blobs")?; // holds what is sent
+    /// let mut publisher = bus.publisher::<Blob>("blobs")?;
+    /// let blob = BlobOut { bytes: Fill::bytes(10_000) };
+    /// let mut written = 0;
+    /// let full = loop {
+    ///     match publisher.try_send_filled(&blob, |_, b| { b.fill(1); written += 1 }) {
+    ///         Ok(()) => {}
+    ///         Err(Error::Full) => break true,
+    ///         Err(e) => return Err(e),
+    ///     }
+    /// };
+    /// assert!(full && written >= 3); // `fill` ran only for messages sent
+    /// # drop((_subscriber, publisher)); std::fs::remove_dir_all(&root).ok();
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
+    pub fn try_send_filled<M>(
+        &mut self,
+        message: &M,
+        mut fill: impl FnMut(crate::Row, &mut [u8]),
+    ) -> Result<()>
+    where
+        M: Publishable + Archive<Archived = T::Archived>,
+    {
+        self.send_inner(message, Some(&mut fill), Wait::Never, true)
+    }
+
     /// Serializes `message` in place: first into a generous loan sized by
     /// the last message; if the archive outgrew it, the writer counted its
     /// exact size, and the message is written again into a loan of exactly
@@ -157,20 +260,53 @@ impl<T: Publishable> Publisher<T> {
     /// (no `max_message` loan that pads the rest of a lap or waits for a
     /// megabyte to free), and sizes are decided by counting, not by reading
     /// rkyv's error messages.
-    fn send_inner(&mut self, message: &T, wait: Wait, publish: bool) -> Result<()> {
+    ///
+    /// A message with [`Fill`](crate::Fill) fields is always written in the
+    /// second pass, the only one that runs their closures: the first pass
+    /// counts them without writing, so each closure runs once, into the
+    /// space that is committed. After such a message the first pass is a
+    /// count alone, with no loan.
+    fn send_inner<'f, M: Publishable>(
+        &mut self,
+        message: &M,
+        fill: Option<&'f mut RowFn<'f>>,
+        wait: Wait,
+        publish: bool,
+    ) -> Result<()> {
         let max = self.writer.max_message();
-        let hint = self.size_hint.min(max);
-        // First try: room for the last size, and up to twice that if free now.
-        let want = hint.saturating_mul(2).max(256);
-        let needed = {
+        let needed = if self.count_first {
+            match codec::serialize_into(message, &mut [], &mut self.arena, Fills::Defer) {
+                // Empty: an archive of no bytes (a unit type) fits anywhere.
+                Ok(len) => {
+                    self.count_first = false;
+                    len
+                }
+                // No fill this time: the next message tries a loan first.
+                Err(SerializeFail::NoRoom { needed }) => {
+                    self.count_first = false;
+                    needed
+                }
+                Err(SerializeFail::Deferred { needed }) => needed,
+                Err(SerializeFail::Failed { error, reached }) => {
+                    return Err(self.failed(&error, reached, max));
+                }
+            }
+        } else {
+            let hint = self.size_hint.min(max);
+            // First try: room for the last size, and up to twice that if free now.
+            let want = hint.saturating_mul(2).max(256);
             let mut loan = wait.loan(&mut self.writer, hint, want)?;
-            match codec::serialize_into(message, loan.as_uninit(), &mut self.arena) {
+            match codec::serialize_into(message, loan.as_uninit(), &mut self.arena, Fills::Defer) {
                 Ok(len) => {
                     self.size_hint = len.max(16);
                     commit(loan, len, publish);
                     return Ok(());
                 }
                 Err(SerializeFail::NoRoom { needed }) => needed,
+                Err(SerializeFail::Deferred { needed }) => {
+                    self.count_first = true;
+                    needed
+                }
                 Err(SerializeFail::Failed { error, reached }) => {
                     return Err(self.failed(&error, reached, max));
                 }
@@ -182,7 +318,7 @@ impl<T: Publishable> Publisher<T> {
         }
         self.size_hint = needed.max(16);
         let mut loan = wait.loan(&mut self.writer, needed, needed)?;
-        match codec::serialize_into(message, loan.as_uninit(), &mut self.arena) {
+        match codec::serialize_into(message, loan.as_uninit(), &mut self.arena, Fills::Run(fill)) {
             Ok(len) => {
                 commit(loan, len, publish);
                 Ok(())
@@ -190,6 +326,11 @@ impl<T: Publishable> Publisher<T> {
             Err(SerializeFail::NoRoom { needed: again }) => Err(Error::Serialize(format!(
                 "{}: the archive grew from {needed} to {again} bytes between two \
                  serializations of one message (a Serialize impl that is not deterministic)",
+                self.type_name
+            ))),
+            // Not with `Fills::Run` and a buffer that holds the archive.
+            Err(SerializeFail::Deferred { .. }) => Err(Error::Serialize(format!(
+                "{}: a Fill field was not written in the pass that had room for it",
                 self.type_name
             ))),
             Err(SerializeFail::Failed { error, reached }) => Err(self.failed(&error, reached, max)),
@@ -381,7 +522,10 @@ pub struct MessageLoan<'a, T> {
 impl<T: Publishable> MessageLoan<'_, T> {
     /// Serializes `message` into the loan, replacing anything written
     /// before. If it fails, nothing is written any more (a previous write
-    /// was overwritten): [`Self::commit`] then fails too.
+    /// was overwritten): [`Self::commit`] then fails too. The closures of
+    /// [`Fill`](crate::Fill) fields run here, into the loan, if their bytes
+    /// fit it (they may have run when the archive as a whole then turns out
+    /// too large: size the loan to the archive).
     ///
     /// # Errors
     ///
@@ -390,12 +534,14 @@ impl<T: Publishable> MessageLoan<'_, T> {
     pub fn write(&mut self, message: &T) -> Result<()> {
         self.written = None;
         let max = self.loan.len();
-        match codec::serialize_into(message, self.loan.as_uninit(), self.arena) {
+        match codec::serialize_into(message, self.loan.as_uninit(), self.arena, Fills::Run(None)) {
             Ok(len) => {
                 self.written = Some(len);
                 Ok(())
             }
-            Err(SerializeFail::NoRoom { needed }) => Err(Error::TooLarge { len: needed, max }),
+            Err(SerializeFail::NoRoom { needed } | SerializeFail::Deferred { needed }) => {
+                Err(Error::TooLarge { len: needed, max })
+            }
             Err(SerializeFail::Failed { reached, .. }) if reached > max => {
                 Err(Error::TooLarge { len: reached, max })
             }

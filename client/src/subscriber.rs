@@ -11,6 +11,8 @@ use std::{
 use rkyv::Archive;
 use shmbus_bus::{self as bus, ReadEvent, RingReader, StartAt, WaitStrategy};
 
+#[cfg(feature = "tokio")]
+use crate::reactor;
 use crate::{codec, Bus, Checkable, Error, Result};
 
 /// How often an idle subscriber looks for new publishers: every this many
@@ -19,7 +21,7 @@ const RESCAN_POLLS: u32 = 1 << 12;
 
 /// Upper bound of a directory time's granularity (a kernel clock tick is 1
 /// to 10 ms): changes this recent may hide others made in the same tick.
-const MTIME_GRANULARITY: Duration = Duration::from_millis(50);
+pub(crate) const MTIME_GRANULARITY: Duration = Duration::from_millis(50);
 
 /// How often a blocked subscriber of a topic without publishers looks for one.
 const NO_PUBLISHER_POLL: Duration = Duration::from_millis(5);
@@ -497,6 +499,10 @@ where
 
     /// Receives the next message if one is ready.
     ///
+    /// Each ring is looked at once per call: the publishers are tried round
+    /// robin, and the first ring with a message hands it over from the same
+    /// look that found it (no probe first).
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidMessage`] (the message is skipped),
@@ -504,17 +510,64 @@ where
     /// ignored), [`Error::Evicted`] (the ring is rejoined at its newest
     /// message), [`Error::Bus`] for a corrupt ring (it is dropped). The
     /// subscriber stays usable after each.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir().join(format!("shmbus-doc-try-{}", std::process::id()));
+    /// let bus = shmbus::Bus::builder().root(&root).build()?;
+    /// let mut subscriber = bus.subscriber::<u64>("ticks")?;
+    /// assert!(subscriber.try_recv()?.is_none()); // nothing yet
+    /// let mut publisher = bus.publisher::<u64>("ticks")?;
+    /// publisher.send(&7)?;
+    /// let sample = subscriber.try_recv()?.expect("sent above");
+    /// assert_eq!(*sample, 7);
+    /// # drop(sample); drop((subscriber, publisher)); std::fs::remove_dir_all(&root).ok();
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     pub fn try_recv(&mut self) -> Result<Option<Sample<'_, T>>> {
-        let Some(i) = self.find_ready()? else {
-            return Ok(None);
-        };
-        self.next = i + 1;
+        // Look for new publishers every RESCAN_POLLS polls, busy or idle (a
+        // subscriber kept busy by some publishers must still find new ones),
+        // and at every poll while there is none (one `stat` per poll).
+        self.polls = self.polls.wrapping_add(1);
+        if self.sources.is_empty() || self.polls % RESCAN_POLLS == 0 {
+            self.rescan_if_changed();
+        }
+        if let Some(e) = self.pending_errors.pop_front() {
+            return Err(e);
+        }
+        let start = self.next;
+        let mut k = 0;
+        while k < self.sources.len() {
+            let i = (start + k) % self.sources.len();
+            self.next = i + 1;
+            let this: *mut Self = self;
+            // SAFETY: `this` is `self`, made afresh each turn, a unique
+            // borrow alive for the whole call. The sample arm returns a
+            // borrow made through it and never touches `self` again; the
+            // other arms hold nothing borrowed and go on with `self`. The
+            // borrow checker cannot see that when one arm returns a borrow
+            // (no Polonius yet: rust-lang/rust#54663).
+            match unsafe { &mut *this }.read_source(i)? {
+                Step::Sample(sample) => return Ok(Some(sample)),
+                Step::Empty => k += 1,
+                // A gap noted or a finished ring removed: look at index `i`
+                // again (the same ring, or the one that moved into place).
+                Step::Again => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads source `i` once: a message (validated), nothing, or news that
+    /// was dealt with (a gap noted, a finished ring removed).
+    #[inline]
+    fn read_source(&mut self, i: usize) -> Result<Step<'_, T>> {
         let this: *mut Self = self;
-        // SAFETY: `this` is `self`, a unique borrow alive for the whole call.
-        // Everything below borrows through `me`, except the error arm, which
-        // goes back to `self` once every borrow through `me` is dead (the
-        // error owns its data). The borrow checker cannot see that when the
-        // other arm returns a borrow (no Polonius yet: rust-lang/rust#54663).
+        // SAFETY: as in `try_recv`: everything below borrows through `me`,
+        // except the error arms, which go back to `self` once every borrow
+        // through `me` is dead (the error owns its data), and the closed
+        // arm, which holds no borrow either.
         let me = unsafe { &mut *this };
         let Self {
             topic,
@@ -558,14 +611,12 @@ where
                     // are 16-byte aligned and complete (framing validated).
                     NonNull::from(unsafe { rkyv::access_unchecked::<T::Archived>(bytes) })
                 };
-                Ok(Some(Sample {
+                Ok(Step::Sample(Sample {
                     publisher: id,
                     message,
                     archived,
                 }))
             }
-            // Not seen after `find_ready` (it takes gaps and closed rings
-            // first); handled anyway, and `recv` waits again after `None`.
             ReadEvent::Gap { messages, bytes } => {
                 *lost_messages += messages;
                 note(
@@ -577,9 +628,18 @@ where
                         bytes,
                     },
                 );
-                Ok(None)
+                Ok(Step::Again)
             }
-            ReadEvent::Empty | ReadEvent::Closed => Ok(None),
+            ReadEvent::Empty => Ok(Step::Empty),
+            ReadEvent::Closed => {
+                let gone = self.sources.remove(i);
+                note(
+                    &mut self.events,
+                    &self.topic,
+                    TopicEvent::PublisherGone { publisher: gone.id },
+                );
+                Ok(Step::Again)
+            }
         }
     }
 
@@ -612,32 +672,28 @@ where
         timeout: Duration,
     ) -> Result<Sample<'_, T>> {
         loop {
-            if self.wait_ready(deadline)? {
-                let this: *mut Self = self;
-                // SAFETY: `this` is `self`, a unique borrow alive for the
-                // whole call. Returning the sample from one arm makes the
-                // borrow checker (without Polonius: rust-lang/rust#54663)
-                // keep `self` borrowed in the other arm too, where the
-                // reborrow below is already dead; nothing else uses `self`
-                // while it lives.
-                if let Some(sample) = unsafe { &mut *this }.try_recv()? {
-                    return Ok(sample);
-                }
-                // A ready ring gave no message (a race lost to a lapping
-                // writer): wait again; this is not a timeout.
+            let this: *mut Self = self;
+            // SAFETY: `this` is `self`, made afresh each turn, a unique
+            // borrow alive for the whole call. Returning the sample from one
+            // arm makes the borrow checker (without Polonius:
+            // rust-lang/rust#54663) keep `self` borrowed in the other arm
+            // too, where the reborrow below is already dead; nothing else
+            // uses `self` while it lives.
+            if let Some(sample) = unsafe { &mut *this }.try_recv()? {
+                return Ok(sample);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::Timeout(timeout));
             }
+            self.wait_news(deadline);
         }
     }
 
-    /// Waits until a source has a message (true), or the deadline or one
-    /// wait slice passes (false). Rescans for publishers after each slice.
-    fn wait_ready(&mut self, deadline: Option<Instant>) -> Result<bool> {
-        if self.find_ready()?.is_some() {
-            return Ok(true);
-        }
+    /// Waits until a source looks ready (one stamp load per ring per poll,
+    /// consuming nothing), or the deadline or one wait slice passes. Rescans
+    /// for publishers after a slice without news. The caller then reads
+    /// with `try_recv`, which is the only look that takes a message.
+    fn wait_news(&mut self, deadline: Option<Instant>) {
         // With no publisher yet there is nothing to sleep on: look for one
         // every few milliseconds (a `stat` each) instead of every slice.
         let max = if self.sources.is_empty() {
@@ -653,7 +709,6 @@ where
         if !ready {
             self.idle_checks();
         }
-        Ok(self.find_ready()?.is_some())
     }
 
     /// Reads up to `max` ready messages, handing each archived message to `f`,
@@ -741,53 +796,125 @@ where
         Ok(n)
     }
 
-    /// Probes for waiting from another thread (async receive).
-    #[cfg(feature = "tokio")]
-    fn ready_probes(&self) -> Vec<bus::ReadyProbe> {
-        self.sources
-            .iter()
-            .map(|s| s.reader.ready_probe())
-            .collect()
-    }
-
-    /// Receives the next message without blocking the async runtime: idle
-    /// waits sleep on the rings' futexes in a blocking-pool thread (one wait
-    /// slice at a time, so a dropped future frees the thread within
-    /// [`shmbus_bus::MAX_SLEEP`]). No core is spun.
+    /// Receives the next message without blocking the async runtime: when
+    /// nothing is ready, the task registers every ring it reads (as a
+    /// waiter, the sleeper handshake) with the process's reactor and
+    /// returns `Pending`; one reactor thread per
+    /// [`shmbus_bus::MAX_REGISTERED`] rings, shared by all async
+    /// subscribers of the process, sleeps in `futex_waitv` on those rings
+    /// and wakes the task when a publisher publishes. No thread is held per
+    /// wait, and no core is spun. New publishers are noticed within a wait
+    /// slice ([`shmbus_bus::MAX_SLEEP`]), publishers that died without
+    /// closing within about a second.
+    ///
+    /// Cancel-safe: dropping the future (in `select!`, or a timeout) loses
+    /// no message (nothing is consumed before the future returns it) and
+    /// leaves nothing behind: the registrations are withdrawn, on the
+    /// dropping thread, as the future drops.
+    ///
+    /// It does not depend on tokio's reactor: any executor can poll it.
     ///
     /// # Errors
     ///
     /// As [`Self::try_recv`]; never [`Error::Timeout`] (wrap it in
-    /// `tokio::time::timeout` for one).
+    /// `tokio::time::timeout` for one); [`Error::Bus`] if the reactor thread
+    /// could not be started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir().join(format!("shmbus-doc-async-{}", std::process::id()));
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// # rt.block_on(async {
+    /// let bus = shmbus::Bus::builder().root(&root).build()?;
+    /// let mut subscriber = bus.subscriber::<u64>("ticks")?;
+    /// let mut publisher = bus.publisher::<u64>("ticks")?;
+    /// let sender = std::thread::spawn(move || {
+    ///     std::thread::sleep(std::time::Duration::from_millis(20));
+    ///     publisher.send(&5).unwrap();
+    /// });
+    /// let sample = subscriber.recv_async().await?; // parks the task, not a thread
+    /// assert_eq!(*sample, 5);
+    /// # drop(sample); sender.join().unwrap(); drop(subscriber);
+    /// # Ok::<(), shmbus::Error>(())
+    /// # })?;
+    /// # std::fs::remove_dir_all(&root).ok();
+    /// # Ok::<(), shmbus::Error>(())
+    /// ```
     #[cfg(feature = "tokio")]
     pub async fn recv_async(&mut self) -> Result<Sample<'_, T>> {
+        let this: &mut Self = self;
+        let mut wait: Option<reactor::Wait> = None;
+        std::future::poll_fn(move |cx| {
+            let me: *mut Self = &mut *this;
+            // SAFETY: `me` is the subscriber this future borrows mutably for
+            // its whole life; a sample returned from it ends the future
+            // (`poll_fn` is awaited once, right here, and never polled after
+            // `Ready`), so no two borrows made through `me` are alive
+            // together. The raw pointer lives within one poll (the future
+            // stays `Send`).
+            unsafe { (*me).poll_recv(cx, &mut wait) }
+        })
+        .await
+    }
+
+    /// One poll of `recv_async`: a message, or `Pending` with `wait`
+    /// registered to wake `cx`.
+    #[cfg(feature = "tokio")]
+    fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        wait: &mut Option<reactor::Wait>,
+    ) -> std::task::Poll<Result<Sample<'_, T>>> {
+        use std::task::Poll;
+        // A registered wait that fired (news, a changed directory, a dead
+        // publisher) and then finds no message asks for the idle checks
+        // (rescan, liveness) once; one that did not fire (a spurious poll)
+        // is withdrawn all the same, and registered again below with the
+        // current waker and positions.
+        let mut fired = wait.take().is_some_and(|w| w.fired());
         loop {
-            if self.find_ready()?.is_some() {
-                let this: *mut Self = self;
-                // SAFETY: as in `recv_until`: `this` is `self`, and the
-                // reborrow is dead in the arm that goes on using `self`.
-                // `this` does not live across an `.await`.
-                if let Some(sample) = unsafe { &mut *this }.try_recv()? {
-                    return Ok(sample);
-                }
-                // A ready ring gave no message: look again.
+            let this: *mut Self = self;
+            // SAFETY: as in `recv_until`: `this` is `self`, made afresh each
+            // turn; the sample arm returns a borrow made through it and
+            // never touches `self` again.
+            match unsafe { &mut *this }.try_recv() {
+                Ok(Some(sample)) => return Poll::Ready(Ok(sample)),
+                Err(e) => return Poll::Ready(Err(e)),
+                Ok(None) => {}
+            }
+            if std::mem::take(&mut fired) {
+                self.idle_checks();
                 continue;
             }
-            let probes = self.ready_probes();
-            let ready = tokio::task::spawn_blocking(move || {
-                bus::wait_probes(
-                    &probes,
-                    WaitStrategy::Block { spins: 0 },
-                    Some(bus::MAX_SLEEP),
-                )
-            })
-            .await
-            .unwrap_or(false);
-            if !ready {
-                self.idle_checks();
+            let readers = self.sources.iter().map(|s| &s.reader);
+            match reactor::Wait::register(readers, self.dir.clone(), self.dir_modified, cx.waker())
+            {
+                Ok(w) => {
+                    *wait = Some(w);
+                    return Poll::Pending;
+                }
+                // News came in before the registration counted: read again.
+                Err(reactor::Registered::Ready) => {}
+                Err(reactor::Registered::NoReactor(e)) => {
+                    return Poll::Ready(Err(Error::Bus(bus::Error::Io {
+                        path: "shmbus-reactor thread".into(),
+                        source: e,
+                    })));
+                }
             }
         }
     }
+}
+
+/// What one look at a ring found.
+enum Step<'a, T: Archive> {
+    /// A message, validated.
+    Sample(Sample<'a, T>),
+    /// Nothing to read there now.
+    Empty,
+    /// News dealt with (a gap noted, a finished ring removed): look again.
+    Again,
 }
 
 /// What to do with a ring whose read failed.

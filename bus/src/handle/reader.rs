@@ -829,3 +829,21 @@ impl Drop for Message<'_> {
         }
     }
 }
+
+/// What `handle::reactor` uses of a probe.
+impl ReadyProbe {
+    /// Whether the watched position has news.
+    pub(crate) fn ready(&self) -> bool {
+        self.is_ready()
+    }
+
+    /// The ring's mapping.
+    pub(crate) fn mapping(&self) -> &Arc<Mapping> {
+        &self.map
+    }
+
+    /// The probe's place in the sleep/wake handshake (no slot flag).
+    pub(crate) fn handshake_sleeper(&self) -> Sleeper<'_> {
+        self.sleeper()
+    }
+}
