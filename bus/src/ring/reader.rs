@@ -69,6 +69,31 @@ pub(crate) struct ReaderCore<V: View> {
     lost_bytes: u64,
     /// True while a sample is held under the hold-evict protocol.
     holding: bool,
+    /// The position last stored in our slot (SYNC: release-position): the
+    /// writer's gate sees this one, not `position`. Batched release keeps
+    /// `released <= position`; everything below `position` is finished.
+    released: u64,
+    /// Unprompted batch: publish progress once `position - released`
+    /// reaches this many bytes (see [`ReaderCore::finish`]).
+    batch: u64,
+}
+
+/// The unprompted release batch of a ring of `capacity` bytes: an eighth of
+/// it. The writer's own gate refresh aims an eighth of the ring past its
+/// need, so its limit moves in steps of that size anyway; a larger batch
+/// would cost a subscriber that stops reading (without reaching `Empty`)
+/// more of the writer's space, a smaller one more slot-line transfers.
+pub(crate) fn default_batch(capacity: u64) -> u64 {
+    capacity / 8
+}
+
+/// The batch while the writer waits for space (its `space_wanted` word is
+/// past what we published): a sixty-fourth of the ring. Small enough that a
+/// waiting writer resumes after little reading, large enough that a writer
+/// that keeps the ring full (a fast publisher, a slower reader) is not woken
+/// for every record: both sides touch the slot line once per this many bytes.
+fn hinted_batch(batch: u64) -> u64 {
+    (batch / 8).max(1)
 }
 
 impl<V: View> ReaderCore<V> {
@@ -82,6 +107,9 @@ impl<V: View> ReaderCore<V> {
             expected_seq: None,
             lost_bytes: 0,
             holding: false,
+            // `activate` (or `prejoin`) stored this position in the slot.
+            released: position,
+            batch: default_batch(geo.capacity),
         };
         reader.expected_seq = reader.sequence_at_start();
         reader
@@ -203,7 +231,21 @@ impl<V: View> ReaderCore<V> {
 
     /// Finds the next record without consuming it. Padding is skipped; a gap
     /// record is consumed and reported.
+    ///
+    /// `Empty` publishes any progress not released yet first: a reader that
+    /// has caught up is about to wait for the writer, so the writer must
+    /// never wait for it (the no-deadlock half of batched release, see
+    /// [`Self::finish`]).
+    #[inline]
     pub(crate) fn peek(&mut self) -> Result<Peek, ReadFault> {
+        let peek = self.peek_inner()?;
+        if peek == Peek::Empty && self.released != self.position {
+            self.publish_progress();
+        }
+        Ok(peek)
+    }
+
+    fn peek_inner(&mut self) -> Result<Peek, ReadFault> {
         let mask = self.geo.mask();
         loop {
             let pos = self.position;
@@ -479,6 +521,66 @@ impl<V: View> ReaderCore<V> {
         self.release();
     }
 
+    /// Consumes records up to `end` (exclusive), the reader having finished
+    /// with them, and releases them to the writer in batches: when
+    /// `batch` bytes are unreleased, or a sixty-fourth of the ring while the
+    /// writer waits for space past what we published (its `space_wanted`
+    /// word), and in any case at the next `Empty` ([`Self::peek`]).
+    ///
+    /// SYNC: release-position, batched. Why a batched release is safe:
+    /// - no overwrite of anything still read: the slot's position only ever
+    ///   moves to `self.position`, and everything below it is finished
+    ///   (a record is finished when its sample is dropped); a held sample
+    ///   starts at or after `self.position`, so it stays at or above the
+    ///   released position and the writer, which writes below
+    ///   `released + capacity` of every gating slot, cannot reach it. A
+    ///   released position that lags only makes the writer wait longer.
+    ///   The store is the same Release store as an eager release: our reads
+    ///   of every byte below it happen before the writer's overwrite.
+    /// - no deadlock: a writer waits only on released positions. The reader
+    ///   it waits on either has published records to read (then it
+    ///   publishes within `batch` bytes, sooner when it sees
+    ///   `space_wanted`), or has read everything published: its next peek
+    ///   finds `Empty` and publishes before it returns (the writer
+    ///   publishes its tail before it refreshes its gate, so a waiting
+    ///   writer has nothing unpublished that the reader could wait for).
+    ///   A reader that holds a sample and stops holds the writer back by
+    ///   its held sample plus at most `batch` bytes (a sixty-fourth of the
+    ///   ring if the writer was already waiting when it finished the record
+    ///   before): the same kind of hold as before, a little larger.
+    #[inline]
+    pub(crate) fn finish(&mut self, end: u64, next_seq: u64) {
+        self.position = end;
+        self.expected_seq = Some(next_seq);
+        let pending = end.wrapping_sub(self.released);
+        if pending >= hinted_batch(self.batch) && (pending >= self.batch || self.writer_waiting()) {
+            self.publish_progress();
+        }
+    }
+
+    /// Whether the writer said it waits for a position past what we
+    /// released. Relaxed: a hint that only makes the release come sooner;
+    /// progress never depends on it (see [`Self::finish`]). A forged value
+    /// costs extra releases, nothing else.
+    #[inline]
+    fn writer_waiting(&self) -> bool {
+        self.view.producer().space_wanted.load(Ordering::Relaxed) > self.released
+    }
+
+    /// Publishes the read position to our slot (batched release), without
+    /// ending a hold.
+    fn publish_progress(&mut self) {
+        if let Some(claim) = &self.claim {
+            gate::release(&self.view, claim, self.position);
+        }
+        self.released = self.position;
+    }
+
+    /// Sets the unprompted release batch in bytes (0: release every record).
+    pub(crate) fn set_release_batch(&mut self, bytes: u64) {
+        self.batch = bytes;
+    }
+
     /// Consumes records up to `end` without releasing them yet (batches).
     pub(crate) fn advance_to(&mut self, end: u64, next_seq: u64) {
         self.position = end;
@@ -487,6 +589,7 @@ impl<V: View> ReaderCore<V> {
 
     /// Releases everything consumed so far and ends any hold.
     pub(crate) fn release(&mut self) {
+        self.released = self.position;
         if let Some(claim) = &self.claim {
             gate::release(&self.view, claim, self.position);
             if self.holding {
@@ -528,6 +631,7 @@ impl<V: View> ReaderCore<V> {
 
     /// Sets the released position directly (raw readers: the bridge).
     pub(crate) fn release_to(&mut self, position: u64) {
+        self.released = position;
         if let Some(claim) = &self.claim {
             gate::release(&self.view, claim, position);
         }

@@ -69,6 +69,61 @@ pub(crate) struct WriterCore<V: View> {
     /// record sets the numbering.
     seq_known: bool,
     pub(crate) gate: GateState,
+    /// Record boundaries this writer wrote, at least `mark_stride` apart,
+    /// oldest first from `marks_next - MARKS` (a ring: see [`Marks`]).
+    marks: Marks,
+    /// The last value stored in `Producer::space_wanted`.
+    wanted: u64,
+}
+
+/// How many recent record boundaries a writer remembers.
+const MARKS: usize = 64;
+
+/// Record boundaries a writer remembers so that a gate refresh finds a
+/// boundary near its aim without walking records: each record end at least
+/// `stride` (a thirty-second of the ring) past the previous mark is noted
+/// (one compare per commit). Sixty-four marks a thirty-second of the ring
+/// apart cover two rings of history, more than `head..tail` ever spans.
+#[derive(Debug)]
+struct Marks {
+    at: [u64; MARKS],
+    /// Marks ever noted; the newest is `at[(count - 1) % MARKS]`.
+    count: usize,
+    /// The next boundary at or past this is noted.
+    next: u64,
+    stride: u64,
+}
+
+impl Marks {
+    fn new(start: u64, capacity: u64) -> Self {
+        let mut marks = Self {
+            at: [0; MARKS],
+            count: 0,
+            next: start,
+            stride: (capacity / 32).max(RECORD_ALIGN),
+        };
+        marks.note(start);
+        marks
+    }
+
+    /// Notes `pos`, a record boundary of this writer's (a record's end).
+    #[inline]
+    fn note(&mut self, pos: u64) {
+        if pos >= self.next {
+            self.at[self.count % MARKS] = pos;
+            self.count += 1;
+            self.next = pos + self.stride;
+        }
+    }
+
+    /// The oldest remembered boundary in `from..=to`, if any.
+    fn first_in(&self, from: u64, to: u64) -> Option<u64> {
+        let oldest = self.count.saturating_sub(MARKS);
+        (oldest..self.count)
+            .map(|i| self.at[i % MARKS])
+            .find(|&m| m >= from)
+            .filter(|&m| m <= to)
+    }
 }
 
 impl<V: View> WriterCore<V> {
@@ -103,6 +158,8 @@ impl<V: View> WriterCore<V> {
             published: seq.unwrap_or(0),
             seq_known: seq.is_some(),
             gate: GateState::default(),
+            marks: Marks::new(start, geo.capacity),
+            wanted: 0,
         }
     }
 
@@ -193,6 +250,9 @@ impl<V: View> WriterCore<V> {
             }
             pos += header.size;
         }
+        // The chunk's end is a boundary (validated above); its inner ones
+        // are not noted: a mark only needs to be near the gate's aim.
+        self.marks.note(end);
         self.seq = seq;
         self.seq_known |= !first;
         self.clear_next_stamp(end);
@@ -377,6 +437,7 @@ impl<V: View> WriterCore<V> {
             .word(off)
             .store(padding_stamp(self.write), Ordering::Release);
         self.write = start;
+        self.marks.note(start);
     }
 
     /// Copies `payload` into a reservation (test and raw-bytes path; the
@@ -430,6 +491,7 @@ impl<V: View> WriterCore<V> {
             .word(off)
             .store(data_stamp(r.position), Ordering::Release);
         self.write = end;
+        self.marks.note(end);
     }
 
     /// Commits a gap record: `count` messages were lost before the next
@@ -453,6 +515,7 @@ impl<V: View> WriterCore<V> {
             .word(off)
             .store(gap_stamp(r.position), Ordering::Release);
         self.write = end;
+        self.marks.note(end);
     }
 
     /// Makes everything committed visible through `tail` and wakes sleepers.
@@ -503,12 +566,27 @@ impl<V: View> WriterCore<V> {
     }
 
     /// Recomputes the gate from the subscriber table (see [`super::gate`]).
+    ///
+    /// The limit comes from slot positions alone: the lowest position a
+    /// gating slot released, or `target` if that is higher. Both are record
+    /// boundaries without a walk over records, as the limit must be (a
+    /// joiner may start there, and the stamp at `limit + capacity`, which
+    /// [`Self::clear_next_stamp`] leaves alone when the ring is exactly
+    /// full, must be the genuine older stamp of the record at `limit`):
+    /// - a slot position is one: subscribers release only the ends of
+    ///   records they read (batched or not), and join at `tail`, `head`,
+    ///   the published limit or a position a previous owner released;
+    ///   the scan clamps a forged one to at most `tail` (see [`super::gate`]);
+    /// - `target`, the aim past the need, is a boundary this writer noted
+    ///   when it wrote it ([`Marks`]), or `head` or `tail`.
+    ///
+    /// When the ring stays full, the position it waits for is stored in
+    /// `Producer::space_wanted` (a hint for batched release: subscribers
+    /// below it release sooner).
     pub(crate) fn refresh_gate(&mut self, needed_end: u64) {
         let cap = self.geo.capacity;
         let lowest = needed_end.saturating_sub(cap);
-        // Aim past the need by an eighth of the ring so refreshes are rare,
-        // but stop at a record boundary: the limit must be one (a joiner may
-        // start there, and an unclear stamp at `limit + cap` must be genuine).
+        // Aim past the need by an eighth of the ring so refreshes are rare.
         let target = self.boundary_at_or_after(lowest + cap / 8);
         let limit = super::gate::refresh_limit(
             &self.view,
@@ -519,19 +597,26 @@ impl<V: View> WriterCore<V> {
             target,
         );
         self.limit = limit;
+        if limit < lowest && self.wanted != lowest {
+            self.wanted = lowest;
+            // Relaxed: a hint that makes subscribers release sooner; none
+            // waits for it (a subscriber that caught up releases anyway).
+            self.view
+                .producer()
+                .space_wanted
+                .store(lowest, Ordering::Relaxed);
+        }
     }
 
-    /// The first record boundary at or after `target`, walking this writer's
-    /// own intact records from `head`; the published tail at the most (and
-    /// the tail, too, if a record there was damaged: `advance_head` reports it).
+    /// A record boundary at or after `target` (at most the published tail)
+    /// without reading the ring: `head` if `target` is not past it, else the
+    /// oldest boundary this writer noted in `target..=tail`, else the tail.
+    /// At most a mark stride (a thirty-second of the ring) past `target`
+    /// while marks cover it.
     fn boundary_at_or_after(&self, target: u64) -> u64 {
-        let mut pos = self.head;
-        while pos < target && pos < self.tail {
-            match self.own_record_size(pos) {
-                Ok(size) => pos += size,
-                Err(_) => return self.tail,
-            }
+        if target <= self.head {
+            return self.head.min(self.tail);
         }
-        pos.min(self.tail)
+        self.marks.first_in(target, self.tail).unwrap_or(self.tail)
     }
 }
