@@ -527,7 +527,8 @@ impl<V: View> ReaderCore<V> {
     /// writer waits for space past what we published (its `space_wanted`
     /// word), and in any case at the next `Empty` ([`Self::peek`]).
     ///
-    /// SYNC: release-position, batched. Why a batched release is safe:
+    /// The release-position pair, batched (the labelled Release store is in
+    /// `gate::release`). Why a batched release is safe:
     /// - no overwrite of anything still read: the slot's position only ever
     ///   moves to `self.position`, and everything below it is finished
     ///   (a record is finished when its sample is dropped); a held sample
@@ -677,5 +678,131 @@ impl<V: View> ReaderCore<V> {
 impl<V: View> Drop for ReaderCore<V> {
     fn drop(&mut self) {
         self.leave();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod batched_release_tests {
+    use super::*;
+    use crate::ring::{
+        gate::{JoinAt, JoinRequest},
+        heap::{self, HeapSegment, HeapView},
+        writer::{ReserveFail, WriterCore},
+    };
+
+    const CAP: u64 = 4096;
+
+    fn setup() -> (WriterCore<HeapView>, ReaderCore<HeapView>) {
+        let seg = HeapSegment::new(
+            Geometry {
+                capacity: CAP,
+                max_message: 1024,
+                policy: Policy::Block,
+                evict_after: None,
+            },
+            2,
+        );
+        let req = JoinRequest {
+            at: JoinAt::Latest,
+            tethered: true,
+            durable: None,
+            pid: 1,
+            start_time: 1,
+        };
+        let r = ReaderCore::join(heap::view(&seg), &req)
+            .expect("no fault")
+            .expect("a free slot");
+        (WriterCore::new(heap::view(&seg)), r)
+    }
+
+    /// Writes one 16-byte message (a 32-byte record).
+    fn write(w: &mut WriterCore<HeapView>) -> Result<(), ReserveFail> {
+        let r = w.reserve(16)?;
+        w.write_payload(&r, &[9; 16]);
+        w.commit(r, 16);
+        w.publish();
+        Ok(())
+    }
+
+    /// Reads the next record and finishes it (batched release).
+    fn read_finish(r: &mut ReaderCore<HeapView>) {
+        match r.peek().expect("no fault") {
+            Peek::Record(rec) => r.finish(rec.end, rec.seq + 1),
+            other => panic!("expected a record, got {other:?}"),
+        }
+    }
+
+    fn slot_position(r: &ReaderCore<HeapView>) -> u64 {
+        let index = r.claim().expect("joined").index;
+        r.view.slots()[index].position.load(Ordering::Acquire)
+    }
+
+    #[test]
+    fn finished_records_are_released_per_batch_and_before_empty() {
+        let (mut w, mut r) = setup();
+        for _ in 0..40 {
+            write(&mut w).expect("room");
+        }
+        // Fewer than a batch (an eighth of the ring: 16 records): nothing
+        // is stored in the slot yet.
+        for _ in 0..10 {
+            read_finish(&mut r);
+        }
+        assert_eq!(slot_position(&r), 0, "released before a batch");
+        // The sixteenth record completes a batch: released at once.
+        for _ in 10..16 {
+            read_finish(&mut r);
+        }
+        assert_eq!(slot_position(&r), default_batch(CAP));
+        // A record taken but not finished is never released, not even when
+        // a peek sees it again.
+        for _ in 16..39 {
+            read_finish(&mut r);
+        }
+        let held = match r.peek().expect("no fault") {
+            Peek::Record(rec) => rec,
+            other => panic!("expected the last record, got {other:?}"),
+        };
+        assert!(slot_position(&r) <= held.position);
+        assert_eq!(r.position(), held.position);
+        r.finish(held.end, held.seq + 1);
+        assert_ne!(slot_position(&r), r.position(), "a batch not reached yet");
+        // Caught up: the peek that finds nothing releases everything first.
+        assert_eq!(r.peek().expect("no fault"), Peek::Empty);
+        assert_eq!(slot_position(&r), 40 * 32);
+    }
+
+    #[test]
+    fn a_waiting_writer_gets_space_sooner_and_never_waits_on_an_empty_reader() {
+        let (mut w, mut r) = setup();
+        // Fill the ring: 128 records of 32 bytes.
+        let mut written = 0;
+        while write(&mut w).is_ok() {
+            written += 1;
+        }
+        assert_eq!(written, CAP / 32);
+        // The full ring told subscribers where it waits.
+        let wanted = r.view.producer().space_wanted.load(Ordering::Relaxed);
+        assert_eq!(wanted, 32, "the writer waits for the first record");
+        // One record finished: less than the hinted batch (two records).
+        read_finish(&mut r);
+        assert_eq!(slot_position(&r), 0);
+        assert_eq!(write(&mut w), Err(ReserveFail::Full));
+        // Two: the writer waits past our released position, so the
+        // sixty-fourth-of-the-ring batch applies (not the eighth).
+        read_finish(&mut r);
+        assert_eq!(slot_position(&r), 64);
+        write(&mut w).expect("room after the hinted release");
+        write(&mut w).expect("room after the hinted release");
+        assert_eq!(write(&mut w), Err(ReserveFail::Full));
+        // A reader that reads everything releases it all at Empty, however
+        // small the batch: the writer can fill the ring again.
+        while r.peek().expect("no fault") != Peek::Empty {
+            read_finish(&mut r);
+        }
+        assert_eq!(slot_position(&r), r.position());
+        for _ in 0..CAP / 32 {
+            write(&mut w).expect("the whole ring is free");
+        }
     }
 }

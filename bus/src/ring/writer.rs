@@ -69,8 +69,7 @@ pub(crate) struct WriterCore<V: View> {
     /// record sets the numbering.
     seq_known: bool,
     pub(crate) gate: GateState,
-    /// Record boundaries this writer wrote, at least `mark_stride` apart,
-    /// oldest first from `marks_next - MARKS` (a ring: see [`Marks`]).
+    /// Recent record boundaries this writer wrote (see [`Marks`]).
     marks: Marks,
     /// The last value stored in `Producer::space_wanted`.
     wanted: u64,
@@ -618,5 +617,136 @@ impl<V: View> WriterCore<V> {
             return self.head.min(self.tail);
         }
         self.marks.first_in(target, self.tail).unwrap_or(self.tail)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod gate_refresh_tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::ring::{
+        gate::{JoinAt, JoinRequest},
+        heap::{self, HeapSegment},
+        reader::{Peek, ReaderCore},
+    };
+
+    const CAP: u64 = 8192;
+
+    /// Record sizes from a fixed xorshift sequence (reproducible).
+    fn lengths() -> impl Iterator<Item = u64> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        std::iter::from_fn(move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            Some(x % 600)
+        })
+    }
+
+    #[test]
+    fn the_limit_is_always_a_record_boundary_without_a_walk() {
+        let seg = HeapSegment::new(
+            Geometry {
+                capacity: CAP,
+                max_message: 1024,
+                policy: Policy::Block,
+                evict_after: None,
+            },
+            2,
+        );
+        let req = JoinRequest {
+            at: JoinAt::Latest,
+            tethered: true,
+            durable: None,
+            pid: 1,
+            start_time: 1,
+        };
+        let mut r = ReaderCore::join(heap::view(&seg), &req)
+            .expect("no fault")
+            .expect("a free slot");
+        let mut w = WriterCore::new(heap::view(&seg));
+        // Every position a record (data or padding) starts at, and tails.
+        let mut boundaries = BTreeSet::from([0u64]);
+        let mut lens = lengths();
+        let mut reads = lengths();
+        let mut limits = 0;
+        for _ in 0..5000 {
+            let len = lens.next().unwrap_or(0);
+            match w.reserve(len) {
+                Ok(res) => {
+                    boundaries.insert(res.position);
+                    w.commit(res, len);
+                    w.publish();
+                    boundaries.insert(w.write_position());
+                }
+                Err(ReserveFail::Full) => {
+                    // Read a few records (batched), then let the writer retry.
+                    for _ in 0..reads.next().unwrap_or(0) % 8 + 1 {
+                        match r.peek().expect("no fault") {
+                            Peek::Record(rec) => r.finish(rec.end, rec.seq + 1),
+                            Peek::Empty => break,
+                            Peek::Gap { .. } => panic!("gap under Block"),
+                        }
+                    }
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+            let limit = w.view.producer().limit.load(Ordering::Relaxed);
+            assert!(
+                boundaries.contains(&limit),
+                "limit {limit} is not a record boundary"
+            );
+            limits += 1;
+        }
+        assert!(limits > 0);
+    }
+
+    #[test]
+    fn a_gate_refresh_reads_no_record() {
+        // Two identical rings; in the second, every ring word the writer
+        // wrote is scribbled over after the writes. A refresh that walked
+        // the writer's records would fail or stop early there (the walk
+        // gave the tail on damage); the limit from slot positions and
+        // noted boundaries is the same in both.
+        let mk = || {
+            HeapSegment::new(
+                Geometry {
+                    capacity: CAP,
+                    max_message: 1024,
+                    policy: Policy::Block,
+                    evict_after: None,
+                },
+                1,
+            )
+        };
+        let (clean, damaged) = (mk(), mk());
+        let mut limits = Vec::new();
+        for seg in [&clean, &damaged] {
+            let mut w = WriterCore::new(heap::view(seg));
+            let mut lens = lengths();
+            // No subscriber: the gate is the aim alone.
+            for _ in 0..20 {
+                let len = lens.next().unwrap_or(0);
+                let res = w.reserve(len).expect("room");
+                w.commit(res, len);
+                w.publish();
+            }
+            if std::ptr::eq(seg, &damaged) {
+                for off in (0..CAP).step_by(8) {
+                    seg.word_store(off, 0xdead_beef_dead_beef);
+                }
+            }
+            // A need that puts the aim (an eighth of the ring past it)
+            // well inside the written records.
+            let tail = w.tail();
+            assert!(tail > 4096, "wrote {tail} bytes");
+            w.refresh_gate(tail - 4096 + CAP);
+            let limit = w.view.producer().limit.load(Ordering::Relaxed);
+            assert!(limit < tail, "the aim is inside the records");
+            assert!(limit >= tail - 4096 + CAP / 8, "at or past the aim");
+            limits.push(limit);
+        }
+        assert_eq!(limits[0], limits[1]);
     }
 }
