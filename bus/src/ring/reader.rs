@@ -87,15 +87,6 @@ pub(crate) fn default_batch(capacity: u64) -> u64 {
     capacity / 8
 }
 
-/// The batch while the writer waits for space (its `space_wanted` word is
-/// past what we published): a sixty-fourth of the ring. Small enough that a
-/// waiting writer resumes after little reading, large enough that a writer
-/// that keeps the ring full (a fast publisher, a slower reader) is not woken
-/// for every record: both sides touch the slot line once per this many bytes.
-fn hinted_batch(batch: u64) -> u64 {
-    (batch / 8).max(1)
-}
-
 impl<V: View> ReaderCore<V> {
     fn with_claim(view: V, claim: Option<SlotClaim>, position: u64) -> Self {
         let geo = *view.geometry();
@@ -522,10 +513,10 @@ impl<V: View> ReaderCore<V> {
     }
 
     /// Consumes records up to `end` (exclusive), the reader having finished
-    /// with them, and releases them to the writer in batches: when
-    /// `batch` bytes are unreleased, or a sixty-fourth of the ring while the
-    /// writer waits for space past what we published (its `space_wanted`
-    /// word), and in any case at the next `Empty` ([`Self::peek`]).
+    /// with them, and releases them to the writer in batches: when `batch`
+    /// bytes are unreleased, at once when `end` reaches the position the
+    /// writer says it waits for (its `space_wanted` word, past what we
+    /// released), and in any case at the next `Empty` ([`Self::peek`]).
     ///
     /// The release-position pair, batched (the labelled Release store is in
     /// `gate::release`). Why a batched release is safe:
@@ -539,33 +530,37 @@ impl<V: View> ReaderCore<V> {
     ///   The store is the same Release store as an eager release: our reads
     ///   of every byte below it happen before the writer's overwrite.
     /// - no deadlock: a writer waits only on released positions. The reader
-    ///   it waits on either has published records to read (then it
-    ///   publishes within `batch` bytes, sooner when it sees
-    ///   `space_wanted`), or has read everything published: its next peek
-    ///   finds `Empty` and publishes before it returns (the writer
-    ///   publishes its tail before it refreshes its gate, so a waiting
-    ///   writer has nothing unpublished that the reader could wait for).
-    ///   A reader that holds a sample and stops holds the writer back by
-    ///   its held sample plus at most `batch` bytes (a sixty-fourth of the
-    ///   ring if the writer was already waiting when it finished the record
-    ///   before): the same kind of hold as before, a little larger.
+    ///   it waits on either has published records to read (then it releases
+    ///   within `batch` bytes, and as soon as it finishes the record the
+    ///   writer waits for if it sees `space_wanted`), or has read everything
+    ///   published: its next peek finds `Empty` and releases before it
+    ///   returns (the writer publishes its tail before it refreshes its
+    ///   gate, so a waiting writer has nothing unpublished that the reader
+    ///   could wait for). The hint is Relaxed: it only makes the release
+    ///   come sooner, progress never depends on it.
+    /// - a reader that holds a sample and stops holds the writer back by the
+    ///   sample and the finished records before it that it has not released
+    ///   (less than `batch` bytes, none the writer said it waited for when
+    ///   they were finished): the same kind of hold as an eager release,
+    ///   by at most `batch` bytes more.
     #[inline]
     pub(crate) fn finish(&mut self, end: u64, next_seq: u64) {
         self.position = end;
         self.expected_seq = Some(next_seq);
-        let pending = end.wrapping_sub(self.released);
-        if pending >= hinted_batch(self.batch) && (pending >= self.batch || self.writer_waiting()) {
+        if end.wrapping_sub(self.released) >= self.batch || self.writer_waits_for(end) {
             self.publish_progress();
         }
     }
 
     /// Whether the writer said it waits for a position past what we
-    /// released. Relaxed: a hint that only makes the release come sooner;
-    /// progress never depends on it (see [`Self::finish`]). A forged value
-    /// costs extra releases, nothing else.
+    /// released and at most `end` (so releasing `end` lets it go on).
+    /// Relaxed: a hint that only makes the release come sooner; progress
+    /// never depends on it (see [`Self::finish`]). A forged value costs
+    /// extra releases, nothing else.
     #[inline]
-    fn writer_waiting(&self) -> bool {
-        self.view.producer().space_wanted.load(Ordering::Relaxed) > self.released
+    fn writer_waits_for(&self, end: u64) -> bool {
+        let wanted = self.view.producer().space_wanted.load(Ordering::Relaxed);
+        wanted > self.released && wanted <= end
     }
 
     /// Publishes the read position to our slot (batched release), without
@@ -578,6 +573,7 @@ impl<V: View> ReaderCore<V> {
     }
 
     /// Sets the unprompted release batch in bytes (0: release every record).
+    #[cfg(any(test, loom))]
     pub(crate) fn set_release_batch(&mut self, bytes: u64) {
         self.batch = bytes;
     }
@@ -781,22 +777,27 @@ mod batched_release_tests {
             written += 1;
         }
         assert_eq!(written, CAP / 32);
-        // The full ring told subscribers where it waits.
-        let wanted = r.view.producer().space_wanted.load(Ordering::Relaxed);
-        assert_eq!(wanted, 32, "the writer waits for the first record");
-        // One record finished: less than the hinted batch (two records).
+        // The full ring told subscribers where it waits: the first record.
+        assert_eq!(r_wanted(&w), 32);
+        // Finishing that record releases it at once (far below a batch).
         read_finish(&mut r);
-        assert_eq!(slot_position(&r), 0);
+        assert_eq!(slot_position(&r), 32);
+        write(&mut w).expect("room after the prompted release");
+        // Held back again right away: the writer asks for a sixty-fourth
+        // of the ring (two records) past its need, and gets it only then.
         assert_eq!(write(&mut w), Err(ReserveFail::Full));
-        // Two: the writer waits past our released position, so the
-        // sixty-fourth-of-the-ring batch applies (not the eighth).
+        assert_eq!(r_wanted(&w), 64 + CAP / 64);
         read_finish(&mut r);
-        assert_eq!(slot_position(&r), 64);
-        write(&mut w).expect("room after the hinted release");
-        write(&mut w).expect("room after the hinted release");
+        assert_eq!(slot_position(&r), 32, "not yet what the writer asked for");
+        read_finish(&mut r);
+        read_finish(&mut r);
+        assert_eq!(slot_position(&r), 128);
+        for _ in 0..3 {
+            write(&mut w).expect("room after the prompted release");
+        }
         assert_eq!(write(&mut w), Err(ReserveFail::Full));
         // A reader that reads everything releases it all at Empty, however
-        // small the batch: the writer can fill the ring again.
+        // far its batch: the writer can fill the ring again.
         while r.peek().expect("no fault") != Peek::Empty {
             read_finish(&mut r);
         }
@@ -804,5 +805,9 @@ mod batched_release_tests {
         for _ in 0..CAP / 32 {
             write(&mut w).expect("the whole ring is free");
         }
+    }
+
+    fn r_wanted(w: &WriterCore<HeapView>) -> u64 {
+        w.view.producer().space_wanted.load(Ordering::Relaxed)
     }
 }

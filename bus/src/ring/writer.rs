@@ -73,6 +73,8 @@ pub(crate) struct WriterCore<V: View> {
     marks: Marks,
     /// The last value stored in `Producer::space_wanted`.
     wanted: u64,
+    /// `write` when the gate last held this writer back.
+    blocked_at: Option<u64>,
 }
 
 /// How many recent record boundaries a writer remembers.
@@ -159,6 +161,7 @@ impl<V: View> WriterCore<V> {
             gate: GateState::default(),
             marks: Marks::new(start, geo.capacity),
             wanted: 0,
+            blocked_at: None,
         }
     }
 
@@ -596,14 +599,38 @@ impl<V: View> WriterCore<V> {
             target,
         );
         self.limit = limit;
-        if limit < lowest && self.wanted != lowest {
-            self.wanted = lowest;
+        if limit < lowest {
+            self.want_space(lowest);
+        }
+    }
+
+    /// Tells subscribers that the gate holds this writer back below
+    /// `lowest` (`Producer::space_wanted`): a subscriber releases as soon as
+    /// it finishes the record that reaches the wanted position, instead of
+    /// at its next batch. A writer held back again within an eighth of the
+    /// ring of the last time (a publisher that keeps the ring full) asks
+    /// for a sixty-fourth of the ring more than it needs, so that it and a
+    /// fast subscriber exchange the slot line once per that many bytes, not
+    /// once per record; the first time it asks for exactly what it needs.
+    fn want_space(&mut self, lowest: u64) {
+        let cap = self.geo.capacity;
+        let again = self
+            .blocked_at
+            .is_some_and(|at| self.write < at.saturating_add(cap / 8));
+        self.blocked_at = Some(self.write);
+        let wanted = if again {
+            (lowest + cap / 64).min(self.tail)
+        } else {
+            lowest
+        };
+        if wanted > self.wanted {
+            self.wanted = wanted;
             // Relaxed: a hint that makes subscribers release sooner; none
             // waits for it (a subscriber that caught up releases anyway).
             self.view
                 .producer()
                 .space_wanted
-                .store(lowest, Ordering::Relaxed);
+                .store(wanted, Ordering::Relaxed);
         }
     }
 
