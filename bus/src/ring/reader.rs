@@ -573,7 +573,7 @@ impl<V: View> ReaderCore<V> {
     }
 
     /// Sets the unprompted release batch in bytes (0: release every record).
-    #[cfg(any(test, loom))]
+    #[cfg(all(test, loom))]
     pub(crate) fn set_release_batch(&mut self, bytes: u64) {
         self.batch = bytes;
     }
