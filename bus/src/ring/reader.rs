@@ -230,7 +230,7 @@ impl<V: View> ReaderCore<V> {
     #[inline]
     pub(crate) fn peek(&mut self) -> Result<Peek, ReadFault> {
         let peek = self.peek_inner()?;
-        if peek == Peek::Empty && self.released != self.position {
+        if matches!(peek, Peek::Empty) && self.released != self.position {
             self.publish_progress();
         }
         Ok(peek)
