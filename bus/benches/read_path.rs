@@ -60,6 +60,7 @@ fn ring(dir: &Path, name: &str) -> (PathBuf, RingWriter) {
     let path = dir.join(format!("{name}.ring"));
     let config = RingConfig {
         capacity: CAPACITY,
+        max_message: 64 << 10,
         ..RingConfig::default()
     };
     let writer = RingWriter::create(&path, &config).expect("creating a ring");

@@ -227,16 +227,7 @@ impl<V: View> ReaderCore<V> {
     /// has caught up is about to wait for the writer, so the writer must
     /// never wait for it (the no-deadlock half of batched release, see
     /// [`Self::finish`]).
-    #[inline]
     pub(crate) fn peek(&mut self) -> Result<Peek, ReadFault> {
-        let peek = self.peek_inner()?;
-        if matches!(peek, Peek::Empty) && self.released != self.position {
-            self.publish_progress();
-        }
-        Ok(peek)
-    }
-
-    fn peek_inner(&mut self) -> Result<Peek, ReadFault> {
         let mask = self.geo.mask();
         loop {
             let pos = self.position;
@@ -292,23 +283,35 @@ impl<V: View> ReaderCore<V> {
                         }
                     }
                     if self.geo.policy == Policy::Block && self.claim.is_some() {
-                        return Ok(Peek::Empty);
+                        return Ok(self.empty());
                     }
                     // Lappable readers: a lapping writer may have left payload
                     // bytes that look older; the tail tells.
                     // SYNC: tail-publish (Acquire).
                     if load_acquire_ro(&self.view.producer().tail) <= pos {
-                        return Ok(Peek::Empty);
+                        return Ok(self.empty());
                     }
                 }
                 StampKind::Other => {}
             }
             // A newer stamp or foreign bytes: lapped, or corrupt.
             match self.not_ready_slow(pos)? {
+                Some(Peek::Empty) => return Ok(self.empty()),
                 Some(peek) => return Ok(peek),
                 None => continue,
             }
         }
+    }
+
+    /// `Empty`, after releasing any progress not released yet: a reader
+    /// that caught up is about to wait for the writer, so the writer must
+    /// never wait for it (see [`Self::finish`]).
+    #[inline]
+    fn empty(&mut self) -> Peek {
+        if self.released != self.position {
+            self.publish_progress();
+        }
+        Peek::Empty
     }
 
     /// A gap record at `pos`: reads its count (validated like a copy on
