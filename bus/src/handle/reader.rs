@@ -299,6 +299,8 @@ impl RingReader {
     }
 
     /// `Empty`, or `Closed` once the publisher is gone.
+    #[cold]
+    #[inline(never)]
     fn empty(&mut self) -> Result<ReadEvent<'_>, Error> {
         Ok(if self.check_closed()? {
             ReadEvent::Closed
@@ -308,6 +310,7 @@ impl RingReader {
     }
 
     /// Overwrite policy, untethered eviction, a pending gap or the end.
+    #[inline(never)]
     fn try_read_slow(&mut self) -> Result<ReadEvent<'_>, Error> {
         if self.core.geometry().policy == Policy::Overwrite && !self.probe()? {
             return Ok(ReadEvent::Empty);
@@ -748,6 +751,7 @@ pub struct Message<'a> {
 impl Message<'_> {
     /// The payload bytes: in place in the ring (Block policy) or a validated
     /// copy (Overwrite policy). 16-byte aligned.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         if self.copied {
             // SAFETY: `scratch` holds at least `len` initialized bytes (the
