@@ -68,6 +68,9 @@ ALL_MODELS = [
     "loom_crashed_owner_before_its_claim",
     "loom_observer_copies",
     "loom_crashed_owner_after_its_claim",
+    "loom_batched_release_empty_unblocks_the_writer",
+    "loom_batched_release_hint_and_held_record",
+    "loom_batched_reader_and_joiner_against_the_gate",
 ]
 FIRST = {
     "commit": ["loom_publish_consume_visibility_and_wrap", "loom_wrap_with_padding_record",

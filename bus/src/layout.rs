@@ -302,7 +302,14 @@ pub struct Producer {
     pub full_events: AtomicU64,
     /// Nanoseconds the writer spent waiting for space, counter.
     pub blocked_ns: AtomicU64,
-    _pad3: [u8; 96],
+    /// The lowest slot position the writer waits for: stored (Relaxed, a
+    /// hint) when a gate refresh finds the ring full, and only when it
+    /// changes. A subscriber whose released position is below it releases
+    /// its progress sooner (batched release, `ReaderCore::finish`). Never
+    /// cleared: once every gating slot released past it, it names nobody.
+    /// On this rarely written line so that readers load it from their cache.
+    pub space_wanted: AtomicU64,
+    _pad3: [u8; 88],
 }
 
 /// The control file's first line, at offset 0.
@@ -418,7 +425,8 @@ impl Producer {
             evictions: AtomicU64::new(0),
             full_events: AtomicU64::new(0),
             blocked_ns: AtomicU64::new(0),
-            _pad3: [0; 96],
+            space_wanted: AtomicU64::new(0),
+            _pad3: [0; 88],
         }
     }
 }

@@ -144,6 +144,13 @@ pub struct RingReader {
     max_sleep: Duration,
     /// How this reader's sleeps ended.
     sleep_stats: SleepStats,
+    /// Block policy: the record a probe found, handed out by the next
+    /// `try_read` without looking at the ring again (peeking is idempotent,
+    /// so it is exactly what a second peek would find).
+    peeked: Option<RecordRef>,
+    /// Block policy without eviction, nothing pending: `try_read` goes
+    /// straight to the ring (one flag instead of four checks).
+    fast: bool,
 }
 
 /// How a reader's sleeps (blocking waits on the ring's futex) ended; see
@@ -263,6 +270,7 @@ impl RingReader {
     }
 
     fn with_core(core: ReaderCore<Arc<Mapping>>) -> Self {
+        let geo = *core.geometry();
         Self {
             core,
             scratch: Vec::new(),
@@ -273,6 +281,8 @@ impl RingReader {
             closed_seen: None,
             max_sleep: wait::MAX_SLEEP,
             sleep_stats: SleepStats::default(),
+            peeked: None,
+            fast: geo.policy == Policy::Block && geo.evict_after.is_none(),
         }
     }
 
@@ -330,15 +340,62 @@ impl RingReader {
 
     /// Reads the next message without waiting.
     ///
+    /// A message is borrowed in place (Block policy): the publisher cannot
+    /// overwrite it until the [`Message`] is dropped. Dropping it finishes
+    /// the message; finished messages are released to the publisher in
+    /// batches (every eighth of the ring, sooner while the publisher waits
+    /// for space, and always before a read finds the ring empty), so the
+    /// slot position tools show may lag the messages read by that much.
+    ///
     /// # Errors
     ///
     /// [`Error::Corrupt`] if the ring breaks the record format (this ring
     /// cannot be read further), [`Error::Evicted`], [`Error::SlotLost`].
+    #[inline]
     pub fn try_read(&mut self) -> Result<ReadEvent<'_>, Error> {
+        if self.fast {
+            // Block policy, no eviction: one peek (or the probe's), no hold.
+            let record = match self.peeked.take() {
+                Some(record) => record,
+                None => match self.core.peek() {
+                    Ok(Peek::Record(record)) => record,
+                    Ok(Peek::Empty) => return self.empty(),
+                    Ok(Peek::Gap { messages, bytes }) => {
+                        return Ok(ReadEvent::Gap { messages, bytes })
+                    }
+                    Err(f) => return Err(self.fault(f)),
+                },
+            };
+            self.empty_polls = 0;
+            return Ok(ReadEvent::Message(Message {
+                reader: self,
+                record,
+                copied: false,
+                release: true,
+            }));
+        }
+        self.try_read_slow()
+    }
+
+    /// `Empty`, or `Closed` once the publisher is gone.
+    #[cold]
+    #[inline(never)]
+    fn empty(&mut self) -> Result<ReadEvent<'_>, Error> {
+        Ok(if self.check_closed()? {
+            ReadEvent::Closed
+        } else {
+            ReadEvent::Empty
+        })
+    }
+
+    /// Overwrite policy, untethered eviction, a pending gap or the end.
+    #[inline(never)]
+    fn try_read_slow(&mut self) -> Result<ReadEvent<'_>, Error> {
         if self.core.geometry().policy == Policy::Overwrite && !self.probe()? {
             return Ok(ReadEvent::Empty);
         }
         if let Some((messages, bytes)) = self.pending_gap.take() {
+            self.fast = self.is_fast();
             return Ok(ReadEvent::Gap { messages, bytes });
         }
         if let Some(record) = self.pending_copy.take() {
@@ -355,7 +412,12 @@ impl RingReader {
         }
         // Block policy: read in place (peeking is idempotent, so a `probe`
         // before this found the same record).
-        match self.peek()? {
+        let peeked = self.peeked.take();
+        let peek = match peeked {
+            Some(record) => Peek::Record(record),
+            None => self.peek()?,
+        };
+        match peek {
             Peek::Record(record) => {
                 self.empty_polls = 0;
                 self.core.begin_hold().map_err(|f| self.fault(f))?;
@@ -367,12 +429,18 @@ impl RingReader {
                 }))
             }
             Peek::Gap { messages, bytes } => Ok(ReadEvent::Gap { messages, bytes }),
-            Peek::Empty => Ok(if self.check_closed()? {
-                ReadEvent::Closed
-            } else {
-                ReadEvent::Empty
-            }),
+            Peek::Empty => self.empty(),
         }
+    }
+
+    /// Whether `try_read` may take its fast path now.
+    fn is_fast(&self) -> bool {
+        let geo = self.core.geometry();
+        geo.policy == Policy::Block
+            && geo.evict_after.is_none()
+            && self.pending_gap.is_none()
+            && self.pending_copy.is_none()
+            && !self.closed
     }
 
     /// Overwrite policy: copies `record` out and validates the copy. `true`
@@ -438,10 +506,16 @@ impl RingReader {
         if self.pending_gap.is_some() || self.pending_copy.is_some() || self.closed {
             return Ok(true);
         }
+        if self.peeked.is_some() {
+            return Ok(true);
+        }
         loop {
             match self.peek()? {
                 Peek::Record(record) => match self.core.geometry().policy {
-                    Policy::Block => return Ok(true),
+                    Policy::Block => {
+                        self.peeked = Some(record);
+                        return Ok(true);
+                    }
                     Policy::Overwrite => {
                         if self.copy_out(record)? {
                             return Ok(true);
@@ -450,6 +524,7 @@ impl RingReader {
                 },
                 Peek::Gap { messages, bytes } => {
                     self.pending_gap = Some((messages, bytes));
+                    self.fast = false;
                     return Ok(true);
                 }
                 Peek::Empty => return self.check_closed(),
@@ -459,7 +534,9 @@ impl RingReader {
 
     /// Takes a gap found by [`Self::probe`]: `(messages, bytes)` lost.
     pub fn take_gap(&mut self) -> Option<(u64, u64)> {
-        self.pending_gap.take()
+        let gap = self.pending_gap.take();
+        self.fast = self.is_fast();
+        gap
     }
 
     /// True once [`ReadEvent::Closed`] was seen: the publisher is gone and
@@ -487,10 +564,9 @@ impl RingReader {
     /// As [`Self::try_read`]; messages handed to `f` before the error count.
     pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> Result<Drained, Error> {
         let mut out = Drained::default();
-        let fast = self.core.geometry().policy == Policy::Block
-            && self.core.geometry().evict_after.is_none()
-            && self.pending_gap.is_none();
-        if fast {
+        // A probed record is what the first peek below finds again.
+        self.peeked = None;
+        if self.fast {
             // Block policy without eviction: records stay put until released,
             // so walk them in place with no per-message bookkeeping.
             while out.messages < max {
@@ -780,6 +856,7 @@ pub struct Message<'a> {
 impl Message<'_> {
     /// The payload bytes: in place in the ring (Block policy) or a validated
     /// copy (Overwrite policy). 16-byte aligned.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         if self.copied {
             // SAFETY: `scratch` holds at least `len` initialized bytes (the
@@ -820,12 +897,17 @@ impl Message<'_> {
 }
 
 impl Drop for Message<'_> {
+    #[inline]
     fn drop(&mut self) {
         let (end, next) = (self.record.end, self.record.seq + 1);
-        if self.release {
-            self.reader.core.consume_to(end, next);
-        } else {
+        if !self.release {
             self.reader.core.advance_to(end, next);
+        } else if self.reader.fast {
+            // Finished: released in a batch (see `ReaderCore::finish`).
+            self.reader.core.finish(end, next);
+        } else {
+            // Eviction (a hold to end), Overwrite: release now, as before.
+            self.reader.core.consume_to(end, next);
         }
     }
 }

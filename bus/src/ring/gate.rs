@@ -14,7 +14,12 @@
 //! is the lowest position any gating slot still needs. It recomputes the
 //! limit only when space seems short, publishes it for joiners, and keeps
 //! its own copy (SYNC: `join-limit`, `release-position`, `hold-evict`; see
-//! the table in [`super`]).
+//! the table in [`super`]). The limit is a record boundary found from slot
+//! positions and boundaries the writer noted, never by walking records
+//! (`WriterCore::refresh_gate`). Subscribers release in batches
+//! (`ReaderCore::finish`), so a slot's position may lag what its owner has
+//! read by up to an eighth of the ring; a writer held back says where in
+//! `Producer::space_wanted`, and a caught-up subscriber has released all.
 //!
 //! **Liveness.** A blocked writer probes only the slot that holds the gate,
 //! at most once per [`LIVENESS_INTERVAL`] (a probe that finds a dead owner

@@ -69,6 +69,22 @@ pub(crate) struct ReaderCore<V: View> {
     lost_bytes: u64,
     /// True while a sample is held under the hold-evict protocol.
     holding: bool,
+    /// The position last stored in our slot (SYNC: release-position): the
+    /// writer's gate sees this one, not `position`. Batched release keeps
+    /// `released <= position`; everything below `position` is finished.
+    released: u64,
+    /// Unprompted batch: publish progress once `position - released`
+    /// reaches this many bytes (see [`ReaderCore::finish`]).
+    batch: u64,
+}
+
+/// The unprompted release batch of a ring of `capacity` bytes: an eighth of
+/// it. The writer's own gate refresh aims an eighth of the ring past its
+/// need, so its limit moves in steps of that size anyway; a larger batch
+/// would cost a subscriber that stops reading (without reaching `Empty`)
+/// more of the writer's space, a smaller one more slot-line transfers.
+pub(crate) fn default_batch(capacity: u64) -> u64 {
+    capacity / 8
 }
 
 impl<V: View> ReaderCore<V> {
@@ -82,6 +98,9 @@ impl<V: View> ReaderCore<V> {
             expected_seq: None,
             lost_bytes: 0,
             holding: false,
+            // `activate` (or `prejoin`) stored this position in the slot.
+            released: position,
+            batch: default_batch(geo.capacity),
         };
         reader.expected_seq = reader.sequence_at_start();
         reader
@@ -203,6 +222,11 @@ impl<V: View> ReaderCore<V> {
 
     /// Finds the next record without consuming it. Padding is skipped; a gap
     /// record is consumed and reported.
+    ///
+    /// `Empty` publishes any progress not released yet first: a reader that
+    /// has caught up is about to wait for the writer, so the writer must
+    /// never wait for it (the no-deadlock half of batched release, see
+    /// [`Self::finish`]).
     pub(crate) fn peek(&mut self) -> Result<Peek, ReadFault> {
         let mask = self.geo.mask();
         loop {
@@ -259,23 +283,35 @@ impl<V: View> ReaderCore<V> {
                         }
                     }
                     if self.geo.policy == Policy::Block && self.claim.is_some() {
-                        return Ok(Peek::Empty);
+                        return Ok(self.empty());
                     }
                     // Lappable readers: a lapping writer may have left payload
                     // bytes that look older; the tail tells.
                     // SYNC: tail-publish (Acquire).
                     if load_acquire_ro(&self.view.producer().tail) <= pos {
-                        return Ok(Peek::Empty);
+                        return Ok(self.empty());
                     }
                 }
                 StampKind::Other => {}
             }
             // A newer stamp or foreign bytes: lapped, or corrupt.
             match self.not_ready_slow(pos)? {
+                Some(Peek::Empty) => return Ok(self.empty()),
                 Some(peek) => return Ok(peek),
                 None => continue,
             }
         }
+    }
+
+    /// `Empty`, after releasing any progress not released yet: a reader
+    /// that caught up is about to wait for the writer, so the writer must
+    /// never wait for it (see [`Self::finish`]).
+    #[inline]
+    fn empty(&mut self) -> Peek {
+        if self.released != self.position {
+            self.publish_progress();
+        }
+        Peek::Empty
     }
 
     /// A gap record at `pos`: reads its count (validated like a copy on
@@ -479,6 +515,72 @@ impl<V: View> ReaderCore<V> {
         self.release();
     }
 
+    /// Consumes records up to `end` (exclusive), the reader having finished
+    /// with them, and releases them to the writer in batches: when `batch`
+    /// bytes are unreleased, at once when `end` reaches the position the
+    /// writer says it waits for (its `space_wanted` word, past what we
+    /// released), and in any case at the next `Empty` ([`Self::peek`]).
+    ///
+    /// The release-position pair, batched (the labelled Release store is in
+    /// `gate::release`). Why a batched release is safe:
+    /// - no overwrite of anything still read: the slot's position only ever
+    ///   moves to `self.position`, and everything below it is finished
+    ///   (a record is finished when its sample is dropped); a held sample
+    ///   starts at or after `self.position`, so it stays at or above the
+    ///   released position and the writer, which writes below
+    ///   `released + capacity` of every gating slot, cannot reach it. A
+    ///   released position that lags only makes the writer wait longer.
+    ///   The store is the same Release store as an eager release: our reads
+    ///   of every byte below it happen before the writer's overwrite.
+    /// - no deadlock: a writer waits only on released positions. The reader
+    ///   it waits on either has published records to read (then it releases
+    ///   within `batch` bytes, and as soon as it finishes the record the
+    ///   writer waits for if it sees `space_wanted`), or has read everything
+    ///   published: its next peek finds `Empty` and releases before it
+    ///   returns (the writer publishes its tail before it refreshes its
+    ///   gate, so a waiting writer has nothing unpublished that the reader
+    ///   could wait for). The hint is Relaxed: it only makes the release
+    ///   come sooner, progress never depends on it.
+    /// - a reader that holds a sample and stops holds the writer back by the
+    ///   sample and the finished records before it that it has not released
+    ///   (less than `batch` bytes, none the writer said it waited for when
+    ///   they were finished): the same kind of hold as an eager release,
+    ///   by at most `batch` bytes more.
+    #[inline]
+    pub(crate) fn finish(&mut self, end: u64, next_seq: u64) {
+        self.position = end;
+        self.expected_seq = Some(next_seq);
+        if end.wrapping_sub(self.released) >= self.batch || self.writer_waits_for(end) {
+            self.publish_progress();
+        }
+    }
+
+    /// Whether the writer said it waits for a position past what we
+    /// released and at most `end` (so releasing `end` lets it go on).
+    /// Relaxed: a hint that only makes the release come sooner; progress
+    /// never depends on it (see [`Self::finish`]). A forged value costs
+    /// extra releases, nothing else.
+    #[inline]
+    fn writer_waits_for(&self, end: u64) -> bool {
+        let wanted = self.view.producer().space_wanted.load(Ordering::Relaxed);
+        wanted > self.released && wanted <= end
+    }
+
+    /// Publishes the read position to our slot (batched release), without
+    /// ending a hold.
+    fn publish_progress(&mut self) {
+        if let Some(claim) = &self.claim {
+            gate::release(&self.view, claim, self.position);
+        }
+        self.released = self.position;
+    }
+
+    /// Sets the unprompted release batch in bytes (0: release every record).
+    #[cfg(all(test, loom))]
+    pub(crate) fn set_release_batch(&mut self, bytes: u64) {
+        self.batch = bytes;
+    }
+
     /// Consumes records up to `end` without releasing them yet (batches).
     pub(crate) fn advance_to(&mut self, end: u64, next_seq: u64) {
         self.position = end;
@@ -487,6 +589,7 @@ impl<V: View> ReaderCore<V> {
 
     /// Releases everything consumed so far and ends any hold.
     pub(crate) fn release(&mut self) {
+        self.released = self.position;
         if let Some(claim) = &self.claim {
             gate::release(&self.view, claim, self.position);
             if self.holding {
@@ -528,6 +631,7 @@ impl<V: View> ReaderCore<V> {
 
     /// Sets the released position directly (raw readers: the bridge).
     pub(crate) fn release_to(&mut self, position: u64) {
+        self.released = position;
         if let Some(claim) = &self.claim {
             gate::release(&self.view, claim, position);
         }
@@ -573,5 +677,140 @@ impl<V: View> ReaderCore<V> {
 impl<V: View> Drop for ReaderCore<V> {
     fn drop(&mut self) {
         self.leave();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod batched_release_tests {
+    use super::*;
+    use crate::ring::{
+        gate::{JoinAt, JoinRequest},
+        heap::{self, HeapSegment, HeapView},
+        writer::{ReserveFail, WriterCore},
+    };
+
+    const CAP: u64 = 4096;
+
+    fn setup() -> (WriterCore<HeapView>, ReaderCore<HeapView>) {
+        let seg = HeapSegment::new(
+            Geometry {
+                capacity: CAP,
+                max_message: 1024,
+                policy: Policy::Block,
+                evict_after: None,
+            },
+            2,
+        );
+        let req = JoinRequest {
+            at: JoinAt::Latest,
+            tethered: true,
+            durable: None,
+            pid: 1,
+            start_time: 1,
+        };
+        let r = ReaderCore::join(heap::view(&seg), &req)
+            .expect("no fault")
+            .expect("a free slot");
+        (WriterCore::new(heap::view(&seg)), r)
+    }
+
+    /// Writes one 16-byte message (a 32-byte record).
+    fn write(w: &mut WriterCore<HeapView>) -> Result<(), ReserveFail> {
+        let r = w.reserve(16)?;
+        w.write_payload(&r, &[9; 16]);
+        w.commit(r, 16);
+        w.publish();
+        Ok(())
+    }
+
+    /// Reads the next record and finishes it (batched release).
+    fn read_finish(r: &mut ReaderCore<HeapView>) {
+        match r.peek().expect("no fault") {
+            Peek::Record(rec) => r.finish(rec.end, rec.seq + 1),
+            other => panic!("expected a record, got {other:?}"),
+        }
+    }
+
+    fn slot_position(r: &ReaderCore<HeapView>) -> u64 {
+        let index = r.claim().expect("joined").index;
+        r.view.slots()[index].position.load(Ordering::Acquire)
+    }
+
+    #[test]
+    fn finished_records_are_released_per_batch_and_before_empty() {
+        let (mut w, mut r) = setup();
+        for _ in 0..40 {
+            write(&mut w).expect("room");
+        }
+        // Fewer than a batch (an eighth of the ring: 16 records): nothing
+        // is stored in the slot yet.
+        for _ in 0..10 {
+            read_finish(&mut r);
+        }
+        assert_eq!(slot_position(&r), 0, "released before a batch");
+        // The sixteenth record completes a batch: released at once.
+        for _ in 10..16 {
+            read_finish(&mut r);
+        }
+        assert_eq!(slot_position(&r), default_batch(CAP));
+        // A record taken but not finished is never released, not even when
+        // a peek sees it again.
+        for _ in 16..39 {
+            read_finish(&mut r);
+        }
+        let held = match r.peek().expect("no fault") {
+            Peek::Record(rec) => rec,
+            other => panic!("expected the last record, got {other:?}"),
+        };
+        assert!(slot_position(&r) <= held.position);
+        assert_eq!(r.position(), held.position);
+        r.finish(held.end, held.seq + 1);
+        assert_ne!(slot_position(&r), r.position(), "a batch not reached yet");
+        // Caught up: the peek that finds nothing releases everything first.
+        assert_eq!(r.peek().expect("no fault"), Peek::Empty);
+        assert_eq!(slot_position(&r), 40 * 32);
+    }
+
+    #[test]
+    fn a_waiting_writer_gets_space_sooner_and_never_waits_on_an_empty_reader() {
+        let (mut w, mut r) = setup();
+        // Fill the ring: 128 records of 32 bytes.
+        let mut written = 0;
+        while write(&mut w).is_ok() {
+            written += 1;
+        }
+        assert_eq!(written, CAP / 32);
+        // The full ring told subscribers where it waits: the first record.
+        assert_eq!(r_wanted(&w), 32);
+        // Finishing that record releases it at once (far below a batch).
+        read_finish(&mut r);
+        assert_eq!(slot_position(&r), 32);
+        write(&mut w).expect("room after the prompted release");
+        // Held back again right away: the writer asks for a sixty-fourth
+        // of the ring (two records) past its need, and gets it only then.
+        assert_eq!(write(&mut w), Err(ReserveFail::Full));
+        assert_eq!(r_wanted(&w), 64 + CAP / 64);
+        read_finish(&mut r);
+        assert_eq!(slot_position(&r), 32, "not yet what the writer asked for");
+        read_finish(&mut r);
+        read_finish(&mut r);
+        assert_eq!(slot_position(&r), 128);
+        for _ in 0..3 {
+            write(&mut w).expect("room after the prompted release");
+        }
+        assert_eq!(write(&mut w), Err(ReserveFail::Full));
+        // A reader that reads everything releases it all at Empty, however
+        // far its batch: the writer can fill the ring again.
+        while r.peek().expect("no fault") != Peek::Empty {
+            read_finish(&mut r);
+        }
+        assert_eq!(slot_position(&r), r.position());
+        for _ in 0..CAP / 32 {
+            write(&mut w).expect("the whole ring is free");
+        }
+    }
+
+    fn r_wanted(w: &WriterCore<HeapView>) -> u64 {
+        w.view.producer().space_wanted.load(Ordering::Relaxed)
     }
 }

@@ -73,6 +73,62 @@ pub(crate) struct WriterCore<V: View> {
     /// header says the same to them).
     handshake: WakeHandshake,
     pub(crate) gate: GateState,
+    /// Recent record boundaries this writer wrote (see [`Marks`]).
+    marks: Marks,
+    /// The last value stored in `Producer::space_wanted`.
+    wanted: u64,
+    /// `write` when the gate last held this writer back.
+    blocked_at: Option<u64>,
+}
+
+/// How many recent record boundaries a writer remembers.
+const MARKS: usize = 64;
+
+/// Record boundaries a writer remembers so that a gate refresh finds a
+/// boundary near its aim without walking records: each record end at least
+/// `stride` (a thirty-second of the ring) past the previous mark is noted
+/// (one compare per commit). Sixty-four marks a thirty-second of the ring
+/// apart cover two rings of history, more than `head..tail` ever spans.
+#[derive(Debug)]
+struct Marks {
+    at: [u64; MARKS],
+    /// Marks ever noted; the newest is `at[(count - 1) % MARKS]`.
+    count: usize,
+    /// The next boundary at or past this is noted.
+    next: u64,
+    stride: u64,
+}
+
+impl Marks {
+    fn new(start: u64, capacity: u64) -> Self {
+        let mut marks = Self {
+            at: [0; MARKS],
+            count: 0,
+            next: start,
+            stride: (capacity / 32).max(RECORD_ALIGN),
+        };
+        marks.note(start);
+        marks
+    }
+
+    /// Notes `pos`, a record boundary of this writer's (a record's end).
+    #[inline]
+    fn note(&mut self, pos: u64) {
+        if pos >= self.next {
+            self.at[self.count % MARKS] = pos;
+            self.count += 1;
+            self.next = pos + self.stride;
+        }
+    }
+
+    /// The oldest remembered boundary in `from..=to`, if any.
+    fn first_in(&self, from: u64, to: u64) -> Option<u64> {
+        let oldest = self.count.saturating_sub(MARKS);
+        (oldest..self.count)
+            .map(|i| self.at[i % MARKS])
+            .find(|&m| m >= from)
+            .filter(|&m| m <= to)
+    }
 }
 
 impl<V: View> WriterCore<V> {
@@ -109,6 +165,9 @@ impl<V: View> WriterCore<V> {
             seq_known: seq.is_some(),
             handshake,
             gate: GateState::default(),
+            marks: Marks::new(start, geo.capacity),
+            wanted: 0,
+            blocked_at: None,
         }
     }
 
@@ -206,6 +265,9 @@ impl<V: View> WriterCore<V> {
             }
             pos += header.size;
         }
+        // The chunk's end is a boundary (validated above); its inner ones
+        // are not noted: a mark only needs to be near the gate's aim.
+        self.marks.note(end);
         self.seq = seq;
         self.seq_known |= !first;
         self.clear_next_stamp(end);
@@ -390,6 +452,7 @@ impl<V: View> WriterCore<V> {
             .word(off)
             .store(padding_stamp(self.write), Ordering::Release);
         self.write = start;
+        self.marks.note(start);
     }
 
     /// Copies `payload` into a reservation (test and raw-bytes path; the
@@ -443,6 +506,7 @@ impl<V: View> WriterCore<V> {
             .word(off)
             .store(data_stamp(r.position), Ordering::Release);
         self.write = end;
+        self.marks.note(end);
     }
 
     /// Commits a gap record: `count` messages were lost before the next
@@ -466,6 +530,7 @@ impl<V: View> WriterCore<V> {
             .word(off)
             .store(gap_stamp(r.position), Ordering::Release);
         self.write = end;
+        self.marks.note(end);
     }
 
     /// Makes everything committed visible through `tail` and wakes sleepers.
@@ -540,12 +605,27 @@ impl<V: View> WriterCore<V> {
     }
 
     /// Recomputes the gate from the subscriber table (see [`super::gate`]).
+    ///
+    /// The limit comes from slot positions alone: the lowest position a
+    /// gating slot released, or `target` if that is higher. Both are record
+    /// boundaries without a walk over records, as the limit must be (a
+    /// joiner may start there, and the stamp at `limit + capacity`, which
+    /// [`Self::clear_next_stamp`] leaves alone when the ring is exactly
+    /// full, must be the genuine older stamp of the record at `limit`):
+    /// - a slot position is one: subscribers release only the ends of
+    ///   records they read (batched or not), and join at `tail`, `head`,
+    ///   the published limit or a position a previous owner released;
+    ///   the scan clamps a forged one to at most `tail` (see [`super::gate`]);
+    /// - `target`, the aim past the need, is a boundary this writer noted
+    ///   when it wrote it ([`Marks`]), or `head` or `tail`.
+    ///
+    /// When the ring stays full, the position it waits for is stored in
+    /// `Producer::space_wanted` (a hint for batched release: subscribers
+    /// below it release sooner).
     pub(crate) fn refresh_gate(&mut self, needed_end: u64) {
         let cap = self.geo.capacity;
         let lowest = needed_end.saturating_sub(cap);
-        // Aim past the need by an eighth of the ring so refreshes are rare,
-        // but stop at a record boundary: the limit must be one (a joiner may
-        // start there, and an unclear stamp at `limit + cap` must be genuine).
+        // Aim past the need by an eighth of the ring so refreshes are rare.
         let target = self.boundary_at_or_after(lowest + cap / 8);
         let limit = super::gate::refresh_limit(
             &self.view,
@@ -556,19 +636,181 @@ impl<V: View> WriterCore<V> {
             target,
         );
         self.limit = limit;
+        if limit < lowest {
+            self.want_space(lowest);
+        }
     }
 
-    /// The first record boundary at or after `target`, walking this writer's
-    /// own intact records from `head`; the published tail at the most (and
-    /// the tail, too, if a record there was damaged: `advance_head` reports it).
-    fn boundary_at_or_after(&self, target: u64) -> u64 {
-        let mut pos = self.head;
-        while pos < target && pos < self.tail {
-            match self.own_record_size(pos) {
-                Ok(size) => pos += size,
-                Err(_) => return self.tail,
-            }
+    /// Tells subscribers that the gate holds this writer back below
+    /// `lowest` (`Producer::space_wanted`): a subscriber releases as soon as
+    /// it finishes the record that reaches the wanted position, instead of
+    /// at its next batch. A writer held back again within an eighth of the
+    /// ring of the last time (a publisher that keeps the ring full) asks
+    /// for a sixty-fourth of the ring more than it needs, so that it and a
+    /// fast subscriber exchange the slot line once per that many bytes, not
+    /// once per record; the first time it asks for exactly what it needs.
+    fn want_space(&mut self, lowest: u64) {
+        let cap = self.geo.capacity;
+        let again = self
+            .blocked_at
+            .is_some_and(|at| self.write < at.saturating_add(cap / 8));
+        self.blocked_at = Some(self.write);
+        let wanted = if again {
+            (lowest + cap / 64).min(self.tail)
+        } else {
+            lowest
+        };
+        if wanted > self.wanted {
+            self.wanted = wanted;
+            // Relaxed: a hint that makes subscribers release sooner; none
+            // waits for it (a subscriber that caught up releases anyway).
+            self.view
+                .producer()
+                .space_wanted
+                .store(wanted, Ordering::Relaxed);
         }
-        pos.min(self.tail)
+    }
+
+    /// A record boundary at or after `target` (at most the published tail)
+    /// without reading the ring: `head` if `target` is not past it, else the
+    /// oldest boundary this writer noted in `target..=tail`, else the tail.
+    /// At most a mark stride (a thirty-second of the ring) past `target`
+    /// while marks cover it.
+    fn boundary_at_or_after(&self, target: u64) -> u64 {
+        if target <= self.head {
+            return self.head.min(self.tail);
+        }
+        self.marks.first_in(target, self.tail).unwrap_or(self.tail)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod gate_refresh_tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::ring::{
+        gate::{JoinAt, JoinRequest},
+        heap::{self, HeapSegment},
+        reader::{Peek, ReaderCore},
+    };
+
+    const CAP: u64 = 8192;
+
+    /// Record sizes from a fixed xorshift sequence (reproducible).
+    fn lengths() -> impl Iterator<Item = u64> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        std::iter::from_fn(move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            Some(x % 600)
+        })
+    }
+
+    #[test]
+    fn the_limit_is_always_a_record_boundary_without_a_walk() {
+        let seg = HeapSegment::new(
+            Geometry {
+                capacity: CAP,
+                max_message: 1024,
+                policy: Policy::Block,
+                evict_after: None,
+            },
+            2,
+        );
+        let req = JoinRequest {
+            at: JoinAt::Latest,
+            tethered: true,
+            durable: None,
+            pid: 1,
+            start_time: 1,
+        };
+        let mut r = ReaderCore::join(heap::view(&seg), &req)
+            .expect("no fault")
+            .expect("a free slot");
+        let mut w = WriterCore::new(heap::view(&seg));
+        // Every position a record (data or padding) starts at, and tails.
+        let mut boundaries = BTreeSet::from([0u64]);
+        let mut lens = lengths();
+        let mut reads = lengths();
+        let mut limits = 0;
+        for _ in 0..5000 {
+            let len = lens.next().unwrap_or(0);
+            match w.reserve(len) {
+                Ok(res) => {
+                    boundaries.insert(res.position);
+                    w.commit(res, len);
+                    w.publish();
+                    boundaries.insert(w.write_position());
+                }
+                Err(ReserveFail::Full) => {
+                    // Read a few records (batched), then let the writer retry.
+                    for _ in 0..reads.next().unwrap_or(0) % 8 + 1 {
+                        match r.peek().expect("no fault") {
+                            Peek::Record(rec) => r.finish(rec.end, rec.seq + 1),
+                            Peek::Empty => break,
+                            Peek::Gap { .. } => panic!("gap under Block"),
+                        }
+                    }
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+            let limit = w.view.producer().limit.load(Ordering::Relaxed);
+            assert!(
+                boundaries.contains(&limit),
+                "limit {limit} is not a record boundary"
+            );
+            limits += 1;
+        }
+        assert!(limits > 0);
+    }
+
+    #[test]
+    fn a_gate_refresh_reads_no_record() {
+        // Two identical rings; in the second, every ring word the writer
+        // wrote is scribbled over after the writes. A refresh that walked
+        // the writer's records would fail or stop early there (the walk
+        // gave the tail on damage); the limit from slot positions and
+        // noted boundaries is the same in both.
+        let mk = || {
+            HeapSegment::new(
+                Geometry {
+                    capacity: CAP,
+                    max_message: 1024,
+                    policy: Policy::Block,
+                    evict_after: None,
+                },
+                1,
+            )
+        };
+        let (clean, damaged) = (mk(), mk());
+        let mut limits = Vec::new();
+        for seg in [&clean, &damaged] {
+            let mut w = WriterCore::new(heap::view(seg));
+            let mut lens = lengths();
+            // No subscriber: the gate is the aim alone.
+            for _ in 0..20 {
+                let len = lens.next().unwrap_or(0);
+                let res = w.reserve(len).expect("room");
+                w.commit(res, len);
+                w.publish();
+            }
+            if std::ptr::eq(seg, &damaged) {
+                for off in (0..CAP).step_by(8) {
+                    seg.word_store(off, 0xdead_beef_dead_beef);
+                }
+            }
+            // A need that puts the aim (an eighth of the ring past it)
+            // well inside the written records.
+            let tail = w.tail();
+            assert!(tail > 4096, "wrote {tail} bytes");
+            w.refresh_gate(tail - 4096 + CAP);
+            let limit = w.view.producer().limit.load(Ordering::Relaxed);
+            assert!(limit < tail, "the aim is inside the records");
+            assert!(limit >= tail - 4096 + CAP / 8, "at or past the aim");
+            limits.push(limit);
+        }
+        assert_eq!(limits[0], limits[1]);
     }
 }
