@@ -3,9 +3,10 @@
 use std::fmt::Write as _;
 
 use crate::cell::{Bench, Cell};
+use crate::goals;
 use crate::machine::Machine;
 use crate::runner::{Plan, Results, Summary};
-use crate::systems::{self, FLOOR, ICEORYX2};
+use crate::systems::{self, BARE, FLOOR, ICEORYX2};
 
 /// Collects footnotes and hands out their numbers.
 #[derive(Debug, Default)]
@@ -208,7 +209,7 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
         if group_bench.is_pingpong() {
             let _ = writeln!(
                 out,
-                "| payload | system | median | p99 | ÷ floor | {iox_head} | preempted |\n|---|---|---:|---:|---:|---:|---:|"
+                "| payload | system | median | p99 | ÷ floor | ÷ bare ring | {iox_head} | preempted |\n|---|---|---:|---:|---:|---:|---:|---:|"
             );
         } else {
             let first = if *group_bench == Bench::Fanout {
@@ -218,7 +219,7 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
             };
             let _ = writeln!(
                 out,
-                "| {first} | system | msg/s | GB/s | ÷ floor | {iox_head} | preempted |\n|---|---|---:|---:|---:|---:|---:|"
+                "| {first} | system | msg/s | GB/s | ÷ floor | ÷ bare ring | {iox_head} | preempted |\n|---|---|---:|---:|---:|---:|---:|---:|"
             );
         }
         for group in groups {
@@ -231,39 +232,44 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
                     fmt_size(cell.size)
                 };
                 let floor = reference(results, cell, FLOOR);
+                let bare = reference(results, cell, BARE);
                 let iox = reference(results, cell, ICEORYX2);
                 let line = if group_bench.is_pingpong() {
                     match latency_of(&s) {
                         Some((m, p)) => {
                             let f = latency_of(&floor);
+                            let b = latency_of(&bare);
                             let i = latency_of(&iox);
                             format!(
-                                "{} | {} | {} / {} | {} / {}",
+                                "{} | {} | {} / {} | {} / {} | {} / {}",
                                 fmt_ns(m),
                                 fmt_ns(p),
                                 ratio(m, f.map(|x| x.0)),
                                 ratio(p, f.map(|x| x.1)),
+                                ratio(m, b.map(|x| x.0)),
+                                ratio(p, b.map(|x| x.1)),
                                 ratio(m, i.map(|x| x.0)),
                                 ratio(p, i.map(|x| x.1)),
                             )
                         }
                         None => {
                             let m = missing(s, &mut notes, &cell.system);
-                            format!("{m} | | |")
+                            format!("{m} | | | |")
                         }
                     }
                 } else {
                     match rate_of(&s) {
                         Some(r) => format!(
-                            "{} | {:.2} | {} | {}",
+                            "{} | {:.2} | {} | {} | {}",
                             fmt_rate(r),
                             r * cell.size as f64 / 1e9,
                             ratio(r, rate_of(&floor)),
+                            ratio(r, rate_of(&bare)),
                             ratio(r, rate_of(&iox)),
                         ),
                         None => {
                             let m = missing(s, &mut notes, &cell.system);
-                            format!("{m} | | |")
+                            format!("{m} | | | |")
                         }
                     }
                 };
@@ -271,7 +277,12 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
             }
         }
         let _ = writeln!(out);
+        if *group_bench == Bench::Latency {
+            let _ = writeln!(out, "{}\n", yardstick_line(results));
+        }
     }
+
+    let _ = writeln!(out, "{}", goals::render(results));
 
     for name in &plan.systems {
         if let Some(sys) = systems::by_name(name) {
@@ -308,6 +319,34 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
         }
     }
     out
+}
+
+/// The honesty check of the yardstick, printed beside the latency table:
+/// the bare ring's 8 B one-way latency over the floor's (a one-line
+/// ping-pong), median and p99. A bare ring made slow would flatter shmbus.
+fn yardstick_line(results: &Results) -> String {
+    let cell = |system: &str| Cell {
+        bench: Bench::Latency,
+        size: 8,
+        receivers: 1,
+        system: system.to_owned(),
+    };
+    let bare = latency_of(&results.summary(&cell(BARE)));
+    let floor = latency_of(&results.summary(&cell(FLOOR)));
+    match (bare, floor) {
+        (Some(b), Some(f)) => format!(
+            "Yardstick check: bare ring ÷ floor at 8 B one-way = **{} median, {} p99** \
+             ({} / {} median; issue 9 saw 1.3x). The bare ring must stay close to the floor: \
+             the shmbus ratios below are taken against it.",
+            ratio(b.0, Some(f.0)),
+            ratio(b.1, Some(f.1)),
+            fmt_ns(b.0),
+            fmt_ns(f.0)
+        ),
+        _ => "Yardstick check: bare ring ÷ floor at 8 B not measured (needs both systems and \
+              8 in --sizes)."
+            .to_owned(),
+    }
 }
 
 fn load_now() -> String {
