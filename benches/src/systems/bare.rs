@@ -650,3 +650,73 @@ impl Rx for BareRx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::END;
+
+    fn spec(dir: &std::path::Path, msg_len: usize, receivers: usize, wait: Wait) -> ChannelSpec {
+        ChannelSpec {
+            dir: dir.to_owned(),
+            name: "data".into(),
+            run_id: "test".into(),
+            msg_len,
+            depth: 8,
+            receivers,
+            wait,
+            stream: true,
+            connect_timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// Streams `count` messages through a ring that wraps (with padding:
+    /// 200-byte payloads make 224-byte records in a 4 KiB ring) to
+    /// `receivers` threads, which check every payload and the order.
+    fn stream(wait: Wait, receivers: usize, count: u64) {
+        let dir = std::env::temp_dir().join(format!(
+            "shmbus-bare-test-{}-{}",
+            std::process::id(),
+            wait.as_str()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = spec(&dir, 200, receivers, wait);
+        assert_eq!(Layout::new(&spec).unwrap().capacity, 4096);
+        let readers: Vec<_> = (0..receivers)
+            .map(|i| {
+                let spec = spec.clone();
+                std::thread::spawn(move || -> Result<u64> {
+                    let mut rx = Bare.open_rx(&spec, i)?;
+                    let mut expected = 0;
+                    loop {
+                        let seq = crate::roles::recv(rx.as_mut(), wait)?;
+                        if seq == END {
+                            return Ok(expected);
+                        }
+                        assert_eq!(seq, expected);
+                        expected += 1;
+                    }
+                })
+            })
+            .collect();
+        let mut tx = Bare.open_tx(&spec).unwrap();
+        for seq in 0..count {
+            tx.send(seq).unwrap();
+        }
+        tx.send(END).unwrap();
+        for r in readers {
+            assert_eq!(r.join().unwrap().unwrap(), count);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn wraps_with_padding_to_several_spinning_readers() {
+        stream(Wait::Yield, 3, 50_000);
+    }
+
+    #[test]
+    fn blocking_readers_are_woken() {
+        stream(Wait::Block, 2, 20_000);
+    }
+}

@@ -20,7 +20,7 @@ pub const ICEORYX2: &str = "iceoryx2";
 /// Every system compiled into this binary, in table order.
 ///
 /// To add a system: write a module implementing
-/// [`System`](crate::transport::System) and add it here.
+/// [`System`] and add it here.
 pub fn all() -> Vec<Box<dyn System>> {
     let mut v: Vec<Box<dyn System>> = vec![
         Box::new(floor::Floor),
