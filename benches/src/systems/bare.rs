@@ -28,8 +28,8 @@
 //!   store/load handshake is asymmetric as in the design: the writer
 //!   registers for `membarrier(GLOBAL_EXPEDITED)` before the channel becomes
 //!   visible and then needs only a compiler fence; a sleeper issues the
-//!   membarrier. If registration fails, the header says so and both sides
-//!   use a SeqCst fence instead.
+//!   membarrier. If registration fails (or [`SYMMETRIC_ENV`] is `1`), the
+//!   header says so and both sides use a SeqCst fence instead.
 //!
 //! ```text
 //! 0      header   magic, version, capacity, receivers, msg_len, asymmetric
@@ -67,6 +67,11 @@ use crate::transport::{retry_until, ChannelSpec, Rx, System, Tx, Wait};
 
 /// Name of this system in tables and on the command line.
 pub const NAME: &str = "bare ring";
+
+/// Set to `1` in the runner's environment to make the bare ring use the
+/// symmetric wake handshake (a SeqCst fence per message in the writer,
+/// no membarrier), to measure the trade the design describes.
+pub const SYMMETRIC_ENV: &str = "SHMBUS_BENCH_BARE_SYMMETRIC";
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SBBARE01");
 const VERSION: u64 = 1;
@@ -253,7 +258,8 @@ impl System for Bare {
         let layout = Layout::new(spec)?;
         // Register before the channel becomes visible: from the first message
         // on, a sleeper's membarrier must reach this process.
-        let asym = membarrier_register_global_expedited();
+        let asym = std::env::var_os(SYMMETRIC_ENV).is_none_or(|v| v != "1")
+            && membarrier_register_global_expedited();
         let path = file_path(spec);
         let tmp = path.with_extension("bare-init");
         let file = OpenOptions::new()
