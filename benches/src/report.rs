@@ -354,3 +354,59 @@ fn load_now() -> String {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cell::Timing;
+    use crate::runner::Outcome;
+
+    #[test]
+    fn latency_table_has_p99_bare_ratio_and_yardstick_check() {
+        let plan = Plan {
+            exe: "compare".into(),
+            shm_root: "/dev/shm".into(),
+            rows: vec![Bench::Latency],
+            systems: vec![FLOOR.to_owned(), BARE.to_owned()],
+            latency_sizes: vec![8],
+            throughput_sizes: vec![],
+            blocking_sizes: vec![],
+            fanout_size: 64,
+            fanout_receivers: vec![],
+            rounds: 1,
+            timing: Timing {
+                warmup_ms: 1,
+                measure_ms: 1,
+                max_iters: 1,
+                warmup_msgs: 1,
+            },
+            cpus: [0, 1],
+        };
+        let mut results = Results::default();
+        for (system, one_way) in [(FLOOR, 100u64), (BARE, 130)] {
+            // 98 samples at the median and two at twice it: p99 (nearest
+            // rank 99 of 100) is a slow one.
+            let mut rtts = vec![2 * one_way; 98];
+            rtts.extend([4 * one_way, 4 * one_way]);
+            results.outcomes.insert(
+                Cell {
+                    bench: Bench::Latency,
+                    size: 8,
+                    receivers: 1,
+                    system: system.to_owned(),
+                },
+                vec![Outcome::Latency { rtts, preempted: 0 }],
+            );
+        }
+        let text = render(&plan, &results, &Machine::default(), 1.0);
+        assert!(
+            text.contains("| 8 B | bare ring | 130 ns | 260 ns | 1.30 / 1.30 | 1.00 / 1.00 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bare ring ÷ floor at 8 B one-way = **1.30 median, 1.30 p99**"),
+            "{text}"
+        );
+        assert!(text.contains("## Goals (issue 9)"), "{text}");
+    }
+}

@@ -331,6 +331,8 @@ impl System for Bare {
         if m.ctl_u64(0).load(Ordering::Acquire) != MAGIC {
             bail!("{} is not an initialized bare ring", path.display());
         }
+        // Relaxed: the header fields were published by the magic's Release
+        // store, which the Acquire load above synchronized with.
         let got = [8, 16, 24, 32].map(|off| m.ctl_u64(off).load(Ordering::Relaxed));
         let expect = [
             VERSION,
@@ -341,7 +343,7 @@ impl System for Bare {
         if got != expect {
             bail!("{} has header {got:?}, expected {expect:?}", path.display());
         }
-        // Relaxed: published by the magic's Release, like the fields above.
+        // Relaxed: as the fields above.
         let asym = m.ctl_u64(40).load(Ordering::Relaxed) == 1;
         // Release pairs with the sender's Acquire wait on `attached`.
         m.attached(index).store(1, Ordering::Release);
