@@ -88,7 +88,8 @@ fn explain(b: Bench) -> &'static str {
         Bench::Throughput => {
             "The sender publishes as fast as it can; the receiver busy-polls and checks every \
              message. GB/s counts payload bytes (10^9). Ratios are rate / reference (lower is \
-             slower)."
+             slower). The rate is the median over rounds; the slowest and fastest round \
+             show how much the machine's load moved it."
         }
         Bench::Blocking => {
             "Each receiver sleeps in the system's blocking primitive (futex, blocking read, \
@@ -115,6 +116,18 @@ fn reference(results: &Results, cell: &Cell, system: &str) -> Option<Summary> {
 fn latency_of(s: &Option<Summary>) -> Option<(f64, f64)> {
     match s {
         Some(Summary::Latency { one_way, .. }) => Some((one_way.median_ns, one_way.p99_ns)),
+        _ => None,
+    }
+}
+
+/// The slowest and fastest round of a rate cell.
+fn spread_of(s: &Option<Summary>) -> Option<(f64, f64)> {
+    match s {
+        Some(Summary::Rate {
+            min_per_s,
+            max_per_s,
+            ..
+        }) => Some((*min_per_s, *max_per_s)),
         _ => None,
     }
 }
@@ -219,7 +232,7 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
             };
             let _ = writeln!(
                 out,
-                "| {first} | system | msg/s | GB/s | ÷ floor | ÷ bare ring | {iox_head} | preempted |\n|---|---|---:|---:|---:|---:|---:|---:|"
+                "| {first} | system | msg/s (median) | rounds min – max | GB/s | ÷ floor | ÷ bare ring | {iox_head} | preempted |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
             );
         }
         for group in groups {
@@ -260,8 +273,13 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
                 } else {
                     match rate_of(&s) {
                         Some(r) => format!(
-                            "{} | {:.2} | {} | {} | {}",
+                            "{} | {} | {:.2} | {} | {} | {}",
                             fmt_rate(r),
+                            spread_of(&s).map_or(String::new(), |(lo, hi)| format!(
+                                "{} – {}",
+                                fmt_rate(lo),
+                                fmt_rate(hi)
+                            )),
                             r * cell.size as f64 / 1e9,
                             ratio(r, rate_of(&floor)),
                             ratio(r, rate_of(&bare)),
@@ -269,7 +287,7 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
                         ),
                         None => {
                             let m = missing(s, &mut notes, &cell.system);
-                            format!("{m} | | | |")
+                            format!("{m} | | | | |")
                         }
                     }
                 };
