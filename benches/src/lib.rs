@@ -20,10 +20,12 @@
 //! - [`payload`], [`stats`], [`os`], [`machine`], [`report`]: payload pattern,
 //!   percentiles, thin OS wrappers, machine description and markdown output;
 //!   [`chart`]: the same results as an SVG chart (latency percentiles and
-//!   rates per system, log scales).
+//!   rates per system, log scales); [`goals`]: the ratios issue 9 sets as
+//!   goals (shmbus against the bare ring and iceoryx2), met or missed.
 
 pub mod cell;
 pub mod chart;
+pub mod goals;
 pub mod machine;
 pub mod msg;
 pub mod os;

@@ -119,3 +119,29 @@ pub fn involuntary_switches() -> u64 {
     }
     u64::try_from(ru.ru_nivcsw).unwrap_or(0)
 }
+
+/// `MEMBARRIER_CMD_GLOBAL_EXPEDITED` (linux/membarrier.h).
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
+/// `MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED` (linux/membarrier.h).
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
+
+fn membarrier(cmd: libc::c_int) -> bool {
+    // SAFETY: membarrier takes a command, flags and a cpu id, and touches no
+    // memory of the caller; an unsupported or denied command returns -1.
+    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0u32, 0i32) == 0 }
+}
+
+/// Registers this process for `MEMBARRIER_CMD_GLOBAL_EXPEDITED`: from now on
+/// another process's [`membarrier_global_expedited`] interrupts this
+/// process's running threads with a full memory barrier. False if the kernel
+/// (or a seccomp filter) refuses.
+pub fn membarrier_register_global_expedited() -> bool {
+    membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED)
+}
+
+/// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`: returns once every running
+/// thread of every registered process executed a full memory barrier (an
+/// IPI to their CPUs). False if the call failed.
+pub fn membarrier_global_expedited() -> bool {
+    membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)
+}

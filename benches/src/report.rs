@@ -3,9 +3,10 @@
 use std::fmt::Write as _;
 
 use crate::cell::{Bench, Cell};
+use crate::goals;
 use crate::machine::Machine;
 use crate::runner::{Plan, Results, Summary};
-use crate::systems::{self, FLOOR, ICEORYX2};
+use crate::systems::{self, BARE, FLOOR, ICEORYX2};
 
 /// Collects footnotes and hands out their numbers.
 #[derive(Debug, Default)]
@@ -87,7 +88,8 @@ fn explain(b: Bench) -> &'static str {
         Bench::Throughput => {
             "The sender publishes as fast as it can; the receiver busy-polls and checks every \
              message. GB/s counts payload bytes (10^9). Ratios are rate / reference (lower is \
-             slower)."
+             slower). The rate is the median over rounds; the slowest and fastest round \
+             show how much the machine's load moved it."
         }
         Bench::Blocking => {
             "Each receiver sleeps in the system's blocking primitive (futex, blocking read, \
@@ -114,6 +116,18 @@ fn reference(results: &Results, cell: &Cell, system: &str) -> Option<Summary> {
 fn latency_of(s: &Option<Summary>) -> Option<(f64, f64)> {
     match s {
         Some(Summary::Latency { one_way, .. }) => Some((one_way.median_ns, one_way.p99_ns)),
+        _ => None,
+    }
+}
+
+/// The slowest and fastest round of a rate cell.
+fn spread_of(s: &Option<Summary>) -> Option<(f64, f64)> {
+    match s {
+        Some(Summary::Rate {
+            min_per_s,
+            max_per_s,
+            ..
+        }) => Some((*min_per_s, *max_per_s)),
         _ => None,
     }
 }
@@ -208,7 +222,7 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
         if group_bench.is_pingpong() {
             let _ = writeln!(
                 out,
-                "| payload | system | median | p99 | ÷ floor | {iox_head} | preempted |\n|---|---|---:|---:|---:|---:|---:|"
+                "| payload | system | median | p99 | ÷ floor | ÷ bare ring | {iox_head} | preempted |\n|---|---|---:|---:|---:|---:|---:|---:|"
             );
         } else {
             let first = if *group_bench == Bench::Fanout {
@@ -218,7 +232,7 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
             };
             let _ = writeln!(
                 out,
-                "| {first} | system | msg/s | GB/s | ÷ floor | {iox_head} | preempted |\n|---|---|---:|---:|---:|---:|---:|"
+                "| {first} | system | msg/s (median) | rounds min – max | GB/s | ÷ floor | ÷ bare ring | {iox_head} | preempted |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
             );
         }
         for group in groups {
@@ -231,39 +245,49 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
                     fmt_size(cell.size)
                 };
                 let floor = reference(results, cell, FLOOR);
+                let bare = reference(results, cell, BARE);
                 let iox = reference(results, cell, ICEORYX2);
                 let line = if group_bench.is_pingpong() {
                     match latency_of(&s) {
                         Some((m, p)) => {
                             let f = latency_of(&floor);
+                            let b = latency_of(&bare);
                             let i = latency_of(&iox);
                             format!(
-                                "{} | {} | {} / {} | {} / {}",
+                                "{} | {} | {} / {} | {} / {} | {} / {}",
                                 fmt_ns(m),
                                 fmt_ns(p),
                                 ratio(m, f.map(|x| x.0)),
                                 ratio(p, f.map(|x| x.1)),
+                                ratio(m, b.map(|x| x.0)),
+                                ratio(p, b.map(|x| x.1)),
                                 ratio(m, i.map(|x| x.0)),
                                 ratio(p, i.map(|x| x.1)),
                             )
                         }
                         None => {
                             let m = missing(s, &mut notes, &cell.system);
-                            format!("{m} | | |")
+                            format!("{m} | | | |")
                         }
                     }
                 } else {
                     match rate_of(&s) {
                         Some(r) => format!(
-                            "{} | {:.2} | {} | {}",
+                            "{} | {} | {:.2} | {} | {} | {}",
                             fmt_rate(r),
+                            spread_of(&s).map_or(String::new(), |(lo, hi)| format!(
+                                "{} – {}",
+                                fmt_rate(lo),
+                                fmt_rate(hi)
+                            )),
                             r * cell.size as f64 / 1e9,
                             ratio(r, rate_of(&floor)),
+                            ratio(r, rate_of(&bare)),
                             ratio(r, rate_of(&iox)),
                         ),
                         None => {
                             let m = missing(s, &mut notes, &cell.system);
-                            format!("{m} | | |")
+                            format!("{m} | | | | |")
                         }
                     }
                 };
@@ -271,7 +295,12 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
             }
         }
         let _ = writeln!(out);
+        if *group_bench == Bench::Latency {
+            let _ = writeln!(out, "{}\n", yardstick_line(results));
+        }
     }
+
+    let _ = writeln!(out, "{}", goals::render(results));
 
     for name in &plan.systems {
         if let Some(sys) = systems::by_name(name) {
@@ -310,8 +339,92 @@ pub fn render(plan: &Plan, results: &Results, machine: &Machine, wall_s: f64) ->
     out
 }
 
+/// The honesty check of the yardstick, printed beside the latency table:
+/// the bare ring's 8 B one-way latency over the floor's (a one-line
+/// ping-pong), median and p99. A bare ring made slow would flatter shmbus.
+fn yardstick_line(results: &Results) -> String {
+    let cell = |system: &str| Cell {
+        bench: Bench::Latency,
+        size: 8,
+        receivers: 1,
+        system: system.to_owned(),
+    };
+    let bare = latency_of(&results.summary(&cell(BARE)));
+    let floor = latency_of(&results.summary(&cell(FLOOR)));
+    match (bare, floor) {
+        (Some(b), Some(f)) => format!(
+            "Yardstick check: bare ring ÷ floor at 8 B one-way = **{} median, {} p99** \
+             ({} / {} median; issue 9 saw 1.3x). The bare ring must stay close to the floor: \
+             the shmbus ratios below are taken against it.",
+            ratio(b.0, Some(f.0)),
+            ratio(b.1, Some(f.1)),
+            fmt_ns(b.0),
+            fmt_ns(f.0)
+        ),
+        _ => "Yardstick check: bare ring ÷ floor at 8 B not measured (needs both systems and \
+              8 in --sizes)."
+            .to_owned(),
+    }
+}
+
 fn load_now() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cell::Timing;
+    use crate::runner::Outcome;
+
+    #[test]
+    fn latency_table_has_p99_bare_ratio_and_yardstick_check() {
+        let plan = Plan {
+            exe: "compare".into(),
+            shm_root: "/dev/shm".into(),
+            rows: vec![Bench::Latency],
+            systems: vec![FLOOR.to_owned(), BARE.to_owned()],
+            latency_sizes: vec![8],
+            throughput_sizes: vec![],
+            blocking_sizes: vec![],
+            fanout_size: 64,
+            fanout_receivers: vec![],
+            rounds: 1,
+            timing: Timing {
+                warmup_ms: 1,
+                measure_ms: 1,
+                max_iters: 1,
+                warmup_msgs: 1,
+            },
+            cpus: [0, 1],
+        };
+        let mut results = Results::default();
+        for (system, one_way) in [(FLOOR, 100u64), (BARE, 130)] {
+            // 98 samples at the median and two at twice it: p99 (nearest
+            // rank 99 of 100) is a slow one.
+            let mut rtts = vec![2 * one_way; 98];
+            rtts.extend([4 * one_way, 4 * one_way]);
+            results.outcomes.insert(
+                Cell {
+                    bench: Bench::Latency,
+                    size: 8,
+                    receivers: 1,
+                    system: system.to_owned(),
+                },
+                vec![Outcome::Latency { rtts, preempted: 0 }],
+            );
+        }
+        let text = render(&plan, &results, &Machine::default(), 1.0);
+        assert!(
+            text.contains("| 8 B | bare ring | 130 ns | 260 ns | 1.30 / 1.30 | 1.00 / 1.00 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bare ring ÷ floor at 8 B one-way = **1.30 median, 1.30 p99**"),
+            "{text}"
+        );
+        assert!(text.contains("## Goals (issue 9)"), "{text}");
+    }
 }

@@ -115,6 +115,10 @@ pub enum Summary {
     Rate {
         /// Messages per second.
         msgs_per_s: f64,
+        /// Slowest round's messages per second.
+        min_per_s: f64,
+        /// Fastest round's messages per second.
+        max_per_s: f64,
         /// Rounds that produced a rate.
         rounds: usize,
         /// Involuntary context switches, summed over processes and rounds.
@@ -169,6 +173,8 @@ impl Results {
         if let Some(m) = stats::median(&rates) {
             return Some(Summary::Rate {
                 msgs_per_s: m,
+                min_per_s: rates.iter().copied().fold(f64::INFINITY, f64::min),
+                max_per_s: rates.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                 rounds: rates.len(),
                 preempted: preempted_total,
             });

@@ -24,7 +24,8 @@ OPTIONS
   --rows LIST          rows to run: latency,throughput,blocking,fanout (default: all)
   --systems LIST       systems to run (default: all built in; see --list); quote
                        names with spaces: --systems 'floor,shmbus (raw bytes)'
-  --sizes LIST         latency payload sizes in bytes (default: 64,1024,65536,1048576)
+  --sizes LIST         latency payload sizes in bytes (default: 8,64,1024,65536,1048576;
+                       8 B gives the bare ring ÷ floor yardstick check)
   --throughput-sizes LIST   (default: 64,4096)
   --blocking-sizes LIST     (default: 64)
   --fanout LIST        fan-out receiver counts (default: 1,2,4); payload 64 B
@@ -41,6 +42,19 @@ OPTIONS
   --chart FILE         write the chart to FILE (default: beside --out)
   --list               list the systems built into this binary
   -h, --help           this text
+
+The report has one table per row (latency rows: median and p99, ratios to
+the floor, the bare ring and iceoryx2), the yardstick check (bare ring ÷
+floor at 8 B) and a \"Goals (issue 9)\" section: shmbus raw and typed against
+the bare ring and iceoryx2, each goal met, missed or not measured.
+
+THE FULL RUN (every system, every row; after all branches are merged, on an
+otherwise idle machine):
+  cargo run --release -p shmbus-benches --features iceoryx2 --bin compare -- \\
+      --out target/compare/report.md
+A quick sanity check of the yardstick against shmbus:
+  cargo run --release -p shmbus-benches --bin compare -- \\
+      --systems 'floor,bare ring,shmbus (raw bytes),shmbus (checked)'
 ";
 
 fn main() {
@@ -85,7 +99,7 @@ fn parent(args: &[String]) -> Result<()> {
         shm_root: PathBuf::from("/dev/shm"),
         rows: Bench::ALL.to_vec(),
         systems: built.clone(),
-        latency_sizes: vec![64, 1024, 64 * 1024, 1024 * 1024],
+        latency_sizes: vec![8, 64, 1024, 64 * 1024, 1024 * 1024],
         throughput_sizes: vec![64, 4096],
         blocking_sizes: vec![64],
         fanout_size: 64,
@@ -180,6 +194,9 @@ fn parent(args: &[String]) -> Result<()> {
     let text = report::render(&plan, &results, &machine, start.elapsed().as_secs_f64());
     print!("{text}");
     if let Some(p) = &out_file {
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = chart_file.or_else(|| out_file.as_deref().map(chart::path_beside)) {

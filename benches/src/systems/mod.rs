@@ -2,6 +2,7 @@
 
 use crate::transport::System;
 
+pub mod bare;
 pub mod floor;
 #[cfg(feature = "iceoryx2")]
 pub mod iceoryx2;
@@ -11,16 +12,19 @@ pub mod uds;
 
 /// Name of the hardware-floor system every row is compared against.
 pub const FLOOR: &str = "floor";
+/// Name of the bare-ring system, the yardstick of shmbus's overhead.
+pub const BARE: &str = bare::NAME;
 /// Name of the iceoryx2 system (present with the `iceoryx2` feature).
 pub const ICEORYX2: &str = "iceoryx2";
 
 /// Every system compiled into this binary, in table order.
 ///
 /// To add a system: write a module implementing
-/// [`System`](crate::transport::System) and add it here.
+/// [`System`] and add it here.
 pub fn all() -> Vec<Box<dyn System>> {
     let mut v: Vec<Box<dyn System>> = vec![
         Box::new(floor::Floor),
+        Box::new(bare::Bare),
         Box::new(shmbus::typed::ShmbusTyped { checked: true }),
         Box::new(shmbus::typed::ShmbusTyped { checked: false }),
         Box::new(shmbus::raw::ShmbusRaw),

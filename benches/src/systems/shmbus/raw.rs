@@ -2,13 +2,12 @@
 //! `RingReader`, with the payload written in place in a loan and checked in
 //! place in the ring.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use shmbus_bus::{ReadEvent, RingConfig, RingReader, RingWriter, StartAt, WaitStrategy};
 
-use super::{geometry_for, strategy, DRAIN_BATCH, RING_NOTE};
+use super::{geometry_for, strategy, RING_NOTE};
 use crate::payload;
 use crate::transport::{retry_until, ChannelSpec, Rx, System, Tx};
 
@@ -31,9 +30,8 @@ impl System for ShmbusRaw {
     fn notes(&self) -> &'static [&'static str] {
         &[
             "shmbus (raw bytes): shmbus_bus::RingWriter::loan, payload written in place, \
-             Loan::commit; receive with RingReader::try_read (ping-pong; RingReader::read in the \
-             blocking row) and RingReader::drain in batches of up to 64 (stream rows), payload \
-             checked in place before release",
+             Loan::commit; receive one message per call with RingReader::try_read \
+             (RingReader::read in the blocking row), payload checked in place before release",
             RING_NOTE,
         ]
     }
@@ -76,8 +74,6 @@ impl System for ShmbusRaw {
             reader,
             len: spec.msg_len,
             wait: strategy(spec.wait),
-            batch: spec.stream,
-            pending: VecDeque::with_capacity(DRAIN_BATCH),
         }))
     }
 }
@@ -110,10 +106,6 @@ struct RawRx {
     reader: RingReader,
     len: usize,
     wait: WaitStrategy,
-    /// Stream rows: receive with `drain`.
-    batch: bool,
-    /// Sequence numbers of messages drained and checked, not yet handed out.
-    pending: VecDeque<u64>,
 }
 
 impl RawRx {
@@ -127,44 +119,10 @@ impl RawRx {
             ReadEvent::Closed => bail!("the shmbus publisher closed before the end message"),
         }
     }
-
-    fn drain(&mut self) -> Result<()> {
-        let len = self.len;
-        let pending = &mut self.pending;
-        let mut bad = None;
-        let drained = self
-            .reader
-            .drain(DRAIN_BATCH, |bytes| match payload::check(bytes, len) {
-                Ok(seq) => pending.push_back(seq),
-                Err(e) => {
-                    bad.get_or_insert(e);
-                }
-            })
-            .context("shmbus drain failed")?;
-        if let Some(e) = bad {
-            return Err(e);
-        }
-        if drained.lost_messages > 0 {
-            bail!(
-                "shmbus reported {} lost messages on a lossless ring",
-                drained.lost_messages
-            );
-        }
-        if drained.closed {
-            bail!("the shmbus publisher closed before the end message");
-        }
-        Ok(())
-    }
 }
 
 impl Rx for RawRx {
     fn try_recv(&mut self) -> Result<Option<u64>> {
-        if self.batch {
-            if self.pending.is_empty() {
-                self.drain()?;
-            }
-            return Ok(self.pending.pop_front());
-        }
         let len = self.len;
         let event = self.reader.try_read().context("shmbus read failed")?;
         Self::take(event, len)

@@ -4,12 +4,10 @@
 //! validates every archive with rkyv's `bytecheck` (the default) or trusts
 //! its publishers (`Subscriber::trust_publishers`).
 
-use std::collections::VecDeque;
-
 use anyhow::{bail, Context, Result};
 use shmbus::{Bus, Publisher, StartAt, Subscriber};
 
-use super::{geometry_for, strategy, DRAIN_BATCH, IN_PLACE_FROM, RING_NOTE};
+use super::{geometry_for, strategy, IN_PLACE_FROM, RING_NOTE};
 use crate::msg::{self, Msg};
 use crate::payload;
 use crate::transport::{retry_until, ChannelSpec, Rx, System, Tx};
@@ -31,9 +29,9 @@ const NOTE_TYPED: &str =
      Payloads below 64 KiB: Publisher::send(&msg), rkyv serializes into the ring, copying the \
      payload the sender wrote into its Vec. 64 KiB and up: Publisher::loan, the payload written \
      once in place and the root resolved with rkyv's resolvers (the same bytes rkyv::to_bytes \
-     produces), MessageLoan::commit_bytes. Receive: Subscriber::try_recv (ping-pong), recv \
-     (blocking row), drain in batches of up to 64 (stream rows); the archived Msg is read in \
-     place and its whole payload checked. checked: rkyv validation of every archive (the \
+     produces), MessageLoan::commit_bytes. Receive: one message per call, Subscriber::try_recv \
+     (recv in the blocking row); the archived Msg is read in place and its whole payload \
+     checked. checked: rkyv validation of every archive (the \
      default); unchecked: Subscriber::trust_publishers";
 
 /// The publishers of a run are this binary's own sender roles, in a private
@@ -112,8 +110,6 @@ impl System for ShmbusTyped {
         Ok(Box::new(TypedRx {
             subscriber,
             len: spec.msg_len,
-            batch: spec.stream,
-            pending: VecDeque::with_capacity(DRAIN_BATCH),
         }))
     }
 }
@@ -155,44 +151,10 @@ impl Tx for TypedTx {
 struct TypedRx {
     subscriber: Subscriber<Msg>,
     len: usize,
-    /// Stream rows: receive with `drain`.
-    batch: bool,
-    /// Sequence numbers of messages drained and checked, not yet handed out.
-    pending: VecDeque<u64>,
-}
-
-impl TypedRx {
-    fn drain(&mut self) -> Result<()> {
-        let len = self.len;
-        let pending = &mut self.pending;
-        let mut bad = None;
-        self.subscriber
-            .drain(DRAIN_BATCH, |m| match msg::check(m, len) {
-                Ok(seq) => pending.push_back(seq),
-                Err(e) => {
-                    bad.get_or_insert(e);
-                }
-            })
-            .context("shmbus drain failed")?;
-        if let Some(e) = bad {
-            return Err(e);
-        }
-        let lost = self.subscriber.lost_messages();
-        if lost > 0 {
-            bail!("shmbus reported {lost} lost messages on a lossless ring");
-        }
-        Ok(())
-    }
 }
 
 impl Rx for TypedRx {
     fn try_recv(&mut self) -> Result<Option<u64>> {
-        if self.batch {
-            if self.pending.is_empty() {
-                self.drain()?;
-            }
-            return Ok(self.pending.pop_front());
-        }
         match self
             .subscriber
             .try_recv()
