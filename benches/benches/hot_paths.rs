@@ -4,7 +4,7 @@
 //! - `publish/*`: no subscriber attached (the ring never fills): the raw
 //!   copy (`RingWriter::write`), the raw loan with the payload pattern written
 //!   in place, the typed `Publisher::send` of a prepared `Msg`, and the typed
-//!   loan with the archive built in place (`msg::write_in_place`).
+//!   `send_filled` with the payload written in place (`msg::send_in_place`).
 //! - `consume/*`: messages are published untimed in chunks, then only their
 //!   consumption is timed: `RingReader::try_read` and `RingReader::drain`
 //!   (the receiver touches one payload byte: this is the ring's own cost).
@@ -128,13 +128,9 @@ fn publish(c: &mut Criterion) {
         let mut publisher: Publisher<Msg> = bus
             .publisher(&format!("inplace-{size}"))
             .expect("publisher");
-        let alen = msg::archived_len(size);
-        g.bench_function(BenchmarkId::new("typed_loan_in_place", size), |b| {
+        g.bench_function(BenchmarkId::new("typed_send_filled", size), |b| {
             b.iter(|| {
-                let mut loan = publisher.loan(alen).expect("loan");
-                let n = msg::write_in_place(seq, size, loan.as_uninit()).expect("archive");
-                // SAFETY: `write_in_place` initialized the first `n` bytes.
-                unsafe { loan.commit_bytes(n) };
+                msg::send_in_place(&mut publisher, seq, size).expect("send_filled");
                 seq += 1;
             })
         });

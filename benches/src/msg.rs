@@ -1,23 +1,20 @@
-//! The message type of the typed shmbus rows, and how its archive is written
-//! straight into a loaned ring buffer.
+//! The message type of the typed shmbus rows, and how big ones are written
+//! in place.
 //!
 //! [`Msg`] is an ordinary rkyv type: a sequence number and a byte payload.
 //! Small messages go through [`shmbus::Publisher::send`], where rkyv
 //! serializes the struct into the ring (copying the payload out of the
-//! sender's `Vec`). Large messages are built in place: [`write_in_place`]
-//! writes the payload pattern directly into the loan and then the archived
-//! root with rkyv's own resolvers, producing exactly the bytes
-//! `rkyv::to_bytes(&Msg { .. })` would (a unit test holds it to that), so the
-//! payload is written once, where the subscriber reads it.
+//! sender's `Vec`). Large messages are written in place with the client's
+//! safe API, [`shmbus::Publisher::send_filled`]: [`MsgOut`] is `Msg`'s
+//! writer-side twin with a [`Fill`] payload, and [`send_in_place`] writes the
+//! payload pattern row by row straight into the ring, where the subscriber
+//! reads it as an ordinary `ArchivedMsg`.
 
-use std::mem::{align_of, size_of, MaybeUninit};
+use std::mem::{align_of, size_of};
 
-use anyhow::{bail, Result};
-use rkyv::{
-    place::Place,
-    vec::{ArchivedVec, VecResolver},
-    Archive, Serialize,
-};
+use anyhow::{bail, Context, Result};
+use rkyv::{Archive, Serialize};
+use shmbus::{Fill, Publisher};
 
 use crate::payload;
 
@@ -55,70 +52,45 @@ pub fn archived_len(payload_len: usize) -> usize {
     root_pos(payload_len) + ROOT
 }
 
-/// Writes the archive of `Msg { seq, payload: <pattern for seq> }` with a
-/// `payload_len` byte payload into the start of `buf` (a loaned, 16-byte
-/// aligned ring buffer) and returns its length, [`archived_len`].
-///
-/// The payload is written once, in place; the root is resolved with rkyv's
-/// resolvers exactly as its serializer would.
+/// [`Msg`]'s writer-side twin: the same archive, its payload a [`Fill`]
+/// written in place by [`send_in_place`].
+#[derive(Archive, Serialize, Debug)]
+#[rkyv(as = ArchivedMsg)]
+pub struct MsgOut {
+    /// Sequence number (equal to the payload's first word).
+    pub seq: u64,
+    /// The payload, filled in place.
+    pub payload: Fill,
+}
+
+/// Rows of an in-place payload: 4 KiB (a page; each row is zeroed and then
+/// written while it is in cache), or the whole payload if it is not a
+/// multiple of that.
+const ROW: usize = 4096;
+
+/// Sends `Msg { seq, payload: <pattern for seq> }` with a `payload_len` byte
+/// payload, written row by row straight into the ring by
+/// [`Publisher::send_filled`] (no `Vec`, no `unsafe`).
 ///
 /// # Errors
 ///
-/// If `buf` is shorter than the archive, or the payload is too large for
-/// rkyv's 32-bit relative pointers.
-pub fn write_in_place(seq: u64, payload_len: usize, buf: &mut [MaybeUninit<u8>]) -> Result<usize> {
-    let len = archived_len(payload_len);
-    if buf.len() < len {
-        bail!(
-            "a {len} byte archive does not fit a {} byte loan",
-            buf.len()
-        );
-    }
-    if u32::try_from(len).is_err() {
-        bail!("a {payload_len} byte payload is too large for rkyv's 32-bit offsets");
-    }
-    let pos = root_pos(payload_len);
-    payload::write_uninit(seq, &mut buf[..payload_len]);
-    for b in &mut buf[payload_len..pos] {
-        b.write(0);
-    }
-
-    // Resolve the root into a zeroed local, as rkyv's `resolve_aligned` does,
-    // then copy it to its place at the end of the archive.
-    let mut root = MaybeUninit::<ArchivedMsg>::zeroed();
-    // SAFETY: `root` is a zeroed local: aligned, dereferenceable, and every
-    // byte is initialized. `pos` is the position it will have in the archive,
-    // which relative pointers are computed against.
-    let out = unsafe { Place::new_unchecked(pos, root.as_mut_ptr()) };
-    // SAFETY: `out.ptr()` is the root above; `addr_of_mut!` projects to its
-    // fields without creating references, and nothing uninitialized is
-    // written through these pointers.
-    let (seq_ptr, payload_ptr) = unsafe {
-        let p = out.ptr();
-        (
-            std::ptr::addr_of_mut!((*p).seq),
-            std::ptr::addr_of_mut!((*p).payload),
-        )
+/// As `send_filled`.
+pub fn send_in_place(publisher: &mut Publisher<Msg>, seq: u64, payload_len: usize) -> Result<()> {
+    let row_len = if payload_len.is_multiple_of(ROW) {
+        ROW
+    } else {
+        payload_len
     };
-    // SAFETY: both pointers point to fields of the place `out` (derived just
-    // above), which is aligned and fully initialized (zeroed).
-    let (seq_place, payload_place) = unsafe {
-        (
-            Place::from_field_unchecked(out, seq_ptr),
-            Place::from_field_unchecked(out, payload_ptr),
-        )
+    let rows = payload_len / row_len.max(1);
+    let out = MsgOut {
+        seq,
+        payload: Fill::rows(rows, row_len),
     };
-    seq.resolve((), seq_place);
-    // The payload starts at position 0 of the archive (written above).
-    ArchivedVec::<u8>::resolve_from_len(payload_len, VecResolver::from_pos(0), payload_place);
-
-    // SAFETY: every byte of `root` is initialized (zeroed, then resolved),
-    // and `ArchivedMsg` is `ROOT` bytes.
-    let root_bytes: &[u8; ROOT] = unsafe { &*root.as_ptr().cast::<[u8; ROOT]>() };
-    for (d, s) in buf[pos..len].iter_mut().zip(root_bytes) {
-        d.write(*s);
-    }
-    Ok(len)
+    publisher
+        .send_filled(&out, |row, bytes| {
+            payload::write_from(seq, row.index * row_len / 8, bytes);
+        })
+        .context("shmbus send_filled failed")
 }
 
 /// Checks a received archived message: the whole payload against the
@@ -142,40 +114,40 @@ pub fn check(m: &ArchivedMsg, payload_len: usize) -> Result<u64> {
 mod tests {
     use super::*;
 
-    #[repr(C, align(16))]
-    struct Aligned([MaybeUninit<u8>; 4096]);
-
     fn pattern(seq: u64, len: usize) -> Vec<u8> {
         let mut v = vec![0; len];
         payload::write(seq, &mut v);
         v
     }
 
+    /// `send_in_place` delivers the message `rkyv::to_bytes(&Msg { .. })` holds (length, payload, seq):
+    /// whole rows and a payload that is one odd-sized row.
     #[test]
-    fn in_place_archive_equals_rkyv_output() {
-        for len in [8, 9, 15, 16, 17, 64, 100, 1000, 1024, 3000] {
+    fn in_place_message_equals_rkyv_output() {
+        let root = std::env::temp_dir().join(format!("shmbus-bench-msg-{}", std::process::id()));
+        let bus = shmbus::Bus::builder()
+            .root(&root)
+            .capacity(1 << 20)
+            .max_message(64 << 10)
+            .build()
+            .unwrap();
+        let mut sub = bus.subscriber::<Msg>("m").unwrap();
+        let mut publisher = bus.publisher::<Msg>("m").unwrap();
+        for len in [8, 100, 3000, 4096, 3 * 4096] {
             let seq = 0x0123_4567_89ab_cdef + len as u64;
+            send_in_place(&mut publisher, seq, len).unwrap();
             let expect = rkyv::to_bytes::<rkyv::rancor::Error>(&Msg {
                 seq,
                 payload: pattern(seq, len),
             })
             .unwrap();
-            let mut buf = Aligned([MaybeUninit::uninit(); 4096]);
-            let n = write_in_place(seq, len, &mut buf.0).unwrap();
-            assert_eq!(n, expect.len(), "length for {len}");
-            // SAFETY: `write_in_place` initialized the first `n` bytes.
-            let got = unsafe { std::slice::from_raw_parts(buf.0.as_ptr().cast::<u8>(), n) };
-            assert_eq!(got, &expect[..], "bytes for {len}");
-            let archived = rkyv::access::<ArchivedMsg, rkyv::rancor::Error>(got).unwrap();
-            assert_eq!(check(archived, len).unwrap(), seq);
+            assert_eq!(archived_len(len), expect.len(), "length for {len}");
+            let got = sub.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+            assert_eq!(got.payload.as_slice(), &expect[..len], "payload for {len}");
+            assert_eq!(check(&got, len).unwrap(), seq);
         }
-    }
-
-    #[test]
-    fn short_buffer_is_an_error() {
-        let mut buf = Aligned([MaybeUninit::uninit(); 4096]);
-        assert!(write_in_place(1, 4096, &mut buf.0).is_err());
-        assert!(write_in_place(1, 64, &mut buf.0[..archived_len(64) - 1]).is_err());
+        drop((sub, publisher));
+        std::fs::remove_dir_all(&root).ok();
     }
 
     #[test]

@@ -32,8 +32,25 @@ fn word(seq: u64, i: usize) -> [u8; 8] {
 /// ```
 #[inline]
 pub fn write(seq: u64, dst: &mut [u8]) {
+    write_from(seq, 0, dst);
+}
+
+/// Writes the pattern for `seq` into `dst` as if `dst` started at word
+/// `first_word` of the payload (a row of a payload written in pieces).
+///
+/// ```
+/// let mut whole = vec![0u8; 64];
+/// shmbus_benches::payload::write(7, &mut whole);
+/// let mut rows = vec![0u8; 64];
+/// let (a, b) = rows.split_at_mut(32);
+/// shmbus_benches::payload::write_from(7, 0, a);
+/// shmbus_benches::payload::write_from(7, 4, b);
+/// assert_eq!(whole, rows);
+/// ```
+#[inline]
+pub fn write_from(seq: u64, first_word: usize, dst: &mut [u8]) {
     let mut chunks = dst.chunks_exact_mut(8);
-    let mut i = 0;
+    let mut i = first_word;
     for chunk in &mut chunks {
         chunk.copy_from_slice(&word(seq, i));
         i += 1;

@@ -27,16 +27,16 @@ pub struct ShmbusTyped {
 const NOTE_TYPED: &str =
     "shmbus (checked) / (unchecked): typed API over Msg { seq: u64, payload: Vec<u8> } (rkyv). \
      Payloads below 64 KiB: Publisher::send(&msg), rkyv serializes into the ring, copying the \
-     payload the sender wrote into its Vec. 64 KiB and up: Publisher::loan, the payload written \
-     once in place and the root resolved with rkyv's resolvers (the same bytes rkyv::to_bytes \
-     produces), MessageLoan::commit_bytes. Receive: one message per call, Subscriber::try_recv \
+     payload the sender wrote into its Vec. 64 KiB and up: Publisher::send_filled with a Fill \
+     payload, the payload written once, in place, in 4 KiB rows (the client's safe in-place \
+     API; the same bytes rkyv::to_bytes produces). Receive: one message per call, Subscriber::try_recv \
      (recv in the blocking row); the archived Msg is read in place and its whole payload \
      checked. checked: rkyv validation of every archive (the \
      default); unchecked: Subscriber::trust_publishers";
 
 /// The publishers of a run are this binary's own sender roles, in a private
 /// (0700) run directory; they write archives with rkyv or
-/// [`msg::write_in_place`], which produces rkyv's bytes.
+/// [`msg::send_in_place`], which produces rkyv's bytes.
 fn bus_for(spec: &ChannelSpec, capacity: u64, max_message: u64) -> Result<Bus> {
     Bus::builder()
         .root(&spec.dir)
@@ -95,7 +95,7 @@ impl System for ShmbusTyped {
         if !self.checked {
             // SAFETY: the only publisher of this topic is the sender role of
             // this same binary, in this run's private directory; it writes
-            // archives of `Msg` with rkyv or with `msg::write_in_place`,
+            // archives of `Msg` with rkyv or with `msg::send_in_place`,
             // which is tested to produce rkyv's exact bytes.
             unsafe { subscriber.trust_publishers() };
         }
@@ -121,22 +121,14 @@ struct TypedTx {
     /// every message.
     msg: Msg,
     len: usize,
-    /// Build the archive in place in a loan.
+    /// Write the payload in place (`send_filled`).
     in_place: bool,
 }
 
 impl Tx for TypedTx {
     fn send(&mut self, seq: u64) -> Result<()> {
         if self.in_place {
-            let mut loan = self
-                .publisher
-                .loan(msg::archived_len(self.len))
-                .context("shmbus loan failed")?;
-            let n = msg::write_in_place(seq, self.len, loan.as_uninit())?;
-            // SAFETY: `write_in_place` initialized the first `n` bytes of the
-            // loan, and `n` fits the loan (it checks the buffer length).
-            unsafe { loan.commit_bytes(n) };
-            return Ok(());
+            return msg::send_in_place(&mut self.publisher, seq, self.len);
         }
         self.msg.seq = seq;
         payload::write(seq, &mut self.msg.payload);
