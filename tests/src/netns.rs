@@ -509,9 +509,11 @@ impl NetPair {
         self.set_sysctl(side, "net.core.optmem_max", &bytes.to_string())
     }
 
-    /// Drops `percent`% of the IP packets leaving `side` on the veth, at
-    /// random (nftables `numgen random mod 100 < N counter drop` on output, in
-    /// a table of our own). Replaces an earlier rule and resets its counter.
+    /// Drops `percent`% of the TCP packets leaving `side` on the veth, at
+    /// random (nftables `meta l4proto tcp numgen random mod 100 < N counter
+    /// drop` on output, in a table of our own). Only TCP: the kernel's own
+    /// background packets on a fresh link (IPv6 neighbour discovery) neither
+    /// count nor vanish. Replaces an earlier rule and resets its counter.
     /// Packets are dropped before segmentation, so one drop can be a whole
     /// GSO super-packet of up to 64 KiB.
     ///
@@ -529,7 +531,7 @@ impl NetPair {
             "add table inet {NFT_TABLE}\n\
              add chain inet {NFT_TABLE} output {{ type filter hook output priority 0; policy accept; }}\n\
              flush chain inet {NFT_TABLE} output\n\
-             add rule inet {NFT_TABLE} output oifname \"{dev}\" numgen random mod 100 < {percent} counter drop\n",
+             add rule inet {NFT_TABLE} output oifname \"{dev}\" meta l4proto tcp numgen random mod 100 < {percent} counter drop\n",
             dev = self.dev(side)
         );
         self.tool_in(side, &self.tools.nft, &["-f", "-"], Some(&script))

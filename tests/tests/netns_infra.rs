@@ -218,7 +218,7 @@ fn echo_across_the_veth_pair() {
     }
 }
 
-/// 5% random loss on both sides: TCP still delivers every byte in order, and
+/// 5% random loss of TCP packets on both sides: TCP still delivers every byte in order, and
 /// the nftables counters saw drops. Runs rounds of 1 MiB until at least
 /// 4 MiB went through *and* something was dropped (drops hit GSO
 /// super-packets, so a few MiB can be few packets).
