@@ -41,6 +41,12 @@ fn ls_shows_the_lag_of_a_stopped_subscriber() {
     let id = id_of(&publisher.expect("ready"));
     publisher.expect("done published=3");
     sub.expect("got msg 2");
+    // Subscribers release in batches, and always before they wait on an
+    // empty ring: once it waits, its slot shows no lag.
+    eventually("the waiting subscriber released what it read", || {
+        let ls = root.json(&["ls"]);
+        ring(&ls, "imu", &id)["subscribers"][0]["lag_messages"] == 0
+    });
 
     // Stopped, it can neither read nor release anything.
     sub.signal(libc::SIGSTOP);
