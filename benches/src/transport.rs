@@ -29,7 +29,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cell::Bench;
 
@@ -162,4 +162,25 @@ pub fn retry_until<T>(
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+}
+
+/// Opens `path` read-write once its sender has published it (created and
+/// renamed into place), waiting at most `timeout`. For the receivers of the
+/// file-backed systems (floor, bare ring).
+pub fn open_when_published(
+    timeout: Duration,
+    what: &str,
+    path: &std::path::Path,
+) -> Result<std::fs::File> {
+    retry_until(timeout, what, || {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
+        }
+    })
 }

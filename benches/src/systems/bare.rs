@@ -63,7 +63,7 @@ use crate::os::{
     futex_wait, futex_wake_all, membarrier_global_expedited, membarrier_register_global_expedited,
 };
 use crate::payload;
-use crate::transport::{retry_until, ChannelSpec, Rx, System, Tx, Wait};
+use crate::transport::{open_when_published, retry_until, ChannelSpec, Rx, System, Tx, Wait};
 
 /// Name of this system in tables and on the command line.
 pub const NAME: &str = "bare ring";
@@ -313,14 +313,10 @@ impl System for Bare {
             );
         }
         let path = file_path(spec);
-        let file = retry_until(
+        let file = open_when_published(
             spec.connect_timeout,
             "the bare ring sender to publish its file",
-            || match OpenOptions::new().read(true).write(true).open(&path) {
-                Ok(f) => Ok(Some(f)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
-            },
+            &path,
         )?;
         let map = MmapOptions::new()
             .populate()

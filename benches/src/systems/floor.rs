@@ -29,7 +29,7 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::os::{futex_wait, futex_wake_all};
 use crate::payload;
-use crate::transport::{retry_until, ChannelSpec, Rx, System, Tx, Wait};
+use crate::transport::{open_when_published, retry_until, ChannelSpec, Rx, System, Tx, Wait};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SBFLOOR1");
 const VERSION: u64 = 1;
@@ -229,14 +229,10 @@ impl System for Floor {
             );
         }
         let path = file_path(spec);
-        let file = retry_until(
+        let file = open_when_published(
             spec.connect_timeout,
             "the floor sender to publish its file",
-            || match OpenOptions::new().read(true).write(true).open(&path) {
-                Ok(f) => Ok(Some(f)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
-            },
+            &path,
         )?;
         let len = file.metadata()?.len();
         if len != want.file_len() as u64 {
