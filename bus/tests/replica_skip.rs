@@ -13,7 +13,8 @@ use shmbus_bus::{
     layout::{
         data_stamp, gap_stamp, meta_word, padding_stamp, record_size, DATA_OFFSET, RECORD_HEADER,
     },
-    Error, RawChunk, RawReader, ReadEvent, ReplicaWriter, RingConfig, RingReader, Skip, StartAt,
+    Error, Observed, RawChunk, RawReader, ReadEvent, ReplicaWriter, RingConfig, RingObserver,
+    RingReader, Skip, StartAt,
 };
 
 const CAP: u64 = 4096;
@@ -151,6 +152,16 @@ fn a_skip_across_the_lap_end_with_a_16_byte_padding_piece() {
         rep.try_skip_to(2 * CAP + 64, 10).unwrap(),
         Skip::Done { lost: 2 }
     );
+    // The pieces: padding (carrying the first lost number), then the count.
+    let pad = 2 * CAP - 16;
+    assert_eq!(
+        header_at(&dir.ring(), pad),
+        (padding_stamp(pad), meta_word(0, 8), 0)
+    );
+    assert_eq!(
+        header_at(&dir.ring(), 2 * CAP),
+        (gap_stamp(2 * CAP), meta_word(48, 8), 2)
+    );
     assert!(push(&mut rep, &[2; 16], 10));
     assert_eq!(
         read_all(&mut r),
@@ -174,6 +185,14 @@ fn a_skip_across_the_lap_end_with_a_16_byte_filler_piece() {
         rep.try_skip_to(2 * CAP + 16, 1000).unwrap(),
         Skip::Done { lost: 999 }
     );
+    let (stamp, meta, count) = header_at(&dir.ring(), 2 * CAP - 64);
+    assert_eq!(
+        (stamp, meta, count),
+        (gap_stamp(2 * CAP - 64), meta_word(48, 1), 999)
+    );
+    // The filler: 16 bytes, no count, the next number.
+    let (stamp, meta, _) = header_at(&dir.ring(), 2 * CAP);
+    assert_eq!((stamp, meta), (gap_stamp(2 * CAP), meta_word(0, 1000)));
     assert!(push(&mut rep, &[2; 16], 1000));
     assert_eq!(
         read_all(&mut r),
@@ -442,6 +461,20 @@ fn room_until_is_honoured_while_a_subscriber_joins_at_oldest() {
     assert_eq!(seen.len() as u64, seq - 20, "the first reader lost nothing");
 }
 
+/// The header (stamp, meta word) and first payload word at ring position
+/// `pos`, as the data file holds them.
+fn header_at(path: &Path, pos: u64) -> (u64, u64, u64) {
+    let file = OpenOptions::new().read(true).open(path).unwrap();
+    let off = pos % CAP;
+    // The payload word only if it lies inside the ring.
+    let len = if off + 24 <= CAP { 24 } else { 16 };
+    let mut words = [0u8; 24];
+    file.read_exact_at(&mut words[..len], DATA_OFFSET as u64 + off)
+        .unwrap();
+    let word = |i: usize| u64::from_le_bytes(words[i * 8..i * 8 + 8].try_into().unwrap());
+    (word(0), word(1), word(2))
+}
+
 /// Writes `bytes` at ring position `pos` of the data file, as a same-user
 /// scribbler could.
 fn scribble(path: &Path, pos: u64, bytes: &[u8]) {
@@ -494,4 +527,46 @@ fn hostile_gap_records_are_corrupt_never_a_panic() {
             other => panic!("{tag}: {other:?}"),
         };
     }
+}
+
+#[test]
+fn observers_and_batch_reads_see_the_same_exact_losses() {
+    let dir = TempDir::new("observer");
+    let (mut rep, mut r) = open_pair(&dir, CAP - 96, 40);
+    let mut obs = RingObserver::open(&dir.ring(), StartAt::Oldest).unwrap();
+    assert!(push(&mut rep, b"a", 40));
+    // Across the lap end: 64 bytes with the count, a 16-byte filler.
+    let to = rep.position() + 80;
+    assert_eq!(rep.try_skip_to(to, 50).unwrap(), Skip::Done { lost: 9 });
+    // A silent skip (fillers only).
+    assert!(push(&mut rep, b"b", 50));
+    let to = rep.position() + 48;
+    assert_eq!(rep.try_skip_to(to, 51).unwrap(), Skip::Done { lost: 0 });
+    assert!(push(&mut rep, b"c", 51));
+    let mut seen = Vec::new();
+    loop {
+        match obs.try_read().unwrap() {
+            Observed::Message { sequence, payload } => {
+                seen.push(Seen::Msg(sequence, payload.to_vec()))
+            }
+            Observed::Gap { messages, bytes } => {
+                assert_eq!(bytes, 0, "not lapped");
+                seen.push(Seen::Lost(messages));
+            }
+            Observed::Empty => break,
+            Observed::Closed => panic!("the replica is open"),
+        }
+    }
+    let expected = [
+        Seen::Msg(40, b"a".to_vec()),
+        Seen::Lost(9),
+        Seen::Msg(50, b"b".to_vec()),
+        Seen::Msg(51, b"c".to_vec()),
+    ];
+    assert_eq!(seen, expected);
+    // A batch read (drain) counts the same loss.
+    let mut payloads = Vec::new();
+    let drained = r.drain(16, |p| payloads.push(p.to_vec())).unwrap();
+    assert_eq!(payloads, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    assert_eq!((drained.messages, drained.lost_messages), (3, 9));
 }
