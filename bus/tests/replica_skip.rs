@@ -570,3 +570,90 @@ fn observers_and_batch_reads_see_the_same_exact_losses() {
     assert_eq!(payloads, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
     assert_eq!((drained.messages, drained.lost_messages), (3, 9));
 }
+
+/// A replica writer thread receives messages and skips at random (random
+/// counts, lengths within its promised room, across laps; `NoRoom` waits
+/// for the reader) while a subscriber thread reads with blocking reads:
+/// every message arrives with its number and payload, every loss with its
+/// exact count, nothing else. Returns the messages the reader saw.
+fn random_skips(ops: u32) -> u64 {
+    let dir = TempDir::new(&format!("random-{ops}"));
+    let (mut rep, mut r) = open_pair(&dir, 0, 0);
+    let reader = std::thread::spawn(move || {
+        let mut next = 0u64;
+        let mut messages = 0;
+        loop {
+            match r.read(Default::default(), Some(std::time::Duration::from_secs(30))) {
+                Ok(ReadEvent::Message(m)) => {
+                    assert_eq!(m.sequence(), next, "numbered in order");
+                    let len = 1 + (next % 200) as usize;
+                    assert_eq!(m.payload(), vec![next as u8; len]);
+                    next += 1;
+                    messages += 1;
+                }
+                Ok(ReadEvent::Gap {
+                    messages: lost,
+                    bytes,
+                }) => {
+                    assert_eq!(bytes, 0);
+                    assert!(lost > 0, "fillers report nothing");
+                    next += lost;
+                }
+                Ok(ReadEvent::Closed) => return (next, messages),
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut seq = 0u64;
+    let mut sent = 0u64;
+    for _ in 0..ops {
+        if rnd(4) != 0 {
+            let len = 1 + (seq % 200) as usize;
+            while !push(&mut rep, &vec![seq as u8; len], seq) {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+            seq += 1;
+            sent += 1;
+            continue;
+        }
+        let lost = [0, 0, 1, 5, 1 << 20][rnd(5) as usize];
+        let to = rep.position() + 16 * (1 + rnd(CAP / 16));
+        loop {
+            match rep.try_skip_to(to, seq + lost).unwrap() {
+                Skip::Done { lost: l } => {
+                    assert_eq!(l, lost);
+                    seq += lost;
+                    break;
+                }
+                Skip::NoRoom => std::thread::sleep(std::time::Duration::from_micros(100)),
+                // Two 16-byte pieces, or one, cannot carry a count.
+                Skip::Unrepresentable => {
+                    assert!(lost > 0 && to - rep.position() <= 32);
+                    break;
+                }
+            }
+        }
+    }
+    drop(rep);
+    let (next, messages) = reader.join().unwrap();
+    assert_eq!((next, messages), (seq, sent));
+    messages
+}
+
+#[test]
+fn random_skips_read_concurrently_are_exact() {
+    assert!(random_skips(3000) > 0);
+}
+
+#[test]
+#[ignore = "long run: cargo test -p shmbus-bus --test replica_skip -- --ignored"]
+fn stress_random_skips_read_concurrently_are_exact() {
+    assert!(random_skips(300_000) > 0);
+}
