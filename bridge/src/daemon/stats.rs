@@ -41,7 +41,8 @@ pub enum Dir {
 }
 
 impl Dir {
-    fn as_str(self) -> &'static str {
+    /// `out` or `in`, as in the stats text and the metrics labels.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Out => "out",
             Self::In => "in",
@@ -134,7 +135,63 @@ pub struct StreamStats {
     pub peer_tail: Counter,
 }
 
-type StreamKey = (String, Dir, String, String);
+/// Why a handshake failed, as counted per reason (the metric label
+/// `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Not finished by the absolute handshake deadline.
+    Timeout,
+    /// The peer's key is not on the allowlist.
+    UnknownKey,
+    /// The peer claimed a name that is not its key's.
+    NameMismatch,
+    /// Another protocol, version, ring layout or protection mode.
+    Incompatible,
+    /// Frames that are not a well-formed handshake (garbage, wrong order,
+    /// failed Noise message or confirmation).
+    Malformed,
+    /// The peer refused us (it sent an ERROR).
+    PeerRejected,
+    /// The connection closed or failed during the handshake.
+    Closed,
+    /// Anything else (e.g. a dialled peer left the allowlist, shutdown).
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in the order of [`Stats::handshake_failures_by`].
+    pub const ALL: [Self; 8] = [
+        Self::Timeout,
+        Self::UnknownKey,
+        Self::NameMismatch,
+        Self::Incompatible,
+        Self::Malformed,
+        Self::PeerRejected,
+        Self::Closed,
+        Self::Other,
+    ];
+
+    /// The label value: `timeout`, `unknown_key`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::UnknownKey => "unknown_key",
+            Self::NameMismatch => "name_mismatch",
+            Self::Incompatible => "incompatible",
+            Self::Malformed => "malformed",
+            Self::PeerRejected => "peer_rejected",
+            Self::Closed => "closed",
+            Self::Other => "other",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// A stream's key: (peer, direction, topic, publisher).
+pub type StreamKey = (String, Dir, String, String);
 
 /// All counters of a daemon.
 #[derive(Debug)]
@@ -157,6 +214,12 @@ pub struct Stats {
     pub sessions_revoked: Counter,
     /// Peers whose state was dropped after `peer_state_expiry`.
     pub peers_expired: Counter,
+    /// Configuration reloads that took effect.
+    pub reloads: Counter,
+    /// Configuration reloads refused (the file did not parse or validate).
+    pub reload_failures: Counter,
+    /// Handshake failures per reason, indexed like [`HandshakeFailure::ALL`].
+    by_reason: [Counter; HandshakeFailure::ALL.len()],
     peers: Mutex<BTreeMap<String, Arc<PeerStats>>>,
     streams: Mutex<BTreeMap<StreamKey, Arc<StreamStats>>>,
 }
@@ -175,9 +238,58 @@ impl Stats {
             auth_failures: Counter::default(),
             sessions_revoked: Counter::default(),
             peers_expired: Counter::default(),
+            reloads: Counter::default(),
+            reload_failures: Counter::default(),
+            by_reason: Default::default(),
             peers: Mutex::new(BTreeMap::new()),
             streams: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Counts one failed handshake: the total, its reason, and the older
+    /// per-reason counters of the stats text.
+    pub fn handshake_failed(&self, reason: HandshakeFailure) {
+        self.handshake_failures.add(1);
+        self.by_reason[reason.index()].add(1);
+        match reason {
+            HandshakeFailure::Timeout => self.handshake_timeouts.add(1),
+            HandshakeFailure::UnknownKey => self.unknown_keys.add(1),
+            HandshakeFailure::NameMismatch => self.name_mismatches.add(1),
+            _ => {}
+        }
+    }
+
+    /// Handshake failures for `reason` so far.
+    pub fn handshake_failures_by(&self, reason: HandshakeFailure) -> u64 {
+        self.by_reason[reason.index()].get()
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Time since the daemon started.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// A snapshot of the peers' counters, by name.
+    pub fn peers(&self) -> Vec<(String, Arc<PeerStats>)> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect()
+    }
+
+    /// A snapshot of the streams' counters, by key.
+    pub fn streams(&self) -> Vec<(StreamKey, Arc<StreamStats>)> {
+        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect()
     }
 
     /// The counters of `peer` (created on first use).

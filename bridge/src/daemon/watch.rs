@@ -1,0 +1,188 @@
+//! Change notification for the catalog: inotify on the bus directory and on
+//! each exportable topic directory, so a new or removed ring is noticed when
+//! it appears instead of at the next poll.
+//!
+//! The watch only says *that* something changed; the catalog then rescans
+//! (listing is the single source of truth, see [`super::catalog`]). So a
+//! lost event costs latency, never correctness: on `IN_Q_OVERFLOW`, or when
+//! a watch cannot be added (`max_user_watches` reached), the caller rescans,
+//! and a slow periodic rescan (`rescan_interval`) runs regardless.
+//!
+//! Watches are added before the directory is listed (see
+//! [`BusWatch::sync`]), so a ring moved into a topic directory is either
+//! seen by that listing or reported by the watch afterwards.
+//!
+//! Bounds: one watch per watched directory (the root, the bus directory,
+//! the exportable topic directories that exist), at most
+//! [`MAX_TOPIC_WATCHES`] topic directories; a watch of a removed directory
+//! is dropped when the kernel reports `IN_IGNORED`.
+
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+
+use crate::{config::Config, log};
+
+/// Most topic directories watched; topics beyond this are found by the
+/// periodic rescan only.
+pub const MAX_TOPIC_WATCHES: usize = 4096;
+
+/// What [`BusWatch::wait`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing within the timeout.
+    None,
+    /// Entries were created, moved or removed: rescan.
+    Changed,
+    /// The kernel's event queue overflowed, events were lost: rescan.
+    Overflow,
+}
+
+/// Events a watched directory reports: entries appearing or leaving.
+fn dir_mask() -> WatchMask {
+    WatchMask::CREATE
+        | WatchMask::MOVED_TO
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::DELETE_SELF
+        | WatchMask::ONLYDIR
+}
+
+/// inotify watches on the root, the bus and its exportable topics.
+#[derive(Debug)]
+pub struct BusWatch {
+    inotify: Inotify,
+    /// Watched directories by descriptor (root, bus, topics).
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// Whether the "too many watches" warning was logged.
+    warned_full: bool,
+    buf: Vec<u8>,
+}
+
+impl BusWatch {
+    /// An inotify instance with no watches yet.
+    ///
+    /// # Errors
+    ///
+    /// If inotify is unavailable (e.g. `max_user_instances` reached); the
+    /// caller then relies on the periodic rescan.
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            inotify: Inotify::init()?,
+            dirs: HashMap::new(),
+            warned_full: false,
+            buf: vec![0; 16 * 1024],
+        })
+    }
+
+    /// Number of watched directories.
+    pub fn watched(&self) -> usize {
+        self.dirs.len()
+    }
+
+    /// Adds watches for the root, the bus directory and every topic
+    /// directory `config` exports that exists now (already watched ones are
+    /// kept). Call it before listing the bus.
+    pub fn sync(&mut self, config: &Config) {
+        let bus_dir = config.root.join(&config.bus);
+        // The root: to see the bus directory appear.
+        self.add(&config.root);
+        if !self.add(&bus_dir) {
+            return;
+        }
+        let Ok(topics) = std::fs::read_dir(&bus_dir) else {
+            return;
+        };
+        for t in topics.flatten() {
+            let Ok(topic) = t.file_name().into_string() else {
+                continue;
+            };
+            if shmbus_bus::validate_name("topic", &topic).is_err()
+                || config.export_rule(&topic).is_none()
+            {
+                continue;
+            }
+            let path = t.path();
+            if self.dirs.values().any(|p| *p == path) {
+                continue;
+            }
+            if self.dirs.len() >= MAX_TOPIC_WATCHES + 2 {
+                if !self.warned_full {
+                    log::warning!(
+                        "watching {MAX_TOPIC_WATCHES} topic directories already; more topics are found by the periodic rescan only"
+                    );
+                    self.warned_full = true;
+                }
+                return;
+            }
+            self.add(&path);
+        }
+    }
+
+    /// Watches `dir`; false if it cannot be watched (absent, or no watch
+    /// left: logged once).
+    fn add(&mut self, dir: &Path) -> bool {
+        if self.dirs.values().any(|p| p == dir) {
+            return true;
+        }
+        match self.inotify.watches().add(dir, dir_mask()) {
+            Ok(wd) => {
+                self.dirs.insert(wd, dir.to_owned());
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                if !self.warned_full {
+                    log::warning!(
+                        "cannot watch {}: {e}; relying on the periodic rescan for it",
+                        dir.display()
+                    );
+                    self.warned_full = true;
+                }
+                false
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for changes and drains every queued event.
+    pub fn wait(&mut self, timeout: Duration) -> Change {
+        let fd = self.inotify.as_raw_fd();
+        match crate::io::socket::poll_once(fd, libc::POLLIN, timeout) {
+            Ok(revents) if revents & libc::POLLIN != 0 => {}
+            _ => return Change::None,
+        }
+        let mut change = Change::None;
+        loop {
+            let events = match self.inotify.read_events(&mut self.buf) {
+                Ok(events) => events,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return Change::Overflow,
+            };
+            let mut any = false;
+            for event in events {
+                any = true;
+                if event.mask.contains(EventMask::Q_OVERFLOW) {
+                    change = Change::Overflow;
+                } else if event.mask.contains(EventMask::IGNORED) {
+                    // The directory is gone (or its watch was removed).
+                    self.dirs.remove(&event.wd);
+                    if change == Change::None {
+                        change = Change::Changed;
+                    }
+                } else if change == Change::None {
+                    change = Change::Changed;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        change
+    }
+}
