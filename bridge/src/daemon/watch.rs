@@ -60,6 +60,9 @@ pub struct BusWatch {
     inotify: Inotify,
     /// Watched directories by descriptor (root, bus, topics).
     dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// While the root does not exist: the watch on its nearest existing
+    /// ancestor, to see the root appear.
+    ancestor: Option<WatchDescriptor>,
     /// Whether the "too many watches" warning was logged.
     warned_full: bool,
     buf: Vec<u8>,
@@ -76,6 +79,7 @@ impl BusWatch {
         Ok(Self {
             inotify: Inotify::init()?,
             dirs: HashMap::new(),
+            ancestor: None,
             warned_full: false,
             buf: vec![0; 16 * 1024],
         })
@@ -91,8 +95,25 @@ impl BusWatch {
     /// kept). Call it before listing the bus.
     pub fn sync(&mut self, config: &Config) {
         let bus_dir = config.root.join(&config.bus);
-        // The root: to see the bus directory appear.
-        self.add(&config.root);
+        // The root, to see the bus directory appear; while the root itself
+        // is missing, its nearest existing ancestor, to see it appear.
+        if self.add(&config.root) {
+            if let Some(wd) = self.ancestor.take() {
+                self.dirs.remove(&wd);
+                let _ = self.inotify.watches().remove(wd);
+            }
+        } else if self.ancestor.is_none() {
+            let existing = config.root.ancestors().skip(1).find(|a| a.is_dir());
+            if let Some(dir) = existing {
+                if self.add(dir) {
+                    self.ancestor = self
+                        .dirs
+                        .iter()
+                        .find(|(_, p)| p.as_path() == dir)
+                        .map(|(wd, _)| wd.clone());
+                }
+            }
+        }
         if !self.add(&bus_dir) {
             return;
         }
