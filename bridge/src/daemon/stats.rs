@@ -5,7 +5,7 @@
 //! line describes:
 //!
 //! ```text
-//! bridge node=alpha uptime_ms=5012 handshake_failures=3 rejected_connections=0 unknown_keys=1 name_mismatches=0 handshake_timeouts=1 auth_failures=0 sessions_revoked=0 peers_expired=0
+//! bridge node=alpha uptime_ms=5012 handshake_failures=3 rejected_connections=0 unknown_keys=1 name_mismatches=0 handshake_timeouts=1 auth_failures=0 sessions_revoked=0 peers_expired=0 reloads=0 reload_failures=0
 //! peer name=beta connected=1 connections=2 reconnects=1 protocol_errors=0 auth_failures=0 limit_refusals=0 bytes_sent=... bytes_received=... zc_completed_ids=... zc_copied_ids=... zc_switched_to_plain=...
 //! stream peer=beta dir=out topic=imu publisher=p-7-0 bytes=... messages=... frames=... zc_sends=... plain_sends=... enobufs=... gaps=... gap_bytes=... lost_messages=... credit_stalls=... pin_resets=... position=... peer_tail=...
 //! ```
@@ -330,7 +330,7 @@ impl Stats {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "bridge node={} uptime_ms={} handshake_failures={} rejected_connections={} unknown_keys={} name_mismatches={} handshake_timeouts={} auth_failures={} sessions_revoked={} peers_expired={}",
+            "bridge node={} uptime_ms={} handshake_failures={} rejected_connections={} unknown_keys={} name_mismatches={} handshake_timeouts={} auth_failures={} sessions_revoked={} peers_expired={} reloads={} reload_failures={}",
             self.node,
             self.started.elapsed().as_millis(),
             self.handshake_failures.get(),
@@ -341,6 +341,8 @@ impl Stats {
             self.auth_failures.get(),
             self.sessions_revoked.get(),
             self.peers_expired.get(),
+            self.reloads.get(),
+            self.reload_failures.get(),
         );
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         for (name, p) in peers.iter() {
