@@ -144,6 +144,18 @@ pub enum DaemonError {
     Spawn(#[source] io::Error),
 }
 
+/// Why a reload did not (fully) take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file did not load or validate; the running configuration stays.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The new configuration is in force, but the dialer of a new peer
+    /// could not be started (it is retried at the next reload).
+    #[error("configuration reloaded, but a dialer could not start: {0}")]
+    Dialer(#[source] DaemonError),
+}
+
 /// State shared by all threads of the daemon.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -507,18 +519,22 @@ impl Daemon {
     ///
     /// # Errors
     ///
-    /// The [`ConfigError`] of the file, or [`DaemonError`]-worthy failures
-    /// to start a dialer (logged; reported as [`ConfigError::Invalid`]).
-    pub fn reload(&self) -> Result<(), ConfigError> {
+    /// [`ReloadError::Config`] if the file is refused,
+    /// [`ReloadError::Dialer`] if a new peer's dialer cannot start.
+    pub fn reload(&self) -> Result<(), ReloadError> {
         let shared = &self.shared;
         let _one = shared.reloading.lock().unwrap_or_else(|e| e.into_inner());
         notify::reloading();
         let result = self.reload_config();
         match &result {
             Ok(()) => shared.stats.reloads.add(1),
-            Err(e) => {
+            Err(ReloadError::Config(e)) => {
                 shared.stats.reload_failures.add(1);
                 log::error!("configuration not reloaded, keeping the running one: {e}");
+            }
+            Err(e @ ReloadError::Dialer(_)) => {
+                shared.stats.reloads.add(1);
+                log::error!("{e}");
             }
         }
         notify::ready(if result.is_ok() {
@@ -529,7 +545,7 @@ impl Daemon {
         result
     }
 
-    fn reload_config(&self) -> Result<(), ConfigError> {
+    fn reload_config(&self) -> Result<(), ReloadError> {
         let shared = &self.shared;
         let old = shared.config();
         let new = Arc::new(old.reload()?);
@@ -547,13 +563,10 @@ impl Daemon {
                 Some(_) => {}
             }
         }
-        shared.start_dialers().map_err(|e| ConfigError::Invalid {
-            field: "peer".into(),
-            reason: e.to_string(),
-        })?;
         // SYNC: Release pairs with the Acquire swap in `catalog_loop`: the
         // catalog that sees the flag reads the config stored above.
         shared.rescan.store(true, Ordering::Release);
+        shared.start_dialers().map_err(ReloadError::Dialer)?;
         log::info!(
             "reloaded the configuration: {} peers, {} export rules, {} import rules, {} allowlist entries, key {}; closed {revoked} connections of removed keys",
             new.peers.len(),

@@ -58,8 +58,10 @@ fn dir_mask() -> WatchMask {
 #[derive(Debug)]
 pub struct BusWatch {
     inotify: Inotify,
-    /// Watched directories by descriptor (root, bus, topics).
+    /// Watched directories by descriptor (root, bus, topics) ...
     dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// ... and the same by path.
+    by_path: HashMap<PathBuf, WatchDescriptor>,
     /// While the root does not exist: the watch on its nearest existing
     /// ancestor, to see the root appear.
     ancestor: Option<WatchDescriptor>,
@@ -79,6 +81,7 @@ impl BusWatch {
         Ok(Self {
             inotify: Inotify::init()?,
             dirs: HashMap::new(),
+            by_path: HashMap::new(),
             ancestor: None,
             warned_full: false,
             buf: vec![0; 16 * 1024],
@@ -99,18 +102,14 @@ impl BusWatch {
         // is missing, its nearest existing ancestor, to see it appear.
         if self.add(&config.root) {
             if let Some(wd) = self.ancestor.take() {
-                self.dirs.remove(&wd);
+                self.forget(&wd);
                 let _ = self.inotify.watches().remove(wd);
             }
         } else if self.ancestor.is_none() {
             let existing = config.root.ancestors().skip(1).find(|a| a.is_dir());
             if let Some(dir) = existing {
                 if self.add(dir) {
-                    self.ancestor = self
-                        .dirs
-                        .iter()
-                        .find(|(_, p)| p.as_path() == dir)
-                        .map(|(wd, _)| wd.clone());
+                    self.ancestor = self.by_path.get(dir).cloned();
                 }
             }
         }
@@ -130,7 +129,7 @@ impl BusWatch {
                 continue;
             }
             let path = t.path();
-            if self.dirs.values().any(|p| *p == path) {
+            if self.by_path.contains_key(&path) {
                 continue;
             }
             if self.dirs.len() >= MAX_TOPIC_WATCHES + 2 {
@@ -149,12 +148,13 @@ impl BusWatch {
     /// Watches `dir`; false if it cannot be watched (absent, or no watch
     /// left: logged once).
     fn add(&mut self, dir: &Path) -> bool {
-        if self.dirs.values().any(|p| p == dir) {
+        if self.by_path.contains_key(dir) {
             return true;
         }
         match self.inotify.watches().add(dir, dir_mask()) {
             Ok(wd) => {
-                self.dirs.insert(wd, dir.to_owned());
+                self.dirs.insert(wd.clone(), dir.to_owned());
+                self.by_path.insert(dir.to_owned(), wd);
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
@@ -168,6 +168,15 @@ impl BusWatch {
                 }
                 false
             }
+        }
+    }
+
+    fn forget(&mut self, wd: &WatchDescriptor) {
+        if let Some(path) = self.dirs.remove(wd) {
+            self.by_path.remove(&path);
+        }
+        if self.ancestor.as_ref() == Some(wd) {
+            self.ancestor = None;
         }
     }
 
@@ -186,13 +195,14 @@ impl BusWatch {
                 Err(_) => return Change::Overflow,
             };
             let mut any = false;
+            let mut gone = Vec::new();
             for event in events {
                 any = true;
                 if event.mask.contains(EventMask::Q_OVERFLOW) {
                     change = Change::Overflow;
                 } else if event.mask.contains(EventMask::IGNORED) {
                     // The directory is gone (or its watch was removed).
-                    self.dirs.remove(&event.wd);
+                    gone.push(event.wd);
                     if change == Change::None {
                         change = Change::Changed;
                     }
@@ -200,10 +210,41 @@ impl BusWatch {
                     change = Change::Changed;
                 }
             }
+            for wd in &gone {
+                self.forget(wd);
+            }
             if !any {
                 break;
             }
         }
         change
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_reported_and_removed_directories_forgotten() {
+        let dir = std::env::temp_dir().join(format!("shmbus-watch-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = BusWatch::new().unwrap();
+        assert!(w.add(&dir));
+        assert!(w.add(&dir), "a second add keeps the one watch");
+        assert_eq!(w.watched(), 1);
+        assert_eq!(w.wait(Duration::from_millis(10)), Change::None);
+        std::fs::write(dir.join("x.ring"), b"").unwrap();
+        assert_eq!(w.wait(Duration::from_secs(30)), Change::Changed);
+        std::fs::remove_file(dir.join("x.ring")).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+        // DELETE, DELETE_SELF and IGNORED may come in more than one read.
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while w.watched() > 0 && std::time::Instant::now() < end {
+            w.wait(Duration::from_millis(100));
+        }
+        assert_eq!(w.watched(), 0, "the removed directory's watch is dropped");
+        assert!(!w.add(&dir), "an absent directory cannot be watched");
     }
 }
