@@ -48,7 +48,7 @@ pub fn init(level: LogLevel, node: &str) {
         }),
         None => EnvFilter::default().add_directive(level_filter(level).into()),
     };
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let journald = stderr_is_journal();
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -66,6 +66,24 @@ pub fn init(level: LogLevel, node: &str) {
             warning!("RUST_LOG ignored, using log_level {level:?}: {e}");
         }
     }
+}
+
+/// Whether standard error is the journal: systemd sets `JOURNAL_STREAM`
+/// to the `device:inode` of the stream it connected, and the variable is
+/// only believed if standard error is still that stream (a child that
+/// inherited the variable but writes elsewhere keeps its timestamps).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
 /// Whether lines of `level` are written (by the installed filter).

@@ -161,6 +161,10 @@ fn metrics_count_a_real_flow_and_inotify_finds_new_rings() {
         Some(1.0)
     );
     assert_eq!(
+        metric(&page_a, "shmbus_bridge_connected_peers", ""),
+        Some(1.0)
+    );
+    assert_eq!(
         metric(&page_a, "shmbus_bridge_stream_gaps_total", out),
         Some(0.0)
     );

@@ -58,14 +58,14 @@ fn ready_watchdog_reload_and_stopping_reach_the_notify_socket() {
         .map(String::from),
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    // A 1 s watchdog: keep-alives every 500 ms.
+    // A 2 s watchdog: keep-alives every second.
     let mut d = Daemon::start_env(
         "alpha",
         &dir,
         &args,
         &[
             ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "1000000"),
+            ("WATCHDOG_USEC", "2000000"),
         ],
     );
     let before_ready = wait_for(&sock, "READY=1", Duration::from_secs(30));

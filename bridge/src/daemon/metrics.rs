@@ -13,6 +13,7 @@
 //! # Families
 //!
 //! Bridge-wide (no labels beyond `reason`): `shmbus_bridge_uptime_seconds`,
+//! `..._connected_peers`,
 //! `..._handshake_failures_total{reason}` (see [`HandshakeFailure`]),
 //! `..._rejected_connections_total`, `..._auth_failures_total`,
 //! `..._sessions_revoked_total`, `..._peers_expired_total`,
@@ -253,6 +254,19 @@ pub fn render(stats: &Stats) -> String {
         "Handshakes that failed, by reason.",
         &reasons,
     );
+    let peers_now = stats.peers();
+    let connected = peers_now
+        .iter()
+        // Relaxed: a display value.
+        .filter(|(_, p)| p.connected.load(Ordering::Relaxed))
+        .count();
+    family(
+        &mut out,
+        "shmbus_bridge_connected_peers",
+        "gauge",
+        "Peers with an established connection now.",
+        &[(String::new(), connected as u64)],
+    );
     let bridge: [(&str, &str, u64); 6] = [
         (
             "rejected_connections_total",
@@ -294,8 +308,7 @@ pub fn render(stats: &Stats) -> String {
             &[(String::new(), value)],
         );
     }
-    let peers: Vec<(String, std::sync::Arc<PeerStats>)> = stats
-        .peers()
+    let peers: Vec<(String, std::sync::Arc<PeerStats>)> = peers_now
         .into_iter()
         .map(|(name, p)| (format!("peer=\"{}\"", escape_label(&name)), p))
         .collect();

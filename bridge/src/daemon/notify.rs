@@ -31,9 +31,13 @@ pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
-/// `RELOADING=1` (a `READY=1` follows when the reload is over).
+/// `RELOADING=1` (a `READY=1` follows when the reload is over), with the
+/// `MONOTONIC_USEC` that `Type=notify-reload` units require.
 pub(crate) fn reloading() {
-    send(&[NotifyState::Reloading]);
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(_) => send(&[NotifyState::Reloading]),
+    }
 }
 
 /// `STOPPING=1`.
