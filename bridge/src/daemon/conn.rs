@@ -129,6 +129,18 @@ pub(crate) fn serve(
             };
         }
     };
+    if role == Role::Initiator && !shared.config().peers.iter().any(|p| p.name == peer_name) {
+        // A reload removed the peer during the handshake.
+        log::info!(
+            "closing {side} connection {addr} to peer {}: removed from the configuration",
+            peer_name
+        );
+        peer.release(exports, imports);
+        return Outcome {
+            authenticated: true,
+            lasted: started.elapsed(),
+        };
+    }
     if !shared.allowlist().allows(&peer_name, &peer_key) {
         // The allowlist was reloaded during the handshake.
         log::warning!(
