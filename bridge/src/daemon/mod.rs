@@ -677,6 +677,13 @@ impl Daemon {
             let s = Arc::clone(shared);
             threads.push(spawn("metrics", Box::new(move || metrics::serve(&s, &l)))?);
         }
+        shared.start_dialers()?;
+        notify::ready(&format!(
+            "running: {} exportable rings, {} peers to dial",
+            shared.catalog.rings().len(),
+            config.peers.len()
+        ));
+        // After READY=1: keep-alives are for a service that is up.
         if let Some(period) = notify::watchdog_period() {
             let s = Arc::clone(shared);
             threads.push(spawn(
@@ -684,12 +691,6 @@ impl Daemon {
                 Box::new(move || notify::watchdog_loop(&s, period)),
             )?);
         }
-        shared.start_dialers()?;
-        notify::ready(&format!(
-            "running: {} exportable rings, {} peers to dial",
-            shared.catalog.rings().len(),
-            config.peers.len()
-        ));
         drop(config);
         for t in threads {
             let _ = t.join();
