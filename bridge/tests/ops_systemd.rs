@@ -123,6 +123,16 @@ fn transient_unit_becomes_active_reloads_and_stops() {
         if matches!(k.as_str(), "ExecStart" | "User" | "Group") {
             continue;
         }
+        // A build under a home directory must stay visible to the unit.
+        let exe = env!("CARGO_BIN_EXE_shmbus-bridge");
+        let in_home = ["/home/", "/root/", "/run/user/"]
+            .iter()
+            .any(|h| exe.starts_with(h));
+        let v = if k == "ProtectHome" && in_home {
+            "read-only".to_owned()
+        } else {
+            v
+        };
         cmd.arg("-p").arg(format!("{k}={v}"));
     }
     cmd.arg(env!("CARGO_BIN_EXE_shmbus-bridge"));
