@@ -9,7 +9,7 @@
 //! - the metrics thread answers `GET /metrics` on `metrics_listen`, if
 //!   configured (see [`metrics`]);
 //! - under systemd, the watchdog thread sends `WATCHDOG=1` while the other
-//!   loops are alive (see [`notify`]);
+//!   loops are alive (see the `notify` module);
 //! - the listener accepts connections (loopback by default); each gets a
 //!   thread that runs the handshake and then the connection;
 //! - one dialer thread per configured peer connects, runs the connection,
@@ -584,7 +584,7 @@ impl Daemon {
     ///
     /// # Errors
     ///
-    /// The [`ConfigError`](crate::config::ConfigError) of the file.
+    /// The [`ConfigError`] of the file.
     pub fn reload_allowlist(&self) -> Result<(), crate::config::ConfigError> {
         let shared = &self.shared;
         let path = shared.config().allowlist_file.clone();
