@@ -480,6 +480,43 @@ mod tests {
         assert_eq!(classify(b"\xff\xfe\r\n\r\n"), Request::Unreadable);
     }
 
+    /// `read_request` on the server end of a real loopback connection to
+    /// which `client` wrote.
+    fn serve_one(client: impl FnOnce(TcpStream) + Send + 'static) -> std::io::Result<Request> {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writer = std::thread::spawn(move || client(TcpStream::connect(addr).unwrap()));
+        let (mut stream, _) = listener.accept().unwrap();
+        let r = read_request(&mut stream);
+        writer.join().unwrap();
+        r
+    }
+
+    #[test]
+    fn requests_are_bounded_in_size_and_time() {
+        // A head split over several writes is put together.
+        let r = serve_one(|mut c| {
+            c.write_all(b"GET /met").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            c.write_all(b"rics HTTP/1.1\r\n\r\n").unwrap();
+        });
+        assert_eq!(r.unwrap(), Request::Metrics);
+        // More than MAX_REQUEST bytes without the end of the head: no answer.
+        let r = serve_one(|mut c| {
+            let _ = c.write_all(&[b'a'; MAX_REQUEST + 100]);
+        });
+        assert_eq!(r.unwrap(), Request::Unreadable);
+        // Closed before the end of the head.
+        let r = serve_one(|mut c| c.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap());
+        assert_eq!(r.unwrap(), Request::Unreadable);
+        // Silent: the read times out (after IO_TIMEOUT) instead of waiting forever.
+        let r = serve_one(|c| {
+            std::thread::sleep(IO_TIMEOUT + Duration::from_secs(1));
+            drop(c);
+        });
+        assert!(r.is_err(), "{r:?}");
+    }
+
     #[test]
     fn render_has_every_family_with_escaped_labels() {
         let stats = Stats::new("alpha");
