@@ -32,6 +32,8 @@
 //! chunk_bytes = 262144             # largest DATA payload per frame (more if a record needs it)
 //! max_replica_capacity = 1073741824  # largest remote ring this bridge mirrors
 //! stats_file = "/run/shmbus-bridge.stats"  # rewritten every second, on SIGUSR1 and at exit
+//! metrics_listen = "127.0.0.1:9465"  # Prometheus text metrics at GET /metrics; default off
+//! rescan_interval_ms = 2000        # full bus rescan, a safety net behind inotify
 //!
 //! [[peer]]                         # bridges to connect to
 //! name = "base-station"            # the peer's allowlist name (its key is looked up there)
@@ -66,6 +68,16 @@
 //! Allow-lists deny by default: a topic is exported only if an export
 //! pattern matches it (the first matching rule decides the mode), and
 //! imported only if an import pattern matches.
+//!
+//! # Reload (SIGHUP)
+//!
+//! The daemon re-reads the file with the same command-line flags
+//! ([`Config::reload`]). Peers, exports, imports, the key file and the
+//! allowlist take effect; so do the timing and size settings, which are read
+//! where they are used. The settings listed in [`RESTART_ONLY`] (sockets
+//! already bound, the bus being watched, the node's name) keep their running
+//! values, with a warning. A file that does not parse or validate is refused
+//! and the running configuration stays.
 
 use std::{
     fmt, fs, io,
@@ -111,6 +123,18 @@ pub const DEFAULT_MAX_REPLICA_BYTES_PER_PEER: u64 = 4 << 30;
 pub const DEFAULT_MAX_EXPORTS_PER_PEER: usize = 1024;
 /// Default time after which an absent peer's state is dropped.
 pub const DEFAULT_PEER_STATE_EXPIRY: Duration = Duration::from_secs(3600);
+/// Default period of the full bus rescan behind inotify.
+pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Settings a reload cannot change: they keep their running values.
+pub const RESTART_ONLY: &[&str] = &[
+    "node_name",
+    "bus",
+    "root",
+    "listen",
+    "metrics_listen",
+    "log_level",
+];
 
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -398,6 +422,12 @@ pub struct Cli {
     /// File to write counters to (every second, on SIGUSR1 and at exit).
     #[arg(long, value_name = "FILE")]
     pub stats_file: Option<PathBuf>,
+    /// Address to serve Prometheus metrics on (GET /metrics), or `off` [default: off].
+    #[arg(long, value_name = "IP:PORT|off")]
+    pub metrics_listen: Option<String>,
+    /// Period of the full bus rescan behind inotify, in milliseconds [default: 2000].
+    #[arg(long, value_name = "MS")]
+    pub rescan_interval_ms: Option<u64>,
 }
 
 /// Subcommands of `shmbus-bridge`.
@@ -491,6 +521,8 @@ struct FileConfig {
     chunk_bytes: Option<u64>,
     max_replica_capacity: Option<u64>,
     stats_file: Option<PathBuf>,
+    metrics_listen: Option<String>,
+    rescan_interval_ms: Option<u64>,
     #[serde(default, rename = "peer")]
     peers: Vec<FilePeer>,
     #[serde(default, rename = "export")]
@@ -572,6 +604,13 @@ pub struct Config {
     pub max_replica_capacity: u64,
     /// Where to write counters, if anywhere.
     pub stats_file: Option<PathBuf>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Period of the full bus rescan (inotify reports changes in between).
+    pub rescan_interval: Duration,
+    /// The config file and flags this configuration was loaded from; a
+    /// reload reads the file again and applies the same flags.
+    pub source: Cli,
     /// Problems that do not stop the daemon; the daemon logs them at startup.
     pub warnings: Vec<String>,
 }
@@ -609,6 +648,39 @@ impl Config {
             message: e.to_string().trim_end().to_owned(),
         })?;
         Self::resolve(file, cli)
+    }
+
+    /// Loads the configuration again from the file and flags it came from,
+    /// for a reload: the settings in [`RESTART_ONLY`] keep their values from
+    /// `self`, each one that differs adds a line to `warnings`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] as for [`Config::load`]; `self` stays usable.
+    pub fn reload(&self) -> Result<Self, ConfigError> {
+        let mut new = Self::load(&self.source)?;
+        let changed = [
+            ("node_name", new.node_name != self.node_name),
+            ("bus", new.bus != self.bus),
+            ("root", new.root != self.root),
+            ("listen", new.listen != self.listen),
+            ("metrics_listen", new.metrics_listen != self.metrics_listen),
+            ("log_level", new.log_level != self.log_level),
+        ];
+        for (name, differs) in changed {
+            if differs {
+                new.warnings.push(format!(
+                    "{name} changed in the config file; it takes effect at the next restart"
+                ));
+            }
+        }
+        new.node_name.clone_from(&self.node_name);
+        new.bus.clone_from(&self.bus);
+        new.root.clone_from(&self.root);
+        new.listen = self.listen;
+        new.metrics_listen = self.metrics_listen;
+        new.log_level = self.log_level;
+        Ok(new)
     }
 
     fn resolve(file: FileConfig, cli: &Cli) -> Result<Self, ConfigError> {
@@ -764,6 +836,35 @@ impl Config {
         }
         let zerocopy = !cli.no_zerocopy && file.zerocopy.unwrap_or(true);
         let stats_file = cli.stats_file.clone().or(file.stats_file);
+        let metrics_listen = match cli.metrics_listen.clone().or(file.metrics_listen) {
+            None => None,
+            Some(text) if text == "off" => None,
+            Some(text) => {
+                let addr: SocketAddr = text.parse().map_err(|_| {
+                    invalid(
+                        "metrics_listen",
+                        format!("{text:?} is not IP:PORT (e.g. 127.0.0.1:9465) or \"off\""),
+                    )
+                })?;
+                if !addr.ip().is_loopback() && !allow_remote {
+                    return Err(invalid(
+                        "metrics_listen",
+                        format!("{addr} is not a loopback address; the metrics name peers and topics, so set `allow_non_loopback_listen = true` to serve them to other hosts"),
+                    ));
+                }
+                Some(addr)
+            }
+        };
+        let rescan_ms = cli
+            .rescan_interval_ms
+            .or(file.rescan_interval_ms)
+            .unwrap_or(DEFAULT_RESCAN_INTERVAL.as_millis() as u64);
+        if !(100..=3_600_000).contains(&rescan_ms) {
+            return Err(invalid(
+                "rescan_interval_ms",
+                format!("{rescan_ms} must be from 100 to 3600000"),
+            ));
+        }
 
         let key_file = cli
             .key_file
@@ -881,6 +982,9 @@ impl Config {
             chunk_bytes,
             max_replica_capacity,
             stats_file,
+            metrics_listen,
+            rescan_interval: Duration::from_millis(rescan_ms),
+            source: cli.clone(),
             warnings,
         })
     }

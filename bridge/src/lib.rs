@@ -37,10 +37,12 @@
 //! - [`config`]: the daemon's TOML configuration with command-line overrides,
 //!   allow-lists and export modes (untethered by default: a slow remote must
 //!   never hold local publishers back).
-//! - [`daemon`]: the `shmbus-bridge` daemon: ring discovery, connections
-//!   (one sender and one receiver thread each), replica rings, counters.
+//! - [`daemon`]: the `shmbus-bridge` daemon: ring discovery (inotify),
+//!   connections (one sender and one receiver thread each), replica rings,
+//!   counters and Prometheus metrics, systemd notifications, reload.
 //! - [`error`]: [`BridgeError`], wrapping each module's error type.
-//! - [`log`]: the daemon's one-line-per-event logger.
+//! - [`log`]: logging through `tracing` (the crate's `log::info!` & co.).
+//! - [`signals`]: SIGTERM/SIGINT stop, SIGUSR1 counters, SIGHUP reload.
 //!
 //! # Data path
 //!

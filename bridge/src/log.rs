@@ -1,77 +1,114 @@
-//! A minimal logger: one line per event on standard error,
-//! `<unix seconds.millis> <LEVEL> <node>: <message>`, filtered by level.
+//! Logging: the daemon's events go through `tracing`, written to standard
+//! error by `tracing-subscriber`'s fmt layer, one line per event:
+//! `<RFC 3339 UTC time> <LEVEL> <module>: <message>`.
 //!
-//! The daemon logs little on the data path (per connection, per stream
-//! event), so a lock around `stderr` is all it needs.
+//! Under systemd (standard error connected to the journal, which systemd
+//! announces with `JOURNAL_STREAM`) the timestamp is left out: the journal
+//! stamps every line itself. The filter is `RUST_LOG` when that is set
+//! (e.g. `RUST_LOG=info,shmbus_bridge::daemon::conn=debug`), otherwise the
+//! configured `log_level`.
 //!
-//! Every line is passed through [`sanitize`] before it is written: strings
+//! The rest of the crate logs with this module's macros (`log::info!`,
+//! `log::warning!`, `log::error!`, `log::debug!`), which take `format!`
+//! arguments. Every message is passed through [`sanitize`] first: strings
 //! that came from a peer (names, ERROR texts, topic names) cannot start a
-//! new log line or send terminal escapes, whatever the call site forgot.
+//! new log line or send terminal escapes, whatever the call site forgot. The
+//! text is only formatted when its level is enabled.
 
-use std::{
-    fmt,
-    io::Write,
-    sync::{
-        atomic::{AtomicU8, Ordering},
-        OnceLock,
-    },
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::fmt;
+
+use tracing_subscriber::{filter::LevelFilter, EnvFilter};
 
 use crate::config::LogLevel;
 
-static LEVEL: AtomicU8 = AtomicU8::new(rank(LogLevel::Info));
-static NODE: OnceLock<String> = OnceLock::new();
-
-const fn rank(level: LogLevel) -> u8 {
+/// The `tracing` level of a configured [`LogLevel`].
+fn level_filter(level: LogLevel) -> LevelFilter {
     match level {
-        LogLevel::Error => 0,
-        LogLevel::Warn => 1,
-        LogLevel::Info => 2,
-        LogLevel::Debug => 3,
-        LogLevel::Trace => 4,
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
     }
 }
 
-/// Sets the level and the node name shown on every line (the name only the
-/// first time).
+/// Installs the process-wide subscriber: `RUST_LOG` if set, else `level`.
+/// `node` names this bridge in the first line (journald already says which
+/// unit a line is from, so it is not repeated on every line). A second call
+/// changes nothing (the first subscriber stays).
 pub fn init(level: LogLevel, node: &str) {
-    // Relaxed: an independent setting; a thread seeing the old level for a
-    // moment logs one line more or less.
-    LEVEL.store(rank(level), Ordering::Relaxed);
-    let _ = NODE.set(node.to_owned());
-}
-
-/// Whether lines of `level` are written.
-pub fn enabled(level: LogLevel) -> bool {
-    // Relaxed: see `init`.
-    rank(level) <= LEVEL.load(Ordering::Relaxed)
-}
-
-/// Writes one line if `level` is enabled.
-pub fn write(level: LogLevel, args: fmt::Arguments<'_>) {
-    if !enabled(level) {
-        return;
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let name = match level {
-        LogLevel::Error => "ERROR",
-        LogLevel::Warn => "WARN",
-        LogLevel::Info => "INFO",
-        LogLevel::Debug => "DEBUG",
-        LogLevel::Trace => "TRACE",
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let mut bad_rust_log = None;
+    let filter = match &rust_log {
+        Some(directives) => EnvFilter::try_new(directives).unwrap_or_else(|e| {
+            bad_rust_log = Some(e.to_string());
+            EnvFilter::default().add_directive(level_filter(level).into())
+        }),
+        None => EnvFilter::default().add_directive(level_filter(level).into()),
     };
-    let node = NODE.get().map_or("shmbus-bridge", String::as_str);
-    let text = sanitize(&args.to_string());
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(
-        err,
-        "{}.{:03} {name} {node}: {text}",
-        now.as_secs(),
-        now.subsec_millis()
-    );
+    let journald = stderr_is_journal();
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(true)
+        .with_env_filter(filter);
+    let installed = if journald {
+        tracing::subscriber::set_global_default(builder.without_time().finish()).is_ok()
+    } else {
+        tracing::subscriber::set_global_default(builder.finish()).is_ok()
+    };
+    if installed {
+        let filter = rust_log.as_deref().unwrap_or("log_level");
+        info!("node {node}: logging at {level:?} (filter: {filter})");
+        if let Some(e) = bad_rust_log {
+            warning!("RUST_LOG ignored, using log_level {level:?}: {e}");
+        }
+    }
+}
+
+/// Whether standard error is the journal: systemd sets `JOURNAL_STREAM`
+/// to the `device:inode` of the stream it connected, and the variable is
+/// only believed if standard error is still that stream (a child that
+/// inherited the variable but writes elsewhere keeps its timestamps).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+/// Whether lines of `level` are written (by the installed filter).
+pub fn enabled(level: LogLevel) -> bool {
+    match level {
+        LogLevel::Error => tracing::enabled!(tracing::Level::ERROR),
+        LogLevel::Warn => tracing::enabled!(tracing::Level::WARN),
+        LogLevel::Info => tracing::enabled!(tracing::Level::INFO),
+        LogLevel::Debug => tracing::enabled!(tracing::Level::DEBUG),
+        LogLevel::Trace => tracing::enabled!(tracing::Level::TRACE),
+    }
+}
+
+/// Writes one event of `level` (for callers outside this crate, such as
+/// the daemon binary, that cannot use the crate's macros).
+pub fn write(level: LogLevel, args: fmt::Arguments<'_>) {
+    match level {
+        LogLevel::Error => error!("{args}"),
+        LogLevel::Warn => warning!("{args}"),
+        LogLevel::Info => info!("{args}"),
+        LogLevel::Debug => debug!("{args}"),
+        LogLevel::Trace => {
+            tracing::trace!("{}", sanitize(&args.to_string()));
+        }
+    }
 }
 
 /// Longest sanitized string, in bytes; longer text is cut with `...`.
@@ -105,16 +142,19 @@ pub fn sanitize(s: &str) -> String {
     out
 }
 
+// The macros expand to a `tracing` event at the call site, so the line's
+// target is the calling module; the message is formatted (and sanitized)
+// only if the event is enabled.
 macro_rules! error {
-    ($($t:tt)*) => { $crate::log::write($crate::config::LogLevel::Error, format_args!($($t)*)) };
+    ($($t:tt)*) => { ::tracing::error!("{}", $crate::log::sanitize(&::std::format!($($t)*))) };
 }
 macro_rules! warning {
-    ($($t:tt)*) => { $crate::log::write($crate::config::LogLevel::Warn, format_args!($($t)*)) };
+    ($($t:tt)*) => { ::tracing::warn!("{}", $crate::log::sanitize(&::std::format!($($t)*))) };
 }
 macro_rules! info {
-    ($($t:tt)*) => { $crate::log::write($crate::config::LogLevel::Info, format_args!($($t)*)) };
+    ($($t:tt)*) => { ::tracing::info!("{}", $crate::log::sanitize(&::std::format!($($t)*))) };
 }
 macro_rules! debug {
-    ($($t:tt)*) => { $crate::log::write($crate::config::LogLevel::Debug, format_args!($($t)*)) };
+    ($($t:tt)*) => { ::tracing::debug!("{}", $crate::log::sanitize(&::std::format!($($t)*))) };
 }
 pub(crate) use {debug, error, info, warning};

@@ -3,8 +3,11 @@
 //! Loads the configuration (file and flags, see `shmbus_bridge::config`),
 //! then runs [`Daemon`] until SIGTERM or SIGINT. SIGUSR1 prints the counters
 //! to standard error (and the stats file, if configured); they are printed
-//! at exit too. SIGHUP re-reads the allowlist and drops the connections of
-//! peers no longer on it.
+//! at exit too. SIGHUP reloads the configuration (peers, keys, allowlist,
+//! exports, imports; a broken file is refused and the running one stays).
+//! Logs go to standard error through `tracing` (`RUST_LOG` filters them);
+//! under systemd the daemon reports readiness and feeds the watchdog
+//! (`Type=notify`, see `bridge/systemd/`).
 //!
 //! `shmbus-bridge keygen FILE [--name NAME]` writes a new key pair.
 

@@ -1,10 +1,11 @@
 //! Signal handling for processes that run a [`Daemon`]: SIGTERM and SIGINT
 //! shut it down, SIGUSR1 prints its counters (and writes the stats file),
-//! SIGHUP re-reads the allowlist ([`Daemon::reload_allowlist`]).
+//! SIGHUP reloads the configuration ([`Daemon::reload`]: peers, keys, the
+//! allowlist, exports and imports).
 
 use std::{io, thread};
 
-use crate::{config::LogLevel, daemon::Daemon, log};
+use crate::{daemon::Daemon, log};
 
 /// Blocks SIGTERM, SIGINT, SIGUSR1 and SIGHUP in the calling thread (and so in every
 /// thread it starts afterwards) and starts a thread that takes them with
@@ -53,10 +54,11 @@ fn signal_loop(set: &libc::sigset_t, daemon: &Daemon) {
             eprint!("{}", daemon.stats_text());
             daemon.write_stats_file();
         } else if sig == libc::SIGHUP {
-            // Errors are logged by the reload itself.
-            let _ = daemon.reload_allowlist();
+            // Errors are logged by the reload itself; the running
+            // configuration stays.
+            let _ = daemon.reload();
         } else {
-            log::write(LogLevel::Info, format_args!("signal {sig}: shutting down"));
+            log::info!("signal {sig}: shutting down");
             daemon.shutdown();
             return;
         }

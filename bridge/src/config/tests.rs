@@ -464,3 +464,85 @@ fn sizes() {
         assert!(parse_size(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn metrics_and_rescan_settings() {
+    let dir = TempDir::new("ops-settings");
+    let base = key_config(&dir);
+    let c = load(&base, &cli(&[])).unwrap();
+    assert_eq!(c.metrics_listen, None, "metrics are off by default");
+    assert_eq!(c.rescan_interval, DEFAULT_RESCAN_INTERVAL);
+    let c = load(
+        &format!("{base}metrics_listen = \"127.0.0.1:9465\"\nrescan_interval_ms = 60000\n"),
+        &cli(&[]),
+    )
+    .unwrap();
+    assert_eq!(c.metrics_listen, Some("127.0.0.1:9465".parse().unwrap()));
+    assert_eq!(c.rescan_interval, Duration::from_secs(60));
+    let c = load(
+        &format!("{base}metrics_listen = \"127.0.0.1:9465\"\n"),
+        &cli(&["--metrics-listen", "off"]),
+    )
+    .unwrap();
+    assert_eq!(c.metrics_listen, None, "the flag overrides the file");
+    let e = err_text(load(
+        &format!("{base}metrics_listen = \"0.0.0.0:9465\"\n"),
+        &cli(&[]),
+    ));
+    assert!(
+        e.contains("metrics_listen") && e.contains("loopback"),
+        "{e}"
+    );
+    let e = err_text(load(
+        &format!("{base}metrics_listen = \"9465\"\n"),
+        &cli(&[]),
+    ));
+    assert!(e.contains("is not IP:PORT"), "{e}");
+    let e = err_text(load(&format!("{base}rescan_interval_ms = 10\n"), &cli(&[])));
+    assert!(e.contains("rescan_interval_ms"), "{e}");
+}
+
+#[test]
+fn reload_rereads_the_file_and_keeps_restart_only_settings() {
+    let dir = TempDir::new("ops-reload");
+    let base = key_config(&dir);
+    let path = dir.file(
+        "bridge.toml",
+        format!("{base}bus = \"one\"\n[[export]]\ntopics = \"a\"\n").as_bytes(),
+        0o644,
+    );
+    let c = Config::load(&cli(&["--config", path.to_str().unwrap()])).unwrap();
+    assert_eq!(c.exports.len(), 1);
+
+    fs::write(
+        &path,
+        format!("{base}bus = \"two\"\n[[export]]\ntopics = \"a\"\n[[export]]\ntopics = \"b\"\n[[peer]]\nname = \"base\"\naddress = \"10.0.0.2:7878\"\n"),
+    )
+    .unwrap();
+    let r = c.reload().unwrap();
+    assert_eq!(r.exports.len(), 2, "exports are reloaded");
+    assert_eq!(r.peers.len(), 1, "peers are reloaded");
+    assert_eq!(r.bus, "one", "bus keeps its running value");
+    assert!(
+        r.warnings.iter().any(|w| w.starts_with("bus changed")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(RESTART_ONLY.contains(&"bus"));
+
+    // A file that does not parse, or does not validate, is an error; the
+    // running config is untouched.
+    fs::write(&path, format!("{base}[[export]\n")).unwrap();
+    assert!(matches!(c.reload(), Err(ConfigError::Parse { .. })));
+    fs::write(
+        &path,
+        format!("{base}[[peer]]\nname = \"stranger\"\naddress = \"10.0.0.9:1\"\n"),
+    )
+    .unwrap();
+    let e = c
+        .reload()
+        .expect_err("a peer not on the allowlist")
+        .to_string();
+    assert!(e.contains("not in the allowlist"), "{e}");
+    assert_eq!(c.exports.len(), 1);
+}

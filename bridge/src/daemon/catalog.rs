@@ -1,22 +1,30 @@
 //! The local rings this bridge may export, found by scanning the bus.
 //!
-//! Every [`SCAN_INTERVAL`] the catalog lists the topic directories whose
-//! names match an export rule and the ring files in them. A new file is
+//! A scan lists the topic directories whose names match an export rule and
+//! the ring files in them. The catalog loop (in the daemon) scans when
+//! inotify reports a change (see [`super::watch`]), after a reload, shortly
+//! after a scan that met a ring not yet initialized, and every
+//! `rescan_interval` as a safety net. A new file is
 //! opened once, briefly (an untethered reader that never pins, so it gates
 //! nobody), to read its header: type, geometry and the `replica` flag.
 //! Replica rings (written by a bridge) are never exported, so two bridges
 //! never loop messages back to each other. Each ring gets a stream id unique
 //! in this daemon, used in STREAM_ANNOUNCE on every connection.
+//!
+//! Bounds: the catalog holds one entry per ring file in an exportable topic
+//! directory that exists now (entries of removed files go at the next
+//! scan), and at most [`MAX_RINGS`] of them: files beyond that are left out
+//! with a warning, so a local user creating files without end costs the
+//! bridge a bounded amount of memory.
 
 use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, RwLock,
     },
-    time::Duration,
 };
 
 use shmbus_bus::{self as bus, RawReader, StartAt};
@@ -26,8 +34,8 @@ use crate::{
     log,
 };
 
-/// How often the bus directory is rescanned.
-pub const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// Most ring files the catalog tracks.
+pub const MAX_RINGS: usize = 65_536;
 
 /// A local ring that may be exported.
 #[derive(Debug)]
@@ -67,6 +75,8 @@ pub struct Catalog {
     generation: AtomicU64,
     known: std::sync::Mutex<HashMap<PathBuf, Known>>,
     next_id: std::sync::atomic::AtomicU32,
+    /// Whether the "too many rings" warning was logged.
+    warned_full: AtomicBool,
 }
 
 impl Default for Catalog {
@@ -83,6 +93,7 @@ impl Catalog {
             generation: AtomicU64::new(0),
             known: std::sync::Mutex::new(HashMap::new()),
             next_id: std::sync::atomic::AtomicU32::new(1),
+            warned_full: AtomicBool::new(false),
         }
     }
 
@@ -98,12 +109,13 @@ impl Catalog {
         self.rings.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Rescans the bus directory once.
-    pub fn scan(&self, config: &Config) {
+    /// Rescans the bus directory once; true if a ring could not be read
+    /// yet (still being created) and a scan soon should try it again.
+    pub fn scan(&self, config: &Config) -> bool {
         let bus_dir = config.root.join(&config.bus);
         let mut seen: Vec<(PathBuf, u64, String, String)> = Vec::new();
         let Ok(topics) = std::fs::read_dir(&bus_dir) else {
-            return;
+            return false;
         };
         for topic_entry in topics.flatten() {
             let Ok(topic) = topic_entry.file_name().into_string() else {
@@ -123,11 +135,21 @@ impl Catalog {
                 };
                 let publisher = publisher.to_owned();
                 let Ok(meta) = f.metadata() else { continue };
+                if seen.len() >= MAX_RINGS {
+                    // Relaxed: a log-once flag, no data behind it.
+                    if !self.warned_full.swap(true, Ordering::Relaxed) {
+                        log::warning!(
+                            "more than {MAX_RINGS} ring files in exportable topics; the rest are not exported"
+                        );
+                    }
+                    break;
+                }
                 seen.push((path, meta.ino(), topic.clone(), publisher));
             }
         }
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let mut changed = false;
+        let mut unsettled = false;
         let before = known.len();
         known.retain(|path, _| seen.iter().any(|(p, ..)| p == path));
         changed |= known.len() != before;
@@ -139,9 +161,12 @@ impl Catalog {
             if same {
                 continue;
             }
-            if let Some(entry) = self.probe(config, &path, ino, topic, publisher) {
-                changed |= matches!(entry, Known::Ring { .. }) || known.contains_key(&path);
-                known.insert(path, entry);
+            match self.probe(config, &path, ino, topic, publisher) {
+                Some(entry) => {
+                    changed |= matches!(entry, Known::Ring { .. }) || known.contains_key(&path);
+                    known.insert(path, entry);
+                }
+                None => unsettled = true,
             }
         }
         if changed {
@@ -156,6 +181,7 @@ impl Catalog {
             // Release: pairs with the Acquire in `generation`.
             self.generation.fetch_add(1, Ordering::Release);
         }
+        unsettled
     }
 
     /// Reads a new ring's header; `None` to try again next scan.

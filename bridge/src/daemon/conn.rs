@@ -35,7 +35,10 @@ use crate::{
     },
 };
 
-use super::{export::Sender, import::Receiver, link::Link, Lease, PendingSlot, Shared};
+use super::{
+    export::Sender, import::Receiver, link::Link, stats::HandshakeFailure, Lease, PendingSlot,
+    Shared,
+};
 
 /// Handshake failures logged one by one; after that, one line per this many.
 const LOGGED_HANDSHAKE_FAILURES: u64 = 100;
@@ -75,13 +78,7 @@ pub(crate) fn serve(
         Err(fail) => {
             let st = &shared.stats;
             let n = st.handshake_failures.get();
-            st.handshake_failures.add(1);
-            match fail.kind {
-                FailKind::Timeout => st.handshake_timeouts.add(1),
-                FailKind::UnknownKey => st.unknown_keys.add(1),
-                FailKind::NameMismatch => st.name_mismatches.add(1),
-                FailKind::Other => {}
-            }
+            st.handshake_failed(fail.kind);
             // Anyone can cause these: the first 100 are logged one by one,
             // then one line per 100 (the counters have them all).
             if n < LOGGED_HANDSHAKE_FAILURES || n % LOGGED_HANDSHAKE_FAILURES == 0 {
@@ -104,7 +101,7 @@ pub(crate) fn serve(
         keys,
     } = session;
     let initiator = match role {
-        Role::Initiator => shared.config.node_name.clone(),
+        Role::Initiator => shared.config().node_name.clone(),
         Role::Acceptor => peer_name.clone(),
     };
     let peer = shared.peer(&peer_name);
@@ -132,6 +129,18 @@ pub(crate) fn serve(
             };
         }
     };
+    if role == Role::Initiator && !shared.config().peers.iter().any(|p| p.name == peer_name) {
+        // A reload removed the peer during the handshake.
+        log::info!(
+            "closing {side} connection {addr} to peer {}: removed from the configuration",
+            peer_name
+        );
+        peer.release(exports, imports);
+        return Outcome {
+            authenticated: true,
+            lasted: started.elapsed(),
+        };
+    }
     if !shared.allowlist().allows(&peer_name, &peer_key) {
         // The allowlist was reloaded during the handshake.
         log::warning!(
@@ -154,9 +163,9 @@ pub(crate) fn serve(
         protection.name()
     );
     let (send_keys, recv_keys) = (keys.send, keys.recv);
-    let reader = FrameReader::new(shared.config.peer_timeout, recv_keys);
+    let reader = FrameReader::new(shared.config().peer_timeout, recv_keys);
     let _ = stream.set_read_timeout(Some(SLICE));
-    let _ = stream.set_write_timeout(Some(shared.config.peer_timeout));
+    let _ = stream.set_write_timeout(Some(shared.config().peer_timeout));
     let rx_stream = match stream.try_clone() {
         Ok(s) => s,
         Err(e) => {
@@ -169,7 +178,7 @@ pub(crate) fn serve(
         }
     };
     let mut sock = ZeroCopySocket::new(stream, ZcPolicy::default(), 0);
-    sock.set_send_timeout(Some(shared.config.peer_timeout));
+    sock.set_send_timeout(Some(shared.config().peer_timeout));
     let (exports, imports) = thread::scope(|scope| {
         let receiver = Receiver::new(shared, &peer, &link, rx_stream, reader, imports);
         let rx = thread::Builder::new()
@@ -217,40 +226,56 @@ const PREAUTH_BUF: usize = 1536;
 /// Largest HELLO frame (311 bytes).
 const HELLO_FRAME_MAX: usize = HEADER_LEN + FrameType::Hello.max_body_len() as usize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FailKind {
-    Timeout,
-    UnknownKey,
-    NameMismatch,
-    Other,
-}
-
+/// A failed handshake: its counted reason and the logged text.
 #[derive(Debug)]
 struct Fail {
-    kind: FailKind,
+    kind: HandshakeFailure,
     reason: String,
 }
 
 impl Fail {
-    fn other(reason: impl Into<String>) -> Self {
+    fn new(kind: HandshakeFailure, reason: impl Into<String>) -> Self {
         Self {
-            kind: FailKind::Other,
+            kind,
             reason: reason.into(),
         }
+    }
+
+    fn other(reason: impl Into<String>) -> Self {
+        Self::new(HandshakeFailure::Other, reason)
+    }
+
+    /// Frames that are not a well-formed handshake.
+    fn malformed(reason: impl Into<String>) -> Self {
+        Self::new(HandshakeFailure::Malformed, reason)
+    }
+
+    /// The connection closed or failed.
+    fn closed(reason: impl Into<String>) -> Self {
+        Self::new(HandshakeFailure::Closed, reason)
     }
 }
 
 impl From<HandshakeError> for Fail {
     fn from(e: HandshakeError) -> Self {
         let kind = match e {
-            HandshakeError::UnknownKey { .. } => FailKind::UnknownKey,
-            HandshakeError::NameMismatch { .. } => FailKind::NameMismatch,
-            _ => FailKind::Other,
+            HandshakeError::UnknownKey { .. } => HandshakeFailure::UnknownKey,
+            HandshakeError::NameMismatch { .. } => HandshakeFailure::NameMismatch,
+            HandshakeError::VersionMismatch { .. }
+            | HandshakeError::LayoutMismatch { .. }
+            | HandshakeError::BadProtection(_)
+            | HandshakeError::Downgrade { .. } => HandshakeFailure::Incompatible,
+            HandshakeError::BadHelloMagic { .. }
+            | HandshakeError::Noise(_)
+            | HandshakeError::BadName(_)
+            | HandshakeError::UnexpectedFrame { .. }
+            | HandshakeError::ConfirmationFailed => HandshakeFailure::Malformed,
+            HandshakeError::PeerRejected { .. } => HandshakeFailure::PeerRejected,
+            // A variant added later is counted, if not yet classified.
+            #[allow(unreachable_patterns)]
+            _ => HandshakeFailure::Other,
         };
-        Self {
-            kind,
-            reason: e.to_string(),
-        }
+        Self::new(kind, e.to_string())
     }
 }
 
@@ -267,14 +292,14 @@ fn read_preauth_frame(
     let header_bytes: &[u8; HEADER_LEN] = buf[..HEADER_LEN]
         .try_into()
         .map_err(|_| Fail::other("header slice"))?;
-    let header = FrameHeader::parse(header_bytes).map_err(|e| Fail::other(e.to_string()))?;
+    let header = FrameHeader::parse(header_bytes).map_err(|e| Fail::malformed(e.to_string()))?;
     if header.frame_type == FrameType::Data {
-        return Err(Fail::other("DATA frame before the handshake finished"));
+        return Err(Fail::malformed("DATA frame before the handshake finished"));
     }
     let len = HEADER_LEN + header.body_len as usize;
     let total = len + if sealed { TAG_LEN } else { 0 };
     if total > PREAUTH_BUF {
-        return Err(Fail::other(format!(
+        return Err(Fail::malformed(format!(
             "{} frame of {len} bytes during the handshake",
             header.frame_type
         )));
@@ -294,13 +319,13 @@ fn read_exact_by(
     while !dst.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Fail {
-                kind: FailKind::Timeout,
-                reason: format!(
+            return Err(Fail::new(
+                HandshakeFailure::Timeout,
+                format!(
                     "no complete handshake within {:?} (handshake_timeout)",
-                    shared.config.limits.handshake_timeout
+                    shared.config().limits.handshake_timeout
                 ),
-            });
+            ));
         }
         if shared.stopping() {
             return Err(Fail::other("shutting down"));
@@ -310,7 +335,7 @@ fn read_exact_by(
             .map_err(|e| Fail::other(e.to_string()))?;
         match stream.read(dst) {
             Ok(0) => {
-                return Err(Fail::other(
+                return Err(Fail::closed(
                     "connection closed by the peer during the handshake",
                 ))
             }
@@ -322,7 +347,7 @@ fn read_exact_by(
                         | std::io::ErrorKind::TimedOut
                         | std::io::ErrorKind::Interrupted
                 ) => {}
-            Err(e) => return Err(Fail::other(format!("receive failed: {e}"))),
+            Err(e) => return Err(Fail::closed(format!("receive failed: {e}"))),
         }
     }
     Ok(())
@@ -331,15 +356,15 @@ fn read_exact_by(
 fn write_by(stream: &mut TcpStream, bytes: &[u8], deadline: Instant) -> Result<(), Fail> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(Fail {
-            kind: FailKind::Timeout,
-            reason: "handshake deadline passed".into(),
-        });
+        return Err(Fail::new(
+            HandshakeFailure::Timeout,
+            "handshake deadline passed",
+        ));
     }
     stream
         .set_write_timeout(Some(left))
         .and_then(|()| stream.write_all(bytes))
-        .map_err(|e| Fail::other(format!("send failed: {e}")))
+        .map_err(|e| Fail::closed(format!("send failed: {e}")))
 }
 
 /// Runs the handshake (see [`crate::proto::handshake`]) by the absolute
@@ -351,7 +376,7 @@ fn handshake(
     expected_peer: Option<&str>,
     started: Instant,
 ) -> Result<Session, Fail> {
-    let cfg = &shared.config;
+    let cfg = shared.config();
     let deadline = started + cfg.limits.handshake_timeout;
     stream
         .set_nodelay(true)
@@ -380,8 +405,8 @@ fn handshake(
             let len = read_preauth_frame(stream, &mut buf, deadline, shared, false)?;
             let frame = match decode(&buf[..len]) {
                 Ok(Decoded::Frame { frame, .. }) => frame,
-                Ok(Decoded::Incomplete { .. }) => return Err(Fail::other("partial frame")),
-                Err(e) => return Err(Fail::other(e.to_string())),
+                Ok(Decoded::Incomplete { .. }) => return Err(Fail::malformed("partial frame")),
+                Err(e) => return Err(Fail::malformed(e.to_string())),
             };
             let session = init.finish(&frame, &mut out)?;
             write_by(stream, &out, deadline)?;
@@ -392,7 +417,7 @@ fn handshake(
             // The HELLO is the Noise prologue: keep it while `buf` is reused.
             let mut hello_bytes = [0u8; HELLO_FRAME_MAX];
             if hello_len > HELLO_FRAME_MAX {
-                return Err(Fail::other("first frame is not a HELLO"));
+                return Err(Fail::malformed("first frame is not a HELLO"));
             }
             hello_bytes[..hello_len].copy_from_slice(&buf[..hello_len]);
             let hello_bytes = &hello_bytes[..hello_len];
@@ -402,13 +427,13 @@ fn handshake(
                     ..
                 }) => h,
                 Ok(Decoded::Frame { frame, .. }) => {
-                    return Err(Fail::other(format!(
+                    return Err(Fail::malformed(format!(
                         "first frame is {}, not HELLO",
                         frame.frame_type()
                     )))
                 }
-                Ok(Decoded::Incomplete { .. }) => return Err(Fail::other("partial frame")),
-                Err(e) => return Err(Fail::other(e.to_string())),
+                Ok(Decoded::Incomplete { .. }) => return Err(Fail::malformed("partial frame")),
+                Err(e) => return Err(Fail::malformed(e.to_string())),
             };
             if let Err(e) = check_hello(&hello, LAYOUT_VERSION) {
                 if let Some(reply) = e.reply() {
@@ -423,13 +448,13 @@ fn handshake(
                     ..
                 }) => m,
                 Ok(Decoded::Frame { frame, .. }) => {
-                    return Err(Fail::other(format!(
+                    return Err(Fail::malformed(format!(
                         "second frame is {}, not NOISE",
                         frame.frame_type()
                     )))
                 }
-                Ok(Decoded::Incomplete { .. }) => return Err(Fail::other("partial frame")),
-                Err(e) => return Err(Fail::other(e.to_string())),
+                Ok(Decoded::Incomplete { .. }) => return Err(Fail::malformed("partial frame")),
+                Err(e) => return Err(Fail::malformed(e.to_string())),
             };
             let allowlist = shared.allowlist();
             let resp =

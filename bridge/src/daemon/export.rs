@@ -333,7 +333,7 @@ impl<'a> Sender<'a> {
         }
         self.retire_finished();
         // 4. Heartbeat.
-        if self.last_heartbeat.elapsed() >= self.shared.config.heartbeat_interval {
+        if self.last_heartbeat.elapsed() >= self.shared.config().heartbeat_interval {
             self.heartbeat()?;
         }
         self.report_zc();
@@ -377,7 +377,7 @@ impl<'a> Sender<'a> {
                 format!("second SUBSCRIBE for stream {}", s.stream),
             ));
         }
-        let cap = self.shared.config.limits.max_exports_per_peer;
+        let cap = self.shared.config().limits.max_exports_per_peer;
         if !self.set.streams.contains_key(&ring.path) && self.set.streams.len() >= cap {
             // Each export reader is a subscriber slot on a local ring.
             self.peer.stats.limit_refusals.add(1);
@@ -572,7 +572,7 @@ impl<'a> Sender<'a> {
             // Untethered: never hold a pin while waiting for the network.
             return Ok(Pump::Blocked);
         }
-        let max_len = chunk_limit(&st.ring, self.shared.config.chunk_bytes);
+        let max_len = chunk_limit(&st.ring, self.shared.config().chunk_bytes);
         let mut position = st.pos.sent();
         if !tethered {
             let safe = st.reader.pin(st.pos.pin_position());
@@ -913,7 +913,7 @@ fn send_data(
             let two = [a, b];
             let parts: &[&[u8]] = if b.is_empty() { &one } else { &two };
             wire.sock
-                .send_frame(&header, parts, &tag, conn_end, shared.config.zerocopy)?
+                .send_frame(&header, parts, &tag, conn_end, shared.config().zerocopy)?
         }
         Protection::Encrypt => {
             // Encryption needs a copy: the ring is read-only to the bridge.

@@ -386,7 +386,7 @@ impl<'a> Receiver<'a> {
 
     /// Whether and how to import an announced stream.
     fn decide(&mut self, a: &OwnedAnnounce) -> Announced {
-        let cfg = &self.shared.config;
+        let cfg = self.shared.config();
         let what = format!("{}/{} from {}", a.topic, a.publisher, self.peer.name);
         if a.flags.contains(StreamFlags::BRIDGED) {
             log::debug!("not importing {what}: it is itself a bridged copy");

@@ -3,8 +3,13 @@
 //!
 //! # Threads
 //!
-//! - the catalog thread rescans the bus for exportable rings every 100 ms
-//!   (and rewrites the stats file every second, if configured);
+//! - the catalog thread rescans the bus for exportable rings when inotify
+//!   reports a change and every `rescan_interval` (see [`catalog`],
+//!   [`watch`]), and rewrites the stats file every second, if configured;
+//! - the metrics thread answers `GET /metrics` on `metrics_listen`, if
+//!   configured (see [`metrics`]);
+//! - under systemd, the watchdog thread sends `WATCHDOG=1` while the other
+//!   loops are alive (see the `notify` module);
 //! - the listener accepts connections (loopback by default); each gets a
 //!   thread that runs the handshake and then the connection;
 //! - one dialer thread per configured peer connects, runs the connection,
@@ -45,11 +50,26 @@
 //! counters go). Peers exist only for allowlist entries, so all of this is
 //! bounded by the allowlist.
 //!
-//! # Allowlist reload
+//! The daemon's own tables are bounded too: `pending.by_address` has an
+//! entry only per address with a handshake in progress (at most
+//! `max_pending_handshakes`); `connections` keeps only running connection
+//! threads (pruned at each accept: at most the pending handshakes plus the
+//! authenticated connections, one per peer and a few being replaced);
+//! `dialers` has one entry per configured peer.
 //!
-//! [`Daemon::reload_allowlist`] (SIGHUP) re-reads the allowlist; a live
-//! connection whose (name, key) is no longer on it is closed at once, and
-//! new handshakes use the new list.
+//! # Reload
+//!
+//! [`Daemon::reload`] (SIGHUP) re-reads the config file with the same flags
+//! ([`Config::reload`]). A config that does not parse or validate is refused
+//! with a logged reason and the running one stays. Otherwise: the allowlist
+//! and the node's key pair are replaced (new handshakes use them; a live
+//! connection whose key left the allowlist is closed); peers added to the
+//! file start dialing, removed ones stop (the connection this node opened
+//! to them is closed and their state dropped), a changed address is dialed
+//! anew; the catalog rescans with the new export rules (rings of topics no
+//! longer exported leave it, newly exported ones are announced) and import
+//! rules apply to the next announcements. [`Daemon::reload_allowlist`]
+//! re-reads the allowlist alone.
 
 pub mod backoff;
 pub mod catalog;
@@ -57,9 +77,12 @@ mod conn;
 mod export;
 mod import;
 pub mod link;
+pub mod metrics;
 pub mod naming;
+mod notify;
 pub mod replica;
 pub mod stats;
+pub mod watch;
 
 use std::{
     collections::HashMap,
@@ -74,7 +97,7 @@ use std::{
 };
 
 use crate::{
-    config::{Config, PeerConfig},
+    config::{Config, ConfigError},
     identity::{Allowlist, PublicKey},
     log,
     proto::handshake::Role,
@@ -82,12 +105,20 @@ use crate::{
 
 use self::{
     backoff::Backoff,
-    catalog::{Catalog, SCAN_INTERVAL},
+    catalog::Catalog,
     export::ExportSet,
     import::ImportSet,
     link::Link,
+    notify::{Loop, LoopTicks},
     stats::{PeerStats, Stats},
+    watch::{BusWatch, Change},
 };
+
+/// How long the catalog loop waits for inotify events per turn (and so how
+/// soon it sees shutdown and a reload).
+const CATALOG_TICK: Duration = Duration::from_millis(100);
+/// A scan that met a ring still being created is retried this soon.
+const UNSETTLED_RETRY: Duration = Duration::from_millis(100);
 
 /// Shortest reconnect delay.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -113,10 +144,23 @@ pub enum DaemonError {
     Spawn(#[source] io::Error),
 }
 
+/// Why a reload did not (fully) take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file did not load or validate; the running configuration stays.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The new configuration is in force, but the dialer of a new peer
+    /// could not be started (it is retried at the next reload).
+    #[error("configuration reloaded, but a dialer could not start: {0}")]
+    Dialer(#[source] DaemonError),
+}
+
 /// State shared by all threads of the daemon.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) config: Config,
+    /// The running configuration, replaced whole by a reload.
+    config: RwLock<Arc<Config>>,
     stop: AtomicBool,
     pub(crate) catalog: Catalog,
     pub(crate) stats: Stats,
@@ -124,6 +168,14 @@ pub(crate) struct Shared {
     allowlist: RwLock<Arc<Allowlist>>,
     pending: Arc<Mutex<Pending>>,
     connections: Mutex<Vec<JoinHandle<()>>>,
+    /// The dialer thread of each configured peer, by name.
+    dialers: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Set by a reload: the catalog rescans with the new export rules.
+    rescan: AtomicBool,
+    /// Last turn of each loop, for the watchdog.
+    pub(crate) ticks: LoopTicks,
+    /// One reload at a time.
+    reloading: Mutex<()>,
 }
 
 /// Accepted connections still in their handshake.
@@ -155,6 +207,12 @@ impl Drop for PendingSlot {
 }
 
 impl Shared {
+    /// The running configuration (a reload replaces it; hold the `Arc`
+    /// only as long as one decision needs a consistent view).
+    pub(crate) fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Whether the daemon is shutting down.
     pub(crate) fn stopping(&self) -> bool {
         // Relaxed: a flag polled by every loop; it publishes no data.
@@ -182,7 +240,8 @@ impl Shared {
     /// Takes a place among the pending handshakes for a connection from
     /// `ip`, or says why not.
     fn admit(&self, ip: IpAddr) -> Result<PendingSlot, String> {
-        let limits = &self.config.limits;
+        let config = self.config();
+        let limits = &config.limits;
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.total >= limits.max_pending_handshakes {
             return Err(format!(
@@ -206,7 +265,7 @@ impl Shared {
 
     /// Drops the state of peers absent for longer than `peer_state_expiry`.
     fn expire_peers(&self) {
-        let expiry = self.config.limits.peer_state_expiry;
+        let expiry = self.config().limits.peer_state_expiry;
         let mut gone = Vec::new();
         self.peers
             .lock()
@@ -241,6 +300,97 @@ impl Shared {
                 expiry
             );
         }
+    }
+
+    /// Replaces the allowlist and closes the live connections whose (name,
+    /// key) is no longer on it; returns how many were closed.
+    fn apply_allowlist(&self, list: &Allowlist) -> usize {
+        *self.allowlist.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list.clone());
+        let peers: Vec<Arc<Peer>> = self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut revoked = 0;
+        for peer in peers {
+            let slot = peer.slot.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((link, _, key)) = &slot.active {
+                if !list.allows(&peer.name, key) {
+                    link.close(
+                        format!(
+                            "key {} of peer {} was removed from the allowlist",
+                            key.short(),
+                            peer.name
+                        ),
+                        false,
+                    );
+                    self.stats.sessions_revoked.add(1);
+                    revoked += 1;
+                }
+            }
+        }
+        revoked
+    }
+
+    /// Closes the connection this node opened to `name`, if one is live.
+    fn close_dialed(&self, name: &str, why: &str) {
+        let Some(peer) = self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+        else {
+            return;
+        };
+        let node = self.config().node_name.clone();
+        let slot = peer.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((link, initiator, _)) = &slot.active {
+            if *initiator == node {
+                link.close(why.to_owned(), false);
+            }
+        }
+    }
+
+    /// Drops the state of `name` (a peer removed from the config) unless a
+    /// connection holds it now.
+    fn forget_peer(&self, name: &str) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = peers.get(name).is_some_and(|p| {
+            p.slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .active
+                .is_none()
+        });
+        if idle {
+            peers.remove(name);
+            drop(peers);
+            self.stats.remove_peer(name);
+            log::info!("dropped the state of peer {name}: removed from the configuration");
+        }
+    }
+
+    /// Starts a dialer for every configured peer that has none.
+    fn start_dialers(self: &Arc<Self>) -> Result<(), DaemonError> {
+        let config = self.config();
+        let mut dialers = self.dialers.lock().unwrap_or_else(|e| e.into_inner());
+        for peer in &config.peers {
+            if dialers.contains_key(&peer.name) {
+                // Its dialer reads the new address from the config itself.
+                continue;
+            }
+            let s = Arc::clone(self);
+            let name = peer.name.clone();
+            let handle = thread::Builder::new()
+                .name(format!("dial-{name}"))
+                .spawn(move || dial_loop(&s, &name))
+                .map_err(DaemonError::Spawn)?;
+            dialers.insert(peer.name.clone(), handle);
+        }
+        Ok(())
     }
 
     /// Sleeps up to `d`, waking early on shutdown; false if shutting down.
@@ -292,7 +442,7 @@ impl Peer {
     /// the tie-break (the smaller initiator name, when the two were opened
     /// from different sides).
     fn acquire(&self, shared: &Shared, link: &Arc<Link>, initiator: &str, key: PublicKey) -> Lease {
-        let deadline = Instant::now() + shared.config.peer_timeout + Duration::from_secs(10);
+        let deadline = Instant::now() + shared.config().peer_timeout + Duration::from_secs(10);
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((old, old_initiator, _)) = &slot.active {
             if old_initiator != initiator && old_initiator.as_str() < initiator && !old.stopping() {
@@ -339,7 +489,7 @@ impl Daemon {
         let allowlist = RwLock::new(Arc::new(config.allowlist.clone()));
         Self {
             shared: Arc::new(Shared {
-                config,
+                config: RwLock::new(Arc::new(config)),
                 stop: AtomicBool::new(false),
                 catalog: Catalog::new(),
                 stats,
@@ -347,6 +497,10 @@ impl Daemon {
                 allowlist,
                 pending: Arc::new(Mutex::new(Pending::default())),
                 connections: Mutex::new(Vec::new()),
+                dialers: Mutex::new(HashMap::new()),
+                rescan: AtomicBool::new(false),
+                ticks: LoopTicks::new(),
+                reloading: Mutex::new(()),
             }),
         }
     }
@@ -354,8 +508,74 @@ impl Daemon {
     /// Asks [`Daemon::run`] to return: connections send ERROR(shutdown) to
     /// their peers and close, rings and subscriber slots are released.
     pub fn shutdown(&self) {
+        notify::stopping();
         // Relaxed: see `Shared::stopping`.
         self.shared.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Reloads the configuration (see the module docs), telling systemd
+    /// `RELOADING=1` before and `READY=1` after. On an error the running
+    /// configuration stays and the error is logged and returned.
+    ///
+    /// # Errors
+    ///
+    /// [`ReloadError::Config`] if the file is refused,
+    /// [`ReloadError::Dialer`] if a new peer's dialer cannot start.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let shared = &self.shared;
+        let _one = shared.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        notify::reloading();
+        let result = self.reload_config();
+        match &result {
+            Ok(()) => shared.stats.reloads.add(1),
+            Err(ReloadError::Config(e)) => {
+                shared.stats.reload_failures.add(1);
+                log::error!("configuration not reloaded, keeping the running one: {e}");
+            }
+            Err(e @ ReloadError::Dialer(_)) => {
+                shared.stats.reloads.add(1);
+                log::error!("{e}");
+            }
+        }
+        notify::ready(if result.is_ok() {
+            "running (reloaded)"
+        } else {
+            "running (last reload refused)"
+        });
+        result
+    }
+
+    fn reload_config(&self) -> Result<(), ReloadError> {
+        let shared = &self.shared;
+        let old = shared.config();
+        let new = Arc::new(old.reload()?);
+        for w in &new.warnings {
+            log::warning!("{w}");
+        }
+        *shared.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&new);
+        let revoked = shared.apply_allowlist(&new.allowlist);
+        for p in &old.peers {
+            match new.peers.iter().find(|q| q.name == p.name) {
+                None => shared.close_dialed(&p.name, "peer removed from the configuration"),
+                Some(q) if q.address != p.address => {
+                    shared.close_dialed(&p.name, &format!("peer address changed to {}", q.address))
+                }
+                Some(_) => {}
+            }
+        }
+        // SYNC: Release pairs with the Acquire swap in `catalog_loop`: the
+        // catalog that sees the flag reads the config stored above.
+        shared.rescan.store(true, Ordering::Release);
+        shared.start_dialers().map_err(ReloadError::Dialer)?;
+        log::info!(
+            "reloaded the configuration: {} peers, {} export rules, {} import rules, {} allowlist entries, key {}; closed {revoked} connections of removed keys",
+            new.peers.len(),
+            new.exports.len(),
+            new.imports.len(),
+            new.allowlist.entries().len(),
+            new.keypair.public().short(),
+        );
+        Ok(())
     }
 
     /// Re-reads the allowlist file; closes live connections whose (name,
@@ -364,11 +584,11 @@ impl Daemon {
     ///
     /// # Errors
     ///
-    /// The [`ConfigError`](crate::config::ConfigError) of the file.
+    /// The [`ConfigError`] of the file.
     pub fn reload_allowlist(&self) -> Result<(), crate::config::ConfigError> {
         let shared = &self.shared;
-        let path = &shared.config.allowlist_file;
-        let list = match crate::config::load_allowlist(path) {
+        let path = shared.config().allowlist_file.clone();
+        let list = match crate::config::load_allowlist(&path) {
             Ok(l) => l,
             Err(e) => {
                 log::error!("allowlist not reloaded, keeping the current one: {e}");
@@ -376,32 +596,7 @@ impl Daemon {
             }
         };
         let n = list.entries().len();
-        *shared.allowlist.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list.clone());
-        let peers: Vec<Arc<Peer>> = shared
-            .peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let mut revoked = 0;
-        for peer in peers {
-            let slot = peer.slot.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((link, _, key)) = &slot.active {
-                if !list.allows(&peer.name, key) {
-                    link.close(
-                        format!(
-                            "key {} of peer {} was removed from the allowlist",
-                            key.short(),
-                            peer.name
-                        ),
-                        false,
-                    );
-                    shared.stats.sessions_revoked.add(1);
-                    revoked += 1;
-                }
-            }
-        }
+        let revoked = shared.apply_allowlist(&list);
         log::info!(
             "reloaded the allowlist {}: {n} peers; closed {revoked} connections of removed keys",
             path.display()
@@ -416,7 +611,7 @@ impl Daemon {
 
     /// Writes the counters to the configured stats file, if any.
     pub fn write_stats_file(&self) {
-        if let Some(path) = &self.shared.config.stats_file {
+        if let Some(path) = &self.shared.config().stats_file {
             if let Err(e) = self.shared.stats.write_file(path) {
                 log::warning!("cannot write stats file {}: {e}", path.display());
             }
@@ -431,47 +626,84 @@ impl Daemon {
     /// cannot start; errors of single connections are logged, not returned.
     pub fn run(&self) -> Result<(), DaemonError> {
         let shared = &self.shared;
-        let listener = match shared.config.listen {
-            Some(addr) => {
-                let l =
-                    TcpListener::bind(addr).map_err(|source| DaemonError::Bind { addr, source })?;
-                let local = l.local_addr().unwrap_or(addr);
-                log::info!("listening on {local}");
-                l.set_nonblocking(true)
-                    .map_err(|source| DaemonError::Bind { addr, source })?;
-                Some(l)
-            }
-            None => None,
+        let config = shared.config();
+        let bind = |addr: SocketAddr, what: &str| {
+            let l = TcpListener::bind(addr).map_err(|source| DaemonError::Bind { addr, source })?;
+            let local = l.local_addr().unwrap_or(addr);
+            log::info!("{what} on {local}");
+            l.set_nonblocking(true)
+                .map_err(|source| DaemonError::Bind { addr, source })?;
+            Ok::<_, DaemonError>(l)
         };
-        shared.catalog.scan(&shared.config);
+        let listener = config.listen.map(|a| bind(a, "listening")).transpose()?;
+        let metrics = config
+            .metrics_listen
+            .map(|a| bind(a, "serving metrics"))
+            .transpose()?;
+        // Watches first, then the first scan: a ring created in between is
+        // reported by the watch.
+        let mut watch = match BusWatch::new() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warning!(
+                    "cannot use inotify ({e}); the bus is rescanned every {:?} only",
+                    config.rescan_interval
+                );
+                None
+            }
+        };
+        if let Some(w) = &mut watch {
+            w.sync(&config);
+        }
+        let unsettled = shared.catalog.scan(&config);
         let mut threads = Vec::new();
-        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             thread::Builder::new()
-                .name(name)
+                .name(name.to_owned())
                 .spawn(f)
                 .map_err(DaemonError::Spawn)
         };
         let s = Arc::clone(shared);
         let d = self.clone();
         threads.push(spawn(
-            "catalog".into(),
-            Box::new(move || catalog_loop(&s, &d)),
+            "catalog",
+            Box::new(move || catalog_loop(&s, &d, watch, unsettled)),
         )?);
         if let Some(l) = listener {
             let s = Arc::clone(shared);
-            threads.push(spawn(
-                "listener".into(),
-                Box::new(move || listen_loop(&s, &l)),
-            )?);
+            threads.push(spawn("listener", Box::new(move || listen_loop(&s, &l)))?);
         }
-        for peer in shared.config.peers.clone() {
+        if let Some(l) = metrics {
+            let s = Arc::clone(shared);
+            threads.push(spawn("metrics", Box::new(move || metrics::serve(&s, &l)))?);
+        }
+        shared.start_dialers()?;
+        notify::ready(&format!(
+            "running: {} exportable rings, {} peers to dial",
+            shared.catalog.rings().len(),
+            config.peers.len()
+        ));
+        // After READY=1: keep-alives are for a service that is up.
+        if let Some(period) = notify::watchdog_period() {
             let s = Arc::clone(shared);
             threads.push(spawn(
-                format!("dial-{}", peer.name),
-                Box::new(move || dial_loop(&s, &peer)),
+                "watchdog",
+                Box::new(move || notify::watchdog_loop(&s, period)),
             )?);
         }
+        drop(config);
         for t in threads {
+            let _ = t.join();
+        }
+        // Dialers exit on shutdown; none is started after it.
+        let dialers: Vec<JoinHandle<()>> = shared
+            .dialers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for t in dialers {
             let _ = t.join();
         }
         // The listener has stopped, so no connection thread is added now.
@@ -496,18 +728,46 @@ impl Daemon {
 /// streams from the sender's oldest data instead.
 pub const MARKER_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
-fn catalog_loop(shared: &Shared, daemon: &Daemon) {
+/// Scans the bus on inotify changes, after a reload, soon after a scan
+/// that met an unfinished ring, and every `rescan_interval`; does the
+/// once-a-second housekeeping. `watch` is `None` if inotify is unavailable.
+fn catalog_loop(shared: &Shared, daemon: &Daemon, mut watch: Option<BusWatch>, unsettled: bool) {
+    let mut last_scan = Instant::now();
+    let mut retry = unsettled;
     let mut last_stats = Instant::now();
     let mut last_expiry: Option<Instant> = None;
-    while shared.sleep(SCAN_INTERVAL) {
-        shared.catalog.scan(&shared.config);
+    while !shared.stopping() {
+        shared.ticks.tick(Loop::Catalog);
+        let change = match &mut watch {
+            Some(w) => w.wait(CATALOG_TICK),
+            None => {
+                thread::sleep(CATALOG_TICK);
+                Change::None
+            }
+        };
+        // SYNC: Acquire pairs with the Release store in `reload_config`, so
+        // the config read next is the reloaded one.
+        let reloaded = shared.rescan.swap(false, Ordering::Acquire);
+        let config = shared.config();
+        let periodic = last_scan.elapsed() >= config.rescan_interval;
+        let retry_due = retry && last_scan.elapsed() >= UNSETTLED_RETRY;
+        if change != Change::None || reloaded || periodic || retry_due {
+            if change == Change::Overflow {
+                log::debug!("inotify queue overflowed: rescanning the bus");
+            }
+            if let Some(w) = &mut watch {
+                w.sync(&config);
+            }
+            retry = shared.catalog.scan(&config);
+            last_scan = Instant::now();
+        }
         if last_stats.elapsed() >= Duration::from_secs(1) {
             shared.expire_peers();
             daemon.write_stats_file();
             last_stats = Instant::now();
         }
         if last_expiry.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-            expire_markers(&shared.config);
+            expire_markers(&config);
             last_expiry = Some(Instant::now());
         }
     }
@@ -532,6 +792,7 @@ fn expire_markers(config: &Config) {
 
 fn listen_loop(shared: &Arc<Shared>, listener: &TcpListener) {
     while !shared.stopping() {
+        shared.ticks.tick(Loop::Listener);
         match listener.accept() {
             Ok((stream, addr)) => {
                 let slot = match shared.admit(addr.ip()) {
@@ -585,10 +846,30 @@ fn listen_loop(shared: &Arc<Shared>, listener: &TcpListener) {
     }
 }
 
-fn dial_loop(shared: &Arc<Shared>, peer: &PeerConfig) {
+/// Connects to peer `name` and reconnects with backoff, reading its
+/// address from the running config each time, until shutdown or until a
+/// reload removes the peer.
+fn dial_loop(shared: &Arc<Shared>, name: &str) {
     let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
     let mut failures = 0u32;
     while !shared.stopping() {
+        let config = shared.config();
+        let Some(peer) = config.peers.iter().find(|p| p.name == name).cloned() else {
+            // Decided under the dialers lock, so a reload that adds the
+            // peer back either sees this entry (and this loop sees the
+            // peer) or sees it gone (and starts a new dialer).
+            let mut dialers = shared.dialers.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.config().peers.iter().any(|p| p.name == name) {
+                continue;
+            }
+            dialers.remove(name);
+            drop(dialers);
+            log::info!("stopped dialing peer {name}: removed from the configuration");
+            shared.forget_peer(name);
+            return;
+        };
+        let timeout = config.peer_timeout;
+        drop(config);
         let addr = match peer.address.to_socket_addrs().map(|mut a| a.next()) {
             Ok(Some(a)) => Some(a),
             Ok(None) => None,
@@ -599,7 +880,7 @@ fn dial_loop(shared: &Arc<Shared>, peer: &PeerConfig) {
         };
         let mut worked = false;
         if let Some(addr) = addr {
-            match std::net::TcpStream::connect_timeout(&addr, shared.config.peer_timeout) {
+            match std::net::TcpStream::connect_timeout(&addr, timeout) {
                 Ok(stream) => {
                     let outcome = conn::serve(
                         shared,

@@ -5,9 +5,9 @@
 //! line describes:
 //!
 //! ```text
-//! bridge node=alpha uptime_ms=5012 handshake_failures=3 rejected_connections=0 unknown_keys=1 name_mismatches=0 handshake_timeouts=1 auth_failures=0 sessions_revoked=0 peers_expired=0
+//! bridge node=alpha uptime_ms=5012 handshake_failures=3 rejected_connections=0 unknown_keys=1 name_mismatches=0 handshake_timeouts=1 auth_failures=0 sessions_revoked=0 peers_expired=0 reloads=0 reload_failures=0
 //! peer name=beta connected=1 connections=2 reconnects=1 protocol_errors=0 auth_failures=0 limit_refusals=0 bytes_sent=... bytes_received=... zc_completed_ids=... zc_copied_ids=... zc_switched_to_plain=...
-//! stream peer=beta dir=out topic=imu publisher=p-7-0 bytes=... messages=... frames=... zc_sends=... plain_sends=... enobufs=... gaps=... gap_bytes=... position=... peer_tail=...
+//! stream peer=beta dir=out topic=imu publisher=p-7-0 bytes=... messages=... frames=... zc_sends=... plain_sends=... enobufs=... gaps=... gap_bytes=... lost_messages=... credit_stalls=... pin_resets=... position=... peer_tail=...
 //! ```
 //!
 //! `dir=out` streams are exported (sent), `dir=in` imported (received);
@@ -41,7 +41,8 @@ pub enum Dir {
 }
 
 impl Dir {
-    fn as_str(self) -> &'static str {
+    /// `out` or `in`, as in the stats text and the metrics labels.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Out => "out",
             Self::In => "in",
@@ -119,13 +120,78 @@ pub struct StreamStats {
     pub gaps: Counter,
     /// Bytes lost in those gaps.
     pub gap_bytes: Counter,
+    /// Messages lost in those gaps (exact: counted from the records
+    /// skipped, not estimated from bytes).
+    pub lost_messages: Counter,
+    /// Times the stream had data to send but no credit from the peer (out),
+    /// or held back a CREDIT because its replica was full (in).
+    pub credit_stalls: Counter,
+    /// Connections reset because this stream's zero-copy sends stayed
+    /// pinned (no kernel completion) past the deadline (out).
+    pub pin_resets: Counter,
     /// Next position to send (out) or the replica's position (in).
     pub position: Counter,
     /// The sender's tail from its heartbeat (in) or the ring's tail (out).
     pub peer_tail: Counter,
 }
 
-type StreamKey = (String, Dir, String, String);
+/// Why a handshake failed, as counted per reason (the metric label
+/// `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Not finished by the absolute handshake deadline.
+    Timeout,
+    /// The peer's key is not on the allowlist.
+    UnknownKey,
+    /// The peer claimed a name that is not its key's.
+    NameMismatch,
+    /// Another protocol, version, ring layout or protection mode.
+    Incompatible,
+    /// Frames that are not a well-formed handshake (garbage, wrong order,
+    /// failed Noise message or confirmation).
+    Malformed,
+    /// The peer refused us (it sent an ERROR).
+    PeerRejected,
+    /// The connection closed or failed during the handshake.
+    Closed,
+    /// Anything else (e.g. a dialled peer left the allowlist, shutdown).
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in the order of [`Stats::handshake_failures_by`].
+    pub const ALL: [Self; 8] = [
+        Self::Timeout,
+        Self::UnknownKey,
+        Self::NameMismatch,
+        Self::Incompatible,
+        Self::Malformed,
+        Self::PeerRejected,
+        Self::Closed,
+        Self::Other,
+    ];
+
+    /// The label value: `timeout`, `unknown_key`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::UnknownKey => "unknown_key",
+            Self::NameMismatch => "name_mismatch",
+            Self::Incompatible => "incompatible",
+            Self::Malformed => "malformed",
+            Self::PeerRejected => "peer_rejected",
+            Self::Closed => "closed",
+            Self::Other => "other",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// A stream's key: (peer, direction, topic, publisher).
+pub type StreamKey = (String, Dir, String, String);
 
 /// All counters of a daemon.
 #[derive(Debug)]
@@ -148,6 +214,12 @@ pub struct Stats {
     pub sessions_revoked: Counter,
     /// Peers whose state was dropped after `peer_state_expiry`.
     pub peers_expired: Counter,
+    /// Configuration reloads that took effect.
+    pub reloads: Counter,
+    /// Configuration reloads refused (the file did not parse or validate).
+    pub reload_failures: Counter,
+    /// Handshake failures per reason, indexed like [`HandshakeFailure::ALL`].
+    by_reason: [Counter; HandshakeFailure::ALL.len()],
     peers: Mutex<BTreeMap<String, Arc<PeerStats>>>,
     streams: Mutex<BTreeMap<StreamKey, Arc<StreamStats>>>,
 }
@@ -166,9 +238,58 @@ impl Stats {
             auth_failures: Counter::default(),
             sessions_revoked: Counter::default(),
             peers_expired: Counter::default(),
+            reloads: Counter::default(),
+            reload_failures: Counter::default(),
+            by_reason: Default::default(),
             peers: Mutex::new(BTreeMap::new()),
             streams: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Counts one failed handshake: the total, its reason, and the older
+    /// per-reason counters of the stats text.
+    pub fn handshake_failed(&self, reason: HandshakeFailure) {
+        self.handshake_failures.add(1);
+        self.by_reason[reason.index()].add(1);
+        match reason {
+            HandshakeFailure::Timeout => self.handshake_timeouts.add(1),
+            HandshakeFailure::UnknownKey => self.unknown_keys.add(1),
+            HandshakeFailure::NameMismatch => self.name_mismatches.add(1),
+            _ => {}
+        }
+    }
+
+    /// Handshake failures for `reason` so far.
+    pub fn handshake_failures_by(&self, reason: HandshakeFailure) -> u64 {
+        self.by_reason[reason.index()].get()
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Time since the daemon started.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// A snapshot of the peers' counters, by name.
+    pub fn peers(&self) -> Vec<(String, Arc<PeerStats>)> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect()
+    }
+
+    /// A snapshot of the streams' counters, by key.
+    pub fn streams(&self) -> Vec<(StreamKey, Arc<StreamStats>)> {
+        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect()
     }
 
     /// The counters of `peer` (created on first use).
@@ -209,7 +330,7 @@ impl Stats {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "bridge node={} uptime_ms={} handshake_failures={} rejected_connections={} unknown_keys={} name_mismatches={} handshake_timeouts={} auth_failures={} sessions_revoked={} peers_expired={}",
+            "bridge node={} uptime_ms={} handshake_failures={} rejected_connections={} unknown_keys={} name_mismatches={} handshake_timeouts={} auth_failures={} sessions_revoked={} peers_expired={} reloads={} reload_failures={}",
             self.node,
             self.started.elapsed().as_millis(),
             self.handshake_failures.get(),
@@ -220,6 +341,8 @@ impl Stats {
             self.auth_failures.get(),
             self.sessions_revoked.get(),
             self.peers_expired.get(),
+            self.reloads.get(),
+            self.reload_failures.get(),
         );
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         for (name, p) in peers.iter() {
@@ -245,7 +368,7 @@ impl Stats {
         for ((peer, dir, topic, publisher), c) in streams.iter() {
             let _ = writeln!(
                 s,
-                "stream peer={peer} dir={} topic={topic} publisher={publisher} bytes={} messages={} frames={} zc_sends={} plain_sends={} enobufs={} gaps={} gap_bytes={} position={} peer_tail={}",
+                "stream peer={peer} dir={} topic={topic} publisher={publisher} bytes={} messages={} frames={} zc_sends={} plain_sends={} enobufs={} gaps={} gap_bytes={} lost_messages={} credit_stalls={} pin_resets={} position={} peer_tail={}",
                 dir.as_str(),
                 c.bytes.get(),
                 c.messages.get(),
@@ -255,6 +378,9 @@ impl Stats {
                 c.enobufs.get(),
                 c.gaps.get(),
                 c.gap_bytes.get(),
+                c.lost_messages.get(),
+                c.credit_stalls.get(),
+                c.pin_resets.get(),
                 c.position.get(),
                 c.peer_tail.get(),
             );

@@ -177,6 +177,7 @@ impl Drop for Watchdog {
 pub struct Daemon {
     pub name: String,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     child: Option<Child>,
     logs: Arc<Mutex<Vec<String>>>,
     pub stats_file: PathBuf,
@@ -185,6 +186,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon with `args` (plus `--stats-file` under `dir`).
     pub fn start(name: &str, dir: &TestDir, args: &[&str]) -> Self {
+        Self::start_env(name, dir, args, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_env(name: &str, dir: &TestDir, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let stats_file = dir.join(&format!("{name}.stats"));
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         all.push("--stats-file".into());
@@ -192,6 +198,10 @@ impl Daemon {
         let mut d = Self {
             name: name.to_owned(),
             args: all,
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             logs: Arc::new(Mutex::new(Vec::new())),
             stats_file,
@@ -204,6 +214,7 @@ impl Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shmbus-bridge"))
             .args(&self.args)
             .env_remove("SHMBUS_ROOT")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -361,4 +372,47 @@ pub fn ring_files(dir: &Path) -> Vec<PathBuf> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "ring"))
         .collect()
+}
+
+/// The body of `GET http://{addr}{path}` and its status code: with `curl`
+/// when it is installed (the way an operator scrapes), else with a plain
+/// HTTP/1.0 request over a `TcpStream`.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let url = format!("http://{addr}{path}");
+    if let Ok(out) = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", &url])
+        .output()
+    {
+        if out.status.success() {
+            let text = String::from_utf8(out.stdout).expect("utf-8 body");
+            let (body, code) = text.rsplit_once('\n').expect("status line from -w");
+            return (code.trim().parse().expect("status code"), body.to_owned());
+        }
+    }
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read the response");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP head");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (code, body.to_owned())
+}
+
+/// The value of the sample `name{labels}` (labels exactly as rendered, or
+/// empty) in a Prometheus text page.
+pub fn metric(page: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(&key)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -11,7 +11,7 @@
 //! `shmbus_bridge::config::Config` and runs `shmbus_bridge::daemon::Daemon`
 //! until SIGTERM or SIGINT, or until its standard input reaches EOF (so a
 //! test that closes the pipe, or dies, stops it). SIGUSR1 prints the
-//! counters to stderr and the stats file and SIGHUP re-reads the allowlist,
+//! counters to stderr and the stats file and SIGHUP reloads the configuration,
 //! as the real daemon does; the counters are printed and written at exit
 //! too.
 //! The process also dies with the thread that started it
