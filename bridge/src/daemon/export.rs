@@ -472,6 +472,8 @@ impl<'a> Sender<'a> {
                     stream: s.stream,
                     from,
                     to,
+                    // Interim (issue 11 in progress): the sequence number at `to`.
+                    next_seq: 0,
                 }),
                 &mut self.wire.scratch,
             );
@@ -950,6 +952,8 @@ fn send_gap(out: &mut Scratch, st: &mut ExportStream, id: u32, peer: &str, to: u
             stream: id,
             from,
             to,
+            // Interim (issue 11 in progress): the sequence number at `to`.
+            next_seq: 0,
         }),
         out,
     );

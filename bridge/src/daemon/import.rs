@@ -535,6 +535,8 @@ impl<'a> Receiver<'a> {
         self.link.send_frame(&Frame::Subscribe(Subscribe {
             stream: id,
             resume_position: resume,
+            // Interim (issue 11 in progress): no credit limit yet.
+            window: u64::MAX,
         }));
         Announced::Subscribed(key)
     }

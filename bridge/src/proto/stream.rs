@@ -520,6 +520,7 @@ mod tests {
             stream: 1,
             from,
             to,
+            next_seq: 0,
         };
         assert!(check_gap(&g(64, 128), Some(64)).is_ok());
         assert!(check_gap(&g(64, 128), None).is_ok());
