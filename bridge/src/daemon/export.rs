@@ -290,11 +290,12 @@ impl<'a> Sender<'a> {
 
     fn step(&mut self, work: &mut bool, blocked: &mut bool) -> Result<(), StepError> {
         // 1. Frames from the receiver thread, and the peer's requests.
-        let (frames, acks_out, subscribes, acks_in) = {
+        let (frames, acks_out, credits_out, subscribes, acks_in) = {
             let mut q = self.link.queues();
             (
                 std::mem::take(&mut q.frames_out),
                 Link::take_acks_out(&mut q),
+                Link::take_credits_out(&mut q),
                 std::mem::take(&mut q.subscribes),
                 std::mem::take(&mut q.acks_in),
             )
@@ -307,6 +308,9 @@ impl<'a> Sender<'a> {
         }
         for a in acks_out {
             encode(&Frame::Ack(a), &mut self.wire.scratch);
+        }
+        for c in credits_out {
+            encode(&Frame::Credit(c), &mut self.wire.scratch);
         }
         self.wire.flush()?;
         for (stream, position) in acks_in {
