@@ -933,7 +933,7 @@ fn send_data(
         }
     };
     wire.conn_offset = conn_end;
-    st.pos.on_sent(conn_end, end);
+    st.pos.on_sent(conn_end, end, 0);
     st.stats.bytes.add(len);
     st.stats.messages.add(u64::from(records));
     st.stats.frames.add(1);
