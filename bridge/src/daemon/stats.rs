@@ -123,6 +123,14 @@ pub struct StreamStats {
     pub position: Counter,
     /// The sender's tail from its heartbeat (in) or the ring's tail (out).
     pub peer_tail: Counter,
+    /// Times the stream reached the peer's credit limit (out).
+    pub credit_stalls: Counter,
+    /// Messages lost in gaps, where counted (out: when the sender knew the
+    /// sequence number at the gap's start).
+    pub lost_messages: Counter,
+    /// Connections reset because the kernel held this stream's zero-copy
+    /// sends past the pin deadline (out, untethered).
+    pub pin_resets: Counter,
 }
 
 type StreamKey = (String, Dir, String, String);
@@ -245,7 +253,7 @@ impl Stats {
         for ((peer, dir, topic, publisher), c) in streams.iter() {
             let _ = writeln!(
                 s,
-                "stream peer={peer} dir={} topic={topic} publisher={publisher} bytes={} messages={} frames={} zc_sends={} plain_sends={} enobufs={} gaps={} gap_bytes={} position={} peer_tail={}",
+                "stream peer={peer} dir={} topic={topic} publisher={publisher} bytes={} messages={} frames={} zc_sends={} plain_sends={} enobufs={} gaps={} gap_bytes={} position={} peer_tail={} credit_stalls={} lost_messages={} pin_resets={}",
                 dir.as_str(),
                 c.bytes.get(),
                 c.messages.get(),
@@ -257,6 +265,9 @@ impl Stats {
                 c.gap_bytes.get(),
                 c.position.get(),
                 c.peer_tail.get(),
+                c.credit_stalls.get(),
+                c.lost_messages.get(),
+                c.pin_resets.get(),
             );
         }
         s

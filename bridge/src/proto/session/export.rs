@@ -89,6 +89,16 @@ pub struct ExportConfig {
     pub pin_deadline: u64,
 }
 
+impl Default for ExportConfig {
+    /// 256 KiB frames, a 250 ms pin deadline.
+    fn default() -> Self {
+        Self {
+            max_frame: 256 << 10,
+            pin_deadline: 250_000_000,
+        }
+    }
+}
+
 /// What the session knows about an exported ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamInfo {
@@ -294,7 +304,7 @@ struct Stream {
 /// The sender half of the connections with one peer (see the module docs).
 /// It outlives connections: [`ExportSession::on_connection_closed`] ends
 /// one, and the next starts with every stream hidden.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ExportSession {
     config: ExportConfig,
     streams: BTreeMap<u32, Stream>,
@@ -312,6 +322,11 @@ impl ExportSession {
     /// The limits.
     pub fn config(&self) -> &ExportConfig {
         &self.config
+    }
+
+    /// Replaces the limits (a new connection under a reloaded configuration).
+    pub fn set_config(&mut self, config: ExportConfig) {
+        self.config = config;
     }
 
     /// Whether stream `id` should be announced on this connection: not yet
