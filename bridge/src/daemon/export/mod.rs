@@ -478,7 +478,13 @@ impl<'a> Sender<'a> {
                 config.peer_timeout
             },
         };
-        let (conn_end, report) = self.wire.send_data(&frame)?;
+        let (conn_end, report) = match self.wire.send_data(&frame) {
+            Ok(r) => r,
+            Err(e) if untethered && e.io_kind() == Some(std::io::ErrorKind::TimedOut) => {
+                return Err(StepError::Reset(self.set.session.on_send_stalled(id)));
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.set
             .session
             .on_data_sent(id, end, conn_end, now_ns())

@@ -713,6 +713,20 @@ impl ExportSession {
         None
     }
 
+    /// A DATA send of untethered stream `id` could not finish within the
+    /// pin deadline (the socket stayed full): the same as the deadline
+    /// passing in [`ExportSession::tick`], counted the same way.
+    pub fn on_send_stalled(&mut self, id: u32) -> Reset {
+        let held_for = self.config.pin_deadline;
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.counters.pin_resets += 1;
+        }
+        Reset {
+            stream: id,
+            held_for,
+        }
+    }
+
     /// Nanoseconds until [`ExportSession::tick`] may next ask for a reset
     /// (`None`: nothing untethered in flight), to bound the caller's waits.
     pub fn next_deadline(&self, now: u64) -> Option<u64> {

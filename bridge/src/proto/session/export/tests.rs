@@ -611,3 +611,18 @@ fn a_replaced_reader_continues_with_a_gap_to_its_start() {
         })
     );
 }
+
+#[test]
+fn a_send_stalled_past_the_deadline_counts_as_a_pin_reset() {
+    let mut s = session();
+    s.on_announced(ID, info(UNTETHERED));
+    s.on_subscribe(&sub(0, 1 << 20), view(0, 0, 4096)).unwrap();
+    assert_eq!(
+        s.on_send_stalled(ID),
+        Reset {
+            stream: ID,
+            held_for: 250 * MS
+        }
+    );
+    assert_eq!(s.take_counters(ID).pin_resets, 1);
+}
