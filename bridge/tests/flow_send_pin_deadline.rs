@@ -145,7 +145,9 @@ fn untethered_zerocopy_pin_is_reset_after_the_deadline() {
             .and_then(|l| l.get("pin_resets")?.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    wait_until("a pin reset", Duration::from_secs(30), || resets(&sender) >= 1);
+    wait_until("a pin reset", Duration::from_secs(30), || {
+        resets(&sender) >= 1
+    });
     sender.wait_log("past the pin deadline", Duration::from_secs(5));
     let zc_sends: u64 = sender
         .stats("stream")

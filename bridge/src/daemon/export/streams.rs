@@ -87,12 +87,12 @@ impl ExportStream {
                 start,
                 end,
                 records,
+                first_seq,
             } => RingEvent::Records {
                 start,
                 end,
                 records,
-                // INTERIM until the bus's sequence numbers are merged (flow-bus).
-                first_seq: 0,
+                first_seq,
             },
             RawChunk::Empty => {
                 // Publisher state first, then the tail: a gone publisher's
@@ -100,8 +100,7 @@ impl ExportStream {
                 let gone = self.reader.publisher_gone();
                 RingEvent::Empty {
                     at: req.from,
-                    // INTERIM until flow-bus is merged.
-                    next_seq: 0,
+                    next_seq: self.reader.next_sequence(),
                     publisher_gone: gone && self.reader.tail() == req.from,
                 }
             }
