@@ -24,7 +24,8 @@
 //!
 //! - DATA `[sent, end)`, bounded by the frame size, half the ring and the
 //!   peer's credit: never a DATA frame whose end is past the newest limit
-//!   (SUBSCRIBE's `start + window`, then CREDIT). A stream at its limit
+//!   (SUBSCRIBE's resume position, or the first position sent when it
+//!   asked for the oldest data, plus its window; then CREDIT). A stream at its limit
 //!   stops alone ([`StreamCounters::credit_stalls`]); GAP and END need no
 //!   credit.
 //! - GAP `[from, to)` with the exact `next_seq` of the first message at
@@ -73,7 +74,7 @@ use std::collections::BTreeMap;
 
 use super::Violation;
 use crate::proto::{
-    frame::{End, FrameType, Gap, Subscribe, MAX_DATA_LEN},
+    frame::{End, FrameType, Gap, Subscribe, MAX_DATA_LEN, RESUME_OLDEST},
     stream::{ExportMode, ExportPositions, RECORD_ALIGN},
 };
 
@@ -403,8 +404,16 @@ impl ExportSession {
         if s.seq_at.is_some_and(|(p, _)| p != start.position) {
             s.seq_at = None;
         }
+        // The receiver measured the window's room from its resume position;
+        // a GAP to a later start gives it no more room. From the oldest
+        // data, the window counts from the first position sent.
+        let window_start = if sub.resume_position == RESUME_OLDEST {
+            start.position
+        } else {
+            sub.resume_position
+        };
         s.phase = Phase::Subscribed(Flow {
-            limit: start.position.saturating_add(sub.window),
+            limit: window_start.saturating_add(sub.window),
             pending_gap: start.gap,
             pending_data: None,
             end: None,

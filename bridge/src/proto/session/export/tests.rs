@@ -666,3 +666,27 @@ fn a_stream_at_its_limit_does_not_hold_back_another() {
     assert_eq!(s.take_counters(ID).credit_stalls, 1);
     assert_eq!(s.take_counters(OTHER).credit_stalls, 0);
 }
+
+#[test]
+fn the_window_counts_from_the_resume_position_even_after_a_gap() {
+    // The receiver promised room for 1024 bytes past its position 512; the
+    // sender starts at its floor (the untethered ring's head, 1024) after a
+    // GAP: DATA may reach 1536 only.
+    let mut s = session();
+    s.on_announced(ID, info(UNTETHERED));
+    assert_eq!(
+        s.on_subscribe(&sub(512, 1024), view(0, 1024, 4096)),
+        Ok(Some(1024))
+    );
+    let mut conn = 0;
+    let steps = pump(&mut s, 4096, &mut conn, 0);
+    assert!(matches!(
+        steps[0],
+        Step::Gap(Gap {
+            from: 512,
+            to: 1024,
+            ..
+        })
+    ));
+    assert_eq!(data_ends(&steps), [(1024, 1536)]);
+}
