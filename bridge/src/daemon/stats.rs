@@ -7,7 +7,7 @@
 //! ```text
 //! bridge node=alpha uptime_ms=5012 handshake_failures=3 rejected_connections=0 unknown_keys=1 name_mismatches=0 handshake_timeouts=1 auth_failures=0 sessions_revoked=0 peers_expired=0
 //! peer name=beta connected=1 connections=2 reconnects=1 protocol_errors=0 auth_failures=0 limit_refusals=0 bytes_sent=... bytes_received=... zc_completed_ids=... zc_copied_ids=... zc_switched_to_plain=...
-//! stream peer=beta dir=out topic=imu publisher=p-7-0 bytes=... messages=... frames=... zc_sends=... plain_sends=... enobufs=... gaps=... gap_bytes=... position=... peer_tail=...
+//! stream peer=beta dir=out topic=imu publisher=p-7-0 bytes=... messages=... frames=... zc_sends=... plain_sends=... enobufs=... gaps=... gap_bytes=... position=... peer_tail=... credit_stalls=... lost_messages=... pin_resets=...
 //! ```
 //!
 //! `dir=out` streams are exported (sent), `dir=in` imported (received);
@@ -125,8 +125,8 @@ pub struct StreamStats {
     pub peer_tail: Counter,
     /// Times the stream reached the peer's credit limit (out).
     pub credit_stalls: Counter,
-    /// Messages lost in gaps, where counted (out: when the sender knew the
-    /// sequence number at the gap's start).
+    /// Messages lost in gaps: out, where counted (when the sender knew the
+    /// sequence number at the gap's start); in, as told to local subscribers.
     pub lost_messages: Counter,
     /// Connections reset because the kernel held this stream's zero-copy
     /// sends past the pin deadline (out, untethered).
