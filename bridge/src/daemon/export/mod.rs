@@ -220,6 +220,17 @@ impl<'a> Sender<'a> {
         if self.shared.stopping() {
             return Ok(());
         }
+        // A control frame write that waits for a full socket may not hold
+        // an untethered export's pinned bytes past their deadline either.
+        let peer_timeout = self.shared.config.peer_timeout;
+        self.wire.set_control_timeout(
+            self.set
+                .session
+                .next_deadline(now_ns())
+                .map_or(peer_timeout, |ns| {
+                    peer_timeout.min(Duration::from_nanos(ns).max(Duration::from_millis(1)))
+                }),
+        );
         for f in frames {
             self.wire.queue_encoded(&f);
         }
