@@ -146,10 +146,10 @@ impl<'a> Sender<'a> {
         if let Err(e) = socket::set_notsent_lowat(sock.as_raw_fd(), config.send.notsent_lowat) {
             log::warning!("cannot set TCP_NOTSENT_LOWAT for {}: {e}", peer.name);
         }
-        if config.send.zerocopy_keep_copied {
+        if config.send.zerocopy_always {
             sock.set_policy(ZcPolicy {
+                min_zerocopy_bytes: 0,
                 copied_ids_before_plain: None,
-                ..ZcPolicy::default()
             });
         }
         set.session.set_config(ExportConfig {
