@@ -549,7 +549,8 @@ impl<'a> Sender<'a> {
     fn retire_finished(&mut self) {
         for id in self.set.session.retirable() {
             self.report_counters(id);
-            if let Some(st) = self.set.streams.remove(&id) {
+            if let Some(mut st) = self.set.streams.remove(&id) {
+                st.finished();
                 let dir = st.dir().map(std::path::Path::to_path_buf);
                 drop(st);
                 // We may have been the last reader of the finished ring.
