@@ -33,8 +33,8 @@ use crate::{
     log,
     proto::{
         frame::{
-            decode, Ack, DataHeader, Decoded, End, ErrorCode, Frame, FrameType, Gap, StreamFlags,
-            StreamTail, Subscribe, RESUME_OLDEST,
+            decode, Ack, Credit, DataHeader, Decoded, End, ErrorCode, Frame, FrameType, Gap,
+            StreamFlags, StreamTail, Subscribe, RESUME_OLDEST,
         },
         stream::{check_data, check_end, check_gap},
     },
@@ -140,6 +140,7 @@ enum Incoming {
     Subscribe(Subscribe),
     Data(DataHeader),
     Ack(Ack),
+    Credit(Credit),
     Gap(Gap),
     End(End),
     Heartbeat(Vec<StreamTail>),
@@ -173,6 +174,7 @@ impl Incoming {
             Frame::Subscribe(s) => Self::Subscribe(*s),
             Frame::Data(d) => Self::Data(*d),
             Frame::Ack(a) => Self::Ack(*a),
+            Frame::Credit(c) => Self::Credit(*c),
             Frame::Gap(g) => Self::Gap(*g),
             Frame::End(e) => Self::End(*e),
             Frame::Heartbeat(h) => Self::Heartbeat(h.iter().collect()),
@@ -338,6 +340,13 @@ impl<'a> Receiver<'a> {
                 self.link.push(|q| {
                     let e = q.acks_in.entry(a.stream).or_insert(a.position);
                     *e = (*e).max(a.position);
+                });
+                Ok(())
+            }
+            Incoming::Credit(c) => {
+                self.link.push(|q| {
+                    let e = q.credits_in.entry(c.stream).or_insert(c.limit);
+                    *e = (*e).max(c.limit);
                 });
                 Ok(())
             }
@@ -535,6 +544,8 @@ impl<'a> Receiver<'a> {
         self.link.send_frame(&Frame::Subscribe(Subscribe {
             stream: id,
             resume_position: resume,
+            // Interim (issue 11 in progress): no credit limit yet.
+            window: u64::MAX,
         }));
         Announced::Subscribed(key)
     }

@@ -16,7 +16,9 @@ use std::{
     thread::Thread,
 };
 
-use crate::proto::frame::{Ack, ErrorCode, ErrorFrame, Frame, Subscribe, MAX_ERROR_MESSAGE_LEN};
+use crate::proto::frame::{
+    Ack, Credit, ErrorCode, ErrorFrame, Frame, Subscribe, MAX_ERROR_MESSAGE_LEN,
+};
 
 /// Why a connection ends, as logged and counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,10 @@ pub struct Queues {
     pub acks_in: BTreeMap<u32, u64>,
     /// Newest ACK position per imported stream, to send.
     pub acks_out: BTreeMap<u32, u64>,
+    /// Newest CREDIT limit per exported stream, from the peer.
+    pub credits_in: BTreeMap<u32, u64>,
+    /// Newest CREDIT limit per imported stream, to send.
+    pub credits_out: BTreeMap<u32, u64>,
     /// Encoded control frames to send, in order (SUBSCRIBE, ERROR).
     pub frames_out: VecDeque<Vec<u8>>,
 }
@@ -76,6 +82,14 @@ impl Link {
         self.push(|q| {
             let e = q.acks_out.entry(stream).or_insert(position);
             *e = (*e).max(position);
+        });
+    }
+
+    /// Queues a CREDIT for an imported stream (coalesced: limits only grow).
+    pub fn credit(&self, stream: u32, limit: u64) {
+        self.push(|q| {
+            let e = q.credits_out.entry(stream).or_insert(limit);
+            *e = (*e).max(limit);
         });
     }
 
@@ -140,6 +154,16 @@ impl Link {
         std::mem::take(&mut q.acks_out)
             .into_iter()
             .map(|(stream, position)| Ack { stream, position })
+            .collect()
+    }
+}
+
+impl Link {
+    /// Takes the queued CREDITs to send as frames.
+    pub fn take_credits_out(q: &mut Queues) -> Vec<Credit> {
+        std::mem::take(&mut q.credits_out)
+            .into_iter()
+            .map(|(stream, limit)| Credit { stream, limit })
             .collect()
     }
 }

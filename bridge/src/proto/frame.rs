@@ -34,14 +34,15 @@
 //! |---|---|---|
 //! | HELLO | 1 | `hello_magic u64` ([`HELLO_MAGIC`]), `protocol_version u16`, `layout_version u32`, `nonce [u8; 32]` (random), `peer_name str16` (the name the sender claims) |
 //! | STREAM_ANNOUNCE | 4 | `stream u32`, `type_fingerprint u64`, `ring_capacity u64` (power of two), `max_message u64` (1..=capacity), `flags u32` ([`StreamFlags`]), `topic str16`, `publisher str16`, `type_name str16` |
-//! | SUBSCRIBE | 5 | `stream u32`, `resume_position u64` ([`RESUME_OLDEST`]: from the oldest position the sender holds) |
+//! | SUBSCRIBE | 5 | `stream u32`, `resume_position u64` ([`RESUME_OLDEST`]: from the oldest position the sender holds), `window u64`: the sender may send DATA up to `window` bytes past the position it starts from (the initial credit) |
 //! | DATA | 6 | `stream u32`, `start_position u64`, `len u32` (≤ [`MAX_DATA_LEN`]), then `len` raw ring bytes; body length = 16 + `len` |
 //! | ACK | 7 | `stream u32`, `position u64` |
-//! | GAP | 8 | `stream u32`, `from u64`, `to u64` (`from < to`: bytes `[from, to)` are lost) |
+//! | GAP | 8 | `stream u32`, `from u64`, `to u64` (`from < to`: bytes `[from, to)` are lost), `next_seq u64`: the sequence number of the first message at `to` (so the receiver counts the lost messages exactly) |
 //! | HEARTBEAT | 9 | `count u16` (≤ [`MAX_HEARTBEAT_ENTRIES`]), then `count` × (`stream u32`, `sender_tail u64`) |
 //! | ERROR | 10 | `code u16` ([`ErrorCode`]), `message str16` |
 //! | END | 11 | `stream u32`, `position u64`: the stream's publisher is gone and every byte before `position` was sent |
 //! | NOISE | 12 | a Noise handshake message, 1..=[`MAX_NOISE_LEN`] bytes (see [`handshake`](super::handshake)) |
+//! | CREDIT | 13 | `stream u32`, `limit u64`: the sender may send DATA of the stream whose end is at most `limit` (an absolute ring position; limits only grow) |
 //!
 //! Codes 2 and 3 (AUTH, AUTH_OK of the pre-shared-key protocol version 1)
 //! are no longer used. After the handshake every frame is followed by a
@@ -140,6 +141,8 @@ pub enum FrameType {
     End = 11,
     /// A Noise handshake message.
     Noise = 12,
+    /// The receiver has room in its replica up to a position.
+    Credit = 13,
 }
 
 impl FrameType {
@@ -156,6 +159,7 @@ impl FrameType {
             10 => Self::Error,
             11 => Self::End,
             12 => Self::Noise,
+            13 => Self::Credit,
             _ => return None,
         })
     }
@@ -167,9 +171,10 @@ impl FrameType {
             Self::StreamAnnounce => {
                 ANNOUNCE_FIXED_LEN + 3 * 2 + 2 * MAX_NAME_LEN + MAX_TYPE_NAME_LEN
             }
-            Self::Subscribe | Self::Ack | Self::End => 12,
+            Self::Ack | Self::End | Self::Credit => 12,
+            Self::Subscribe => 20,
             Self::Data => DATA_FIXED_LEN + MAX_DATA_LEN as usize,
-            Self::Gap => 20,
+            Self::Gap => 28,
             Self::Heartbeat => 2 + MAX_HEARTBEAT_ENTRIES * HEARTBEAT_ENTRY_LEN,
             Self::Error => 2 + 2 + MAX_ERROR_MESSAGE_LEN,
             Self::Noise => MAX_NOISE_LEN,
@@ -191,6 +196,7 @@ impl fmt::Display for FrameType {
             Self::Error => "ERROR",
             Self::End => "END",
             Self::Noise => "NOISE",
+            Self::Credit => "CREDIT",
         };
         f.write_str(name)
     }
@@ -476,6 +482,11 @@ fn decode_body(header: FrameHeader, body: &[u8]) -> Result<Frame<'_>, FrameError
         FrameType::Subscribe => Frame::Subscribe(Subscribe {
             stream: r.u32()?,
             resume_position: r.u64()?,
+            window: r.u64()?,
+        }),
+        FrameType::Credit => Frame::Credit(Credit {
+            stream: r.u32()?,
+            limit: r.u64()?,
         }),
         FrameType::Data => {
             let data = DataHeader {
@@ -506,6 +517,7 @@ fn decode_body(header: FrameHeader, body: &[u8]) -> Result<Frame<'_>, FrameError
                 stream: r.u32()?,
                 from: r.u64()?,
                 to: r.u64()?,
+                next_seq: r.u64()?,
             };
             if gap.from >= gap.to {
                 return Err(FrameError::InvalidGap {
@@ -570,6 +582,7 @@ impl Frame<'_> {
             Self::Heartbeat(_) => FrameType::Heartbeat,
             Self::Error(_) => FrameType::Error,
             Self::End(_) => FrameType::End,
+            Self::Credit(_) => FrameType::Credit,
         }
     }
 
@@ -612,9 +625,10 @@ impl Frame<'_> {
             Self::StreamAnnounce(a) => {
                 ANNOUNCE_FIXED_LEN + 6 + a.topic.len() + a.publisher.len() + a.type_name.len()
             }
-            Self::Subscribe(_) | Self::Ack(_) | Self::End(_) => 12,
+            Self::Ack(_) | Self::End(_) | Self::Credit(_) => 12,
+            Self::Subscribe(_) => 20,
             Self::Data(_) => DATA_FIXED_LEN,
-            Self::Gap(_) => 20,
+            Self::Gap(_) => 28,
             Self::Heartbeat(h) => 2 + h.len() * HEARTBEAT_ENTRY_LEN,
             Self::Error(e) => 4 + e.message.len(),
         }
@@ -672,6 +686,11 @@ impl Frame<'_> {
             Self::Subscribe(s) => {
                 w.put(&s.stream.to_le_bytes());
                 w.put(&s.resume_position.to_le_bytes());
+                w.put(&s.window.to_le_bytes());
+            }
+            Self::Credit(c) => {
+                w.put(&c.stream.to_le_bytes());
+                w.put(&c.limit.to_le_bytes());
             }
             Self::Ack(a) => {
                 w.put(&a.stream.to_le_bytes());
@@ -685,6 +704,7 @@ impl Frame<'_> {
                 w.put(&g.stream.to_le_bytes());
                 w.put(&g.from.to_le_bytes());
                 w.put(&g.to.to_le_bytes());
+                w.put(&g.next_seq.to_le_bytes());
             }
             Self::Heartbeat(h) => {
                 // `validate` bounded the count by MAX_HEARTBEAT_ENTRIES < u16::MAX.

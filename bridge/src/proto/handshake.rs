@@ -29,12 +29,13 @@
 //! # Messages
 //!
 //! 1. Initiator → responder: a HELLO frame, laid out as in protocol
-//!    version 1 (`hello_magic`, [`PROTOCOL_VERSION`] = 2, ring layout
+//!    version 1 (`hello_magic`, [`PROTOCOL_VERSION`] = 3, ring layout
 //!    version, 32 random bytes, the node name it *claims*), then a NOISE
 //!    frame with Noise message 1, whose payload is the initiator's wanted
-//!    [`Protection`]. A version-1 bridge decodes the HELLO, sees version 2,
-//!    and refuses with "peer speaks bridge protocol version 2, this bridge
-//!    speaks 1: upgrade one side"; a version-1 HELLO arriving here is
+//!    [`Protection`]. An older bridge decodes the HELLO, sees version 3,
+//!    and refuses with "peer speaks bridge protocol version 3, this bridge
+//!    speaks 1" (or 2: version 2 had no CREDIT frame and shorter SUBSCRIBE
+//!    and GAP bodies); a version-1 HELLO arriving here is
 //!    refused as clearly (a [`HandshakeError::VersionMismatch`] naming
 //!    pre-shared keys).
 //! 2. Responder → initiator: a NOISE frame with message 2, whose payload is
@@ -75,8 +76,10 @@ use super::{
 use crate::identity::{Allowlist, PublicKey, StaticKeypair};
 
 /// The bridge protocol version this build speaks. Peers must match exactly.
-/// Version 1 was the pre-shared-key handshake with unauthenticated frames.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 1 was the pre-shared-key handshake with unauthenticated frames;
+/// version 2 had no per-stream credit (CREDIT, SUBSCRIBE's window) and no
+/// sequence number in GAP.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The Noise protocol: pattern IK, X25519, ChaCha20-Poly1305, BLAKE2s.
 pub const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
@@ -129,7 +132,7 @@ pub enum HandshakeError {
         found: u64,
     },
     /// The peer speaks another protocol version.
-    #[error("peer speaks bridge protocol version {peer}, this bridge speaks {local}{}: upgrade one side", if *peer == 1 { " (version 1 used pre-shared keys; version 2 uses a key pair per node and an allowlist)" } else { "" })]
+    #[error("peer speaks bridge protocol version {peer}, this bridge speaks {local}{}: upgrade one side", if *peer == 1 { " (version 1 used pre-shared keys; later versions use a key pair per node and an allowlist)" } else { "" })]
     VersionMismatch {
         /// Our version.
         local: u16,

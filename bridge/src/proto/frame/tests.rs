@@ -26,6 +26,11 @@ fn sample_frames(tails: &[StreamTail]) -> Vec<Frame<'_>> {
         Frame::Subscribe(Subscribe {
             stream: 42,
             resume_position: 1 << 40,
+            window: 1 << 20,
+        }),
+        Frame::Credit(Credit {
+            stream: 42,
+            limit: (1 << 40) + (1 << 20),
         }),
         Frame::Data(DataHeader {
             stream: 42,
@@ -40,6 +45,7 @@ fn sample_frames(tails: &[StreamTail]) -> Vec<Frame<'_>> {
             stream: 1,
             from: 10,
             to: 20,
+            next_seq: 7,
         }),
         Frame::Heartbeat(Heartbeat::new(tails)),
         Frame::Heartbeat(Heartbeat::new(&[])),
@@ -241,6 +247,7 @@ fn body_errors() {
         stream: 1,
         from: 1,
         to: 2,
+        next_seq: 3,
     }));
     g[12] = 5; // from = 5 > to = 2
     assert_eq!(decode(&g), Err(FrameError::InvalidGap { from: 5, to: 2 }));

@@ -157,6 +157,26 @@ pub struct Subscribe {
     pub stream: u32,
     /// First absolute ring position the receiver does not hold.
     pub resume_position: u64,
+    /// Initial credit: the sender may send DATA up to this many bytes past
+    /// `resume_position` (for [`RESUME_OLDEST`](super::RESUME_OLDEST): past
+    /// the first position it sends), even when it starts later with a GAP:
+    /// the receiver measured its room from where it is (see [`Credit`]).
+    pub window: u64,
+}
+
+/// CREDIT: the receiver has reserved room for the stream up to `limit`.
+///
+/// Per-stream flow control, like an HTTP/2 or QUIC stream window but in
+/// absolute ring positions: the sender never sends a DATA frame whose end
+/// lies past the latest limit (the SUBSCRIBE's window counts as the first
+/// one), so a receiver never waits for replica space and a full replica
+/// stops only its own stream. Limits only grow. GAP and END need no credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credit {
+    /// Stream id.
+    pub stream: u32,
+    /// Absolute ring position up to which DATA may be sent.
+    pub limit: u64,
 }
 
 /// The header of a DATA frame; `len` payload bytes follow it on the wire.
@@ -229,6 +249,9 @@ pub struct Gap {
     pub from: u64,
     /// First position after the loss; `from < to`.
     pub to: u64,
+    /// Sequence number of the first message at `to`: the receiver's
+    /// subscribers lost exactly `next_seq` minus the number they expect next.
+    pub next_seq: u64,
 }
 
 /// END: the stream's publisher is gone and every byte before `position` has
@@ -351,6 +374,8 @@ pub enum Frame<'a> {
     StreamAnnounce(StreamAnnounce<'a>),
     /// See [`Subscribe`].
     Subscribe(Subscribe),
+    /// See [`Credit`].
+    Credit(Credit),
     /// See [`DataHeader`]; the payload is not part of the value.
     Data(DataHeader),
     /// See [`Ack`].

@@ -269,7 +269,13 @@ fn version_1_peers_are_refused_clearly() {
         .finish(&Frame::Hello(old), &mut Vec::new())
         .unwrap_err();
     assert!(
-        matches!(err, HandshakeError::VersionMismatch { peer: 1, local: 2 }),
+        matches!(
+            err,
+            HandshakeError::VersionMismatch {
+                peer: 1,
+                local: PROTOCOL_VERSION
+            }
+        ),
         "{err:?}"
     );
     // And its ERROR, with control characters escaped.
