@@ -9,5 +9,6 @@
 pub mod frame;
 pub mod handshake;
 pub mod seal;
+pub mod session;
 pub mod stream;
 pub mod zc;
