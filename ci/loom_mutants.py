@@ -60,6 +60,7 @@ ALL_MODELS = [
     "loom_evicted_holder_releases_its_sample",
     "loom_durable_lease_expires",
     "loom_replica_commit_raw_and_gap",
+    "loom_replica_skip_across_the_lap_end",
     "loom_durable_slot_reattaches_without_loss",
     "loom_prejoined_slots_adopted_or_dropped",
     "loom_join_races_the_gate",
@@ -75,7 +76,8 @@ ALL_MODELS = [
 FIRST = {
     "commit": ["loom_publish_consume_visibility_and_wrap", "loom_wrap_with_padding_record",
                "loom_wrap_with_long_padding_record",
-               "loom_replica_commit_raw_and_gap", "loom_overwrite_seqlock_copies"],
+               "loom_replica_commit_raw_and_gap", "loom_replica_skip_across_the_lap_end",
+               "loom_overwrite_seqlock_copies"],
     "tail-publish": ["loom_join_races_the_gate", "loom_replica_commit_raw_and_gap",
                      "loom_overwrite_seqlock_copies", "loom_observer_copies"],
     "head-advance": ["loom_join_races_the_gate", "loom_observer_gap_record_lapped",

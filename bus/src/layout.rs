@@ -39,17 +39,36 @@
 //! word 1 (u64)  payload length (low 32 bits) | low 32 bits of the sequence number (high 32)
 //! ```
 //!
-//! A record never wraps: when it does not fit before the end of the ring, a
-//! padding record (stamp with `PADDING`, length = bytes to the end) fills up
-//! to the end and the record starts at offset 0 of the next lap. A gap record
-//! (stamp with `GAP`) carries an 8-byte payload: the exact number of messages
-//! lost before the next record (a replica writer publishes it when its source
-//! lost data). Positions are absolute byte offsets (`u64`, never wrap in
-//! practice); the stamp carries the record's own position, so a stale header
-//! from an earlier lap never matches. Sequence numbers are 64-bit: a reader
-//! extends the stored low half with the publisher's `published` counter (see
-//! `ring::records::extend_sequence`), exact while a ring holds fewer than
-//! 2^31 records, which [`MAX_CAPACITY`] guarantees.
+//! Three kinds, told apart by the stamp's flag bits (`ring::records` owns
+//! the rules; every reader and the writer's own walks call it):
+//!
+//! - **data** (`COMMITTED`): a message; length at most the ring's
+//!   `max_message`; carries its own sequence number.
+//! - **padding** (`COMMITTED | PADDING`): fills to the ring's end (length =
+//!   bytes to the end minus the header, 0 allowed). A record never wraps:
+//!   when it does not fit before the end, padding fills up to the end and
+//!   the record starts at offset 0 of the next lap. Carries the next
+//!   record's sequence number.
+//! - **gap** (`COMMITTED | GAP`): messages lost upstream, written by a
+//!   replica writer whose source lost data. Its payload length is `0` or at
+//!   least [`GAP_PAYLOAD`] (any size that does not cross the ring's end, so
+//!   one gap record can cover a byte range the source lost, at the same
+//!   positions): from 8 bytes, the first 8 are the lost-message count (a
+//!   u64) and the rest is filler readers skip; length 0 (a 16-byte record)
+//!   is a filler with count 0. A gap record with count 0 is skipped
+//!   without reporting anything. Its sequence field is the first lost
+//!   message's; the next record's number is that plus the count (a count
+//!   that overflows 64 bits is corrupt). Gap records are new in layout
+//!   version 2 and that version is not released yet, so their widening to
+//!   byte ranges needed no version bump.
+//!
+//! Positions are absolute byte offsets (`u64`, never wrap in practice);
+//! the stamp carries the record's own position, so a stale header from an
+//! earlier lap never matches. Sequence numbers are 64-bit: a reader
+//! extends the stored low half with the publisher's `published` counter
+//! (see `ring::records::extend_sequence`), exact while a ring holds fewer
+//! than 2^31 records, which [`MAX_CAPACITY`] guarantees (between records
+//! separated by a gap record, readers carry the exact number across it).
 
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("shmbus needs a 64-bit target: ring positions and offsets are u64 mapped as usize");
@@ -63,6 +82,8 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"shmbus\x00\x01");
 /// "shmbctl\x01" as a little-endian u64: identifies a ring control file.
 pub const CTL_MAGIC: u64 = u64::from_le_bytes(*b"shmbctl\x01");
 /// Bumped on any change to this file's layout. Version 1 was one file per ring.
+/// (Not bumped for gap records covering byte ranges: gap records are new in
+/// version 2, which is not released yet.)
 pub const LAYOUT_VERSION: u32 = 2;
 /// Stored by the creator; reads back differently on a host of the other endianness.
 pub const ENDIAN_TAG: u32 = 0x0102_0304;
@@ -88,7 +109,9 @@ pub const TYPE_NAME_MAX: usize = 256;
 pub const RECORD_ALIGN: u64 = 16;
 /// Header bytes in front of every payload.
 pub const RECORD_HEADER: u64 = 16;
-/// Payload bytes of a gap record (the lost-message count, a u64).
+/// Payload bytes of a gap record's count (a u64). A gap record's payload
+/// is 0 bytes (a filler, count 0) or at least this many (the count, then
+/// filler); see the module docs.
 pub const GAP_PAYLOAD: u64 = 8;
 /// Smallest ring.
 pub const MIN_CAPACITY: u64 = 4096;

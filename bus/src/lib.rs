@@ -66,6 +66,8 @@ pub use ring::Policy;
 pub use shm::membarrier::WakeHandshake;
 
 #[cfg(not(loom))]
+pub use crate::ring::writer::Skip;
+#[cfg(not(loom))]
 pub use crate::{
     error::Error,
     handle::{

@@ -75,7 +75,10 @@ fn records_forwarded_across_wraps_read_identically() {
                 start,
                 end,
                 records,
+                first_seq,
             } => {
+                // Message n is numbered n: the chunk starts after `sent`.
+                assert_eq!(first_seq, u64::from(sent));
                 assert_eq!(forward(&raw, &mut replica, start, end).unwrap(), records);
                 sent += records;
                 pos = end;
@@ -206,7 +209,8 @@ fn next_chunk_refuses_positions_it_did_not_find() {
         Ok(RawChunk::Records {
             start: 0,
             end: 64,
-            records: 1
+            records: 1,
+            first_seq: 0,
         })
     ));
 }

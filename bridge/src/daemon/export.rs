@@ -635,6 +635,7 @@ impl<'a> Sender<'a> {
                     start,
                     end,
                     records,
+                    ..
                 }) => {
                     self.unverified.remove(&id);
                     send_data(&mut self.wire, self.shared, st, id, start, end, records)?;

@@ -7,12 +7,12 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use crate::{
     handle::reader::join_error,
-    layout::WRITER_CLOSED,
+    layout::{GAP_PAYLOAD, WRITER_CLOSED},
     ring::{
         gate::{JoinAt, JoinRequest, SlotStatus},
         reader::ReaderCore,
         records::{self, StampKind},
-        writer::{ReserveFail, WriterCore},
+        writer::{ReserveFail, Skip, SkipFail, WriterCore},
         Policy, View,
     },
     shm::{
@@ -33,8 +33,15 @@ pub enum RawChunk {
         start: u64,
         /// One past the last byte (a record boundary).
         end: u64,
-        /// Data records in the range (padding not counted).
+        /// Data records in the range (padding and gap records not counted).
         records: u32,
+        /// The publisher's 64-bit sequence number of the range's first
+        /// data or gap record (for a gap record: its first lost message);
+        /// if the range holds only padding, the number its next record
+        /// gets. Extended from the record's stored low half with the
+        /// publisher's `published` counter: exact while fewer than 2^31
+        /// messages lie between them.
+        first_seq: u64,
     },
     /// Nothing committed after `start` yet.
     Empty,
@@ -200,6 +207,9 @@ impl RawReader {
         }
         let mut pos = start;
         let mut records = 0;
+        // Low half of the first numbered record's sequence number (the
+        // first padding's, which carries the next record's, until then).
+        let mut first_low = None;
         while pos < tail {
             let off = pos & geo.mask();
             // SYNC: commit (Acquire).
@@ -218,6 +228,12 @@ impl RawReader {
                 }
                 break;
             }
+            let numbered = matches!(kind, StampKind::Data | StampKind::Gap);
+            match first_low {
+                Some((_, true)) => {}
+                Some((_, false)) if !numbered => {}
+                _ => first_low = Some((header.seq_low, numbered)),
+            }
             if kind == StampKind::Data {
                 records += 1;
             }
@@ -230,11 +246,52 @@ impl RawReader {
         if self.head() > start {
             return Ok(RawChunk::Lapped { head: self.head() });
         }
+        let hint = self.published_hint();
+        let first_seq = first_low.map_or(hint, |(low, _)| records::extend_sequence(low, hint));
         Ok(RawChunk::Records {
             start,
             end: pos,
             records,
+            first_seq,
         })
+    }
+
+    /// The publisher's `published` counter: a hint for extending sequence
+    /// numbers (any value is safe: extension wraps, never fails).
+    fn published_hint(&self) -> u64 {
+        // Relaxed: a hint within 2^31 of the records near the tail (see
+        // `records::extend_sequence`), no ordering needed.
+        self.core.view.producer().published.load(Ordering::Relaxed)
+    }
+
+    /// The sequence number the publisher's next message will get: what a
+    /// GAP says when the ring holds nothing after its end. From the header
+    /// word the publisher leaves where its next record goes (the next
+    /// number, beside a cleared stamp or in the record being written
+    /// there), extended with its `published` counter; when that word is
+    /// an older record's (the ring is exactly full), the counter alone.
+    /// Read from shared memory: any value comes out, never a panic; exact
+    /// for an honest publisher unless the ring is exactly full while the
+    /// publisher is between its tail and counter stores.
+    pub fn next_sequence(&self) -> u64 {
+        let tail = self.tail();
+        let off = tail & self.core.geometry().mask();
+        // SYNC: commit (Acquire): the meta word beside the stamp is the
+        // one written with it (or before it, by the record ending at tail).
+        let stamp = load_acquire_ro(self.core.view.word(off));
+        // Relaxed: ordered after the Acquire above.
+        let meta = self.core.view.word(off + 8).load(Ordering::Relaxed);
+        let hint = self.published_hint();
+        let own = stamp == 0
+            || matches!(
+                records::classify(stamp, tail),
+                StampKind::Data | StampKind::Gap | StampKind::Padding
+            );
+        if !own || meta == crate::layout::NO_SEQ_HINT {
+            return hint;
+        }
+        let (_, low) = crate::layout::split_meta(meta);
+        records::extend_sequence(low, hint)
     }
 
     fn corrupt(&self, pos: u64, what: &str) -> Error {
@@ -389,7 +446,8 @@ impl ReplicaWriter {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`], [`Error::Corrupt`].
+    /// [`Error::Timeout`], [`Error::Corrupt`]; [`Error::InvalidConfig`] if
+    /// the count would take the sequence number to 2^64 - 1 or beyond.
     pub fn write_gap(
         &mut self,
         count: u64,
@@ -397,33 +455,113 @@ impl ReplicaWriter {
         timeout: Option<Duration>,
     ) -> Result<(), Error> {
         let deadline = Deadline::after(timeout);
-        loop {
-            match self.core.reserve_up_to(crate::layout::GAP_PAYLOAD, 0) {
-                Ok(r) => {
-                    self.core.commit_gap(r, count);
-                    self.core.publish();
-                    return Ok(());
-                }
-                Err(ReserveFail::Full) => {
-                    if deadline.passed() {
-                        return Err(Error::Timeout);
-                    }
-                    backoff(wait);
-                }
-                Err(ReserveFail::TooLarge) => {
-                    return Err(Error::TooLarge {
-                        len: crate::layout::GAP_PAYLOAD,
-                        max: self.core.geometry().max_message,
-                    })
-                }
-                Err(ReserveFail::Corrupt { position, what }) => {
-                    return Err(Error::corrupt(
-                        &self.info().path,
-                        format!("at position {position}: {what}"),
-                    ))
-                }
+        while !self.try_write_gap(count)? {
+            if deadline.passed() {
+                return Err(Error::Timeout);
             }
+            backoff(wait);
         }
+        Ok(())
+    }
+
+    /// [`Self::write_gap`] without waiting: `Ok(false)` when local
+    /// subscribers hold the space now (nothing written).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::write_gap`], except [`Error::Timeout`].
+    pub fn try_write_gap(&mut self, count: u64) -> Result<bool, Error> {
+        let seq = self.core.next_sequence();
+        if seq.checked_add(count).is_none_or(|next| next == u64::MAX) {
+            return Err(Error::InvalidConfig(format!(
+                "{}: a gap of {count} messages after sequence number {seq} overflows the sequence numbers",
+                self.info().path.display()
+            )));
+        }
+        match self.core.reserve_up_to(GAP_PAYLOAD, 0) {
+            Ok(r) => {
+                self.core.commit_gap(r, count);
+                self.core.publish();
+                Ok(true)
+            }
+            Err(ReserveFail::Full) => Ok(false),
+            Err(ReserveFail::TooLarge) => Err(Error::TooLarge {
+                len: GAP_PAYLOAD,
+                max: self.core.geometry().max_message,
+            }),
+            Err(ReserveFail::Corrupt { position, what }) => Err(self.corrupt(position, what)),
+        }
+    }
+
+    /// Moves the write position to `to` (16-aligned, at or after
+    /// [`Self::position`], at most a ring further) and the next sequence
+    /// number to `next_seq`, publishing gap records over the bytes between:
+    /// local subscribers see exactly `lost = next_seq - next_sequence()`
+    /// messages lost (while the numbering is unknown: lost 0, and it
+    /// becomes `next_seq`), then the records received from `to` on. This
+    /// is how a replica takes a GAP(from, to, next_seq) of its source in
+    /// the same ring. Never waits.
+    ///
+    /// The range is covered by at most two records: one from the position
+    /// to `min(to, end of this lap)` and, if `to` is in the next lap, one
+    /// from that lap's start to `to`. The count goes in the first of them
+    /// that has 32 bytes or more; a countless piece that ends at the
+    /// ring's end is padding, any other a gap record with count 0, which
+    /// readers skip without reporting anything.
+    ///
+    /// [`Skip::Unrepresentable`] (nothing written) when `to - position` is
+    /// more than the capacity (on an Overwrite ring: at least the
+    /// capacity), or the count is nonzero and no piece can carry it, in
+    /// particular when `to == position` (then use [`Self::try_write_gap`],
+    /// and continue at `to` in a new replica if `to` differs). `to ==
+    /// position` with `next_seq == next_sequence()` is `Done { lost: 0 }`
+    /// and writes nothing. [`Skip::NoRoom`] (nothing written) when local
+    /// subscribers hold the space now: retry after they move
+    /// ([`Self::room_until`] tells when `to` fits).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] if `to` is below the position or not
+    /// 16-aligned, `next_seq` is below [`Self::next_sequence`] or is
+    /// 2^64 - 1; [`Error::Corrupt`] if this writer's own records were
+    /// damaged.
+    pub fn try_skip_to(&mut self, to: u64, next_seq: u64) -> Result<Skip, Error> {
+        let position = self.position();
+        self.core
+            .try_skip_to(to, next_seq)
+            .map_err(|fail| match fail {
+                SkipFail::Invalid(what) => Error::InvalidConfig(format!(
+                    "{}: cannot skip from {position} to {to} with next sequence number {next_seq}: {what}",
+                    self.info().path.display()
+                )),
+                SkipFail::Corrupt { position, what } => self.corrupt(position, what),
+            })
+    }
+
+    /// The sequence number the next record gets; `None` while unknown (a
+    /// replica made with [`Self::create`], before its first record or skip).
+    pub fn next_sequence(&self) -> Option<u64> {
+        self.core.known_sequence()
+    }
+
+    /// Refreshes the gate and returns the position up to which
+    /// [`Self::reserve`] / [`Self::try_reserve`] of whole records, and
+    /// [`Self::try_skip_to`], succeed without waiting: a promise that holds
+    /// until this writer writes, whatever local subscribers do meanwhile
+    /// (a subscriber that joins starts where this room does not reach), and
+    /// later calls never return less. `u64::MAX` on an Overwrite ring (it
+    /// never waits). For per-stream credit: the sender may send up to here.
+    ///
+    /// The refresh asks for half a ring of room: only when less than that
+    /// is free does it count as the writer being held back (it then probes
+    /// the subscriber in the way for liveness and, if the ring evicts
+    /// laggards, starts or continues its eviction clock).
+    pub fn room_until(&mut self) -> u64 {
+        self.core.room_until()
+    }
+
+    fn corrupt(&self, position: u64, what: &str) -> Error {
+        Error::corrupt(&self.info().path, format!("at position {position}: {what}"))
     }
 
     /// The segment's validated header.
@@ -441,7 +579,7 @@ impl ReplicaWriter {
     ///
     /// # Errors
     ///
-    /// [`Error::TooLarge`], [`Error::Timeout`].
+    /// [`Error::TooLarge`], [`Error::Timeout`], [`Error::Corrupt`].
     pub fn reserve(
         &mut self,
         len: u64,
@@ -450,34 +588,48 @@ impl ReplicaWriter {
     ) -> Result<ReplicaChunk<'_>, Error> {
         let deadline = Deadline::after(timeout);
         loop {
-            match self.core.reserve_raw(len) {
-                Ok(start) => {
-                    return Ok(ReplicaChunk {
-                        writer: self,
-                        start,
-                        len,
-                        first_header: [0; 16],
-                    })
-                }
-                Err(ReserveFail::TooLarge) => {
-                    return Err(Error::TooLarge {
-                        len,
-                        max: self.core.geometry().capacity / 2,
-                    })
-                }
-                Err(ReserveFail::Full) => {
-                    if deadline.passed() {
-                        return Err(Error::Timeout);
-                    }
-                    backoff(wait);
-                }
-                Err(ReserveFail::Corrupt { position, what }) => {
-                    return Err(Error::corrupt(
-                        &self.info().path,
-                        format!("at position {position}: {what}"),
-                    ))
-                }
+            if self.reserve_now(len)?.is_some() {
+                break;
             }
+            if deadline.passed() {
+                return Err(Error::Timeout);
+            }
+            backoff(wait);
+        }
+        Ok(self.chunk_at(len))
+    }
+
+    /// [`Self::reserve`] without waiting: `Ok(None)` when local subscribers
+    /// hold the space now. Succeeds whenever `position + len` is at most
+    /// what [`Self::room_until`] returned (and nothing was written since).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`], [`Error::Corrupt`].
+    pub fn try_reserve(&mut self, len: u64) -> Result<Option<ReplicaChunk<'_>>, Error> {
+        Ok(self.reserve_now(len)?.map(|_| self.chunk_at(len)))
+    }
+
+    /// One reservation attempt: `Ok(Some(start))`, `Ok(None)` if full.
+    fn reserve_now(&mut self, len: u64) -> Result<Option<u64>, Error> {
+        match self.core.reserve_raw(len) {
+            Ok(start) => Ok(Some(start)),
+            Err(ReserveFail::Full) => Ok(None),
+            Err(ReserveFail::TooLarge) => Err(Error::TooLarge {
+                len,
+                max: self.core.geometry().capacity / 2,
+            }),
+            Err(ReserveFail::Corrupt { position, what }) => Err(self.corrupt(position, what)),
+        }
+    }
+
+    /// The chunk just reserved at the write position.
+    fn chunk_at(&mut self, len: u64) -> ReplicaChunk<'_> {
+        ReplicaChunk {
+            start: self.core.write_position(),
+            writer: self,
+            len,
+            first_header: [0; 16],
         }
     }
 }

@@ -121,6 +121,16 @@ fn scan<V: View>(view: &V, tail: u64) -> (u64, Option<(usize, u64, u64)>) {
 /// history for late joiners, a larger one means fewer scans. When blocked,
 /// the slot holding the gate is probed for liveness and, if configured,
 /// evicted for lag.
+///
+/// `floor` is the writer's current limit: the limit never moves back below
+/// it, so room the writer was promised stays its own (a replica writer
+/// hands that room out as credit). Every position a scan can find below
+/// the current limit belongs to a slot that will not read there: a joiner
+/// or pinner between its slot store and its load of the published limit
+/// (by `join-limit`, it loads this limit or a later one, which never moves
+/// back, and starts there), an evicted subscriber that backs off
+/// (`hold-evict`), or a forged position (which may only hold the writer
+/// back, never make it overwrite another slot's bytes).
 pub(crate) fn refresh_limit<V: View>(
     view: &V,
     gate: &mut GateState,
@@ -128,8 +138,9 @@ pub(crate) fn refresh_limit<V: View>(
     tail: u64,
     lowest: u64,
     target: u64,
+    floor: u64,
 ) -> u64 {
-    let clamp = |g: u64| if g >= lowest { g.min(target) } else { g };
+    let clamp = |g: u64| if g >= lowest { g.min(target) } else { g }.max(floor);
     let producer = view.producer();
     loop {
         let (g, mut who) = scan(view, tail);

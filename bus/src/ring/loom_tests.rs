@@ -21,7 +21,7 @@ use super::{
     gate::{self, JoinAt, JoinRequest, SlotStatus, LIVENESS_INTERVAL},
     heap::{self, catch_crash, HeapSegment, HeapView},
     reader::{Peek, ReadFault, ReaderCore},
-    writer::{ReserveFail, WriterCore},
+    writer::{ReserveFail, Skip, WriterCore},
     Geometry, Policy, View,
 };
 use crate::{
@@ -838,6 +838,58 @@ fn loom_replica_commit_raw_and_gap() {
                 (17, vec![0xab; 8])
             ]
         );
+        writer.join().unwrap();
+    });
+}
+
+/// SYNC: commit (skip pieces), tail-publish. A replica writer skips a
+/// source gap across the ring's end, at the same positions: from 16 to 80,
+/// a 48-byte gap record carrying 4 lost messages up to the lap's end and a
+/// 16-byte filler (count 0) at the next lap's start, once the subscriber
+/// released the first record (`NoRoom` until then); then a record numbered
+/// 15 at 80. The subscriber sees 10, one gap of exactly 4, then 15.
+#[test]
+fn loom_replica_skip_across_the_lap_end() {
+    model(|| {
+        let seg = segment(Policy::Block, None);
+        let w = WriterCore::new_at(heap::view(&seg), 0, Some(10));
+        let mut r = join(&seg, JoinAt::Oldest);
+        let writer = thread::spawn(move || {
+            let mut w = w;
+            let start = reserve_raw_spin(&mut w, 16);
+            assert_eq!(w.commit_raw(data_stamp(start), meta_word(0, 10), 16), Ok(1));
+            loop {
+                match w.try_skip_to(80, 15) {
+                    Ok(Skip::Done { lost }) => {
+                        assert_eq!(lost, 4);
+                        break;
+                    }
+                    Ok(Skip::NoRoom) => full(&w),
+                    other => panic!("skip: {other:?}"),
+                }
+            }
+            let start = reserve_raw_spin(&mut w, 16);
+            assert_eq!(start, 80);
+            assert_eq!(w.commit_raw(data_stamp(start), meta_word(0, 15), 16), Ok(1));
+        });
+        let mut events = Vec::new();
+        while events.len() < 3 {
+            match r.peek().expect("no fault") {
+                Peek::Record(rec) => {
+                    events.push(rec.seq);
+                    r.consume_to(rec.end, rec.seq + 1);
+                }
+                Peek::Gap { messages, bytes } => {
+                    assert_eq!(bytes, 0);
+                    events.push(1000 + messages);
+                    // A gap is consumed by peek; release it too.
+                    let pos = r.position();
+                    r.release_to(pos);
+                }
+                Peek::Empty => thread::yield_now(),
+            }
+        }
+        assert_eq!(events, [10, 1004, 15]);
         writer.join().unwrap();
     });
 }

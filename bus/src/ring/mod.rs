@@ -50,6 +50,7 @@
 //! | futex wake-up (symmetric) | a sleeper is never left asleep with data published | `wake-handshake` | `loom_no_missed_wakeup`, `loom_wake_fence_handshake` |
 //! | futex wake-up (asymmetric, coalesced) | the same with membarrier on the sleeper's side only; two sleepers, wakes coalesced, none lost; at most one wake per sleep | `wake-handshake`, `wake-coalesce` | `loom_wake_membarrier_handshake`, `loom_wake_coalesced_two_sleepers` |
 //! | replica raw commit, gap record | a raw chunk becomes visible with its first stamp; a gap record reports exactly its count | `commit` (raw, gap), `tail-publish` | `loom_replica_commit_raw_and_gap` |
+//! | replica skip | a skip's gap records (a count piece, fillers, padding) report exactly the count once, at the same positions as the source; the writer's limit never moves back, so room it promised (`room_until`) stays its own while subscribers join | `commit` (skip pieces), `tail-publish`, `join-limit` | `loom_replica_skip_across_the_lap_end`, `loom_join_races_the_gate` |
 
 pub(crate) mod gate;
 #[cfg(any(test, loom))]

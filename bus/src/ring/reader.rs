@@ -319,8 +319,13 @@ impl<V: View> ReaderCore<V> {
     /// gap to report, or `None` to go on reading.
     fn gap_record(&mut self, pos: u64, header: records::Header) -> Result<Option<Peek>, ReadFault> {
         let off = pos & self.geo.mask();
-        // Relaxed: ordered after the stamp's Acquire.
-        let count = self.view.word(off + RECORD_HEADER).load(Ordering::Relaxed);
+        // A filler (no count word) reports nothing of its own.
+        let count = if records::gap_has_count(&header) {
+            // Relaxed: ordered after the stamp's Acquire.
+            self.view.word(off + RECORD_HEADER).load(Ordering::Relaxed)
+        } else {
+            0
+        };
         if self.lappable() {
             // SYNC: head-advance, as in `copy_validated`.
             fence(Ordering::Acquire);
@@ -337,7 +342,11 @@ impl<V: View> ReaderCore<V> {
         let before = self
             .expected_seq
             .map_or(0, |e| first_lost.saturating_sub(e));
-        self.expected_seq = Some(first_lost.saturating_add(count));
+        let next = match records::after_gap(first_lost, count) {
+            Ok(next) => next,
+            Err(what) => return self.corrupt(pos, what),
+        };
+        self.expected_seq = Some(next);
         self.position = pos + header.size;
         let messages = before.saturating_add(count);
         let bytes = std::mem::take(&mut self.lost_bytes);
@@ -367,6 +376,10 @@ impl<V: View> ReaderCore<V> {
         let expected = *self.expected_seq.get_or_insert(seq);
         if seq < expected {
             return self.corrupt(record.position, "record sequence number goes backwards");
+        }
+        if seq == u64::MAX {
+            // Its successor would not exist (a forged gap count put it there).
+            return self.corrupt(record.position, "record sequence number overflows");
         }
         if seq != expected || self.lost_bytes != 0 {
             let messages = seq - expected;

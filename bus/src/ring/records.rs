@@ -81,10 +81,11 @@ pub(crate) fn check_header(
             room
         }
         StampKind::Gap => {
-            if len64 != GAP_PAYLOAD {
-                return Err("gap record length is not 8");
+            // 0: a filler with count 0; from 8: the count, then filler.
+            if len64 != 0 && len64 < GAP_PAYLOAD {
+                return Err("gap record length is neither 0 nor at least 8");
             }
-            record_size(GAP_PAYLOAD)
+            record_size(len64)
         }
         StampKind::NotYet | StampKind::Other => {
             return Err("record stamp does not match its position")
@@ -99,6 +100,23 @@ pub(crate) fn check_header(
         seq_low,
         size,
     })
+}
+
+/// Whether a gap record with this header carries a count (payload length
+/// at least [`GAP_PAYLOAD`]); one without is a filler with count 0.
+#[inline]
+pub(crate) fn gap_has_count(header: &Header) -> bool {
+    u64::from(header.len) >= GAP_PAYLOAD
+}
+
+/// The sequence number after a gap record whose first lost message is
+/// `first_lost` and which reports `count` lost: an error if that overflows
+/// (a hostile or damaged count).
+#[inline]
+pub(crate) fn after_gap(first_lost: u64, count: u64) -> Result<u64, &'static str> {
+    first_lost
+        .checked_add(count)
+        .ok_or("gap record count overflows the sequence number")
 }
 
 /// The 64-bit sequence number whose low half is `low`, nearest to `hint`
@@ -187,7 +205,21 @@ mod tests {
         assert!(check_header(&g, 4096 - 32, StampKind::Padding, meta_word(16, 0)).is_ok());
         assert!(check_header(&g, 4096 - 32, StampKind::Padding, meta_word(32, 0)).is_err());
         assert!(check_header(&g, 0, StampKind::Gap, meta_word(8, 0)).is_ok());
-        assert!(check_header(&g, 0, StampKind::Gap, meta_word(16, 0)).is_err());
+        // Gap records cover byte ranges: 0 (a filler) or 8 and more.
+        let filler = check_header(&g, 0, StampKind::Gap, meta_word(0, 0)).unwrap();
+        assert_eq!((filler.size, gap_has_count(&filler)), (16, false));
+        let long = check_header(&g, 0, StampKind::Gap, meta_word(2000, 0)).unwrap();
+        assert_eq!((long.size, gap_has_count(&long)), (2016, true));
+        // Longer than the maximum message is fine for a gap, not past the end.
+        assert!(check_header(&g, 0, StampKind::Gap, meta_word(4080, 0)).is_ok());
+        assert!(check_header(&g, 0, StampKind::Gap, meta_word(4081, 0)).is_err());
+        assert!(check_header(&g, 16, StampKind::Gap, meta_word(4080, 0)).is_err());
+        assert!(check_header(&g, 0, StampKind::Gap, meta_word(u32::MAX, 0)).is_err());
+        for bad in [1, 4, 7] {
+            assert!(check_header(&g, 0, StampKind::Gap, meta_word(bad, 0)).is_err());
+        }
+        assert_eq!(after_gap(5, 7), Ok(12));
+        assert!(after_gap(u64::MAX - 1, 2).is_err());
     }
 
     #[test]

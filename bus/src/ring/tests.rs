@@ -700,3 +700,56 @@ fn prejoined_overwrite_reader_counts_what_it_lost_before_adopting() {
         "everything from the first record is accounted for"
     );
 }
+
+#[test]
+fn the_limit_never_moves_back_for_a_slot_caught_mid_join() {
+    let seg = segment(4096, Policy::Block, None);
+    let mut w = writer(&seg);
+    let mut r = join(&seg, JoinAt::Latest);
+    for seq in 0..40 {
+        write(&mut w, seq, 48).unwrap();
+    }
+    for _ in 0..40 {
+        next(&mut r);
+    }
+    let room = w.room_until();
+    let limit = room - 4096;
+    assert!(limit > 0, "the reader released: the limit moved on");
+    // A joiner between its slot store and its load of the published
+    // limit: ACTIVE at the head (0), below the limit. By join-limit it will
+    // load this limit or a later one and start there; the writer keeps the
+    // room it promised.
+    let view = heap::view(&seg);
+    // The joiner holds its slot's lock: alive (a liveness probe keeps it).
+    assert!(view.try_lock(crate::layout::slot_lock_byte(3)).unwrap());
+    let slot = &view.slots()[3];
+    slot.position.store(0, Ordering::Release);
+    slot.state
+        .store((7 << 8) | crate::layout::SLOT_ACTIVE, Ordering::Release);
+    assert!(w.room_until() >= room, "a later call promises no less");
+    assert!(view.producer().limit.load(Ordering::Acquire) >= limit);
+    // The promise holds: a reservation up to it succeeds at once.
+    let len = room - w.write_position() - 16;
+    let reserved = w.reserve_raw(len.min(2048) & !15).expect("promised room");
+    assert_eq!(reserved, w.write_position());
+}
+
+#[test]
+fn room_until_asks_for_half_a_ring_before_it_counts_as_held_back() {
+    let seg = segment(4096, Policy::Block, None);
+    let mut w = writer(&seg);
+    let _r = join(&seg, JoinAt::Latest);
+    // The subscriber reads nothing: the writer has the ring's room only.
+    for seq in 0..20 {
+        write(&mut w, seq, 48).unwrap();
+    }
+    assert_eq!(w.room_until(), 4096);
+    let producer = heap::view(&seg);
+    let wanted = |p: &HeapView| p.producer().space_wanted.load(Ordering::Relaxed);
+    assert_eq!(wanted(&producer), 0, "more than half a ring is free");
+    for seq in 20..40 {
+        write(&mut w, seq, 48).unwrap();
+    }
+    assert_eq!(w.room_until(), 4096);
+    assert_ne!(wanted(&producer), 0, "less than half a ring: held back");
+}

@@ -13,8 +13,8 @@ use super::{
 };
 use crate::{
     layout::{
-        data_stamp, gap_stamp, meta_word, padding_stamp, record_size, GAP_PAYLOAD, RECORD_ALIGN,
-        RECORD_HEADER, WRITER_CLOSED,
+        data_stamp, gap_stamp, meta_word, padding_stamp, record_size, GAP_PAYLOAD,
+        MAX_RECORD_PAYLOAD, RECORD_ALIGN, RECORD_HEADER, WRITER_CLOSED,
     },
     shm::membarrier::{self, WakeHandshake},
     sync::{fence, Ordering},
@@ -46,6 +46,45 @@ pub(crate) enum ReserveFail {
     Full,
     /// The writer's own records were damaged at `position`.
     Corrupt { position: u64, what: &'static str },
+}
+
+/// How [`crate::ReplicaWriter::try_skip_to`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Done: the write position is the skip's target and the next sequence
+    /// number the one asked for; local subscribers see exactly `lost`
+    /// messages lost.
+    Done {
+        /// Messages reported lost to local subscribers.
+        lost: u64,
+    },
+    /// Local subscribers hold the space now; nothing was written. Retry
+    /// after they move (see [`crate::ReplicaWriter::room_until`]).
+    NoRoom,
+    /// No gap records of this ring can cover the range with this count
+    /// (longer than the ring, or a count and no piece of 32 bytes or more
+    /// to carry it); nothing was written. The caller publishes the count
+    /// with [`crate::ReplicaWriter::try_write_gap`] and starts a new ring at
+    /// the target.
+    Unrepresentable,
+}
+
+/// Why a skip was refused (the caller's arguments, or damaged records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SkipFail {
+    /// The target or the sequence number is not one this writer can go to.
+    Invalid(&'static str),
+    /// The writer's own records were damaged at `position`.
+    Corrupt { position: u64, what: &'static str },
+}
+
+/// What one gap-record piece of a skip is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    /// A padding record (only a piece that ends at the ring's end).
+    Padding,
+    /// A gap record carrying `count` (0: a filler).
+    Gap { count: u64 },
 }
 
 /// The single writer of a ring.
@@ -253,12 +292,16 @@ impl<V: View> WriterCore<V> {
                     }
                     first = false;
                     seq = if kind == StampKind::Gap {
-                        // Relaxed: received by this thread.
-                        let count = self.view.word(off + RECORD_HEADER).load(Ordering::Relaxed);
-                        record_seq.saturating_add(count)
+                        let count = if records::gap_has_count(&header) {
+                            // Relaxed: received by this thread.
+                            self.view.word(off + RECORD_HEADER).load(Ordering::Relaxed)
+                        } else {
+                            0
+                        };
+                        records::after_gap(record_seq, count).map_err(|what| (pos, what))?
                     } else {
                         records += 1;
-                        record_seq + 1
+                        records::after_gap(record_seq, 1).map_err(|what| (pos, what))?
                     };
                 }
                 _ => {}
@@ -282,6 +325,182 @@ impl<V: View> WriterCore<V> {
         self.write = end;
         self.publish();
         Ok(records)
+    }
+
+    /// The sequence number the next record gets, `None` while a replica
+    /// has not learnt its numbering yet.
+    pub(crate) fn known_sequence(&self) -> Option<u64> {
+        self.seq_known.then_some(self.seq)
+    }
+
+    /// The position up to which records fit without waiting (Block: the
+    /// gate plus a ring; Overwrite: unbounded, `u64::MAX`), after a gate
+    /// refresh that asks for half a ring of room (the largest replica
+    /// chunk): only when less than that is free does the refresh count as
+    /// held back (liveness probe, untethered eviction, `space_wanted`).
+    ///
+    /// A promise: until this writer writes, a reservation ending at or
+    /// before it succeeds without a refresh, and the limit never moves back
+    /// (`gate::refresh_limit`), so later calls return at least as much.
+    /// Joiners start at or after the published limit (`join-limit`).
+    pub(crate) fn room_until(&mut self) -> u64 {
+        if self.geo.policy == Policy::Overwrite {
+            return u64::MAX;
+        }
+        let cap = self.geo.capacity;
+        self.publish();
+        self.refresh_gate((self.write + cap / 2).max(self.limit + cap));
+        self.limit + cap
+    }
+
+    /// Publishes gap records so that the write position becomes `to` and
+    /// the next sequence number `next_seq`: at most two records, one up to
+    /// `min(to, end of this lap)` and one from the next lap's start to
+    /// `to`; the count (`next_seq - next_sequence`, 0 while the numbering
+    /// is unknown) goes in the first piece of 32 bytes or more; a countless
+    /// piece that ends at the ring's end is padding, any other a filler
+    /// (a gap record with count 0, which readers skip silently).
+    pub(crate) fn try_skip_to(&mut self, to: u64, next_seq: u64) -> Result<Skip, SkipFail> {
+        let cap = self.geo.capacity;
+        let pos = self.write;
+        if to < pos || !records::is_record_aligned(to) {
+            return Err(SkipFail::Invalid(
+                "skip target is below the write position or not 16-aligned",
+            ));
+        }
+        if next_seq == u64::MAX {
+            return Err(SkipFail::Invalid(
+                "next sequence number is 2^64 - 1 (it would have no successor)",
+            ));
+        }
+        let lost = match self.known_sequence() {
+            Some(seq) if next_seq < seq => {
+                return Err(SkipFail::Invalid(
+                    "next sequence number is below the writer's next sequence number",
+                ))
+            }
+            Some(seq) => next_seq - seq,
+            None => 0,
+        };
+        if to == pos {
+            // No bytes to put a count in.
+            if lost != 0 {
+                return Ok(Skip::Unrepresentable);
+            }
+            self.learn_sequence(next_seq);
+            return Ok(Skip::Done { lost: 0 });
+        }
+        // Overwrite: a whole ring would clear the first piece's own stamp
+        // as the stamp after the last (Block never clears at `limit + cap`).
+        let longest = match self.geo.policy {
+            Policy::Block => cap,
+            Policy::Overwrite => cap - RECORD_ALIGN,
+        };
+        if to - pos > longest {
+            return Ok(Skip::Unrepresentable);
+        }
+        let lap_end = pos + (cap - (pos & self.geo.mask()));
+        let first = to.min(lap_end) - pos;
+        let second = to - pos - first;
+        // A header's length field is 32 bits.
+        let fits = |size: u64| size == 0 || size - RECORD_HEADER <= MAX_RECORD_PAYLOAD;
+        if !fits(first) || !fits(second) {
+            return Ok(Skip::Unrepresentable);
+        }
+        let carrier = match lost {
+            0 => None,
+            _ if first >= 2 * RECORD_HEADER => Some(0),
+            _ if second >= 2 * RECORD_HEADER => Some(1),
+            _ => return Ok(Skip::Unrepresentable),
+        };
+        if self.geo.policy == Policy::Block && to > self.limit + cap {
+            self.publish();
+            self.refresh_gate(to);
+            if to > self.limit + cap {
+                return Ok(Skip::NoRoom);
+            }
+        }
+        let touch_end = match self.geo.policy {
+            Policy::Overwrite => to + RECORD_HEADER,
+            Policy::Block => (to + RECORD_HEADER).min(self.limit + cap),
+        };
+        self.advance_head(touch_end).map_err(|e| match e {
+            ReserveFail::Corrupt { position, what } => SkipFail::Corrupt { position, what },
+            // `advance_head` fails only on damage.
+            ReserveFail::TooLarge | ReserveFail::Full => SkipFail::Corrupt {
+                position: pos,
+                what: "head advance failed",
+            },
+        })?;
+        self.learn_sequence(next_seq);
+        for (index, size) in [first, second].into_iter().enumerate() {
+            if size == 0 {
+                continue;
+            }
+            let piece = if carrier == Some(index) {
+                Piece::Gap { count: lost }
+            } else if self.write + size == lap_end {
+                Piece::Padding
+            } else {
+                Piece::Gap { count: 0 }
+            };
+            self.write_piece(size, piece);
+        }
+        // The count piece moved the numbering on; without one it already was.
+        self.seq = next_seq;
+        self.publish();
+        Ok(Skip::Done { lost })
+    }
+
+    /// A replica that did not know its numbering takes `next_seq` (no
+    /// record with a number was written yet, so nothing is renumbered).
+    /// The counter readers extend sequence numbers with is stored now,
+    /// before any stamp that follows (whose Release publishes it).
+    fn learn_sequence(&mut self, next_seq: u64) {
+        if self.seq_known {
+            return;
+        }
+        self.seq = next_seq;
+        self.seq_known = true;
+        self.published = next_seq;
+        // Relaxed: a hint (see `publish`), published by the next stamp.
+        self.view
+            .producer()
+            .published
+            .store(next_seq, Ordering::Relaxed);
+    }
+
+    /// Writes one piece of a skip at the write position: `size` bytes (a
+    /// multiple of 16, at least 16; the caller checked the room and that
+    /// the length fits a header), committed like a record.
+    fn write_piece(&mut self, size: u64, piece: Piece) {
+        let pos = self.write;
+        let off = pos & self.geo.mask();
+        let len = size - RECORD_HEADER;
+        let end = pos + size;
+        // Relaxed: published by the stamp's Release below.
+        self.view
+            .word(off + 8)
+            .store(meta_word(len as u32, self.seq), Ordering::Relaxed);
+        let stamp = match piece {
+            Piece::Padding => padding_stamp(pos),
+            Piece::Gap { count } => {
+                if len >= GAP_PAYLOAD {
+                    // Relaxed: as above. A filler of 32 bytes or more has a
+                    // count word too: 0.
+                    self.view
+                        .word(off + RECORD_HEADER)
+                        .store(count, Ordering::Relaxed);
+                }
+                self.seq += count;
+                gap_stamp(pos)
+            }
+        };
+        self.clear_next_stamp(end);
+        // SYNC: commit (skip piece: padding or gap record).
+        self.view.word(off).store(stamp, Ordering::Release);
+        self.write = end;
+        self.marks.note(end);
     }
 
     /// The position the next record will be written at.
@@ -634,6 +853,7 @@ impl<V: View> WriterCore<V> {
             self.tail,
             lowest,
             target,
+            self.limit,
         );
         self.limit = limit;
         if limit < lowest {
