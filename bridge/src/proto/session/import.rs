@@ -144,11 +144,8 @@ impl ImportViolation {
 pub enum Refusal {
     /// The stream was received completely before (its END was applied);
     /// importing it again would deliver its messages twice.
-    #[error("it ended at position {position} and was received completely before")]
-    Ended {
-        /// Its final position.
-        position: u64,
-    },
+    #[error("it was received completely before (its END was applied)")]
+    Ended,
     /// The id is not waiting for a decision (not announced, or decided).
     #[error("stream {stream} is not waiting for a decision")]
     NotUndecided {
@@ -299,8 +296,8 @@ impl ImportSession {
 
     /// Subscribes to an undecided or held stream whose ring has `capacity`
     /// bytes, from what this bridge holds (`resume`); queues the SUBSCRIBE
-    /// with the initial window. `ended`: the stream's final position if it
-    /// was received completely before, which refuses it.
+    /// with the initial window. `ended`: the stream was received completely
+    /// before (on an earlier connection or run), which refuses it.
     ///
     /// # Errors
     ///
@@ -310,7 +307,7 @@ impl ImportSession {
         stream: u32,
         resume: Resume,
         capacity: u64,
-        ended: Option<u64>,
+        ended: bool,
     ) -> Result<(), Refusal> {
         let Some(state) = self.streams.get_mut(&stream) else {
             return Err(Refusal::NotUndecided { stream });
@@ -318,9 +315,9 @@ impl ImportSession {
         if !matches!(state, State::Undecided | State::Held) {
             return Err(Refusal::NotUndecided { stream });
         }
-        if let Some(position) = ended {
+        if ended {
             *state = State::Ignored;
-            return Err(Refusal::Ended { position });
+            return Err(Refusal::Ended);
         }
         let (resume_position, window, sub) = match resume {
             Resume::Oldest => (

@@ -52,7 +52,7 @@ fn at(stream: u32, position: u64, room: u64) -> ImportSession {
             room_until: room,
         },
         CAP,
-        None,
+        false,
     )
     .unwrap();
     outputs(&mut s);
@@ -63,7 +63,7 @@ fn at(stream: u32, position: u64, room: u64) -> ImportSession {
 fn subscribe_from_oldest_sends_the_ring_as_window_and_the_first_frame_fixes_the_limit() {
     let mut s = ImportSession::new();
     s.on_announce(1).unwrap();
-    s.subscribe(1, Resume::Oldest, CAP, None).unwrap();
+    s.subscribe(1, Resume::Oldest, CAP, false).unwrap();
     assert_eq!(
         outputs(&mut s),
         [Output::Subscribe(Subscribe {
@@ -121,7 +121,7 @@ fn resume_after_reconnect_subscribes_from_the_replica_position_with_a_fresh_wind
             room_until: 3008,
         },
         CAP,
-        None,
+        false,
     )
     .unwrap();
     assert_eq!(
@@ -149,7 +149,7 @@ fn resume_after_reconnect_subscribes_from_the_replica_position_with_a_fresh_wind
             room_until: 3008,
         },
         CAP,
-        None,
+        false,
     )
     .unwrap();
     assert_eq!(
@@ -182,7 +182,7 @@ fn a_full_replica_gets_no_credit_while_another_stream_keeps_flowing() {
                 room_until: CAP,
             },
             CAP,
-            None,
+            false,
         )
         .unwrap();
     }
@@ -300,7 +300,7 @@ fn frame_legality() {
     );
     // An ignored stream cannot be subscribed later.
     assert_eq!(
-        s.subscribe(1, Resume::Oldest, CAP, None),
+        s.subscribe(1, Resume::Oldest, CAP, false),
         Err(Refusal::NotUndecided { stream: 1 })
     );
     // Bad lengths and positions.
@@ -335,7 +335,7 @@ fn frame_legality() {
             ..
         })
     ));
-    assert_eq!(s.on_data(&data(2, 64, 16)).unwrap().create_replica, false);
+    assert!(!s.on_data(&data(2, 64, 16)).unwrap().create_replica);
     s.data_applied(2, 80, 64 + CAP);
     assert_eq!(
         s.on_end(&End {
@@ -381,8 +381,8 @@ fn a_stream_marked_ended_is_refused_when_announced_again() {
     let mut s = ImportSession::new();
     s.on_announce(4).unwrap();
     assert_eq!(
-        s.subscribe(4, Resume::Oldest, CAP, Some(8192)),
-        Err(Refusal::Ended { position: 8192 })
+        s.subscribe(4, Resume::Oldest, CAP, true),
+        Err(Refusal::Ended)
     );
     assert!(outputs(&mut s).is_empty(), "no SUBSCRIBE");
     assert!(matches!(
@@ -491,7 +491,7 @@ fn end_after_a_pending_gap_applies_the_gap_first() {
 fn a_first_gap_creates_the_replica_at_its_end() {
     let mut s = ImportSession::new();
     s.on_announce(1).unwrap();
-    s.subscribe(1, Resume::Oldest, CAP, None).unwrap();
+    s.subscribe(1, Resume::Oldest, CAP, false).unwrap();
     outputs(&mut s);
     assert_eq!(
         s.on_gap(&gap(1, 160, 100_000, 77)),
