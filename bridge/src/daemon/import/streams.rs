@@ -232,3 +232,6 @@ impl ImportStream {
         self.retire_replica();
     }
 }
+
+#[cfg(test)]
+mod tests;
