@@ -30,6 +30,10 @@
 //! peer_timeout_ms = 5000           # at least twice the heartbeat interval
 //! zerocopy = true                  # MSG_ZEROCOPY for large sends (falls back by itself)
 //! chunk_bytes = 262144             # largest DATA payload per frame (more if a record needs it)
+//! notsent_lowat = 131072           # TCP_NOTSENT_LOWAT: unsent bytes queued before DATA waits (control frames never wait behind more)
+//! pin_deadline_ms = 250            # untethered: longest the kernel may hold a zero-copy send of ring bytes; then the connection is reset
+//! durable_lease_ms = 60000         # tethered: how long an export's slot outlives a dead bridge (a restart within it loses nothing)
+//! zerocopy_keep_copied = false     # keep MSG_ZEROCOPY on even when the kernel reports copies (tests)
 //! max_replica_capacity = 1073741824  # largest remote ring this bridge mirrors
 //! stats_file = "/run/shmbus-bridge.stats"  # rewritten every second, on SIGUSR1 and at exit
 //!
@@ -489,6 +493,10 @@ struct FileConfig {
     peer_timeout_ms: Option<u64>,
     zerocopy: Option<bool>,
     chunk_bytes: Option<u64>,
+    notsent_lowat: Option<u32>,
+    pin_deadline_ms: Option<u64>,
+    durable_lease_ms: Option<u64>,
+    zerocopy_keep_copied: Option<bool>,
     max_replica_capacity: Option<u64>,
     stats_file: Option<PathBuf>,
     #[serde(default, rename = "peer")]
@@ -567,6 +575,8 @@ pub struct Config {
     /// Largest DATA payload per frame (a frame carries more when one record
     /// is larger), 4 KiB to 16 MiB.
     pub chunk_bytes: u64,
+    /// How exports are sent: flow and protection of ring bytes.
+    pub send: SendConfig,
     /// Largest remote ring capacity mirrored into a replica; larger streams
     /// are not imported.
     pub max_replica_capacity: u64,
@@ -763,6 +773,24 @@ impl Config {
             ));
         }
         let zerocopy = !cli.no_zerocopy && file.zerocopy.unwrap_or(true);
+        let send = SendConfig {
+            notsent_lowat: file.notsent_lowat.unwrap_or(DEFAULT_NOTSENT_LOWAT),
+            pin_deadline: Duration::from_millis(
+                file.pin_deadline_ms
+                    .unwrap_or(DEFAULT_PIN_DEADLINE.as_millis() as u64),
+            ),
+            durable_lease: Duration::from_millis(
+                file.durable_lease_ms
+                    .unwrap_or(DEFAULT_DURABLE_LEASE.as_millis() as u64),
+            ),
+            zerocopy_keep_copied: file.zerocopy_keep_copied.unwrap_or(false),
+        };
+        if send.pin_deadline.is_zero() || send.notsent_lowat < 4096 {
+            return Err(invalid(
+                "pin_deadline_ms / notsent_lowat",
+                "the pin deadline must be positive and notsent_lowat at least 4096".to_owned(),
+            ));
+        }
         let stats_file = cli.stats_file.clone().or(file.stats_file);
 
         let key_file = cli
@@ -879,6 +907,7 @@ impl Config {
             peer_timeout: Duration::from_millis(timeout_ms),
             zerocopy,
             chunk_bytes,
+            send,
             max_replica_capacity,
             stats_file,
             warnings,
@@ -894,6 +923,44 @@ impl Config {
     /// Whether a remote `topic` may be imported.
     pub fn imports_topic(&self, topic: &str) -> bool {
         self.imports.iter().any(|r| r.pattern.matches(topic))
+    }
+}
+
+/// Default [`SendConfig::notsent_lowat`]: 128 KiB.
+pub const DEFAULT_NOTSENT_LOWAT: u32 = 128 << 10;
+/// Default [`SendConfig::pin_deadline`]: far inside any retention budget
+/// (at the bridge's rates, 64 MiB last seconds), yet long enough for a
+/// healthy link's completions.
+pub const DEFAULT_PIN_DEADLINE: Duration = Duration::from_millis(250);
+/// Default [`SendConfig::durable_lease`].
+pub const DEFAULT_DURABLE_LEASE: Duration = Duration::from_secs(60);
+
+/// How exports are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendConfig {
+    /// `TCP_NOTSENT_LOWAT` of peer sockets: the sender writes DATA only while
+    /// fewer unsent bytes are queued, so a control frame waits behind at most
+    /// this plus one DATA frame.
+    pub notsent_lowat: u32,
+    /// Untethered exports: the longest the kernel may hold a zero-copy send
+    /// of ring bytes (pinning them) before the connection is reset.
+    pub pin_deadline: Duration,
+    /// Tethered exports: how long the export's durable slot keeps gating the
+    /// publisher after this bridge died, so a restart within it loses nothing.
+    pub durable_lease: Duration,
+    /// Keep `MSG_ZEROCOPY` on even when completions come back COPIED (on
+    /// loopback and veth they always do); for tests of the zero-copy paths.
+    pub zerocopy_keep_copied: bool,
+}
+
+impl Default for SendConfig {
+    fn default() -> Self {
+        Self {
+            notsent_lowat: DEFAULT_NOTSENT_LOWAT,
+            pin_deadline: DEFAULT_PIN_DEADLINE,
+            durable_lease: DEFAULT_DURABLE_LEASE,
+            zerocopy_keep_copied: false,
+        }
     }
 }
 

@@ -373,3 +373,56 @@ fn a_replica_started_mid_stream_reports_no_false_loss() {
         }
     }
 }
+
+#[test]
+fn next_sequence_is_the_publishers_next_number_also_when_the_ring_is_full() {
+    let dir = TempDir::new("raw-nextseq");
+    let path = dir.0.join("n.ring");
+    let mut w = RingWriter::create(&path, &config()).unwrap();
+    // Tethered at the oldest record, never releasing: the ring fills up.
+    let raw = RawReader::open(&path, StartAt::Oldest, true).unwrap();
+    assert_eq!(raw.next_sequence(), 0);
+    let mut sent = 0u64;
+    while w.try_write(&[3; 16]).is_ok() {
+        sent += 1;
+        assert_eq!(raw.next_sequence(), sent);
+    }
+    // Exactly full: the word where the next record goes is the oldest
+    // record's header, not a hint; the publisher's counter tells.
+    assert_eq!(raw.tail() - raw.head(), config().capacity);
+    assert_eq!(raw.next_sequence(), sent);
+    match raw.next_chunk(0, 1 << 13).unwrap() {
+        RawChunk::Records {
+            start, first_seq, ..
+        } => assert_eq!((start, first_seq), (0, 0)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_scribbled_gap_record_is_corrupt_for_a_raw_reader() {
+    use std::os::unix::fs::FileExt;
+    let dir = TempDir::new("raw-hostile-gap");
+    let path = dir.0.join("h.ring");
+    let mut w = RingWriter::create(&path, &config()).unwrap();
+    let raw = RawReader::open(&path, StartAt::Oldest, true).unwrap();
+    w.try_write(&[1; 16]).unwrap();
+    w.try_write(&[2; 16]).unwrap();
+    // The second record (at 32) becomes a gap record whose length runs
+    // past the ring's end: a same-user scribbler's pwrite.
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let at = shmbus_bus::layout::DATA_OFFSET as u64 + 32;
+    file.write_all_at(&shmbus_bus::layout::gap_stamp(32).to_le_bytes(), at)
+        .unwrap();
+    file.write_all_at(
+        &shmbus_bus::layout::meta_word(u32::MAX - 15, 1).to_le_bytes(),
+        at + 8,
+    )
+    .unwrap();
+    assert!(matches!(
+        raw.next_chunk(0, 1 << 13),
+        Err(Error::Corrupt { .. })
+    ));
+    // next_sequence reads only hints: any value, no panic.
+    let _ = raw.next_sequence();
+}

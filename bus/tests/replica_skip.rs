@@ -13,7 +13,8 @@ use shmbus_bus::{
     layout::{
         data_stamp, gap_stamp, meta_word, padding_stamp, record_size, DATA_OFFSET, RECORD_HEADER,
     },
-    Error, RawChunk, RawReader, ReadEvent, ReplicaWriter, RingConfig, RingReader, Skip, StartAt,
+    Error, Observed, RawChunk, RawReader, ReadEvent, ReplicaWriter, RingConfig, RingObserver,
+    RingReader, Skip, StartAt,
 };
 
 const CAP: u64 = 4096;
@@ -151,6 +152,16 @@ fn a_skip_across_the_lap_end_with_a_16_byte_padding_piece() {
         rep.try_skip_to(2 * CAP + 64, 10).unwrap(),
         Skip::Done { lost: 2 }
     );
+    // The pieces: padding (carrying the first lost number), then the count.
+    let pad = 2 * CAP - 16;
+    assert_eq!(
+        header_at(&dir.ring(), pad),
+        (padding_stamp(pad), meta_word(0, 8), 0)
+    );
+    assert_eq!(
+        header_at(&dir.ring(), 2 * CAP),
+        (gap_stamp(2 * CAP), meta_word(48, 8), 2)
+    );
     assert!(push(&mut rep, &[2; 16], 10));
     assert_eq!(
         read_all(&mut r),
@@ -174,6 +185,14 @@ fn a_skip_across_the_lap_end_with_a_16_byte_filler_piece() {
         rep.try_skip_to(2 * CAP + 16, 1000).unwrap(),
         Skip::Done { lost: 999 }
     );
+    let (stamp, meta, count) = header_at(&dir.ring(), 2 * CAP - 64);
+    assert_eq!(
+        (stamp, meta, count),
+        (gap_stamp(2 * CAP - 64), meta_word(48, 1), 999)
+    );
+    // The filler: 16 bytes, no count, the next number.
+    let (stamp, meta, _) = header_at(&dir.ring(), 2 * CAP);
+    assert_eq!((stamp, meta), (gap_stamp(2 * CAP), meta_word(0, 1000)));
     assert!(push(&mut rep, &[2; 16], 1000));
     assert_eq!(
         read_all(&mut r),
@@ -442,6 +461,20 @@ fn room_until_is_honoured_while_a_subscriber_joins_at_oldest() {
     assert_eq!(seen.len() as u64, seq - 20, "the first reader lost nothing");
 }
 
+/// The header (stamp, meta word) and first payload word at ring position
+/// `pos`, as the data file holds them.
+fn header_at(path: &Path, pos: u64) -> (u64, u64, u64) {
+    let file = OpenOptions::new().read(true).open(path).unwrap();
+    let off = pos % CAP;
+    // The payload word only if it lies inside the ring.
+    let len = if off + 24 <= CAP { 24 } else { 16 };
+    let mut words = [0u8; 24];
+    file.read_exact_at(&mut words[..len], DATA_OFFSET as u64 + off)
+        .unwrap();
+    let word = |i: usize| u64::from_le_bytes(words[i * 8..i * 8 + 8].try_into().unwrap());
+    (word(0), word(1), word(2))
+}
+
 /// Writes `bytes` at ring position `pos` of the data file, as a same-user
 /// scribbler could.
 fn scribble(path: &Path, pos: u64, bytes: &[u8]) {
@@ -494,4 +527,133 @@ fn hostile_gap_records_are_corrupt_never_a_panic() {
             other => panic!("{tag}: {other:?}"),
         };
     }
+}
+
+#[test]
+fn observers_and_batch_reads_see_the_same_exact_losses() {
+    let dir = TempDir::new("observer");
+    let (mut rep, mut r) = open_pair(&dir, CAP - 96, 40);
+    let mut obs = RingObserver::open(&dir.ring(), StartAt::Oldest).unwrap();
+    assert!(push(&mut rep, b"a", 40));
+    // Across the lap end: 64 bytes with the count, a 16-byte filler.
+    let to = rep.position() + 80;
+    assert_eq!(rep.try_skip_to(to, 50).unwrap(), Skip::Done { lost: 9 });
+    // A silent skip (fillers only).
+    assert!(push(&mut rep, b"b", 50));
+    let to = rep.position() + 48;
+    assert_eq!(rep.try_skip_to(to, 51).unwrap(), Skip::Done { lost: 0 });
+    assert!(push(&mut rep, b"c", 51));
+    let mut seen = Vec::new();
+    loop {
+        match obs.try_read().unwrap() {
+            Observed::Message { sequence, payload } => {
+                seen.push(Seen::Msg(sequence, payload.to_vec()))
+            }
+            Observed::Gap { messages, bytes } => {
+                assert_eq!(bytes, 0, "not lapped");
+                seen.push(Seen::Lost(messages));
+            }
+            Observed::Empty => break,
+            Observed::Closed => panic!("the replica is open"),
+        }
+    }
+    let expected = [
+        Seen::Msg(40, b"a".to_vec()),
+        Seen::Lost(9),
+        Seen::Msg(50, b"b".to_vec()),
+        Seen::Msg(51, b"c".to_vec()),
+    ];
+    assert_eq!(seen, expected);
+    // A batch read (drain) counts the same loss.
+    let mut payloads = Vec::new();
+    let drained = r.drain(16, |p| payloads.push(p.to_vec())).unwrap();
+    assert_eq!(payloads, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    assert_eq!((drained.messages, drained.lost_messages), (3, 9));
+}
+
+/// A replica writer thread receives messages and skips at random (random
+/// counts, lengths within its promised room, across laps; `NoRoom` waits
+/// for the reader) while a subscriber thread reads with blocking reads:
+/// every message arrives with its number and payload, every loss with its
+/// exact count, nothing else. Returns the messages the reader saw.
+fn random_skips(ops: u32) -> u64 {
+    let dir = TempDir::new(&format!("random-{ops}"));
+    let (mut rep, mut r) = open_pair(&dir, 0, 0);
+    let reader = std::thread::spawn(move || {
+        let mut next = 0u64;
+        let mut messages = 0;
+        loop {
+            match r.read(Default::default(), Some(std::time::Duration::from_secs(30))) {
+                Ok(ReadEvent::Message(m)) => {
+                    assert_eq!(m.sequence(), next, "numbered in order");
+                    let len = 1 + (next % 200) as usize;
+                    assert_eq!(m.payload(), vec![next as u8; len]);
+                    next += 1;
+                    messages += 1;
+                }
+                Ok(ReadEvent::Gap {
+                    messages: lost,
+                    bytes,
+                }) => {
+                    assert_eq!(bytes, 0);
+                    assert!(lost > 0, "fillers report nothing");
+                    next += lost;
+                }
+                Ok(ReadEvent::Closed) => return (next, messages),
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut seq = 0u64;
+    let mut sent = 0u64;
+    for _ in 0..ops {
+        if rnd(4) != 0 {
+            let len = 1 + (seq % 200) as usize;
+            while !push(&mut rep, &vec![seq as u8; len], seq) {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+            seq += 1;
+            sent += 1;
+            continue;
+        }
+        let lost = [0, 0, 1, 5, 1 << 20][rnd(5) as usize];
+        let to = rep.position() + 16 * (1 + rnd(CAP / 16));
+        loop {
+            match rep.try_skip_to(to, seq + lost).unwrap() {
+                Skip::Done { lost: l } => {
+                    assert_eq!(l, lost);
+                    seq += lost;
+                    break;
+                }
+                Skip::NoRoom => std::thread::sleep(std::time::Duration::from_micros(100)),
+                // Two 16-byte pieces, or one, cannot carry a count.
+                Skip::Unrepresentable => {
+                    assert!(lost > 0 && to - rep.position() <= 32);
+                    break;
+                }
+            }
+        }
+    }
+    drop(rep);
+    let (next, messages) = reader.join().unwrap();
+    assert_eq!((next, messages), (seq, sent));
+    messages
+}
+
+#[test]
+fn random_skips_read_concurrently_are_exact() {
+    assert!(random_skips(3000) > 0);
+}
+
+#[test]
+#[ignore = "long run: cargo test -p shmbus-bus --test replica_skip -- --ignored"]
+fn stress_random_skips_read_concurrently_are_exact() {
+    assert!(random_skips(300_000) > 0);
 }

@@ -7,7 +7,7 @@
 //! ```text
 //! bridge node=alpha uptime_ms=5012 handshake_failures=3 rejected_connections=0 unknown_keys=1 name_mismatches=0 handshake_timeouts=1 auth_failures=0 sessions_revoked=0 peers_expired=0
 //! peer name=beta connected=1 connections=2 reconnects=1 protocol_errors=0 auth_failures=0 limit_refusals=0 bytes_sent=... bytes_received=... zc_completed_ids=... zc_copied_ids=... zc_switched_to_plain=...
-//! stream peer=beta dir=out topic=imu publisher=p-7-0 bytes=... messages=... frames=... zc_sends=... plain_sends=... enobufs=... gaps=... gap_bytes=... lost_messages=... position=... peer_tail=...
+//! stream peer=beta dir=out topic=imu publisher=p-7-0 bytes=... messages=... frames=... zc_sends=... plain_sends=... enobufs=... gaps=... gap_bytes=... position=... peer_tail=... credit_stalls=... lost_messages=... pin_resets=...
 //! ```
 //!
 //! `dir=out` streams are exported (sent), `dir=in` imported (received);
@@ -119,12 +119,18 @@ pub struct StreamStats {
     pub gaps: Counter,
     /// Bytes lost in those gaps.
     pub gap_bytes: Counter,
-    /// Messages lost in those gaps, as told to local subscribers (in).
-    pub lost_messages: Counter,
     /// Next position to send (out) or the replica's position (in).
     pub position: Counter,
     /// The sender's tail from its heartbeat (in) or the ring's tail (out).
     pub peer_tail: Counter,
+    /// Times the stream reached the peer's credit limit (out).
+    pub credit_stalls: Counter,
+    /// Messages lost in gaps: out, where counted (when the sender knew the
+    /// sequence number at the gap's start); in, as told to local subscribers.
+    pub lost_messages: Counter,
+    /// Connections reset because the kernel held this stream's zero-copy
+    /// sends past the pin deadline (out, untethered).
+    pub pin_resets: Counter,
 }
 
 type StreamKey = (String, Dir, String, String);
@@ -247,7 +253,7 @@ impl Stats {
         for ((peer, dir, topic, publisher), c) in streams.iter() {
             let _ = writeln!(
                 s,
-                "stream peer={peer} dir={} topic={topic} publisher={publisher} bytes={} messages={} frames={} zc_sends={} plain_sends={} enobufs={} gaps={} gap_bytes={} lost_messages={} position={} peer_tail={}",
+                "stream peer={peer} dir={} topic={topic} publisher={publisher} bytes={} messages={} frames={} zc_sends={} plain_sends={} enobufs={} gaps={} gap_bytes={} position={} peer_tail={} credit_stalls={} lost_messages={} pin_resets={}",
                 dir.as_str(),
                 c.bytes.get(),
                 c.messages.get(),
@@ -257,9 +263,11 @@ impl Stats {
                 c.enobufs.get(),
                 c.gaps.get(),
                 c.gap_bytes.get(),
-                c.lost_messages.get(),
                 c.position.get(),
                 c.peer_tail.get(),
+                c.credit_stalls.get(),
+                c.lost_messages.get(),
+                c.pin_resets.get(),
             );
         }
         s

@@ -178,6 +178,11 @@ impl ZeroCopySocket {
         &self.tracker
     }
 
+    /// Replaces the zero-copy policy (before the first send).
+    pub fn set_policy(&mut self, policy: ZcPolicy) {
+        self.tracker.set_policy(policy);
+    }
+
     /// Socket-level counters.
     pub fn stats(&self) -> &SocketStats {
         &self.stats
@@ -452,7 +457,12 @@ impl ZeroCopySocket {
         let mut msg: libc::msghdr = unsafe { mem::zeroed() };
         msg.msg_iov = iov.as_mut_ptr();
         msg.msg_iovlen = n as _;
-        let flags = libc::MSG_NOSIGNAL | if zc { libc::MSG_ZEROCOPY } else { 0 };
+        // MSG_DONTWAIT: a full socket returns EAGAIN at once and the wait for
+        // POLLOUT happens in `wait_writable`, bounded by the send timeout,
+        // whether or not the descriptor is blocking (the kernel's own
+        // SO_SNDTIMEO would otherwise decide how long a send holds ring bytes).
+        let flags =
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | if zc { libc::MSG_ZEROCOPY } else { 0 };
         // The kernel's later reads for MSG_ZEROCOPY go through its own page
         // references, not these pointers.
         // SAFETY: `msg` points to `n` iovecs, each a live, readable borrowed

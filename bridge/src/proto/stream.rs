@@ -9,7 +9,7 @@
 //! - `acked`: the peer holds everything before it (its ACK, or its SUBSCRIBE
 //!   resume position);
 //! - the kernel's view: zero-copy sends whose completion has not arrived yet,
-//!   as a FIFO of (connection byte offset, ring end). The connection's
+//!   as a FIFO of (connection byte offset, ring end, time of the send). The connection's
 //!   [`ZcTracker`](super::zc::ZcTracker) counts bytes of the whole connection
 //!   (one tracker per socket, many streams), so each send is recorded with
 //!   the connection offset just past it; once the tracker has released that
@@ -39,7 +39,7 @@
 //! let mut p = ExportPositions::new(ExportMode::Tethered, 0);
 //! let start = p.subscribe(0, 0, 4096)?;
 //! assert_eq!((start.position, start.gap), (0, None));
-//! p.on_sent(100, 1024); // connection bytes 0..100 carried ring bytes 0..1024
+//! p.on_sent(100, 1024, 0); // connection bytes 0..100 carried ring bytes 0..1024
 //! assert_eq!(p.release_target(), 0); // neither acknowledged nor completed
 //! p.on_ack(1024)?;
 //! assert_eq!(p.release_target(), 0); // acknowledged, kernel not done yet
@@ -124,6 +124,17 @@ pub struct Start {
     pub gap: Option<(u64, u64)>,
 }
 
+/// One send the kernel may still read.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    /// Connection byte offset just past the send.
+    conn_end: u64,
+    /// Ring position just past it.
+    ring_end: u64,
+    /// When it was made (the caller's clock, nanoseconds).
+    at: u64,
+}
+
 /// Sender positions of one exported stream for one peer (see module docs).
 #[derive(Debug, Clone)]
 pub struct ExportPositions {
@@ -134,9 +145,8 @@ pub struct ExportPositions {
     released: u64,
     /// The kernel no longer reads this stream's bytes before this position.
     kernel_done: u64,
-    /// Sends not yet released by the connection's tracker: (connection
-    /// offset just past the send, ring position just past it).
-    in_flight: VecDeque<(u64, u64)>,
+    /// Sends not yet released by the connection's tracker.
+    in_flight: VecDeque<InFlight>,
 }
 
 impl ExportPositions {
@@ -221,10 +231,20 @@ impl ExportPositions {
     }
 
     /// Records a DATA send of ring bytes up to `ring_end`, the connection's
-    /// byte offset being `conn_end` just after it.
-    pub fn on_sent(&mut self, conn_end: u64, ring_end: u64) {
-        self.in_flight.push_back((conn_end, ring_end));
+    /// byte offset being `conn_end` just after it, made at time `now`
+    /// (nanoseconds of the caller's monotonic clock).
+    pub fn on_sent(&mut self, conn_end: u64, ring_end: u64, now: u64) {
+        self.in_flight.push_back(InFlight {
+            conn_end,
+            ring_end,
+            at: now,
+        });
         self.sent = ring_end;
+    }
+
+    /// When the oldest send the kernel may still read was made, if any.
+    pub fn oldest_in_flight(&self) -> Option<u64> {
+        self.in_flight.front().map(|f| f.at)
     }
 
     /// Records a GAP sent: the stream continues at `to`; the peer will hold
@@ -239,11 +259,11 @@ impl ExportPositions {
     /// The connection's tracker released everything before connection
     /// offset `conn_released`.
     pub fn on_connection_released(&mut self, conn_released: u64) {
-        while let Some(&(conn_end, ring_end)) = self.in_flight.front() {
-            if conn_end > conn_released {
+        while let Some(&f) = self.in_flight.front() {
+            if f.conn_end > conn_released {
                 break;
             }
-            self.kernel_done = ring_end;
+            self.kernel_done = f.ring_end;
             self.in_flight.pop_front();
         }
         if self.in_flight.is_empty() {
@@ -416,9 +436,9 @@ mod tests {
     fn tethered_release_is_min_of_ack_and_completion_and_monotone() {
         let mut p = ExportPositions::new(ExportMode::Tethered, 0);
         p.subscribe(0, 0, 1 << 20).unwrap();
-        p.on_sent(1000, 100);
-        p.on_sent(2000, 200);
-        p.on_sent(3000, 300);
+        p.on_sent(1000, 100, 0);
+        p.on_sent(2000, 200, 0);
+        p.on_sent(3000, 300, 0);
         assert!(p.kernel_busy());
         p.on_ack(300).unwrap();
         assert_eq!(p.release_target(), 0);
@@ -445,7 +465,7 @@ mod tests {
     #[test]
     fn completion_without_ack_does_not_release_tethered() {
         let mut p = ExportPositions::new(ExportMode::Tethered, 0);
-        p.on_sent(10, 4096);
+        p.on_sent(10, 4096, 0);
         p.on_connection_released(10);
         assert_eq!(p.release_target(), 0);
         p.on_ack(2048).unwrap();
@@ -458,7 +478,7 @@ mod tests {
         p.subscribe(0, 0, 1 << 20).unwrap();
         // Before the first send: pin at the send position (nothing acked, 0).
         assert_eq!(p.pin_position(), 0);
-        p.on_sent(100, 5000);
+        p.on_sent(100, 5000, 0);
         // In flight from 0; unacked 5000 > retention 1000 but the kernel may
         // still read from 0, which wins.
         assert_eq!(p.pin_position(), 0);
@@ -468,7 +488,7 @@ mod tests {
         assert_eq!(p.pin_position(), 4000);
         p.on_ack(4500).unwrap();
         assert_eq!(p.pin_position(), 4500);
-        p.on_sent(200, 9000);
+        p.on_sent(200, 9000, 0);
         assert_eq!(p.pin_position(), 5000);
     }
 
@@ -479,7 +499,7 @@ mod tests {
         p.on_gap(8192);
         assert_eq!(p.sent(), 8192);
         assert_eq!(p.pin_position(), 7192);
-        p.on_sent(10, 9000);
+        p.on_sent(10, 9000, 0);
         p.on_connection_closed();
         assert!(!p.kernel_busy());
         assert_eq!(p.pin_position(), 8000);

@@ -185,6 +185,11 @@ impl ZcTracker {
         &self.policy
     }
 
+    /// Replaces the policy (before the first send, e.g. from configuration).
+    pub fn set_policy(&mut self, policy: ZcPolicy) {
+        self.policy = policy;
+    }
+
     /// Counters.
     pub fn stats(&self) -> &ZcStats {
         &self.stats

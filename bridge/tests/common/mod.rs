@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod fake_peer;
+
 use rkyv::{Archive, Deserialize, Serialize};
 use shmbus_bridge::identity::StaticKeypair;
 
