@@ -326,10 +326,16 @@ impl<'a> Receiver<'a> {
         } else {
             STARVED_SLICE
         };
-        if want != self.slice && self.sock.set_read_timeout(Some(want)).is_ok() {
-            self.slice = want;
-        }
+        self.set_slice(want);
         Ok(())
+    }
+
+    /// Gives the socket receive slice `slice` (how long a read waits for a
+    /// frame before the next sweep).
+    fn set_slice(&mut self, slice: Duration) {
+        if slice != self.slice && self.sock.set_read_timeout(Some(slice)).is_ok() {
+            self.slice = slice;
+        }
     }
 
     fn stream_mut(&mut self, id: u32) -> Option<&mut streams::ImportStream> {
@@ -383,8 +389,16 @@ impl<'a> Receiver<'a> {
 
     fn on_gap(&mut self, g: Gap) -> Result<(), Step> {
         match self.session.on_gap(&g).map_err(|v| Step::violation(&v))? {
-            GapPlan::Apply { gap, .. } => self.apply_gap(&gap, true),
+            GapPlan::Apply { gap, within_room } => {
+                self.apply_gap(&gap, within_room)?;
+                if self.session.pending_gaps().next().is_some() {
+                    self.set_slice(STARVED_SLICE);
+                }
+                Ok(())
+            }
             GapPlan::Wait => {
+                // Retried on every sweep from now on.
+                self.set_slice(STARVED_SLICE);
                 if let Some(st) = self.stream_mut(g.stream) {
                     log::info!(
                         "gap [{}, {}) of {} waits for local subscribers to make room",

@@ -180,14 +180,18 @@ pub struct DataPlan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GapPlan {
     /// Apply this gap (the pending one merged with the new one) now and
-    /// report with [`ImportSession::gap_applied`]. It fits the room promised
-    /// or reported, so the replica cannot refuse it for lack of room (if it
-    /// does, this bridge's bookkeeping is wrong: close the connection).
+    /// report with [`ImportSession::gap_applied`].
     Apply {
         /// The gap to apply.
         gap: Gap,
-        /// No replica yet.
-        create_replica: bool,
+        /// It ends within the room promised or reported (or the stream has
+        /// no replica yet), so the replica cannot refuse it for lack of room;
+        /// if it does, this bridge's bookkeeping is wrong: close the
+        /// connection. Otherwise it is longer than the ring (it continues in
+        /// a new replica and needs room only for a gap record in the old
+        /// one) and may find no room: it stays pending
+        /// ([`ImportSession::pending_gaps`]).
+        within_room: bool,
     },
     /// It ends past the credit and the known room: it stays pending; retry
     /// it when the replica may have room ([`ImportSession::pending_gaps`]),
@@ -571,22 +575,23 @@ impl ImportSession {
 }
 
 /// Whether the gap can be applied now: it fits the promised room, or there
-/// is no replica yet (a new one is created at its end).
+/// is no replica yet (a new one is created at its end), or it is longer than
+/// the ring (a new replica continues at its end).
 fn plan_gap(sub: &Subscribed, gap: Gap) -> GapPlan {
-    let Some(_) = sub.applied else {
-        return GapPlan::Apply {
-            gap,
-            create_replica: true,
-        };
-    };
-    let fits = match sub.limit {
-        Limit::At(l) => gap.to <= l.max(sub.room),
-        Limit::Window(_) => false,
+    let fits = match (sub.applied, sub.limit) {
+        (None, _) => true,
+        (Some(_), Limit::At(l)) => gap.to <= l.max(sub.room),
+        (Some(_), Limit::Window(_)) => false,
     };
     if fits {
         GapPlan::Apply {
             gap,
-            create_replica: false,
+            within_room: true,
+        }
+    } else if gap.to - gap.from > sub.capacity {
+        GapPlan::Apply {
+            gap,
+            within_room: false,
         }
     } else {
         GapPlan::Wait

@@ -401,7 +401,7 @@ fn a_gap_within_the_credit_is_applied_at_once_and_credit_follows() {
         s.on_gap(&gap(1, 1024, 2048, 40)),
         Ok(GapPlan::Apply {
             gap: gap(1, 1024, 2048, 40),
-            create_replica: false
+            within_room: true
         })
     );
     assert_eq!(s.gap_applied(1, CAP + 2048), None);
@@ -497,7 +497,7 @@ fn a_first_gap_creates_the_replica_at_its_end() {
         s.on_gap(&gap(1, 160, 100_000, 77)),
         Ok(GapPlan::Apply {
             gap: gap(1, 160, 100_000, 77),
-            create_replica: true
+            within_room: true
         })
     );
     assert_eq!(s.gap_applied(1, 100_000 + CAP), None);
@@ -506,4 +506,28 @@ fn a_first_gap_creates_the_replica_at_its_end() {
     assert_eq!(credits(&out), [(1, 100_000 + CAP)]);
     let plan = s.on_data(&data(1, 100_000 - 160 + 160, 1024)).unwrap();
     assert!(!plan.create_replica);
+}
+
+#[test]
+fn a_gap_longer_than_the_ring_is_tried_at_once_but_may_wait() {
+    let mut s = at(1, 0, 1024);
+    s.on_data(&data(1, 0, 1024)).unwrap();
+    s.data_applied(1, 1024, 1024);
+    outputs(&mut s);
+    // Past the credit, but longer than the ring: a new replica continues
+    // at its end, so only a gap record needs room in this one.
+    let long = gap(1, 1024, 1024 + CAP + 16, 500);
+    assert_eq!(
+        s.on_gap(&long),
+        Ok(GapPlan::Apply {
+            gap: long,
+            within_room: false
+        })
+    );
+    // No room for it now: it stays pending and is retried.
+    assert_eq!(s.pending_gaps().collect::<Vec<_>>(), [long]);
+    assert!(s.wants_room(1));
+    // Applied in a new replica with a whole ring of room.
+    assert_eq!(s.gap_applied(1, long.to + CAP), None);
+    assert_eq!(credits(&outputs(&mut s)), [(1, long.to + CAP)]);
 }
