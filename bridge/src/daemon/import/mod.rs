@@ -435,7 +435,7 @@ impl<'a> Receiver<'a> {
                 g.to,
                 st.name()
             ))),
-            GapOutcome::NoRoom => Ok(()),
+            GapOutcome::NoRoom | GapOutcome::NoRoomForCount => Ok(()),
             GapOutcome::Applied {
                 lost,
                 room_until,

@@ -64,6 +64,11 @@ pub(super) enum GapOutcome {
     },
     /// Local subscribers hold the space; nothing was written.
     NoRoom,
+    /// The ring cannot represent the gap (longer than the ring, or too short
+    /// to carry its count) and has no room now for the gap record that
+    /// carries the count in its stead: that record is not covered by any
+    /// room promised, so this is a wait, never a bookkeeping error.
+    NoRoomForCount,
 }
 
 /// Why a gap could not be applied.
@@ -192,7 +197,7 @@ impl ImportStream {
                 if let Some(count) = count.filter(|&c| c > 0) {
                     match r.writer.try_write_gap(count) {
                         Ok(true) => {}
-                        Ok(false) => return Ok(GapOutcome::NoRoom),
+                        Ok(false) => return Ok(GapOutcome::NoRoomForCount),
                         Err(e) => return Err(GapError::Failed(e.to_string())),
                     }
                 }

@@ -179,6 +179,12 @@ fn a_gap_waits_while_a_subscriber_holds_the_space() {
         st.apply_gap(&gap(pos, pos + 512, seq + 3)).unwrap(),
         GapOutcome::NoRoom
     );
+    // Longer than the ring: the count needs a gap record, with no room.
+    assert_eq!(
+        st.apply_gap(&gap(pos, pos + 2 * CAP, seq + 3)).unwrap(),
+        GapOutcome::NoRoomForCount
+    );
+    assert_eq!(st.epoch, 0, "nothing changed");
     assert_eq!(read_all(&mut r).len(), seq as usize);
     assert!(matches!(
         st.apply_gap(&gap(pos, pos + 512, seq + 3)).unwrap(),
