@@ -16,7 +16,8 @@
 //! always read.
 //!
 //! Files: [`announce`] decides what to import, [`data`] moves DATA payloads
-//! into rings, [`streams`] holds the replica of each stream.
+//! into rings, [`gaps`] applies GAP and END, [`streams`] holds the replica
+//! of each stream.
 //!
 //! Every frame is authenticated by the [`FrameReader`] before it counts: a
 //! DATA payload lands in reserved replica space, and is published only after
@@ -29,6 +30,7 @@
 
 mod announce;
 mod data;
+mod gaps;
 mod streams;
 
 use std::{
@@ -45,7 +47,7 @@ use crate::{
             decode, Ack, Credit, DataHeader, Decoded, End, ErrorCode, Frame, FrameType, Gap,
             StreamFlags, StreamTail, Subscribe,
         },
-        session::import::{EndPlan, GapPlan, ImportSession, ImportViolation, Output},
+        session::import::{ImportSession, ImportViolation, Output},
     },
 };
 
@@ -53,7 +55,7 @@ use super::{conn::SLICE, link::Link, replica::ReplicaMeta, Peer, Shared};
 
 use announce::Pending;
 pub(crate) use streams::ImportSet;
-use streams::{GapError, GapOutcome, StreamKey};
+use streams::StreamKey;
 
 /// How long a resumed stream waits for local subscribers to finish the
 /// previous replica before the next one starts (so they read it to its end
@@ -384,104 +386,6 @@ impl<'a> Receiver<'a> {
                 ErrorCode::UnexpectedFrame,
                 format!("unexpected {t} frame after the handshake"),
             )),
-        }
-    }
-
-    fn on_gap(&mut self, g: Gap) -> Result<(), Step> {
-        match self.session.on_gap(&g).map_err(|v| Step::violation(&v))? {
-            GapPlan::Apply { gap, within_room } => {
-                self.apply_gap(&gap, within_room)?;
-                if self.session.pending_gaps().next().is_some() {
-                    self.set_slice(STARVED_SLICE);
-                }
-                Ok(())
-            }
-            GapPlan::Wait => {
-                // Retried on every sweep from now on.
-                self.set_slice(STARVED_SLICE);
-                if let Some(st) = self.stream_mut(g.stream) {
-                    log::info!(
-                        "gap [{}, {}) of {} waits for local subscribers to make room",
-                        g.from,
-                        g.to,
-                        st.name()
-                    );
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Applies a pending gap; `must_fit`: it lies within room promised or
-    /// reported, so no room is this bridge's bookkeeping error.
-    fn apply_gap(&mut self, g: &Gap, must_fit: bool) -> Result<(), Step> {
-        let peer = self.peer.name.clone();
-        let Some(st) = self.stream_mut(g.stream) else {
-            return Err(Step::Close(format!("stream {} lost its state", g.stream)));
-        };
-        let outcome = st.apply_gap(g).map_err(|e| match e {
-            GapError::Refused(why) => Step::Violation(
-                ErrorCode::UnexpectedFrame,
-                format!("GAP for stream {}: {why}", g.stream),
-            ),
-            GapError::Failed(why) => {
-                Step::Close(format!("cannot apply a gap of {}: {why}", st.name()))
-            }
-        })?;
-        match outcome {
-            GapOutcome::NoRoom if must_fit => Err(Step::Close(format!(
-                "no room for the gap [{}, {}) of {} although it lies within the room granted: bookkeeping error",
-                g.from,
-                g.to,
-                st.name()
-            ))),
-            GapOutcome::NoRoom | GapOutcome::NoRoomForCount => Ok(()),
-            GapOutcome::Applied {
-                lost,
-                room_until,
-                new_replica,
-            } => {
-                st.stats.gaps.add(1);
-                st.stats.gap_bytes.add(g.to - g.from);
-                st.stats.lost_messages.add(lost.unwrap_or(0));
-                st.stats.position.set(g.to);
-                let count = lost.map_or_else(
-                    || "an unknown number of messages (the replica's numbering was not known yet)".to_owned(),
-                    |n| format!("{n} messages"),
-                );
-                log::warning!(
-                    "gap: {} bytes [{}, {}) from {peer} were lost before they were sent (untethered export): {count} lost, told to local subscribers{}",
-                    st.name(),
-                    g.from,
-                    g.to,
-                    if new_replica { " (continuing in a new replica)" } else { "" }
-                );
-                if let Some(end) = self.session.gap_applied(g.stream, room_until) {
-                    self.finish_end(&end);
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn on_end(&mut self, e: End) -> Result<(), Step> {
-        match self.session.on_end(&e).map_err(|v| Step::violation(&v))? {
-            EndPlan::Finish { position } => {
-                self.finish_end(&End {
-                    stream: e.stream,
-                    position,
-                });
-            }
-            EndPlan::AfterGap => {}
-        }
-        Ok(())
-    }
-
-    fn finish_end(&mut self, e: &End) {
-        let peer = self.peer.name.clone();
-        if let Some(st) = self.stream_mut(e.stream) {
-            st.finish(e.position);
-            log::info!("{} from {peer} ended at position {}", st.name(), e.position);
         }
     }
 }
