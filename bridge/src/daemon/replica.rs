@@ -256,10 +256,10 @@ pub fn expire_markers(dir: &Path, max_age: Duration) -> usize {
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let hold = naming::parse_hold(&name);
+        let is_hold = name.starts_with('.') && name.ends_with(".hold");
         let is_mark =
             name.starts_with('.') && (name.ends_with(".ended") || name.ends_with(".resume"));
-        if hold.is_none() && !is_mark {
+        if !is_hold && !is_mark {
             continue;
         }
         let Ok(meta) = entry.metadata() else { continue };
@@ -271,27 +271,33 @@ pub fn expire_markers(dir: &Path, max_age: Duration) -> usize {
             continue;
         }
         let path = entry.path();
-        if let Some((stem, epoch)) = hold {
-            let Ok(r) = RawReader::open(&path, StartAt::Latest, false) else {
-                continue;
-            };
-            if !r.publisher_gone() {
-                continue;
-            }
-            let mark = Mark {
-                position: r.tail(),
-                next_seq: known_next_sequence(&r),
-                next_epoch: epoch.saturating_add(1),
-            };
-            drop(r);
-            if let Err(e) = keep_resume_mark(dir, stem, &mark) {
-                // Without the mark the position would be forgotten: keep
-                // the hold.
-                crate::log::warning!(
-                    "cannot record where {} resumes, keeping it: {e}",
-                    path.display()
-                );
-                continue;
+        if is_hold {
+            match RawReader::open(&path, StartAt::Latest, false) {
+                Ok(r) if !r.publisher_gone() => continue,
+                Ok(r) => {
+                    let mark = naming::parse_hold(&name).map(|(stem, epoch)| {
+                        let mark = Mark {
+                            position: r.tail(),
+                            next_seq: known_next_sequence(&r),
+                            next_epoch: epoch.saturating_add(1),
+                        };
+                        (stem, mark)
+                    });
+                    drop(r);
+                    if let Some(Err(e)) =
+                        mark.map(|(stem, mark)| keep_resume_mark(dir, stem, &mark))
+                    {
+                        // Without the mark the position would be forgotten:
+                        // keep the hold.
+                        crate::log::warning!(
+                            "cannot record where {} resumes, keeping it: {e}",
+                            path.display()
+                        );
+                        continue;
+                    }
+                }
+                // Unreadable (damaged, or not a ring): nothing to keep.
+                Err(_) => {}
             }
             if std::fs::remove_file(&path).is_ok() {
                 removed += 1;
