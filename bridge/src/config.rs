@@ -33,7 +33,7 @@
 //! notsent_lowat = 131072           # TCP_NOTSENT_LOWAT: unsent bytes queued before DATA waits (control frames never wait behind more)
 //! pin_deadline_ms = 250            # untethered: longest the kernel may hold a zero-copy send of ring bytes; then the connection is reset
 //! durable_lease_ms = 60000         # tethered: how long an export's slot outlives a dead bridge (a restart within it loses nothing)
-//! zerocopy_keep_copied = false     # keep MSG_ZEROCOPY on even when the kernel reports copies (tests)
+//! zerocopy_always = false          # MSG_ZEROCOPY for every DATA payload, whatever its size or the kernel's copies (tests)
 //! max_replica_capacity = 1073741824  # largest remote ring this bridge mirrors
 //! stats_file = "/run/shmbus-bridge.stats"  # rewritten every second, on SIGUSR1 and at exit
 //!
@@ -496,7 +496,7 @@ struct FileConfig {
     notsent_lowat: Option<u32>,
     pin_deadline_ms: Option<u64>,
     durable_lease_ms: Option<u64>,
-    zerocopy_keep_copied: Option<bool>,
+    zerocopy_always: Option<bool>,
     max_replica_capacity: Option<u64>,
     stats_file: Option<PathBuf>,
     #[serde(default, rename = "peer")]
@@ -783,7 +783,7 @@ impl Config {
                 file.durable_lease_ms
                     .unwrap_or(DEFAULT_DURABLE_LEASE.as_millis() as u64),
             ),
-            zerocopy_keep_copied: file.zerocopy_keep_copied.unwrap_or(false),
+            zerocopy_always: file.zerocopy_always.unwrap_or(false),
         };
         if send.pin_deadline.is_zero() || send.notsent_lowat < 4096 {
             return Err(invalid(
@@ -948,9 +948,10 @@ pub struct SendConfig {
     /// Tethered exports: how long the export's durable slot keeps gating the
     /// publisher after this bridge died, so a restart within it loses nothing.
     pub durable_lease: Duration,
-    /// Keep `MSG_ZEROCOPY` on even when completions come back COPIED (on
-    /// loopback and veth they always do); for tests of the zero-copy paths.
-    pub zerocopy_keep_copied: bool,
+    /// Send every DATA payload with `MSG_ZEROCOPY`, however small, and keep
+    /// doing so when completions come back COPIED (on loopback and veth they
+    /// always do); for tests of the zero-copy paths.
+    pub zerocopy_always: bool,
 }
 
 impl Default for SendConfig {
@@ -959,7 +960,7 @@ impl Default for SendConfig {
             notsent_lowat: DEFAULT_NOTSENT_LOWAT,
             pin_deadline: DEFAULT_PIN_DEADLINE,
             durable_lease: DEFAULT_DURABLE_LEASE,
-            zerocopy_keep_copied: false,
+            zerocopy_always: false,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Zero-copy never pins past the promise: an untethered export with
-//! `MSG_ZEROCOPY` forced on (loopback completions come back COPIED, which
-//! would switch it off) to a peer that subscribes and then never reads. The
+//! `MSG_ZEROCOPY` forced on for every DATA frame (loopback completions come
+//! back COPIED, which would switch it off; small frames would go plain) to
+//! a peer that subscribes and then never reads. The
 //! kernel keeps the last sends queued, so their ring bytes stay pinned; after
 //! the pin deadline the bridge resets the connection, counts it and lets the
 //! publisher go on. The local publisher (with `try_send`) is never held back
@@ -41,7 +42,7 @@ fn untethered_zerocopy_pin_is_reset_after_the_deadline() {
     let config = dir.join("sender.toml");
     std::fs::write(
         &config,
-        "zerocopy = true\nzerocopy_keep_copied = true\npin_deadline_ms = 200\nchunk_bytes = 65536\n",
+        "zerocopy = true\nzerocopy_always = true\npin_deadline_ms = 200\nchunk_bytes = 65536\n",
     )
     .unwrap();
     let mut args = vec![

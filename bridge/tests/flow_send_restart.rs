@@ -1,6 +1,7 @@
 //! SIGKILL of the sending bridge, with real processes on 127.0.0.1.
 //!
 //! - Tethered: the export's slot is durable, so while the bridge is dead
+//!   (killed, or stopped cleanly)
 //!   the ring keeps what the peer has not acknowledged, even after its
 //!   publisher exits (its files stay until the slot is reaped or finished).
 //!   Restarted, the bridge reattaches and the remote subscriber gets every
@@ -109,9 +110,20 @@ fn spawn_subscriber(
 
 #[test]
 fn tethered_export_loses_nothing_when_the_sender_dies_and_the_publisher_exits() {
+    tethered_restart("durable", Daemon::kill9);
+}
+
+/// A clean stop (SIGTERM) keeps the durable slot too: the exporting bridge
+/// lets go of it as a crashed one would.
+#[test]
+fn tethered_export_loses_nothing_across_a_clean_restart_while_the_publisher_exits() {
+    tethered_restart("durable_term", |d| assert!(d.terminate(), "unclean exit"));
+}
+
+fn tethered_restart(tag: &'static str, stop_sender: impl FnOnce(&mut Daemon)) {
     const MESSAGES: u64 = 3000;
-    let _watchdog = Watchdog::new("durable", Duration::from_secs(100));
-    let dir = TestDir::new("durable");
+    let _watchdog = Watchdog::new(tag, Duration::from_secs(100));
+    let dir = TestDir::new(tag);
     let (mut sender, receiver, addr, root_s, root_r) = start_pair(&dir, "tethered");
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicUsize::new(0));
@@ -155,7 +167,7 @@ fn tethered_export_loses_nothing_when_the_sender_dies_and_the_publisher_exits() 
     wait_until("some messages delivered", Duration::from_secs(30), || {
         count.load(Ordering::Relaxed) >= (MESSAGES / 4) as usize
     });
-    sender.kill9();
+    stop_sender(&mut sender);
     go_on.store(true, Ordering::Relaxed);
     wait_until("the publisher exited", Duration::from_secs(30), || {
         go_on2.load(Ordering::Relaxed)

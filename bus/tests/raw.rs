@@ -426,3 +426,45 @@ fn a_scribbled_gap_record_is_corrupt_for_a_raw_reader() {
     // next_sequence reads only hints: any value, no panic.
     let _ = raw.next_sequence();
 }
+
+#[test]
+fn a_detached_durable_slot_stays_like_a_crashed_one() {
+    let dir = TempDir::new("raw-detach");
+    let path = dir.0.join("d.ring");
+    let mut w = RingWriter::create(&path, &config()).unwrap();
+    let lease = std::time::Duration::from_secs(60);
+    for i in 0..5u8 {
+        w.try_write(&[i; 100]).unwrap();
+    }
+    let mut raw = RawReader::open_durable(&path, StartAt::Oldest, 0xde7a, lease).unwrap();
+    raw.release_to(2 * 128);
+    // A clean stop that keeps the slot: no destructor frees it.
+    raw.detach();
+    drop(raw);
+    w.reap_dead_subscribers();
+    let mut n = 5u8;
+    while w.try_write(&[n; 100]).is_ok() {
+        n += 1;
+        assert!(
+            n < 250,
+            "the detached durable slot must hold the publisher back"
+        );
+    }
+    let tail = RawReader::open(&path, StartAt::Latest, false)
+        .unwrap()
+        .tail();
+    drop(w);
+    assert!(
+        path.exists(),
+        "the ring still owes the detached slot its data"
+    );
+    let mut raw = RawReader::open_durable(&path, StartAt::Latest, 0xde7a, lease).unwrap();
+    assert_eq!(raw.start_position(), 2 * 128);
+    assert!(matches!(
+        raw.next_chunk(2 * 128, 1 << 20).unwrap(),
+        RawChunk::Records { end, .. } if end == tail
+    ));
+    raw.release_to(tail);
+    drop(raw);
+    assert!(!path.exists());
+}

@@ -1,4 +1,5 @@
-//! The sans-IO protocol core: framing, the handshake and MSG_ZEROCOPY
+//! The sans-IO protocol core: framing, the handshake, the per-connection
+//! stream machines ([`session`]), stream positions and MSG_ZEROCOPY
 //! completion bookkeeping.
 //!
 //! Nothing here touches a socket or reads a clock (the Noise library asks

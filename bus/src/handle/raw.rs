@@ -333,6 +333,17 @@ impl RawReader {
         self.core.release_to(position);
     }
 
+    /// Lets go of the slot the way a crashed owner does: nothing in the
+    /// table changes, and the slot's lock goes when this reader (its open
+    /// file description) is dropped. A durable slot then keeps gating for
+    /// its lease and a restarted owner with the same key reattaches where
+    /// this one had released (a clean restart is as lossless as a crash);
+    /// a plain slot is freed by the publisher's next probe. After this the
+    /// reader no longer owns a slot: drop it.
+    pub fn detach(&mut self) {
+        self.core.forget_slot();
+    }
+
     /// Untethered: pins the bytes from `position` on. Returns the first
     /// position safe to read, which is later than `position` if the publisher
     /// may already be overwriting there.

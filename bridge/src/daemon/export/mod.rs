@@ -9,7 +9,9 @@
 //! - [`announce`]: catalog changes become STREAM_ANNOUNCE frames;
 //! - [`streams`]: one ring reader per exported ring and peer (tethered
 //!   ones durable), reading and protecting ring bytes;
-//! - [`wire`]: sealing and writing frames.
+//! - [`wire`]: sealing and writing frames;
+//! - [`close`]: ending a connection, gracefully or by reset (pin deadline),
+//!   and when ring bytes the kernel held may be released.
 //!
 //! DATA is written only while the socket reports `POLLOUT`, which with
 //! `TCP_NOTSENT_LOWAT` means little is queued unsent: a queued ACK, CREDIT
@@ -17,12 +19,12 @@
 //! stream without credit is skipped; the others go on.
 
 mod announce;
+mod close;
 mod streams;
 mod wire;
 
 use std::{
     collections::BTreeMap,
-    net::Shutdown,
     os::fd::AsRawFd,
     sync::OnceLock,
     time::{Duration, Instant},
@@ -35,9 +37,7 @@ use crate::{
     io::{socket, zerocopy::ZeroCopySocket},
     log,
     proto::{
-        frame::{
-            ErrorCode, ErrorFrame, Frame, Heartbeat, StreamTail, Subscribe, MAX_HEARTBEAT_ENTRIES,
-        },
+        frame::{Frame, Heartbeat, StreamTail, Subscribe, MAX_HEARTBEAT_ENTRIES},
         seal::Direction,
         session::{
             export::{ExportConfig, ExportSession, Reset, Step, StreamCounters},
@@ -146,10 +146,10 @@ impl<'a> Sender<'a> {
         if let Err(e) = socket::set_notsent_lowat(sock.as_raw_fd(), config.send.notsent_lowat) {
             log::warning!("cannot set TCP_NOTSENT_LOWAT for {}: {e}", peer.name);
         }
-        if config.send.zerocopy_keep_copied {
+        if config.send.zerocopy_always {
             sock.set_policy(ZcPolicy {
+                min_zerocopy_bytes: 0,
                 copied_ids_before_plain: None,
-                ..ZcPolicy::default()
             });
         }
         set.session.set_config(ExportConfig {
@@ -220,6 +220,17 @@ impl<'a> Sender<'a> {
         if self.shared.stopping() {
             return Ok(());
         }
+        // A control frame write that waits for a full socket may not hold
+        // an untethered export's pinned bytes past their deadline either.
+        let peer_timeout = self.shared.config.peer_timeout;
+        self.wire.set_control_timeout(
+            self.set
+                .session
+                .next_deadline(now_ns())
+                .map_or(peer_timeout, |ns| {
+                    peer_timeout.min(Duration::from_nanos(ns).max(Duration::from_millis(1)))
+                }),
+        );
         for f in frames {
             self.wire.queue_encoded(&f);
         }
@@ -538,7 +549,8 @@ impl<'a> Sender<'a> {
     fn retire_finished(&mut self) {
         for id in self.set.session.retirable() {
             self.report_counters(id);
-            if let Some(st) = self.set.streams.remove(&id) {
+            if let Some(mut st) = self.set.streams.remove(&id) {
+                st.finished();
                 let dir = st.dir().map(std::path::Path::to_path_buf);
                 drop(st);
                 // We may have been the last reader of the finished ring.
@@ -618,102 +630,6 @@ impl<'a> Sender<'a> {
             } else {
                 Duration::from_millis(20)
             }),
-        }
-    }
-
-    /// The kernel held an untethered export's zero-copy send past the pin
-    /// deadline: count it, say so, and end the connection by reset.
-    fn on_pin_deadline(&mut self, r: Reset) {
-        self.report_counters(r.stream);
-        let what = self
-            .set
-            .streams
-            .get(&r.stream)
-            .map_or_else(String::new, |st| {
-                format!("{}/{}", st.ring.topic, st.ring.publisher)
-            });
-        let message = format!(
-            "the kernel held zero-copy sends of {what} for {} ms, past the pin deadline of {} ms; resetting the connection to release them",
-            r.held_for / 1_000_000,
-            self.shared.config.send.pin_deadline.as_millis()
-        );
-        log::warning!("peer {}: {message}", self.peer.name);
-        self.link.close(message, false);
-    }
-
-    /// Ends the connection: last frames out, socket shut, the kernel done
-    /// with our zero-copy sends, and the streams' protection reset.
-    fn finish(&mut self, reset: bool) {
-        let fd = self.wire.sock.as_raw_fd();
-        if reset {
-            // Drop what the kernel still queues (the write queue is purged,
-            // the peer gets a RST); completions follow.
-            let _ = socket::tcp_disconnect(fd);
-        } else {
-            self.wire.set_control_timeout(Duration::from_secs(1));
-            for f in std::mem::take(&mut self.link.queues().frames_out) {
-                self.wire.queue_encoded(&f);
-            }
-            if self.shared.stopping() {
-                self.wire.queue(&Frame::Error(ErrorFrame {
-                    code: ErrorCode::Shutdown,
-                    message: "bridge shutting down",
-                }));
-                self.link.close("this bridge is shutting down", false);
-            }
-            let _ = self.wire.flush();
-        }
-        let _ = self.wire.sock.stream().shutdown(Shutdown::Both);
-        // A graceful wait for completions holds pins of untethered exports:
-        // never longer than their deadline.
-        let graceful = Duration::from_secs(1).min(self.shared.config.send.pin_deadline);
-        let deadline = Instant::now() + graceful;
-        while self.wire.sock.tracker().in_flight() > 0 && Instant::now() < deadline {
-            if self
-                .wire
-                .sock
-                .wait_completions(Duration::from_millis(50))
-                .is_err()
-            {
-                break;
-            }
-        }
-        if self.wire.sock.tracker().in_flight() > 0 {
-            let _ = socket::tcp_disconnect(fd);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while self.wire.sock.tracker().in_flight() > 0 && Instant::now() < deadline {
-                if self
-                    .wire
-                    .sock
-                    .wait_completions(Duration::from_millis(100))
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }
-        let left = self.wire.sock.tracker().in_flight();
-        if left > 0 {
-            // Releasing these is sound: the connection was reset, so the
-            // kernel purged the socket's write queue and no byte of them
-            // reaches the peer on this connection. Should the kernel still
-            // hold a reference to a page (a clone in a driver queue), it
-            // holds the page itself: its memory stays valid for the kernel
-            // whatever the publisher does, so the worst case is that other
-            // bytes than the ones sealed go to a connection that no longer
-            // exists, and a peer would refuse them (the frame's tag covers
-            // the bytes as they were). Never a memory-safety issue for us.
-            log::warning!(
-                "{left} zero-copy sends to {} were never confirmed by the kernel; releasing them after the reset",
-                self.peer.name
-            );
-        }
-        self.report_zc();
-        self.set.session.on_connection_closed();
-        let ids: Vec<u32> = self.set.streams.keys().copied().collect();
-        for id in ids {
-            self.protect(id);
-            self.report_counters(id);
         }
     }
 }

@@ -30,6 +30,18 @@ pub(crate) struct ExportStream {
     /// The protection last applied to `reader`.
     applied: Option<Protection>,
     pub(super) stats: Arc<StreamStats>,
+    /// Tethered, not finished: when dropped (the daemon stops, the peer's
+    /// state expires) the durable slot is kept for its lease, as after a
+    /// crash, so a restarted bridge resumes without loss.
+    keep_slot: bool,
+}
+
+impl Drop for ExportStream {
+    fn drop(&mut self) {
+        if self.keep_slot {
+            self.reader.detach();
+        }
+    }
 }
 
 impl ExportStream {
@@ -50,6 +62,7 @@ impl ExportStream {
             reader,
             applied: None,
             stats,
+            keep_slot: matches!(ring.mode, ConfigMode::Tethered),
         })
     }
 
@@ -125,6 +138,12 @@ impl ExportStream {
             }
         }
         self.applied = Some(p);
+    }
+
+    /// The stream is finished (END acknowledged): its reader leaves the
+    /// ring for good when dropped, so the ring can be removed.
+    pub(super) fn finished(&mut self) {
+        self.keep_slot = false;
     }
 
     /// The ring's directory, to sweep after the last reader of a finished

@@ -158,7 +158,9 @@ pub struct Subscribe {
     /// First absolute ring position the receiver does not hold.
     pub resume_position: u64,
     /// Initial credit: the sender may send DATA up to this many bytes past
-    /// the position it starts the stream from (see [`Credit`]).
+    /// `resume_position` (for [`RESUME_OLDEST`](super::RESUME_OLDEST): past
+    /// the first position it sends), even when it starts later with a GAP:
+    /// the receiver measured its room from where it is (see [`Credit`]).
     pub window: u64,
 }
 

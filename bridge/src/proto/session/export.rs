@@ -800,9 +800,12 @@ impl ExportSession {
         let acked = old.acked();
         let mut pos = ExportPositions::new(s.info.mode, start);
         if let Phase::Subscribed(flow) = &mut s.phase {
-            // Resume where the peer is, as a SUBSCRIBE at `acked` would,
-            // but the new reader holds nothing before `start`.
-            if let Ok(st) = pos.subscribe(sent.max(acked), start, u64::MAX - 1) {
+            // Continue where this connection is (everything before `sent`
+            // went out on it), as a SUBSCRIBE there would; the new reader
+            // holds nothing before `start`, so what lies between is a GAP.
+            // The tail bound does not apply (`sent` was read from this ring
+            // before), hence the largest position that is not RESUME_OLDEST.
+            if let Ok(st) = pos.subscribe(sent.max(acked), start, RESUME_OLDEST - 1) {
                 if let Some((from, to)) = st.gap {
                     let from = flow.pending_gap.map_or(from, |(f, _)| f);
                     flow.pending_gap = Some((from, to));

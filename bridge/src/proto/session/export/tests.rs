@@ -628,6 +628,46 @@ fn a_send_stalled_past_the_deadline_counts_as_a_pin_reset() {
 }
 
 #[test]
+fn a_stream_at_its_limit_does_not_hold_back_another() {
+    const OTHER: u32 = 8;
+    let mut s = session();
+    s.on_announced(ID, info(ExportMode::Tethered));
+    s.on_announced(OTHER, info(ExportMode::Tethered));
+    s.on_subscribe(&sub(0, 0), view(0, 0, 8192)).unwrap();
+    s.on_subscribe(
+        &Subscribe {
+            stream: OTHER,
+            resume_position: 0,
+            window: u64::MAX,
+        },
+        view(0, 0, 8192),
+    )
+    .unwrap();
+    assert_eq!(s.next_read(ID), None);
+    assert!(!s.waits_for_ring(ID));
+    let mut conn = 0;
+    let mut sent = 0;
+    while let Some(req) = s.next_read(OTHER) {
+        match s
+            .on_ring(OTHER, records(req.from, req.max_len, 8192))
+            .unwrap()
+        {
+            Step::Data { end, .. } => {
+                conn += 100;
+                s.on_data_sent(OTHER, end, conn, 0).unwrap();
+                sent = end;
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(sent, 8192);
+    assert!(s.waits_for_ring(OTHER));
+    assert_eq!(s.subscribed().collect::<Vec<_>>(), [ID, OTHER]);
+    assert_eq!(s.take_counters(ID).credit_stalls, 1);
+    assert_eq!(s.take_counters(OTHER).credit_stalls, 0);
+}
+
+#[test]
 fn the_window_counts_from_the_resume_position_even_after_a_gap() {
     // The receiver promised room for 1024 bytes past its position 512; the
     // sender starts at its floor (the untethered ring's head, 1024) after a
