@@ -101,6 +101,23 @@ fn untethered_loss_on_a_lossy_link_is_told_exactly() {
         eprintln!("skipped: {why}");
         return;
     }
+    lossy_run();
+}
+
+/// The same, twenty times (each with fresh namespaces, bridges and rings).
+#[test]
+#[ignore = "long: run with --ignored stress"]
+fn stress_untethered_loss_twenty_runs() {
+    if let Err(why) = netns::available() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    for _ in 0..20 {
+        lossy_run();
+    }
+}
+
+fn lossy_run() {
     let env = TestEnv::new("recv-netns-loss", PEER, Duration::from_secs(180));
     let pair = NetPair::create("rloss").expect("create namespace pair");
     let keys = env.root().join("keys");
