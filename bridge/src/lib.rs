@@ -28,6 +28,10 @@
 //!     position the kernel no longer reads, and the fallback-to-plain policy.
 //!   - [`proto::stream`]: per-stream positions: what the sender may release
 //!     or must keep pinned, and which DATA/GAP/END a receiver accepts.
+//!   - [`proto::session`]: the per-connection protocol machines: which
+//!     frame is legal when, the stream lifecycle, per-stream credit, gaps
+//!     and resume ([`proto::session::export`] the sender half,
+//!     [`proto::session::import`] the receiver half).
 //! - [`io`]: the syscalls. [`io::zerocopy::ZeroCopySocket`] sends a DATA
 //!   header plus up to two ring slices per `sendmsg` and parses completion
 //!   notifications; [`io::frame_reader::FrameReader`] reads frames with DATA
@@ -59,9 +63,13 @@
 //!
 //! Receiver: [`FrameReader`](io::frame_reader::FrameReader) reads each
 //! frame and opens it (control frames are handed out only once their tag
-//! verified); for DATA it reads exactly `len` bytes into the `&mut [u8]`
-//! claimed in the replica ring, then the tag, and only then does the daemon
-//! validate the record framing, publish, and ACK.
+//! verified); for DATA, which arrives only within the credit the receiver
+//! granted (room the replica ring promised, so claiming it never waits), it
+//! reads exactly `len` bytes into the `&mut [u8]` claimed in the replica
+//! ring, then the tag, and only then does the daemon validate the record
+//! framing, publish, ACK, and grant more credit as local subscribers make
+//! room. A GAP becomes gap records in the same replica: local subscribers
+//! see the exact count of lost messages.
 //!
 //! # Example
 //!

@@ -724,8 +724,8 @@ impl Daemon {
 }
 
 /// Hold and end-marker files of replicas older than this are removed (see
-/// [`replica::expire_markers`]): a bridge down for longer resumes its
-/// streams from the sender's oldest data instead.
+/// [`replica::expire_markers`]): an expired hold leaves a small resume
+/// marker, so a stream that comes back later still resumes where it was.
 pub const MARKER_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
 /// Scans the bus on inotify changes, after a reload, soon after a scan

@@ -17,6 +17,11 @@
 //! - `.<stem>.ended`: the remote publisher finished and everything was
 //!   received; a bridge that sees the stream announced again (the sender
 //!   restarted before its ring was removed) does not import it twice.
+//! - `.<stem>.resume`: what is left of an expired hold: the position and
+//!   sequence number the stream continues from, without the ring's memory,
+//!   so a stream announced again after a long outage resumes there
+//!   (learning its loss exactly from the sender's GAP) instead of restarting
+//!   from the sender's oldest data.
 
 use sha2::{Digest, Sha256};
 use shmbus_bus::{validate_name, MAX_NAME_LEN};
@@ -72,6 +77,30 @@ pub fn hold_name(replica_id: &str) -> String {
 /// The end-marker file name of a stem.
 pub fn ended_name(stem: &str) -> String {
     format!(".{stem}.ended")
+}
+
+/// The resume-marker file name of a stem.
+pub fn resume_name(stem: &str) -> String {
+    format!(".{stem}.resume")
+}
+
+/// The stem and epoch of a hold file name (`.<stem>.<epoch>.hold`).
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_bridge::daemon::naming::parse_hold;
+/// assert_eq!(parse_hold(".n.p.7.hold"), Some(("n.p", 7)));
+/// assert_eq!(parse_hold(".n.p.hold"), None);
+/// assert_eq!(parse_hold("n.p.7.ring"), None);
+/// ```
+pub fn parse_hold(file_name: &str) -> Option<(&str, u64)> {
+    let id = file_name.strip_prefix('.')?.strip_suffix(".hold")?;
+    let (stem, digits) = id.rsplit_once('.')?;
+    if stem.is_empty() || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem, digits.parse().ok()?))
 }
 
 /// What a file in a topic directory is, for a given stem.
@@ -137,6 +166,7 @@ mod tests {
                 classify(&hold_name(&id), &stem),
                 Some(Entry::Hold(u64::MAX))
             );
+            assert_eq!(parse_hold(&hold_name(&id)), Some((&*stem, u64::MAX)));
             // Deterministic, so a restarted bridge finds its files again.
             assert_eq!(stem, replica_stem(peer, publisher));
         }

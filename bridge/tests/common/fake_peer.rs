@@ -1,7 +1,8 @@
-//! A scripted peer for the sender tests: it authenticates to a bridge that
-//! listens (as its allowlisted peer), then reads what the bridge exports
-//! and sends SUBSCRIBE, ACK and CREDIT when the test says so; or stops
-//! reading altogether.
+//! A scripted peer for the sender and receiver tests: it authenticates to a
+//! bridge that listens (as its allowlisted peer), then reads what the bridge
+//! exports and sends SUBSCRIBE, ACK and CREDIT when the test says so, or
+//! stops reading altogether; or announces a stream of its own and sends
+//! DATA for the bridge to import.
 
 use std::{
     io::{Read, Write},
@@ -14,7 +15,10 @@ use shmbus_bridge::{
     identity::{PublicKey, StaticKeypair},
     io::frame_reader::FrameReader,
     proto::{
-        frame::{decode, Decoded, End, ErrorCode, Frame, FrameHeader, Gap, Heartbeat, HEADER_LEN},
+        frame::{
+            decode, Ack, Credit, DataHeader, Decoded, End, ErrorCode, Frame, FrameHeader, Gap,
+            Heartbeat, Subscribe, HEADER_LEN,
+        },
         handshake::{HandshakeParams, Initiator},
         seal::{Direction, Protection},
     },
@@ -42,6 +46,9 @@ pub enum Got {
         message: String,
     },
     Heartbeat,
+    Subscribe(Subscribe),
+    Credit(Credit),
+    Ack(Ack),
     Other,
 }
 
@@ -113,6 +120,21 @@ impl FakePeer {
         self.sock.write_all(&v).unwrap();
     }
 
+    /// Sends DATA `h` with `payload` (its length must be `h.len`), sealed:
+    /// header and payload authenticated, the tag after them.
+    pub fn send_data(&mut self, h: &DataHeader, payload: &[u8]) {
+        let header = h.encode().unwrap();
+        let mut seal = self.send.begin().unwrap();
+        seal.aad(&header);
+        seal.aad(payload);
+        let tag = seal.tag();
+        let mut v = Vec::with_capacity(header.len() + payload.len() + tag.len());
+        v.extend_from_slice(&header);
+        v.extend_from_slice(payload);
+        v.extend_from_slice(&tag);
+        self.sock.write_all(&v).unwrap();
+    }
+
     /// The next frame, or `None` if none came within `timeout`; panics if
     /// the connection closed or a frame failed authentication.
     pub fn next(&mut self, timeout: Duration) -> Option<Got> {
@@ -156,6 +178,9 @@ impl FakePeer {
                     message: e.message.to_owned(),
                 },
                 Frame::Heartbeat(_) => Got::Heartbeat,
+                Frame::Subscribe(s) => Got::Subscribe(s),
+                Frame::Credit(c) => Got::Credit(c),
+                Frame::Ack(a) => Got::Ack(a),
                 _ => Got::Other,
             });
         }

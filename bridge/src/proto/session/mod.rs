@@ -5,13 +5,15 @@
 //! streams: the streams this bridge *exports* (it sends STREAM_ANNOUNCE,
 //! DATA, GAP, END and receives SUBSCRIBE, ACK, CREDIT for them) and the
 //! streams it *imports* (the reverse). [`route`] says which half a decoded
-//! frame belongs to; [`export::ExportSession`] is the sender half.
+//! frame belongs to; [`export::ExportSession`] is the sender half,
+//! [`import::ImportSession`] the receiver half.
 //!
 //! Nothing here touches a socket, a ring or a clock: the caller passes ring
 //! progress, kernel completions and the time in, and carries the decisions
 //! out.
 
 pub mod export;
+pub mod import;
 
 use super::{
     frame::{ErrorCode, Frame, FrameType},
