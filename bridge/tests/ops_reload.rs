@@ -212,7 +212,6 @@ fn flows_seen(
 /// While `other` keeps flowing for a while (and `publisher` keeps
 /// publishing from sequence number `cutoff` on), `sub` gets no message
 /// numbered `cutoff` or later: the stream stopped.
-#[allow(clippy::too_many_arguments)]
 fn stays_stopped(
     publisher: &mut shmbus::Publisher<Tele>,
     sub: &mut Subscriber<Tele>,
