@@ -5,6 +5,12 @@
 //! received plus what it was told it lost is exactly what was published,
 //! in order within each replica ring, nothing twice (issue 11).
 //!
+//! And the stuck-subscriber case of `bridge/tests/flow_recv_credit.rs` over
+//! veth: a local subscriber of one replica that stops reading stops only
+//! that tethered stream; another stream on the same connection keeps
+//! flowing to the end, and once the subscriber reads again the stuck stream
+//! is delivered completely. Rates are printed, never asserted.
+//!
 //! Needs root (network namespaces, nftables); skipped otherwise.
 
 use std::{
@@ -269,4 +275,198 @@ fn lossy_run() {
         .sum();
     assert_eq!(lost, seen.lost, "{text}");
     drop(publisher);
+}
+
+/// A subscriber thread on bridge B's side of `topic`: reads one message,
+/// then, while `hold` is set, stops reading (its replica's space stays
+/// taken); then reads until `want` messages were received or lost, or
+/// [`WAIT`] twice over passed. `progress` is what it received or was told
+/// it lost.
+fn stuck_subscriber(
+    bus: &Bus,
+    topic: &str,
+    hold: Option<Arc<AtomicBool>>,
+    want: u64,
+    progress: Arc<AtomicU64>,
+) -> thread::JoinHandle<Seen> {
+    let mut sub = bus
+        .subscriber_with::<Msg>(topic, StartAt::Oldest, WaitStrategy::default())
+        .unwrap();
+    let topic = topic.to_owned();
+    thread::spawn(move || {
+        let mut seen = Seen::default();
+        let end = Instant::now() + 2 * WAIT;
+        while (seen.seqs.len() as u64) + seen.lost < want && Instant::now() < end {
+            if let Some(h) = &hold {
+                if !seen.seqs.is_empty() && h.load(Ordering::Relaxed) {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            }
+            match sub.recv_timeout(Duration::from_millis(50)) {
+                Ok(m) => {
+                    let seq = m.seq.to_native();
+                    seen.bad_bodies += usize::from(m.body.as_slice() != Msg::new(seq).body);
+                    seen.seqs.push(seq);
+                }
+                Err(shmbus::Error::Timeout(_)) => {}
+                Err(e) => panic!("subscriber of {topic}: {e}"),
+            }
+            for ev in sub.take_events() {
+                if let TopicEvent::Lost { messages, .. } = ev {
+                    seen.lost += messages;
+                }
+            }
+            progress.store(seen.seqs.len() as u64 + seen.lost, Ordering::Relaxed);
+        }
+        seen
+    })
+}
+
+/// Every message exactly once, in order, none lost.
+fn assert_complete(what: &str, seen: &Seen, total: u64) {
+    assert_eq!(seen.bad_bodies, 0, "{what}: corrupt bodies");
+    assert_eq!(seen.lost, 0, "{what}: nothing may be lost");
+    assert_eq!(
+        seen.seqs,
+        (0..total).collect::<Vec<_>>(),
+        "{what}: every message once, in order"
+    );
+}
+
+#[test]
+fn a_stuck_subscriber_over_veth_stops_only_its_own_stream() {
+    if let Err(why) = netns::available() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    const TOTAL_A: u64 = 3000;
+    const TOTAL_B: u64 = 20_000;
+    let env = TestEnv::new("recv-netns-stuck", PEER, Duration::from_secs(300));
+    let pair = NetPair::create("rstuck").expect("create namespace pair");
+    let keys = env.root().join("keys");
+    netns::write_bridge_identities(&keys, &["a", "b"]).unwrap();
+    let (root_a, root_b) = (env.root().join("a"), env.root().join("b"));
+    for r in [&root_a, &root_b] {
+        std::fs::create_dir_all(r).unwrap();
+    }
+    let stats_b = env.root().join("b.stats");
+    let b_addr = pair.sock_addr(Side::B, PORT);
+
+    let mut cmd = pair.command_in(Side::B, BRIDGE);
+    cmd.args(["--allow-non-loopback-listen", "--listen"])
+        .arg(b_addr.to_string())
+        .args(["--import", "a", "--import", "b"])
+        .args(bridge_args(&keys, "b", &root_b, &stats_b));
+    let mut b = env.spawn("bridge-b", cmd);
+    wait_log(&b, &format!("listening on {b_addr}"));
+    let mut cmd = pair.command_in(Side::A, BRIDGE);
+    cmd.args(["--listen", "off", "--peer"])
+        .arg(format!("b={b_addr}"))
+        // Tethered: lossless end to end, so the stuck subscriber holds its
+        // stream's publisher back, and only that one.
+        .args(["--export", "a:tethered", "--export", "b:tethered"])
+        .args(bridge_args(
+            &keys,
+            "a",
+            &root_a,
+            &env.root().join("a.stats"),
+        ));
+    let mut a = env.spawn("bridge-a", cmd);
+    wait_log(&b, "connected to peer a ");
+
+    let hold = Arc::new(AtomicBool::new(true));
+    let (prog_a, prog_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let bus_b = Bus::builder().root(&root_b).name(BUS).build().unwrap();
+    let sub_a = stuck_subscriber(
+        &bus_b,
+        "a",
+        Some(Arc::clone(&hold)),
+        TOTAL_A,
+        Arc::clone(&prog_a),
+    );
+    let sub_b = stuck_subscriber(&bus_b, "b", None, TOTAL_B, Arc::clone(&prog_b));
+    // Small source rings (the replicas mirror them): the stuck subscriber
+    // fills its replica after a few hundred messages.
+    let bus_a = Bus::builder()
+        .root(&root_a)
+        .name(BUS)
+        .capacity(64 << 10)
+        .max_message(1024)
+        .build()
+        .unwrap();
+    let mut pub_a = bus_a.publisher::<Msg>("a").unwrap();
+    let mut pub_b = bus_a.publisher::<Msg>("b").unwrap();
+    // Nothing is published before bridge B imports both rings.
+    wait_log(&b, "importing a/");
+    wait_log(&b, "importing b/");
+    let sent_a = Arc::new(AtomicU64::new(0));
+    let sent_a2 = Arc::clone(&sent_a);
+    let publisher_a = thread::spawn(move || {
+        for seq in 0..TOTAL_A {
+            pub_a
+                .send_timeout(&Msg::new(seq), 2 * WAIT)
+                .expect("A's publisher waits only while A's remote subscriber is stuck");
+            sent_a2.store(seq + 1, Ordering::Relaxed);
+        }
+    });
+    let end = Instant::now() + WAIT;
+    while prog_a.load(Ordering::Relaxed) < 1 {
+        assert!(Instant::now() < end, "A's first message: {}", b.describe());
+        thread::sleep(Duration::from_millis(10));
+    }
+    // A is stuck now; B flows to the end over the same connection.
+    let started = Instant::now();
+    for seq in 0..TOTAL_B {
+        pub_b
+            .send_timeout(&Msg::new(seq), WAIT)
+            .expect("B must not wait for A's stuck subscriber");
+    }
+    let end = Instant::now() + WAIT;
+    while prog_b.load(Ordering::Relaxed) < TOTAL_B {
+        assert!(
+            Instant::now() < end,
+            "B delivered only {} of {TOTAL_B} while A is stuck: {}\n{}",
+            prog_b.load(Ordering::Relaxed),
+            a.describe(),
+            b.describe()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "B: {TOTAL_B} messages over veth in {took:?} ({:.0} msg/s) while A was stuck",
+        TOTAL_B as f64 / took.as_secs_f64()
+    );
+    // A really was stuck: its tethered publisher could not finish (a ring
+    // of 64 KiB on each side holds far fewer than 3000 messages), and its
+    // subscriber got nothing more.
+    assert!(
+        sent_a.load(Ordering::Relaxed) < TOTAL_A,
+        "A's publisher finished although A's subscriber was stuck"
+    );
+    assert_eq!(prog_a.load(Ordering::Relaxed), 1);
+    // A's subscriber reads again: A resumes and is delivered completely.
+    hold.store(false, Ordering::Relaxed);
+    publisher_a.join().unwrap();
+    let seen_a = sub_a.join().unwrap();
+    let seen_b = sub_b.join().unwrap();
+    assert_complete("A", &seen_a, TOTAL_A);
+    assert_complete("B", &seen_b, TOTAL_B);
+    assert_eq!(
+        b.stderr().matches("bookkeeping error").count(),
+        0,
+        "the receiver never lacked the room it granted"
+    );
+    b.signal(libc::SIGTERM);
+    b.wait_ok(WAIT);
+    a.signal(libc::SIGTERM);
+    a.wait_ok(WAIT);
+    let text = std::fs::read_to_string(&stats_b).unwrap();
+    for l in text.lines().filter(|l| l.starts_with("stream ")) {
+        let lost = l
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix("lost_messages="));
+        assert_eq!(lost, Some("0"), "{l}");
+    }
 }

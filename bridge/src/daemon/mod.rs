@@ -68,8 +68,13 @@
 //! to them is closed and their state dropped), a changed address is dialed
 //! anew; the catalog rescans with the new export rules (rings of topics no
 //! longer exported leave it, newly exported ones are announced) and import
-//! rules apply to the next announcements. [`Daemon::reload_allowlist`]
-//! re-reads the allowlist alone.
+//! rules apply to the next announcements (a connection that announced a
+//! newly imported topic before is reconnected, so it is announced again).
+//! A live stream whose topic the new rules no longer export or import is
+//! stopped without END: its connection closes and the stream leaves the
+//! peer's state (see `export::reload` and `import::reload`); the peer
+//! reconnects and resumes what is still allowed.
+//! [`Daemon::reload_allowlist`] re-reads the allowlist alone.
 
 pub mod backoff;
 pub mod catalog;

@@ -312,7 +312,11 @@ pub fn expire_markers(dir: &Path, max_age: Duration) -> usize {
 
 /// Records `mark` as where `stem` resumes unless a resume mark at a later
 /// position exists.
-fn keep_resume_mark(dir: &Path, stem: &str, mark: &Mark) -> io::Result<()> {
+///
+/// # Errors
+///
+/// The file-system error (reading the old mark or writing the new one).
+pub fn keep_resume_mark(dir: &Path, stem: &str, mark: &Mark) -> io::Result<()> {
     let path = dir.join(naming::resume_name(stem));
     if let Some(old) = read_mark(&path)? {
         if old.position > mark.position {

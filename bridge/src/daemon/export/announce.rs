@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use shmbus_bus::layout::record_size;
 
 use crate::{
-    config::ExportMode as ConfigMode,
+    config::{Config, ExportMode as ConfigMode},
     log,
     proto::{
         frame::{Frame, StreamAnnounce, StreamFlags, MAX_DATA_LEN},
@@ -34,11 +34,24 @@ impl Announced {
         self.rings.get(&id)
     }
 
+    /// The rings announced on this connection.
+    pub(super) fn rings(&self) -> impl Iterator<Item = &Arc<LocalRing>> {
+        self.rings.values()
+    }
+
+    /// Makes the next [`Announced::update`] look at the catalog again (the
+    /// export rules changed).
+    pub(super) fn refresh(&mut self) {
+        self.generation = None;
+    }
+
     /// Queues STREAM_ANNOUNCE for every ring the catalog or `streams` has
-    /// that the session wants announced; returns whether any was queued.
+    /// that `config` exports and the session wants announced; returns
+    /// whether any was queued.
     pub(super) fn update(
         &mut self,
         catalog: &Catalog,
+        config: &Config,
         streams: &BTreeMap<u32, ExportStream>,
         session: &mut ExportSession,
         wire: &mut Wire,
@@ -60,6 +73,11 @@ impl Announced {
         let mut queued = false;
         for ring in rings {
             if self.rings.contains_key(&ring.id) || !session.should_announce(ring.id) {
+                continue;
+            }
+            // Right after a reload the catalog may still hold rings of
+            // topics no longer exported.
+            if config.export_rule(&ring.topic).is_none() {
                 continue;
             }
             let max_record = record_size(ring.max_message);

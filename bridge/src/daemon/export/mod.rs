@@ -11,7 +11,9 @@
 //!   ones durable), reading and protecting ring bytes;
 //! - [`wire`]: sealing and writing frames;
 //! - [`close`]: ending a connection, gracefully or by reset (pin deadline),
-//!   and when ring bytes the kernel held may be released.
+//!   and when ring bytes the kernel held may be released;
+//! - [`reload`]: a reload that stops exporting a topic closes the
+//!   connection and drops the topic's streams.
 //!
 //! DATA is written only while the socket reports `POLLOUT`, which with
 //! `TCP_NOTSENT_LOWAT` means little is queued unsent: a queued ACK, CREDIT
@@ -20,19 +22,21 @@
 
 mod announce;
 mod close;
+mod reload;
 mod streams;
 mod wire;
 
 use std::{
     collections::BTreeMap,
     os::fd::AsRawFd,
-    sync::OnceLock,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
 use shmbus_bus::{self as bus, WaitStrategy};
 
 use crate::{
+    config::Config,
     error::BridgeError,
     io::{socket, zerocopy::ZeroCopySocket},
     log,
@@ -117,6 +121,8 @@ pub(crate) struct Sender<'a> {
     wire: Wire,
     set: ExportSet,
     announced: Announced,
+    /// The configuration the streams were last checked against.
+    config: Arc<Config>,
     last_heartbeat: Instant,
     /// Zero-copy counters already added to the peer's stats.
     zc_reported: (u64, u64, u64),
@@ -143,6 +149,9 @@ impl<'a> Sender<'a> {
         keys: Direction,
     ) -> Self {
         let config = shared.config();
+        // Streams of topics a reload stopped exporting while the peer was
+        // away (or during the last connection) go before anything is offered.
+        reload::drop_disallowed(&mut set, &config, &peer.name);
         if let Err(e) = socket::set_notsent_lowat(sock.as_raw_fd(), config.send.notsent_lowat) {
             log::warning!("cannot set TCP_NOTSENT_LOWAT for {}: {e}", peer.name);
         }
@@ -168,6 +177,7 @@ impl<'a> Sender<'a> {
             ),
             set,
             announced: Announced::default(),
+            config,
             last_heartbeat: Instant::now(),
             zc_reported: (0, 0, 0),
             idle_rounds: 0,
@@ -201,10 +211,16 @@ impl<'a> Sender<'a> {
             }
         }
         self.finish(reset);
+        // The kernel is done with this connection's sends: streams a reload
+        // disallowed can leave their rings now.
+        reload::drop_disallowed(&mut self.set, &self.shared.config(), &self.peer.name);
         self.set
     }
 
     fn step(&mut self, work: &mut bool, blocked: &mut bool) -> Result<(), StepError> {
+        if self.check_reload() {
+            return Ok(());
+        }
         // 1. Frames from the receiver thread, and the peer's requests.
         let (frames, acks_out, credits_out, subscribes, acks_in, credits_in) = {
             let mut q = self.link.queues();
@@ -257,6 +273,7 @@ impl<'a> Sender<'a> {
         // 2. New rings to announce.
         if self.announced.update(
             &self.shared.catalog,
+            &self.config,
             &self.set.streams,
             &mut self.set.session,
             &mut self.wire,

@@ -33,7 +33,7 @@ use super::{
 #[derive(Debug)]
 pub(super) struct Pending {
     id: u32,
-    key: StreamKey,
+    pub(super) key: StreamKey,
     since: Instant,
     point: ResumePoint,
     stream: ImportStream,
@@ -83,6 +83,8 @@ impl Receiver<'_> {
         }
         if !cfg.imports_topic(&a.topic) {
             log::debug!("not importing {what}: no import rule matches the topic");
+            // A reload that imports the topic reconnects to subscribe it.
+            self.unimported.insert(a.stream, a.topic.clone());
             return Decision::Ignore;
         }
         if a.meta.capacity > cfg.max_replica_capacity {

@@ -17,7 +17,8 @@
 //!
 //! Files: [`announce`] decides what to import, [`data`] moves DATA payloads
 //! into rings, [`gaps`] applies GAP and END, [`streams`] holds the replica
-//! of each stream.
+//! of each stream, [`reload`] stops the streams of topics a reload no
+//! longer imports.
 //!
 //! Every frame is authenticated by the [`FrameReader`] before it counts: a
 //! DATA payload lands in reserved replica space, and is published only after
@@ -31,15 +32,18 @@
 mod announce;
 mod data;
 mod gaps;
+mod reload;
 mod streams;
 
 use std::{
     collections::HashMap,
     net::TcpStream,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use crate::{
+    config::Config,
     io::frame_reader::{FrameReader, ReadError},
     log,
     proto::{
@@ -142,8 +146,13 @@ pub(crate) struct Receiver<'a> {
     reader: FrameReader,
     set: ImportSet,
     session: ImportSession,
+    /// The configuration the streams were last checked against.
+    config: Arc<Config>,
     /// The stream key of each subscribed stream id of this connection.
     keys: HashMap<u32, StreamKey>,
+    /// The topic of each stream announced on this connection and ignored
+    /// because no import rule matched it (see [`reload`]).
+    unimported: HashMap<u32, String>,
     /// Streams held while their previous replica drains.
     pending: Vec<Pending>,
     bytes_reported: u64,
@@ -169,8 +178,12 @@ impl<'a> Receiver<'a> {
         link: &'a Link,
         sock: TcpStream,
         reader: FrameReader,
-        set: ImportSet,
+        mut set: ImportSet,
     ) -> Self {
+        let config = shared.config();
+        // Streams of topics a reload stopped importing while the peer was
+        // away (or during the last connection) go before any announcement.
+        reload::drop_disallowed(&mut set, &config, &peer.name);
         Self {
             shared,
             peer,
@@ -179,7 +192,9 @@ impl<'a> Receiver<'a> {
             reader,
             set,
             session: ImportSession::new(),
+            config,
             keys: HashMap::new(),
+            unimported: HashMap::new(),
             pending: Vec::new(),
             bytes_reported: 0,
             reader_done: false,
@@ -261,6 +276,9 @@ impl<'a> Receiver<'a> {
         }
         self.flush_outputs();
         self.report_bytes();
+        // Nothing writes the replicas now: streams a reload disallowed can
+        // be retired.
+        reload::drop_disallowed(&mut self.set, &self.shared.config(), &self.peer.name);
         self.set
     }
 
@@ -306,6 +324,7 @@ impl<'a> Receiver<'a> {
             return Ok(());
         }
         self.last_sweep = Instant::now();
+        self.check_reload()?;
         self.start_pending();
         let starved: Vec<u32> = self
             .session

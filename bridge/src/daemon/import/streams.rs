@@ -220,6 +220,29 @@ impl ImportStream {
         }
     }
 
+    /// The stream is no longer imported (a reload): records where it
+    /// stands in a resume marker and retires the replica, so local
+    /// subscribers drain it and see the publisher gone, and a later import
+    /// continues from that position. If the marker cannot be written, the
+    /// replica is closed but its hold stays, which keeps the position.
+    pub(super) fn withdraw(mut self) {
+        if let Some(r) = self.replica.as_ref() {
+            let mark = Mark {
+                position: r.writer.position(),
+                next_seq: r.writer.next_sequence(),
+                next_epoch: self.epoch + 1,
+            };
+            if let Err(err) = replica::keep_resume_mark(&self.dir, &self.stem, &mark) {
+                log::warning!(
+                    "cannot record where {} stopped, keeping its replica's hold: {err}",
+                    self.name()
+                );
+                return;
+            }
+        }
+        self.retire_replica();
+    }
+
     /// The stream is complete at `position`: records the end marker (so it
     /// is never imported twice) and retires the replica.
     pub(super) fn finish(&mut self, position: u64) {

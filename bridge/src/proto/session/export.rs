@@ -786,6 +786,14 @@ impl ExportSession {
         }
     }
 
+    /// Forgets stream `id` entirely, without an END (a reload stopped
+    /// exporting its topic): call between connections, once the kernel is
+    /// done with its sends. The peer never saw it end, so if it is announced
+    /// again later it starts afresh (the peer resumes from its replica).
+    pub fn forget(&mut self, id: u32) {
+        self.streams.remove(&id);
+    }
+
     /// Forgets stream `id`'s positions (its reader was replaced: evicted and
     /// rejoined); a subscribed stream continues from `start`, the new
     /// reader's first position, with a GAP if that is after what was sent.

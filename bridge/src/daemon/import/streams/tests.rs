@@ -224,3 +224,26 @@ fn finish_records_where_the_stream_ended() {
         })
     );
 }
+
+#[test]
+fn a_withdrawn_stream_closes_its_replica_and_resumes_where_it_stopped() {
+    let (_d, mut st) = stream("withdraw");
+    st.open_replica(0, Some(10)).unwrap();
+    let mut r = reader(&st);
+    assert!(push(&mut st, 10));
+    assert!(push(&mut st, 11));
+    let pos = st.replica.as_ref().unwrap().writer.position();
+    let (dir, stem) = (st.dir.clone(), st.stem.clone());
+    st.withdraw();
+    // The local subscriber drains the replica and sees its publisher gone.
+    assert_eq!(read_all(&mut r), [Ok(10), Ok(11)]);
+    assert!(matches!(r.try_read().unwrap(), ReadEvent::Closed));
+    drop(r);
+    // Not ended: a later import resumes after message 11, in a new epoch.
+    assert_eq!(replica::ended(&dir, &stem), replica::Ended::No);
+    let point = replica::find_previous(&dir, &stem).unwrap().unwrap();
+    assert_eq!(
+        (point.position, point.next_seq, point.next_epoch),
+        (pos, Some(12), 1)
+    );
+}

@@ -690,3 +690,38 @@ fn the_window_counts_from_the_resume_position_even_after_a_gap() {
     ));
     assert_eq!(data_ends(&steps), [(1024, 1536)]);
 }
+
+#[test]
+fn a_forgotten_stream_is_announced_again_and_starts_afresh_without_end() {
+    let mut s = session();
+    s.on_announced(ID, info(ExportMode::Tethered));
+    s.on_subscribe(&sub(RESUME_OLDEST, CAP), view(0, 0, 4096))
+        .unwrap();
+    let mut conn = 0;
+    let steps = pump(&mut s, 4096, &mut conn, 0);
+    assert_eq!(data_ends(&steps), [(0, 4096)]);
+    s.on_ack(ID, 4096).unwrap();
+    s.on_connection_released(conn);
+    s.on_connection_closed();
+    // A reload stopped the export: nothing of the stream is kept, no END
+    // was decided, and nothing is retirable.
+    s.forget(ID);
+    assert!(s.retirable().is_empty());
+    assert_eq!(s.subscribed().count(), 0);
+    assert_eq!(s.sent(ID), None);
+    assert_eq!(s.protection(ID), None);
+    // Allowed again: announced like a new stream; the peer resumes at its
+    // replica's position, which a new reader that joined later than that
+    // turns into a GAP, never a refusal.
+    assert!(s.should_announce(ID));
+    s.on_announced(ID, info(ExportMode::Tethered));
+    let start = s
+        .on_subscribe(&sub(4096, CAP), view(8192, 8192, 12288))
+        .unwrap();
+    assert_eq!(start, Some(8192));
+    let req = s.next_read(ID).unwrap();
+    let step = s
+        .on_ring(ID, records(req.from, req.max_len, 12288))
+        .unwrap();
+    assert!(matches!(step, Step::Gap(g) if g.from == 4096 && g.to == 8192 && g.next_seq == 128));
+}
