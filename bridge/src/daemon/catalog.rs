@@ -35,7 +35,9 @@ use crate::{
 };
 
 /// Most ring files the catalog tracks.
-pub const MAX_RINGS: usize = 65_536;
+/// Equal to [`crate::proto::session::import::MAX_ANNOUNCED_STREAMS`]: a
+/// receiver refuses a connection announcing more.
+pub const MAX_RINGS: usize = crate::proto::session::import::MAX_ANNOUNCED_STREAMS;
 
 /// A local ring that may be exported.
 #[derive(Debug)]

@@ -124,7 +124,15 @@ pub enum ImportViolation {
         /// The newest limit granted.
         limit: u64,
     },
+    /// More streams announced on one connection than any sender offers.
+    #[error("more than {MAX_ANNOUNCED_STREAMS} streams announced on one connection")]
+    TooManyStreams,
 }
+
+/// Most stream ids one connection may announce: a sender offers at most
+/// its catalog's rings (`daemon::catalog::MAX_RINGS`, the same number), so
+/// the per-connection map stays bounded even for ids this bridge ignores.
+pub const MAX_ANNOUNCED_STREAMS: usize = 65_536;
 
 impl ImportViolation {
     /// The ERROR code to send.
@@ -134,6 +142,7 @@ impl ImportViolation {
             Self::AnnouncedTwice { .. } | Self::AfterEnd { .. } | Self::BeyondCredit { .. } => {
                 ErrorCode::UnexpectedFrame
             }
+            Self::TooManyStreams => ErrorCode::NotAllowed,
             Self::Position { .. } => ErrorCode::Malformed,
         }
     }
@@ -275,10 +284,14 @@ impl ImportSession {
     ///
     /// # Errors
     ///
-    /// [`ImportViolation::AnnouncedTwice`].
+    /// [`ImportViolation::AnnouncedTwice`];
+    /// [`ImportViolation::TooManyStreams`] past [`MAX_ANNOUNCED_STREAMS`].
     pub fn on_announce(&mut self, stream: u32) -> Result<(), ImportViolation> {
         if self.streams.contains_key(&stream) {
             return Err(ImportViolation::AnnouncedTwice { stream });
+        }
+        if self.streams.len() >= MAX_ANNOUNCED_STREAMS {
+            return Err(ImportViolation::TooManyStreams);
         }
         self.streams.insert(stream, State::Undecided);
         Ok(())

@@ -531,3 +531,22 @@ fn a_gap_longer_than_the_ring_is_tried_at_once_but_may_wait() {
     assert_eq!(s.gap_applied(1, long.to + CAP), None);
     assert_eq!(credits(&outputs(&mut s)), [(1, long.to + CAP)]);
 }
+
+/// A peer cannot grow the per-connection stream map without bound, even
+/// with ids this bridge ignores.
+#[test]
+fn announcing_more_streams_than_any_catalog_holds_is_refused() {
+    let mut s = ImportSession::new();
+    for id in 0..MAX_ANNOUNCED_STREAMS as u32 {
+        s.on_announce(id).unwrap();
+        s.ignore(id);
+    }
+    let err = s.on_announce(MAX_ANNOUNCED_STREAMS as u32).unwrap_err();
+    assert_eq!(err, ImportViolation::TooManyStreams);
+    assert_eq!(err.code(), ErrorCode::NotAllowed);
+    // The ids already known still answer as before.
+    assert_eq!(
+        s.on_announce(7).unwrap_err(),
+        ImportViolation::AnnouncedTwice { stream: 7 }
+    );
+}
