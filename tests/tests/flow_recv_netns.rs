@@ -15,7 +15,7 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -79,6 +79,60 @@ fn wait_log(p: &Proc, needle: &str) {
     }
 }
 
+/// Two bridges in two namespaces joined by veth: `b` listens and imports,
+/// `a` dials it and exports; both connected when this returns.
+struct Hop {
+    env: TestEnv,
+    pair: NetPair,
+    root_a: PathBuf,
+    root_b: PathBuf,
+    stats_b: PathBuf,
+    a: Proc,
+    b: Proc,
+}
+
+impl Hop {
+    fn start(env: TestEnv, ns: &str, imports: &[&str], exports: &[&str]) -> Self {
+        let pair = NetPair::create(ns).expect("create namespace pair");
+        let keys = env.root().join("keys");
+        netns::write_bridge_identities(&keys, &["a", "b"]).unwrap();
+        let (root_a, root_b) = (env.root().join("a"), env.root().join("b"));
+        for r in [&root_a, &root_b] {
+            std::fs::create_dir_all(r).unwrap();
+        }
+        let stats_b = env.root().join("b.stats");
+        let b_addr = pair.sock_addr(Side::B, PORT);
+        let mut cmd = pair.command_in(Side::B, BRIDGE);
+        cmd.args(["--allow-non-loopback-listen", "--listen"])
+            .arg(b_addr.to_string())
+            .args(imports)
+            .args(bridge_args(&keys, "b", &root_b, &stats_b));
+        let b = env.spawn("bridge-b", cmd);
+        wait_log(&b, &format!("listening on {b_addr}"));
+        let mut cmd = pair.command_in(Side::A, BRIDGE);
+        cmd.args(["--listen", "off", "--peer"])
+            .arg(format!("b={b_addr}"))
+            .args(exports)
+            .args(bridge_args(
+                &keys,
+                "a",
+                &root_a,
+                &env.root().join("a.stats"),
+            ));
+        let a = env.spawn("bridge-a", cmd);
+        wait_log(&b, "connected to peer a ");
+        Self {
+            env,
+            pair,
+            root_a,
+            root_b,
+            stats_b,
+            a,
+            b,
+        }
+    }
+}
+
 fn bridge_args(keys: &Path, node: &str, root: &Path, stats: &Path) -> Vec<String> {
     let mut args = netns::bridge_identity_args(keys, node);
     args.extend(
@@ -124,37 +178,21 @@ fn stress_untethered_loss_twenty_runs() {
 }
 
 fn lossy_run() {
-    let env = TestEnv::new("recv-netns-loss", PEER, Duration::from_secs(180));
-    let pair = NetPair::create("rloss").expect("create namespace pair");
-    let keys = env.root().join("keys");
-    netns::write_bridge_identities(&keys, &["a", "b"]).unwrap();
-    let (root_a, root_b) = (env.root().join("a"), env.root().join("b"));
-    for r in [&root_a, &root_b] {
-        std::fs::create_dir_all(r).unwrap();
-    }
-    let stats_b = env.root().join("b.stats");
-    let b_addr = pair.sock_addr(Side::B, PORT);
-
-    let mut cmd = pair.command_in(Side::B, BRIDGE);
-    cmd.args(["--allow-non-loopback-listen", "--listen"])
-        .arg(b_addr.to_string())
-        .args(["--import", TOPIC])
-        .args(bridge_args(&keys, "b", &root_b, &stats_b));
-    let mut b = env.spawn("bridge-b", cmd);
-    wait_log(&b, &format!("listening on {b_addr}"));
-    let mut cmd = pair.command_in(Side::A, BRIDGE);
-    cmd.args(["--listen", "off", "--peer"])
-        .arg(format!("b={b_addr}"))
+    let Hop {
+        env: _env, // kept alive: dropping it tears the setup down
+        pair,
+        root_a,
+        root_b,
+        stats_b,
+        mut a,
+        mut b,
+    } = Hop::start(
+        TestEnv::new("recv-netns-loss", PEER, Duration::from_secs(180)),
+        "rloss",
+        &["--import", TOPIC],
         // Untethered is the default: the publisher is never held back.
-        .args(["--export", TOPIC])
-        .args(bridge_args(
-            &keys,
-            "a",
-            &root_a,
-            &env.root().join("a.stats"),
-        ));
-    let mut a = env.spawn("bridge-a", cmd);
-    wait_log(&b, "connected to peer a ");
+        &["--export", TOPIC],
+    );
 
     // The remote subscriber reads as fast as it can, from the first message.
     let stop = Arc::new(AtomicBool::new(false));
@@ -342,38 +380,22 @@ fn a_stuck_subscriber_over_veth_stops_only_its_own_stream() {
     }
     const TOTAL_A: u64 = 3000;
     const TOTAL_B: u64 = 20_000;
-    let env = TestEnv::new("recv-netns-stuck", PEER, Duration::from_secs(300));
-    let pair = NetPair::create("rstuck").expect("create namespace pair");
-    let keys = env.root().join("keys");
-    netns::write_bridge_identities(&keys, &["a", "b"]).unwrap();
-    let (root_a, root_b) = (env.root().join("a"), env.root().join("b"));
-    for r in [&root_a, &root_b] {
-        std::fs::create_dir_all(r).unwrap();
-    }
-    let stats_b = env.root().join("b.stats");
-    let b_addr = pair.sock_addr(Side::B, PORT);
-
-    let mut cmd = pair.command_in(Side::B, BRIDGE);
-    cmd.args(["--allow-non-loopback-listen", "--listen"])
-        .arg(b_addr.to_string())
-        .args(["--import", "a", "--import", "b"])
-        .args(bridge_args(&keys, "b", &root_b, &stats_b));
-    let mut b = env.spawn("bridge-b", cmd);
-    wait_log(&b, &format!("listening on {b_addr}"));
-    let mut cmd = pair.command_in(Side::A, BRIDGE);
-    cmd.args(["--listen", "off", "--peer"])
-        .arg(format!("b={b_addr}"))
+    let Hop {
+        env: _env,   // kept alive: dropping it tears the setup down
+        pair: _pair, // kept alive: dropping it tears the setup down
+        root_a,
+        root_b,
+        stats_b,
+        mut a,
+        mut b,
+    } = Hop::start(
+        TestEnv::new("recv-netns-stuck", PEER, Duration::from_secs(300)),
+        "rstuck",
+        &["--import", "a", "--import", "b"],
         // Tethered: lossless end to end, so the stuck subscriber holds its
         // stream's publisher back, and only that one.
-        .args(["--export", "a:tethered", "--export", "b:tethered"])
-        .args(bridge_args(
-            &keys,
-            "a",
-            &root_a,
-            &env.root().join("a.stats"),
-        ));
-    let mut a = env.spawn("bridge-a", cmd);
-    wait_log(&b, "connected to peer a ");
+        &["--export", "a:tethered", "--export", "b:tethered"],
+    );
 
     let hold = Arc::new(AtomicBool::new(true));
     let (prog_a, prog_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
