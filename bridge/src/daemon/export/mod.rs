@@ -20,6 +20,7 @@
 
 mod announce;
 mod close;
+pub mod hold;
 mod streams;
 mod wire;
 
@@ -167,7 +168,7 @@ impl<'a> Sender<'a> {
                 std::sync::Arc::clone(&peer.stats),
             ),
             set,
-            announced: Announced::default(),
+            announced: Announced::for_peer(&peer.name),
             last_heartbeat: Instant::now(),
             zc_reported: (0, 0, 0),
             idle_rounds: 0,
