@@ -10,6 +10,11 @@
 //!   dead. Restarted, the bridge sends one GAP whose `next_seq` is exactly
 //!   the first message the remote subscriber gets after the hole: the
 //!   missing sequence numbers are exactly the ones the GAP reports.
+//! - Untethered, the publisher exits too: its ring's names are removed
+//!   while the bridge is dead, and only the export hold keeps the ring.
+//!   Restarted, the bridge offers the hold again: the remote subscriber
+//!   gets the exact loss (`TopicEvent::Lost`), the rest of the tail, and the
+//!   publisher is reported gone (END); then the hold is removed.
 
 mod common;
 
@@ -26,7 +31,7 @@ use std::{
 };
 
 use common::{check_body, ring_files, wait_until, Daemon, Tele, TestDir, Watchdog};
-use shmbus::Bus;
+use shmbus::{Bus, TopicEvent};
 use shmbus_bus::{StartAt, WaitStrategy};
 
 /// A sending and a receiving bridge; the sender exports `tele` as `mode`.
@@ -196,6 +201,10 @@ fn tethered_restart(tag: &'static str, stop_sender: impl FnOnce(&mut Daemon)) {
     wait_until("the finished ring removed", Duration::from_secs(20), || {
         ring_files(&topic_dir).is_empty()
     });
+    // And so is the export hold that kept it for the peer.
+    wait_until("the export hold removed", Duration::from_secs(20), || {
+        export_hold_files(&topic_dir).is_empty()
+    });
 }
 
 #[test]
@@ -279,4 +288,214 @@ fn untethered_export_reports_exactly_the_messages_lapped_while_the_sender_was_de
             >= 1
     });
     drop(publisher);
+}
+
+/// What a receiving-side subscriber saw: messages (sequence number and
+/// replica ring), lost messages reported, publishers reported gone.
+#[derive(Debug, Default)]
+struct Seen {
+    messages: Vec<(u64, String)>,
+    lost: u64,
+    gone: Vec<String>,
+}
+
+/// A subscriber on the receiving side that also records topic events.
+fn spawn_event_subscriber(
+    root: &Path,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+    gone: Arc<AtomicUsize>,
+) -> thread::JoinHandle<Seen> {
+    let bus = Bus::builder().root(root).name("b").build().unwrap();
+    let mut sub = bus
+        .subscriber_with::<Tele>("tele", StartAt::Oldest, WaitStrategy::default())
+        .unwrap();
+    thread::spawn(move || {
+        let mut seen = Seen::default();
+        while !stop.load(Ordering::Relaxed) {
+            match sub.recv_timeout(Duration::from_millis(50)) {
+                Ok(m) => {
+                    assert!(check_body(&m), "corrupt body of message {}", m.seq);
+                    seen.messages
+                        .push((m.seq.to_native(), m.publisher().to_owned()));
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(shmbus::Error::Timeout(_)) => {}
+                // A gap record: reported as an event, the stream goes on.
+                Err(e) => eprintln!("subscriber: {e}"),
+            }
+            for ev in sub.take_events() {
+                match ev {
+                    TopicEvent::Lost { messages, .. } => seen.lost += messages,
+                    TopicEvent::PublisherGone { publisher } => {
+                        seen.gone.push(publisher);
+                        gone.fetch_add(1, Ordering::Relaxed);
+                    }
+                    TopicEvent::PublisherJoined { .. } => {}
+                }
+            }
+        }
+        seen
+    })
+}
+
+/// The sender's export hold files for peer "receiver"
+/// (`.<publisher>.<peer tag>.xhold` and its control link) in `dir`.
+fn export_hold_files(dir: &Path) -> Vec<PathBuf> {
+    let tag = shmbus_bridge::daemon::naming::peer_tag("receiver");
+    let (data, ctl) = (format!(".{tag}.xhold"), format!(".{tag}.ctl"));
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with('.') && (name.ends_with(&data) || name.ends_with(&ctl))
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The publisher laps its ring and exits while the sending bridge is dead,
+/// and the ring's names are removed: the export hold keeps the ring, so the
+/// restarted bridge still sends the exact GAP, the rest of the tail and END.
+#[test]
+fn untethered_export_ends_exactly_when_the_publisher_exits_while_the_sender_is_dead() {
+    const BEFORE: u64 = 500;
+    const WHILE_DEAD: u64 = 3000;
+    let _watchdog = Watchdog::new("untethered_exit_kill", Duration::from_secs(120));
+    let dir = TestDir::new("exitkill");
+    let (mut sender, receiver, addr, root_s, root_r) = start_pair(&dir, "untethered");
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let gone = Arc::new(AtomicUsize::new(0));
+    let sub = spawn_event_subscriber(
+        &root_r,
+        Arc::clone(&stop),
+        Arc::clone(&count),
+        Arc::clone(&gone),
+    );
+
+    // A small ring: the messages sent while the bridge is dead lap it.
+    let bus_s = Bus::builder()
+        .root(&root_s)
+        .name("b")
+        .capacity(64 << 10)
+        .max_message(1024)
+        .build()
+        .unwrap();
+    let topic_dir = bus_s.topic_dir("tele").unwrap();
+    let mut publisher = bus_s.publisher_named::<Tele>("tele", "pub").unwrap();
+    let mut seq = 0;
+    let mut send_paced = |n: u64, publisher: &mut shmbus::Publisher<Tele>| {
+        for _ in 0..n {
+            publisher.send(&Tele::new(0, seq)).unwrap();
+            seq += 1;
+            if seq % 16 == 0 {
+                thread::sleep(Duration::from_millis(2));
+            }
+        }
+    };
+    send_paced(1, &mut publisher);
+    receiver.wait_log("starts at position", Duration::from_secs(20));
+    send_paced(BEFORE - 1, &mut publisher);
+    wait_until(
+        "the first messages delivered",
+        Duration::from_secs(30),
+        || count.load(Ordering::Relaxed) >= BEFORE as usize,
+    );
+    // The export stream holds the ring for its peer: data and control link.
+    assert_eq!(
+        export_hold_files(&topic_dir).len(),
+        2,
+        "no export hold beside the exported ring"
+    );
+    let ring = ring_files(&topic_dir).pop().expect("the publisher's ring");
+    sender.kill9();
+    send_paced(WHILE_DEAD, &mut publisher);
+    // The publisher exits while the bridge is dead: the last user of the
+    // ring removes its names (the dead bridge's untethered slot owes
+    // nothing).
+    drop(publisher);
+    wait_until("the ring's names removed", Duration::from_secs(20), || {
+        !ring.exists()
+    });
+    assert!(!shmbus_bus::control_path_of(&ring).exists());
+    assert_eq!(
+        export_hold_files(&topic_dir).len(),
+        2,
+        "the export hold went with the ring's names"
+    );
+    let total = BEFORE + WHILE_DEAD;
+    sender.restart(Some(&addr));
+    let gap = sender.wait_log("are lost (next message ", Duration::from_secs(30));
+    let next_seq: u64 = gap
+        .rsplit("(next message ")
+        .next()
+        .and_then(|s| s.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no next message in {gap:?}"));
+    assert!(
+        next_seq > BEFORE && next_seq < total,
+        "the ring was lapped and still held a tail: next message {next_seq}"
+    );
+    wait_until(
+        "the rest of the tail delivered",
+        Duration::from_secs(40),
+        || count.load(Ordering::Relaxed) >= (total - (next_seq - BEFORE)) as usize,
+    );
+    receiver.wait_log("ended at position", Duration::from_secs(30));
+    // END: the replica holding the tail is reported gone to the subscriber.
+    wait_until(
+        "the publisher reported gone",
+        Duration::from_secs(30),
+        || gone.load(Ordering::Relaxed) >= 1,
+    );
+    // Finished: the peer acknowledged END and the hold is removed.
+    wait_until("the export hold removed", Duration::from_secs(30), || {
+        export_hold_files(&topic_dir).is_empty()
+    });
+    // A little longer, so late events (a duplicate, a second gap) show.
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let seen = sub.join().unwrap();
+    let seqs: Vec<u64> = seen.messages.iter().map(|(s, _)| *s).collect();
+    let expected: Vec<u64> = (0..BEFORE).chain(next_seq..total).collect();
+    assert_eq!(
+        seqs.len(),
+        expected.len(),
+        "got {} messages, expected {} (gap reported up to {next_seq})",
+        seqs.len(),
+        expected.len()
+    );
+    assert_eq!(
+        seqs, expected,
+        "messages missing, duplicated or out of order"
+    );
+    assert_eq!(
+        seen.lost,
+        next_seq - BEFORE,
+        "the subscriber's Lost count is not exactly the missing messages"
+    );
+    let last_ring = &seen.messages.last().unwrap().1;
+    assert!(
+        seen.gone.contains(last_ring),
+        "the replica with the tail ({last_ring}) was not reported gone: {:?}",
+        seen.gone
+    );
+    // The receiver counts the GAP's messages (the restarted sender cannot:
+    // it never saw the sequence number where the hole starts). The stats
+    // file is rewritten every second.
+    let lost_stat = || -> u64 {
+        receiver
+            .stats("stream")
+            .iter()
+            .filter_map(|l| l.get("lost_messages")?.parse::<u64>().ok())
+            .sum()
+    };
+    wait_until("the lost messages counted", Duration::from_secs(20), || {
+        lost_stat() >= next_seq - BEFORE
+    });
+    assert_eq!(lost_stat(), next_seq - BEFORE, "receiver's lost_messages");
+    assert!(ring_files(&topic_dir).is_empty());
 }
