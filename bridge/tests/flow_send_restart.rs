@@ -340,10 +340,10 @@ fn spawn_event_subscriber(
 }
 
 /// The sender's export hold files for peer "receiver"
-/// (`.<publisher>.<peer tag>.xhold` and its control link) in `dir`.
+/// (`.<publisher>.x<peer tag>.xhold` and its control link) in `dir`.
 fn export_hold_files(dir: &Path) -> Vec<PathBuf> {
     let tag = shmbus_bridge::daemon::naming::peer_tag("receiver");
-    let (data, ctl) = (format!(".{tag}.xhold"), format!(".{tag}.ctl"));
+    let (data, ctl) = (format!(".x{tag}.xhold"), format!(".x{tag}.ctl"));
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()

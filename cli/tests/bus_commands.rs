@@ -420,8 +420,8 @@ fn gc_removes_export_holds_of_a_gone_publisher_after_their_age() {
     let id = id_of(&publisher.expect("ready"));
     publisher.expect("done");
     let dir = root.topic("x");
-    let hold = dir.join(format!(".{id}.0123abcd.xhold"));
-    let hold_ctl = dir.join(format!(".{id}.0123abcd.ctl"));
+    let hold = dir.join(format!(".{id}.x0123abcd.xhold"));
+    let hold_ctl = dir.join(format!(".{id}.x0123abcd.ctl"));
     fs::hard_link(dir.join(format!("{id}.ring")), &hold).unwrap();
     fs::hard_link(dir.join(format!("{id}.ctl")), &hold_ctl).unwrap();
     // A live publisher's ring is never taken from its exports, whatever

@@ -291,6 +291,12 @@ impl Shared {
                 }
             });
         for (name, peer) in gone {
+            // Nobody resumes its exports now: their holds go.
+            peer.slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .exports
+                .drop_holds();
             // Readers leave their slots and replicas close when the last
             // reference (ours, unless a connection is starting) goes.
             drop(peer);

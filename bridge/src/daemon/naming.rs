@@ -114,21 +114,23 @@ pub fn peer_tag(peer: &str) -> String {
 }
 
 /// The sender's export hold of local ring `publisher` for peer `peer`:
-/// `.<publisher>.<peer tag>.xhold`, a hard link to the ring's data file
-/// (its control file is linked at `shmbus_bus::control_path_of` of it),
-/// so the ring and its final tail outlive the ring's own names until the
-/// peer has it all.
+/// `.<publisher>.x<peer tag>.xhold`, a hard link to the ring's data file
+/// (its control file is linked at `shmbus_bus::control_path_of` of it,
+/// `.<publisher>.x<peer tag>.ctl`), so the ring and its final tail outlive
+/// the ring's own names until the peer has it all. The `x` keeps the
+/// control link's name apart from a replica hold's (`.<stem>.<epoch>.ctl`,
+/// an all-digit epoch).
 ///
 /// # Examples
 ///
 /// ```
 /// use shmbus_bridge::daemon::naming::{export_hold_name, parse_export_hold, peer_tag};
 /// let name = export_hold_name("p-1-0", "node");
-/// assert_eq!(name, format!(".p-1-0.{}.xhold", peer_tag("node")));
+/// assert_eq!(name, format!(".p-1-0.x{}.xhold", peer_tag("node")));
 /// assert_eq!(parse_export_hold(&name), Some(("p-1-0", &*peer_tag("node"))));
 /// ```
 pub fn export_hold_name(publisher: &str, peer: &str) -> String {
-    format!(".{publisher}.{}.{EXPORT_HOLD_EXT}", peer_tag(peer))
+    format!(".{publisher}.x{}.{EXPORT_HOLD_EXT}", peer_tag(peer))
 }
 
 /// The publisher id and peer tag of an export hold name; `None` for any
@@ -139,6 +141,7 @@ pub fn parse_export_hold(file_name: &str) -> Option<(&str, &str)> {
         .strip_suffix(EXPORT_HOLD_EXT)?
         .strip_suffix('.')?;
     let (publisher, tag) = id.rsplit_once('.')?;
+    let tag = tag.strip_prefix('x')?;
     let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
     if tag.len() != 8 || !tag.bytes().all(hex) || validate_name("publisher", publisher).is_err() {
         return None;
@@ -233,15 +236,20 @@ mod tests {
             assert_eq!(parse_hold(&name), None);
         }
         assert_ne!(peer_tag("a"), peer_tag("b"));
+        assert_eq!(
+            parse_export_hold(".p.q.x0123abcd.xhold"),
+            Some(("p.q", "0123abcd"))
+        );
         for name in [
-            "p.0123abcd.xhold",
-            ".p.0123abcd.hold",
-            ".p.0123ABCD.xhold",
-            ".p.0123abc.xhold",
-            "..0123abcd.xhold",
-            ".0123abcd.xhold",
-            ".p.0123abcd.xhold.tmp",
-            ".p.0123abcd.ctl",
+            "p.x0123abcd.xhold",
+            ".p.x0123abcd.hold",
+            ".p.0123abcd.xhold",
+            ".p.x0123ABCD.xhold",
+            ".p.x0123abc.xhold",
+            "..x0123abcd.xhold",
+            ".x0123abcd.xhold",
+            ".p.x0123abcd.xhold.tmp",
+            ".p.x0123abcd.ctl",
         ] {
             assert_eq!(parse_export_hold(name), None, "{name}");
         }

@@ -2,7 +2,7 @@
 //! its peer has all of it.
 //!
 //! When the sender opens an export stream for a peer, it links the ring's
-//! data and control files to `.<publisher>.<peer tag>.xhold` and its control
+//! data and control files to `.<publisher>.x<peer tag>.xhold` and its control
 //! path (see [`naming::export_hold_name`]) in the same topic directory. If the
 //! publisher exits while this bridge is down (or, tethered, after the
 //! durable lease), the last process using the ring removes `<id>.ring` and
@@ -17,8 +17,9 @@
 //! runs its names are the normal ones and the hold is only an extra link;
 //! it goes with the stream's acknowledged END, or at [`expire`] once the
 //! publisher is gone and nobody came for it within `export_hold_max_age`.
-//! A hold whose peer's state expires is kept (like a tethered export's
-//! durable slot), so a peer that comes back later still learns its loss.
+//! When the peer's state expires (it was away for `peer_state_expiry`), the
+//! holds of its streams go with it ([`ExportSet::drop_holds`]); holds found
+//! at startup that the peer never comes back for expire by age.
 
 use std::{
     collections::BTreeMap,
@@ -34,6 +35,7 @@ use shmbus_bus::{self as bus, RawReader, StartAt};
 use super::{
     super::{catalog::LocalRing, naming},
     streams::ExportStream,
+    ExportSet,
 };
 
 /// An export hold this sender owns (see the module docs).
@@ -92,6 +94,17 @@ pub(super) fn offer(
     tag == peer_tag
         && !announced.values().any(|r| same(r))
         && !streams.values().any(|st| same(&st.ring))
+}
+
+impl ExportSet {
+    /// Removes the export holds of every stream of this peer: its state is
+    /// dropped, nobody will resume these streams. Readers and durable slots
+    /// are left to the set's drop.
+    pub(crate) fn drop_holds(&mut self) {
+        for st in self.streams.values_mut() {
+            st.drop_hold();
+        }
+    }
 }
 
 /// Links data file `ring` and its control file to `hold` and its control

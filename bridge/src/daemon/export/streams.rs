@@ -155,6 +155,11 @@ impl ExportStream {
     /// ring for good when dropped, so the ring can be removed.
     pub(super) fn finished(&mut self) {
         self.keep_slot = false;
+        self.drop_hold();
+    }
+
+    /// Removes the export hold (the peer's state is dropped).
+    pub(super) fn drop_hold(&mut self) {
         if let Some(h) = self.hold.take() {
             h.remove();
         }
