@@ -36,6 +36,15 @@ use shmbus_bus::{StartAt, WaitStrategy};
 
 /// A sending and a receiving bridge; the sender exports `tele` as `mode`.
 fn start_pair(dir: &TestDir, mode: &str) -> (Daemon, Daemon, String, PathBuf, PathBuf) {
+    start_pair_with(dir, mode, &[])
+}
+
+/// [`start_pair`], with `extra` arguments for the sender.
+fn start_pair_with(
+    dir: &TestDir,
+    mode: &str,
+    extra: &[&str],
+) -> (Daemon, Daemon, String, PathBuf, PathBuf) {
     let keys = dir.keys(&["sender", "receiver"]);
     let (keys_s, keys_r) = (keys.args("sender"), keys.args("receiver"));
     let root_s = dir.join("s");
@@ -62,6 +71,7 @@ fn start_pair(dir: &TestDir, mode: &str) -> (Daemon, Daemon, String, PathBuf, Pa
         &export,
     ];
     args_s.extend(common_args);
+    args_s.extend(extra);
     args_s.extend(keys_s.iter().map(String::as_str));
     let sender = Daemon::start("sender", dir, &args_s);
     let addr = sender.listen_addr();
@@ -362,11 +372,28 @@ fn export_hold_files(dir: &Path) -> Vec<PathBuf> {
 /// restarted bridge still sends the exact GAP, the rest of the tail and END.
 #[test]
 fn untethered_export_ends_exactly_when_the_publisher_exits_while_the_sender_is_dead() {
+    exit_while_dead("exitkill", "untethered", None);
+}
+
+/// Tethered, once the durable lease of the dead bridge's slot has passed
+/// the publisher laps its ring and exits: the same exact GAP, tail and END.
+#[test]
+fn tethered_export_ends_exactly_when_the_publisher_exits_after_the_lease() {
+    exit_while_dead("exitlease", "tethered", Some("durable_lease_ms = 1000\n"));
+}
+
+fn exit_while_dead(tag: &'static str, mode: &str, config: Option<&str>) {
     const BEFORE: u64 = 500;
     const WHILE_DEAD: u64 = 3000;
-    let _watchdog = Watchdog::new("untethered_exit_kill", Duration::from_secs(120));
-    let dir = TestDir::new("exitkill");
-    let (mut sender, receiver, addr, root_s, root_r) = start_pair(&dir, "untethered");
+    let _watchdog = Watchdog::new(tag, Duration::from_secs(120));
+    let dir = TestDir::new(tag);
+    let conf = dir.join("sender.toml");
+    let mut extra = Vec::new();
+    if let Some(text) = config {
+        std::fs::write(&conf, text).unwrap();
+        extra = vec!["--config", conf.to_str().unwrap()];
+    }
+    let (mut sender, receiver, addr, root_s, root_r) = start_pair_with(&dir, mode, &extra);
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicUsize::new(0));
     let gone = Arc::new(AtomicUsize::new(0));
@@ -413,10 +440,12 @@ fn untethered_export_ends_exactly_when_the_publisher_exits_while_the_sender_is_d
     );
     let ring = ring_files(&topic_dir).pop().expect("the publisher's ring");
     sender.kill9();
+    // Tethered, the dead bridge's durable slot holds the publisher back
+    // until its lease passes; then the publisher laps the ring.
     send_paced(WHILE_DEAD, &mut publisher);
     // The publisher exits while the bridge is dead: the last user of the
-    // ring removes its names (the dead bridge's untethered slot owes
-    // nothing).
+    // ring removes its names (the dead bridge's untethered slot, or durable
+    // slot past its lease, owes nothing).
     drop(publisher);
     wait_until("the ring's names removed", Duration::from_secs(20), || {
         !ring.exists()
