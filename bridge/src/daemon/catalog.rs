@@ -11,6 +11,12 @@
 //! never loop messages back to each other. Each ring gets a stream id unique
 //! in this daemon, used in STREAM_ANNOUNCE on every connection.
 //!
+//! Besides ring files, a scan lists the sender's export holds whose ring's
+//! names are gone (see `export_hold`): a publisher that exited while this
+//! bridge was down, whose tail (or exact loss and END) a peer is still owed.
+//! Such a [`LocalRing`] has the hold as its path and is offered only to the
+//! peer it is held for ([`LocalRing::held_for`]).
+//!
 //! Bounds: the catalog holds one entry per ring file in an exportable topic
 //! directory that exists now (entries of removed files go at the next
 //! scan), and at most [`MAX_RINGS`] of them: files beyond that are left out

@@ -75,6 +75,7 @@ pub mod backoff;
 pub mod catalog;
 mod conn;
 mod export;
+/// The sender's export holds: rings kept for a peer past their names.
 pub use self::export::hold as export_hold;
 mod import;
 pub mod link;
