@@ -33,6 +33,7 @@
 //! notsent_lowat = 131072           # TCP_NOTSENT_LOWAT: unsent bytes queued before DATA waits (control frames never wait behind more)
 //! pin_deadline_ms = 250            # untethered: longest the kernel may hold a zero-copy send of ring bytes; then the connection is reset
 //! durable_lease_ms = 60000         # tethered: how long an export's slot outlives a dead bridge (a restart within it loses nothing)
+//! export_hold_max_age_s = 86400    # an export hold (a gone publisher's ring kept for a peer) not claimed this long is removed
 //! zerocopy_always = false          # MSG_ZEROCOPY for every DATA payload, whatever its size or the kernel's copies (tests)
 //! max_replica_capacity = 1073741824  # largest remote ring this bridge mirrors
 //! stats_file = "/run/shmbus-bridge.stats"  # rewritten every second, on SIGUSR1 and at exit
@@ -526,6 +527,7 @@ struct FileConfig {
     notsent_lowat: Option<u32>,
     pin_deadline_ms: Option<u64>,
     durable_lease_ms: Option<u64>,
+    export_hold_max_age_s: Option<u64>,
     zerocopy_always: Option<bool>,
     max_replica_capacity: Option<u64>,
     stats_file: Option<PathBuf>,
@@ -855,6 +857,9 @@ impl Config {
                 file.durable_lease_ms
                     .unwrap_or(DEFAULT_DURABLE_LEASE.as_millis() as u64),
             ),
+            export_hold_max_age: file
+                .export_hold_max_age_s
+                .map_or(DEFAULT_EXPORT_HOLD_MAX_AGE, Duration::from_secs),
             zerocopy_always: file.zerocopy_always.unwrap_or(false),
         };
         if send.pin_deadline.is_zero() || send.notsent_lowat < 4096 {
@@ -1039,6 +1044,10 @@ pub const DEFAULT_PIN_DEADLINE: Duration = Duration::from_millis(250);
 /// Default [`SendConfig::durable_lease`].
 pub const DEFAULT_DURABLE_LEASE: Duration = Duration::from_secs(60);
 
+/// Default [`SendConfig::export_hold_max_age`]: as the receiver's holds
+/// (`daemon::MARKER_EXPIRY`).
+pub const DEFAULT_EXPORT_HOLD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
 /// How exports are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendConfig {
@@ -1052,6 +1061,10 @@ pub struct SendConfig {
     /// Tethered exports: how long the export's durable slot keeps gating the
     /// publisher after this bridge died, so a restart within it loses nothing.
     pub durable_lease: Duration,
+    /// How long an export hold (a ring kept for a peer after its publisher
+    /// and names are gone, see `daemon::export_hold`) waits for its peer
+    /// before it is removed.
+    pub export_hold_max_age: Duration,
     /// Send every DATA payload with `MSG_ZEROCOPY`, however small, and keep
     /// doing so when completions come back COPIED (on loopback and veth they
     /// always do); for tests of the zero-copy paths.
@@ -1064,6 +1077,7 @@ impl Default for SendConfig {
             notsent_lowat: DEFAULT_NOTSENT_LOWAT,
             pin_deadline: DEFAULT_PIN_DEADLINE,
             durable_lease: DEFAULT_DURABLE_LEASE,
+            export_hold_max_age: DEFAULT_EXPORT_HOLD_MAX_AGE,
             zerocopy_always: false,
         }
     }

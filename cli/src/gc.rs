@@ -7,7 +7,9 @@
 //! which hold across pid namespaces. On top of it, the bridge's own expiry
 //! of its markers (`shmbus_bridge::daemon::replica::expire_markers`): hold
 //! links whose replica writer is gone and end markers, older than
-//! `--hold-age`. `--dry-run` lists what would go by the same rules, from the
+//! `--hold-age`; and of its export holds
+//! (`shmbus_bridge::daemon::export_hold::expire`): rings of gone publishers
+//! kept for a peer, older than `--hold-age`. `--dry-run` lists what would go by the same rules, from the
 //! snapshot `ls` shows.
 
 use std::{
@@ -33,7 +35,8 @@ pub(crate) struct Args {
     #[arg(long)]
     dry_run: bool,
     /// Bridge hold links and end markers older than this (seconds) whose
-    /// bridge is gone are removed; default one day, as the bridge itself.
+    /// bridge is gone, and export holds whose publisher is gone, are
+    /// removed; default one day, as the bridge itself.
     #[arg(long, value_name = "SECS", default_value_t = 24 * 3600)]
     hold_age: u64,
 }
@@ -63,6 +66,7 @@ pub(crate) fn run(place: &Where, args: &Args) -> anyhow::Result<ExitCode> {
             sweep_topic(&dir)?;
             // The bridge's own rule, for a bridge that is not running.
             shmbus_bridge::daemon::replica::expire_markers(&dir, hold_age);
+            shmbus_bridge::daemon::export_hold::expire(&dir, hold_age);
             let after = files(&dir);
             // What went while gc ran (a subscriber's own sweep may have
             // taken some at the same moment: gone either way).
@@ -116,7 +120,9 @@ fn files(dir: &Path) -> BTreeSet<PathBuf> {
 fn why(path: &Path) -> &'static str {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if name.starts_with('.') {
-        if name.ends_with(".hold") {
+        if name.ends_with(".xhold") {
+            "bridge export hold of a gone publisher"
+        } else if name.ends_with(".hold") {
             "bridge hold link of a gone bridge"
         } else if name.ends_with(".ended") {
             "bridge end marker"
@@ -187,6 +193,16 @@ fn would_remove(
                 out.push(Removed {
                     why: why(&ctl),
                     path: ctl,
+                });
+            }
+        }
+    }
+    for hold in shmbus_bridge::daemon::export_hold::expired(dir, max_age) {
+        for path in [control_path_of(&hold), hold] {
+            if path.exists() {
+                out.push(Removed {
+                    why: why(&path),
+                    path,
                 });
             }
         }

@@ -413,6 +413,47 @@ fn gc_removes_hold_links_of_a_gone_bridge_after_their_age() {
 }
 
 #[test]
+fn gc_removes_export_holds_of_a_gone_publisher_after_their_age() {
+    let root = Root::new("gc-xhold");
+    // What an exporting bridge leaves: hard links to a local ring's files.
+    let mut publisher = root.peer("publish", &["--topic", "x", "--count", "2"]);
+    let id = id_of(&publisher.expect("ready"));
+    publisher.expect("done");
+    let dir = root.topic("x");
+    let hold = dir.join(format!(".{id}.x0123abcd.xhold"));
+    let hold_ctl = dir.join(format!(".{id}.x0123abcd.ctl"));
+    fs::hard_link(dir.join(format!("{id}.ring")), &hold).unwrap();
+    fs::hard_link(dir.join(format!("{id}.ctl")), &hold_ctl).unwrap();
+    // A live publisher's ring is never taken from its exports, whatever
+    // the hold's age.
+    root.ok(&["gc", "--hold-age", "0"]);
+    assert!(hold.exists() && hold_ctl.exists());
+    publisher.signal(libc::SIGKILL);
+    let _ = publisher.child.wait();
+    // Young: kept, for a bridge that restarts and still owes its peer.
+    root.ok(&["gc"]);
+    assert!(hold.exists() && hold_ctl.exists());
+    let dry = root.ok(&["gc", "--dry-run", "--hold-age", "0"]);
+    assert!(
+        dry.contains(&format!(
+            "would remove {} (bridge export hold of a gone publisher)",
+            hold.display()
+        )),
+        "{dry}"
+    );
+    assert!(hold.exists());
+    let out = root.ok(&["gc", "--hold-age", "0"]);
+    assert!(
+        out.contains(&format!(
+            "removed {} (bridge export hold of a gone publisher)",
+            hold.display()
+        )),
+        "{out}"
+    );
+    assert!(!hold.exists() && !hold_ctl.exists());
+}
+
+#[test]
 fn gc_leaves_a_live_publisher_in_another_pid_namespace() {
     if !is_root() {
         eprintln!("skipped: unshare --pid needs root");

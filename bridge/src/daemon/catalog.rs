@@ -11,6 +11,12 @@
 //! never loop messages back to each other. Each ring gets a stream id unique
 //! in this daemon, used in STREAM_ANNOUNCE on every connection.
 //!
+//! Besides ring files, a scan lists the sender's export holds whose ring's
+//! names are gone (see `export_hold`): a publisher that exited while this
+//! bridge was down, whose tail (or exact loss and END) a peer is still owed.
+//! Such a [`LocalRing`] has the hold as its path and is offered only to the
+//! peer it is held for ([`LocalRing::held_for`]).
+//!
 //! Bounds: the catalog holds one entry per ring file in an exportable topic
 //! directory that exists now (entries of removed files go at the next
 //! scan), and at most [`MAX_RINGS`] of them: files beyond that are left out
@@ -60,6 +66,10 @@ pub struct LocalRing {
     pub max_message: u64,
     /// The export mode of its topic.
     pub mode: ExportMode,
+    /// Found through an export hold whose ring's names are gone (see
+    /// `export::hold`): the tag of the one peer it is offered to, and
+    /// `path` is the hold.
+    pub held_for: Option<String>,
 }
 
 #[derive(Debug)]
@@ -115,7 +125,7 @@ impl Catalog {
     /// yet (still being created) and a scan soon should try it again.
     pub fn scan(&self, config: &Config) -> bool {
         let bus_dir = config.root.join(&config.bus);
-        let mut seen: Vec<(PathBuf, u64, String, String)> = Vec::new();
+        let mut seen: Vec<(PathBuf, u64, String, String, Option<String>)> = Vec::new();
         let Ok(topics) = std::fs::read_dir(&bus_dir) else {
             return false;
         };
@@ -146,7 +156,22 @@ impl Catalog {
                     }
                     break;
                 }
-                seen.push((path, meta.ino(), topic.clone(), publisher));
+                seen.push((path, meta.ino(), topic.clone(), publisher, None));
+            }
+            // Rings whose names are gone, kept for a peer by an export hold.
+            for h in super::export_hold::orphaned(&topic_entry.path()) {
+                let Ok(meta) = std::fs::metadata(&h.path) else {
+                    continue;
+                };
+                if seen.len() < MAX_RINGS {
+                    seen.push((
+                        h.path,
+                        meta.ino(),
+                        topic.clone(),
+                        h.publisher,
+                        Some(h.peer_tag),
+                    ));
+                }
             }
         }
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
@@ -155,7 +180,7 @@ impl Catalog {
         let before = known.len();
         known.retain(|path, _| seen.iter().any(|(p, ..)| p == path));
         changed |= known.len() != before;
-        for (path, ino, topic, publisher) in seen {
+        for (path, ino, topic, publisher, held_for) in seen {
             let same = match known.get(&path) {
                 Some(Known::Ring { ino: i, .. } | Known::Skip { ino: i }) => *i == ino,
                 None => false,
@@ -163,7 +188,7 @@ impl Catalog {
             if same {
                 continue;
             }
-            match self.probe(config, &path, ino, topic, publisher) {
+            match self.probe(config, &path, ino, (topic, publisher, held_for)) {
                 Some(entry) => {
                     changed |= matches!(entry, Known::Ring { .. }) || known.contains_key(&path);
                     known.insert(path, entry);
@@ -192,8 +217,7 @@ impl Catalog {
         config: &Config,
         path: &Path,
         ino: u64,
-        topic: String,
-        publisher: String,
+        (topic, publisher, held_for): (String, String, Option<String>),
     ) -> Option<Known> {
         let reader = match RawReader::open(path, StartAt::Latest, false) {
             Ok(r) => r,
@@ -226,6 +250,7 @@ impl Catalog {
                 capacity: info.capacity,
                 max_message: info.max_message,
                 mode,
+                held_for,
             }),
         })
     }

@@ -80,6 +80,8 @@ pub mod backoff;
 pub mod catalog;
 mod conn;
 mod export;
+/// The sender's export holds: rings kept for a peer past their names.
+pub use self::export::hold as export_hold;
 mod import;
 pub mod link;
 pub mod metrics;
@@ -295,6 +297,12 @@ impl Shared {
                 }
             });
         for (name, peer) in gone {
+            // Nobody resumes its exports now: their holds go.
+            peer.slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .exports
+                .drop_holds();
             // Readers leave their slots and replicas close when the last
             // reference (ours, unless a connection is starting) goes.
             drop(peer);
@@ -660,6 +668,8 @@ impl Daemon {
         if let Some(w) = &mut watch {
             w.sync(&config);
         }
+        // Expired export holds first, so the first scan does not offer them.
+        expire_markers(&config);
         let unsettled = shared.catalog.scan(&config);
         let mut threads = Vec::new();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -786,7 +796,16 @@ fn expire_markers(config: &Config) {
         let Ok(topic) = t.file_name().into_string() else {
             continue;
         };
-        if shmbus_bus::validate_name("topic", &topic).is_ok() && config.imports_topic(&topic) {
+        if shmbus_bus::validate_name("topic", &topic).is_err() {
+            continue;
+        }
+        if config.export_rule(&topic).is_some() {
+            let n = export_hold::expire(&t.path(), config.send.export_hold_max_age);
+            if n > 0 {
+                log::info!("removed {n} expired export holds in topic {topic}");
+            }
+        }
+        if config.imports_topic(&topic) {
             let n = replica::expire_markers(&t.path(), MARKER_EXPIRY);
             if n > 0 {
                 log::info!("removed {n} expired replica markers in topic {topic}");

@@ -103,6 +103,52 @@ pub fn parse_hold(file_name: &str) -> Option<(&str, u64)> {
     Some((stem, digits.parse().ok()?))
 }
 
+/// Suffix of the sender's export hold links (see [`export_hold_name`]).
+pub const EXPORT_HOLD_EXT: &str = "xhold";
+
+/// The 8-hex tag of a peer in export hold names: the first 4 bytes of the
+/// SHA-256 of its node name (stable across restarts, no seed).
+pub fn peer_tag(peer: &str) -> String {
+    let digest = Sha256::digest(peer.as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sender's export hold of local ring `publisher` for peer `peer`:
+/// `.<publisher>.x<peer tag>.xhold`, a hard link to the ring's data file
+/// (its control file is linked at `shmbus_bus::control_path_of` of it,
+/// `.<publisher>.x<peer tag>.ctl`), so the ring and its final tail outlive
+/// the ring's own names until the peer has it all. The `x` keeps the
+/// control link's name apart from a replica hold's (`.<stem>.<epoch>.ctl`,
+/// an all-digit epoch).
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_bridge::daemon::naming::{export_hold_name, parse_export_hold, peer_tag};
+/// let name = export_hold_name("p-1-0", "node");
+/// assert_eq!(name, format!(".p-1-0.x{}.xhold", peer_tag("node")));
+/// assert_eq!(parse_export_hold(&name), Some(("p-1-0", &*peer_tag("node"))));
+/// ```
+pub fn export_hold_name(publisher: &str, peer: &str) -> String {
+    format!(".{publisher}.x{}.{EXPORT_HOLD_EXT}", peer_tag(peer))
+}
+
+/// The publisher id and peer tag of an export hold name; `None` for any
+/// other file (or a publisher id that is not a valid name).
+pub fn parse_export_hold(file_name: &str) -> Option<(&str, &str)> {
+    let id = file_name
+        .strip_prefix('.')?
+        .strip_suffix(EXPORT_HOLD_EXT)?
+        .strip_suffix('.')?;
+    let (publisher, tag) = id.rsplit_once('.')?;
+    let tag = tag.strip_prefix('x')?;
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if tag.len() != 8 || !tag.bytes().all(hex) || validate_name("publisher", publisher).is_err() {
+        return None;
+    }
+    Some((publisher, tag))
+}
+
 /// What a file in a topic directory is, for a given stem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {
@@ -171,6 +217,42 @@ mod tests {
             assert_eq!(stem, replica_stem(peer, publisher));
         }
         assert_ne!(replica_stem("n", &long), replica_stem("n", &long[1..]));
+    }
+
+    #[test]
+    fn export_hold_names_round_trip_and_refuse_others() {
+        for (publisher, peer) in [("p", "n"), ("pub.with.dots", "node-2"), ("x", "ünï")] {
+            let name = export_hold_name(publisher, peer);
+            assert!(name.starts_with('.'), "hidden: {name}");
+            let tag = peer_tag(peer);
+            assert_eq!(parse_export_hold(&name), Some((publisher, &*tag)));
+            // Deterministic, so a restarted bridge finds its holds.
+            assert_eq!(name, export_hold_name(publisher, peer));
+            // Never taken for a ring or a receiver's hold.
+            assert_eq!(
+                shmbus_bus::publisher_id_of(std::path::Path::new(&name)),
+                None
+            );
+            assert_eq!(parse_hold(&name), None);
+        }
+        assert_ne!(peer_tag("a"), peer_tag("b"));
+        assert_eq!(
+            parse_export_hold(".p.q.x0123abcd.xhold"),
+            Some(("p.q", "0123abcd"))
+        );
+        for name in [
+            "p.x0123abcd.xhold",
+            ".p.x0123abcd.hold",
+            ".p.0123abcd.xhold",
+            ".p.x0123ABCD.xhold",
+            ".p.x0123abc.xhold",
+            "..x0123abcd.xhold",
+            ".x0123abcd.xhold",
+            ".p.x0123abcd.xhold.tmp",
+            ".p.x0123abcd.ctl",
+        ] {
+            assert_eq!(parse_export_hold(name), None, "{name}");
+        }
     }
 
     #[test]

@@ -26,9 +26,20 @@ pub(super) struct Announced {
     rings: BTreeMap<u32, Arc<LocalRing>>,
     /// The catalog generation last looked at.
     generation: Option<u64>,
+    /// The peer's tag in export hold names.
+    peer_tag: String,
 }
 
 impl Announced {
+    /// Nothing announced yet to peer `peer`.
+    pub(super) fn for_peer(peer: &str) -> Self {
+        let peer_tag = super::super::naming::peer_tag(peer);
+        Self {
+            peer_tag,
+            ..Self::default()
+        }
+    }
+
     /// The ring announced as `id`.
     pub(super) fn get(&self, id: u32) -> Option<&Arc<LocalRing>> {
         self.rings.get(&id)
@@ -78,6 +89,9 @@ impl Announced {
             // Right after a reload the catalog may still hold rings of
             // topics no longer exported.
             if config.export_rule(&ring.topic).is_none() {
+                continue;
+            }
+            if !super::hold::offer(&ring, &self.peer_tag, &self.rings, streams) {
                 continue;
             }
             let max_record = record_size(ring.max_message);

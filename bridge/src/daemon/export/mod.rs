@@ -22,6 +22,7 @@
 
 mod announce;
 mod close;
+pub mod hold;
 mod reload;
 mod streams;
 mod wire;
@@ -176,7 +177,7 @@ impl<'a> Sender<'a> {
                 std::sync::Arc::clone(&peer.stats),
             ),
             set,
-            announced: Announced::default(),
+            announced: Announced::for_peer(&peer.name),
             config,
             last_heartbeat: Instant::now(),
             zc_reported: (0, 0, 0),

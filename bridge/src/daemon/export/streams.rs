@@ -20,7 +20,10 @@ use crate::{
     },
 };
 
-use super::super::{catalog::LocalRing, stats::StreamStats};
+use super::{
+    super::{catalog::LocalRing, stats::StreamStats},
+    hold::ExportHold,
+};
 
 /// One exported ring, for one peer, for the daemon's lifetime.
 #[derive(Debug)]
@@ -34,6 +37,9 @@ pub(crate) struct ExportStream {
     /// state expires) the durable slot is kept for its lease, as after a
     /// crash, so a restarted bridge resumes without loss.
     keep_slot: bool,
+    /// The export hold keeping the ring for this peer (see [`super::hold`]),
+    /// removed once the peer acknowledged END; kept otherwise.
+    hold: Option<ExportHold>,
 }
 
 impl Drop for ExportStream {
@@ -57,12 +63,17 @@ impl ExportStream {
         stats: Arc<StreamStats>,
     ) -> Result<Self, bus::Error> {
         let reader = open_reader(ring, peer, lease)?;
+        // After the reader: the hold links the inode the reader maps (or,
+        // the names replaced meanwhile, none), and a ring whose names go
+        // before this is still read to its end by this reader.
+        let hold = ExportHold::take(ring, peer);
         Ok(Self {
             ring: Arc::clone(ring),
             reader,
             applied: None,
             stats,
-            keep_slot: matches!(ring.mode, ConfigMode::Tethered),
+            keep_slot: matches!(ring.mode, ConfigMode::Tethered) && ring.held_for.is_none(),
+            hold,
         })
     }
 
@@ -144,6 +155,14 @@ impl ExportStream {
     /// ring for good when dropped, so the ring can be removed.
     pub(super) fn finished(&mut self) {
         self.keep_slot = false;
+        self.drop_hold();
+    }
+
+    /// Removes the export hold (the peer's state is dropped).
+    pub(super) fn drop_hold(&mut self) {
+        if let Some(h) = self.hold.take() {
+            h.remove();
+        }
     }
 
     /// The ring's directory, to sweep after the last reader of a finished
@@ -174,6 +193,11 @@ pub(super) fn export_mode(ring: &LocalRing) -> ExportMode {
 }
 
 fn open_reader(ring: &LocalRing, peer: &str, lease: Duration) -> Result<RawReader, bus::Error> {
+    if ring.held_for.is_some() {
+        // A held ring's publisher is gone: nothing changes under a plain
+        // reader, and a durable slot would only outlive the hold.
+        return RawReader::open(&ring.path, StartAt::Oldest, false);
+    }
     match ring.mode {
         ConfigMode::Tethered => {
             RawReader::open_durable(&ring.path, StartAt::Oldest, durable_key(peer, ring), lease)
