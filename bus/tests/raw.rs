@@ -468,3 +468,41 @@ fn a_detached_durable_slot_stays_like_a_crashed_one() {
     drop(raw);
     assert!(!path.exists());
 }
+
+/// A chunk bound never refuses a record the ring accepted: a first record
+/// longer than `max_len` comes alone, and the next call goes on after it.
+#[test]
+fn a_record_longer_than_the_chunk_bound_comes_alone() {
+    let dir = TempDir::new("raw-oversize");
+    let path = dir.0.join("p.ring");
+    let mut w = RingWriter::create(&path, &config()).unwrap();
+    let raw = RawReader::open(&path, StartAt::Oldest, true).unwrap();
+    w.try_write(&[7u8; 2000]).unwrap();
+    w.try_write(&[8u8; 10]).unwrap();
+    w.try_write(&[9u8; 10]).unwrap();
+    let RawChunk::Records {
+        start,
+        end,
+        records,
+        ..
+    } = raw.next_chunk(raw.start_position(), 1024).unwrap()
+    else {
+        panic!("expected records")
+    };
+    assert_eq!(
+        (end - start, records),
+        (16 + 2000, 1),
+        "the big record alone"
+    );
+    let RawChunk::Records {
+        end: e2, records, ..
+    } = raw.next_chunk(end, 1024).unwrap()
+    else {
+        panic!("expected records")
+    };
+    assert_eq!(
+        (e2 - end, records),
+        (2 * 32, 2),
+        "then the small ones together"
+    );
+}

@@ -178,12 +178,14 @@ impl RawReader {
 
     /// Finds the whole records from `start` (a record boundary this reader
     /// found earlier, or its start position) up to the tail, at most
-    /// `max_len` bytes (at least one record if it fits).
+    /// `max_len` bytes — except that a first record longer than `max_len`
+    /// comes alone (a chunk always holds at least one record, so a bound on
+    /// chunks never refuses a message the ring accepted).
     ///
     /// # Errors
     ///
     /// [`Error::Corrupt`] if the records or the publisher's positions break
-    /// the format, or a single record is longer than `max_len`;
+    /// the format;
     /// [`Error::InvalidConfig`] if `start` is not a record position between
     /// the ring's head and tail.
     pub fn next_chunk(&self, start: u64, max_len: u64) -> Result<RawChunk, Error> {
@@ -222,10 +224,8 @@ impl RawReader {
                 Err(_) if self.head() > pos => return Ok(RawChunk::Lapped { head: self.head() }),
                 Err(what) => return Err(self.corrupt(pos, what)),
             };
-            if pos + header.size - start > max_len {
-                if pos == start {
-                    return Err(self.corrupt(pos, "record longer than the chunk limit"));
-                }
+            let over_limit = pos + header.size - start > max_len;
+            if over_limit && pos > start {
                 break;
             }
             let numbered = matches!(kind, StampKind::Data | StampKind::Gap);
@@ -238,6 +238,9 @@ impl RawReader {
                 records += 1;
             }
             pos += header.size;
+            if over_limit {
+                break;
+            }
         }
         if pos > tail {
             return Err(self.corrupt(pos, "tail: not at a record boundary"));

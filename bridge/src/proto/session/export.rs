@@ -82,7 +82,7 @@ use crate::proto::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExportConfig {
     /// Largest DATA payload in bytes (further bounded by half the ring,
-    /// [`MAX_DATA_LEN`] and the credit; at least one largest record), so a
+    /// [`MAX_DATA_LEN`] and the credit; a single record longer than it goes alone), so a
     /// control frame never waits behind more than one such frame.
     pub max_frame: u64,
     /// Untethered: nanoseconds the kernel may hold a send of ring bytes
@@ -512,7 +512,9 @@ impl ExportSession {
         };
         Some(ReadRequest {
             from: sent,
-            max_len: bound.min(credit).max(need),
+            // A record longer than the bound comes alone (`next_chunk`);
+            // the credit covers it (`need` above).
+            max_len: bound.min(credit),
             pin,
         })
     }
@@ -862,18 +864,16 @@ impl ExportSession {
             .unwrap_or_default()
     }
 
-    /// Largest DATA payload for `id` (see [`ExportConfig::max_frame`]).
+    /// Largest DATA payload for `id` (see [`ExportConfig::max_frame`]); a
+    /// single record longer than it is sent alone.
     fn frame_bound(&self, id: u32) -> Option<u64> {
         let info = &self.streams.get(&id)?.info;
-        Some(
-            align_down(
-                self.config
-                    .max_frame
-                    .min(info.capacity / 2)
-                    .min(u64::from(MAX_DATA_LEN)),
-            )
-            .max(info.max_record),
-        )
+        Some(align_down(
+            self.config
+                .max_frame
+                .min(info.capacity / 2)
+                .min(u64::from(MAX_DATA_LEN)),
+        ))
     }
 
     /// The stream, if it was ever announced (its phase tells whether on

@@ -725,3 +725,55 @@ fn a_forgotten_stream_is_announced_again_and_starts_afresh_without_end() {
         .unwrap();
     assert!(matches!(step, Step::Gap(g) if g.from == 4096 && g.to == 8192 && g.next_seq == 128));
 }
+
+/// DATA reads are bounded by `max_frame` even when the ring's largest
+/// record is longer (control frames never wait behind more than one
+/// frame); a single longer record still goes, alone, within the credit.
+#[test]
+fn reads_are_bounded_by_the_frame_size_and_a_longer_record_goes_alone() {
+    let mut s = session();
+    s.on_announced(
+        ID,
+        StreamInfo {
+            mode: ExportMode::Tethered,
+            capacity: CAP,
+            max_record: 3 * 4096,
+        },
+    );
+    assert_eq!(s.on_subscribe(&sub(0, CAP), view(0, 0, 0)), Ok(Some(0)));
+    let req = s.next_read(ID).expect("credit covers a largest record");
+    assert_eq!((req.from, req.max_len), (0, 4096), "bounded by max_frame");
+    // The ring's first record is 8 KiB: it comes alone and is sent.
+    let step = s
+        .on_ring(
+            ID,
+            RingEvent::Records {
+                start: 0,
+                end: 8192,
+                records: 1,
+                first_seq: 0,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        step,
+        Step::Data {
+            start: 0,
+            end: 8192,
+            records: 1
+        }
+    );
+    s.on_data_sent(ID, 8192, 100, 0).unwrap();
+    // Less credit left than a largest record: nothing is read (a stall).
+    let mut s2 = session();
+    s2.on_announced(
+        ID,
+        StreamInfo {
+            mode: ExportMode::Tethered,
+            capacity: CAP,
+            max_record: 3 * 4096,
+        },
+    );
+    s2.on_subscribe(&sub(0, 8192), view(0, 0, 0)).unwrap();
+    assert_eq!(s2.next_read(ID), None, "8 KiB of credit < a 12 KiB record");
+}
