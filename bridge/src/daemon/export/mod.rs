@@ -432,7 +432,7 @@ impl<'a> Sender<'a> {
                 }
                 Step::Gap(g) => {
                     self.wire.queue(&Frame::Gap(g));
-                    self.wire.flush()?;
+                    self.flush_under_read_pin(id)?;
                     if let Some(st) = self.set.streams.get(&id) {
                         st.stats.position.set(g.to);
                         log::warning!(
@@ -449,7 +449,7 @@ impl<'a> Sender<'a> {
                 }
                 Step::End(e) => {
                     self.wire.queue(&Frame::End(e));
-                    self.wire.flush()?;
+                    self.flush_under_read_pin(id)?;
                     if let Some(st) = self.set.streams.get(&id) {
                         log::info!(
                             "{}/{} ended at position {}; told peer {}",
@@ -527,6 +527,32 @@ impl<'a> Sender<'a> {
         stats.enobufs.add(u64::from(report.enobufs_fallbacks));
         stats.position.set(end);
         Ok(())
+    }
+
+    /// Flushes control frames while the read of stream `id` may hold its
+    /// ring pinned: an untethered stream's pin may not outlast the pin
+    /// deadline while the socket is full (a timeout resets the connection,
+    /// counted like a stalled DATA send).
+    fn flush_under_read_pin(&mut self, id: u32) -> Result<(), StepError> {
+        let untethered = self.set.streams.get(&id).is_some_and(|st| {
+            matches!(
+                streams::export_mode(&st.ring),
+                ExportMode::Untethered { .. }
+            )
+        });
+        if !untethered {
+            return Ok(self.wire.flush()?);
+        }
+        match self
+            .wire
+            .flush_within(self.shared.config().send.pin_deadline)
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.io_kind() == Some(std::io::ErrorKind::TimedOut) => {
+                Err(StepError::Reset(self.set.session.on_send_stalled(id)))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Applies the session's protection of stream `id` to its reader.

@@ -129,6 +129,14 @@ impl Wire {
 
     /// Sends the queued control frames (plain send).
     pub(super) fn flush(&mut self) -> Result<(), BridgeError> {
+        self.flush_within(self.control_timeout)
+    }
+
+    /// As [`Self::flush`], waiting for a full socket at most `timeout`:
+    /// the caller holds ring bytes pinned (a read of an untethered export)
+    /// that may not stay pinned past their deadline while control frames
+    /// wait for room.
+    pub(super) fn flush_within(&mut self, timeout: Duration) -> Result<(), BridgeError> {
         if self.scratch.exhausted {
             return Err(BridgeError::io(
                 "seal",
@@ -140,7 +148,8 @@ impl Wire {
         }
         let len = self.scratch.buf.len() as u64;
         let end = self.conn_offset + len;
-        self.sock.set_send_timeout(Some(self.control_timeout));
+        self.sock
+            .set_send_timeout(Some(timeout.min(self.control_timeout)));
         let r = self.sock.send_vectored(&self.scratch.buf, &[], end, false);
         self.scratch.buf.clear();
         r?;
@@ -175,7 +184,9 @@ impl Wire {
             len: len32,
         }
         .encode()?;
-        self.flush()?;
+        // The read that found these bytes pinned them: queued control
+        // frames (a heartbeat) may not hold them longer than the DATA may.
+        self.flush_within(d.timeout)?;
         let conn_end = self.conn_offset + DATA_HEADER_LEN as u64 + len + TAG_LEN as u64;
         let mut seal = self
             .scratch
