@@ -563,7 +563,10 @@ impl ZeroCopySocket {
         let deadline = Instant::now() + timeout;
         loop {
             let report = self.poll_completions()?;
-            if report.notifications > 0 || self.tracker.in_flight() == 0 {
+            if report.notifications > 0
+                || self.tracker.in_flight() == 0
+                || Instant::now() >= deadline
+            {
                 return Ok(report);
             }
             // POLLERR is reported whether requested or not; ask for nothing

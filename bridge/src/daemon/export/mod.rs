@@ -198,7 +198,24 @@ impl<'a> Sender<'a> {
                         self.on_pin_deadline(r);
                         reset = true;
                     }
-                    StepError::Io(e) => self.link.close(format!("send failed: {e}"), false),
+                    StepError::Io(e) => {
+                        // A write to a full socket gives up at the nearest
+                        // pin deadline (control frames included): if one
+                        // passed, this is that deadline's reset, and the
+                        // connection must be reset, not closed gracefully
+                        // (which would wait for completions that a peer
+                        // not reading never lets come).
+                        let deadline = (e.io_kind() == Some(std::io::ErrorKind::TimedOut))
+                            .then(|| self.set.session.tick(now_ns()))
+                            .flatten();
+                        match deadline {
+                            Some(r) => {
+                                self.on_pin_deadline(r);
+                                reset = true;
+                            }
+                            None => self.link.close(format!("send failed: {e}"), false),
+                        }
+                    }
                 }
             }
             if self.link.stopping() || self.shared.stopping() {
