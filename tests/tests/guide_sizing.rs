@@ -6,7 +6,8 @@
 //!   end of the ring is padded);
 //! - a typed message's `len` is its rkyv archive's length;
 //! - the data file is `8 KiB + C`, the control file `256 + 128 * slots`
-//!   rounded up to 4 KiB pages, and a tmpfs of `S` bytes holds
+//!   rounded up to 4 KiB pages, a topic's subscriber registry 16,448
+//!   bytes, and a tmpfs of `S` bytes holds
 //!   `S / (data + control)` rings (the 64 MiB of Docker's default
 //!   `/dev/shm` hold 15 default rings of 4 MiB; the 16th is `ENOSPC`).
 
@@ -53,6 +54,8 @@ fn block_ring_holds_capacity_over_record_size_messages() {
         (4096u64, 0usize),
         (4096, 64),
         (4096, 100),
+        (65536, 16),
+        (65536, 64),
         (65536, 1000),
         (65536, 4080),
         (1 << 20, 8),
@@ -102,6 +105,7 @@ fn block_ring_holds_capacity_over_record_size_messages() {
     assert_eq!(control_file_len(64), 12288, "the default 64 slots");
     assert_eq!(control_file_len(1024), 135168, "the most slots");
     assert_eq!(max_message_limit(4 << 20), (2 << 20) - 16);
+    assert_eq!(max_message_limit(2 << 20), (1 << 20) - 16, "1 MiB needs 4 MiB");
 }
 
 #[test]
@@ -122,6 +126,9 @@ fn typed_message_size_is_its_archive_length() {
         // and length, 4-aligned.
         assert_eq!(archived, (n as u64).div_ceil(4) * 4 + 8, "Vec<u8> of {n}");
         let _sub = bus.subscriber::<Vec<u8>>(&topic).unwrap();
+        // The topic's registry: a 64-byte header and 256 entries of 64.
+        let registry = env.root().join("default").join(&topic).join("subscribers.reg");
+        assert_eq!(std::fs::metadata(registry).unwrap().len(), 64 + 256 * 64);
         let mut publisher = bus.publisher::<Vec<u8>>(&topic).unwrap();
         let mut sent = 0;
         let full = loop {
