@@ -5,7 +5,8 @@
 //! exactly that with the kernel's own mechanisms: a tmpfs mounted for the
 //! test, bind-mounted at `/mnt` inside two `unshare --mount --pid` process
 //! trees ("containers"), a publisher in one and a subscriber in the other,
-//! each with `SHMBUS_ROOT=/mnt/bus`. Every message arrives exactly once, in
+//! each with `SHMBUS_ROOT=/mnt/bus` (the tmpfs is mode 0777, like an
+//! `emptyDir`: a world-writable directory above the root is accepted). Every message arrives exactly once, in
 //! order; the rings live on the shared tmpfs, nowhere else.
 //!
 //! The other properties the guide relies on have their own tests:
@@ -13,7 +14,7 @@
 //! (`containers.rs`), and two uids sharing a bus in group mode
 //! (`two_users.rs`). Skipped, with the reason printed, when not root.
 
-use std::{path::Path, time::Duration};
+use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use shmbus_tests::{
     harness::{field_u64, parse_ready, TestEnv, LINE_TIMEOUT},
@@ -63,6 +64,9 @@ fn two_containers_share_a_bus_through_one_tmpfs_mounted_in_each() {
             return;
         }
     };
+    // World-writable like a Kubernetes emptyDir (0777): fine above the
+    // bus root, which the bus creates below it.
+    std::fs::set_permissions(ipc.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let root = Path::new(INSIDE).join("bus");
     let report = env.report_path("subscriber");
     let report_arg = report.display().to_string();
