@@ -109,7 +109,13 @@ fn every_link_of_the_guide_resolves() {
 
 #[test]
 fn anchors_follow_githubs_rules() {
-    assert_eq!(anchor(" 6. Check that zero-copy works"), "6-check-that-zero-copy-works");
-    assert_eq!(anchor(" `shmbus doctor` findings"), "shmbus-doctor-findings");
+    assert_eq!(
+        anchor(" 6. Check that zero-copy works"),
+        "6-check-that-zero-copy-works"
+    );
+    assert_eq!(
+        anchor(" `shmbus doctor` findings"),
+        "shmbus-doctor-findings"
+    );
     assert_eq!(anchor(" Bridge: at start"), "bridge-at-start");
 }

@@ -39,7 +39,11 @@ fn latest_starts_after_joining_oldest_reads_what_the_ring_holds() {
         publisher.send(&i).unwrap();
     }
     assert_eq!(received(&mut latest), [10, 11, 12]);
-    assert_eq!(received(&mut default), [10, 11, 12], "the default is Latest");
+    assert_eq!(
+        received(&mut default),
+        [10, 11, 12],
+        "the default is Latest"
+    );
     assert_eq!(received(&mut oldest), (0..13).collect::<Vec<_>>());
 }
 
@@ -58,7 +62,9 @@ fn overwrite_publisher_never_waits_and_the_reader_counts_its_loss() {
     // 10,000 messages of 32 bytes through a 4 KiB ring nobody reads: a
     // Block ring would be full after 128; try_send never is here.
     for i in 0..10_000u64 {
-        publisher.try_send(&i).expect("Overwrite never refuses a send");
+        publisher
+            .try_send(&i)
+            .expect("Overwrite never refuses a send");
     }
     let got = received(&mut sub);
     assert!(!got.is_empty() && got.len() <= 128, "{}", got.len());

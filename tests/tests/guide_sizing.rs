@@ -41,7 +41,12 @@ fn fill(writer: &mut RingWriter, len: usize) -> u64 {
 /// Reads every unread message; returns how many.
 fn drain(reader: &mut RingReader) -> u64 {
     let mut n = 0;
-    while reader.drain(usize::MAX, |_| n += 1).expect("drain").messages > 0 {}
+    while reader
+        .drain(usize::MAX, |_| n += 1)
+        .expect("drain")
+        .messages
+        > 0
+    {}
     n
 }
 
@@ -105,7 +110,11 @@ fn block_ring_holds_capacity_over_record_size_messages() {
     assert_eq!(control_file_len(64), 12288, "the default 64 slots");
     assert_eq!(control_file_len(1024), 135168, "the most slots");
     assert_eq!(max_message_limit(4 << 20), (2 << 20) - 16);
-    assert_eq!(max_message_limit(2 << 20), (1 << 20) - 16, "1 MiB needs 4 MiB");
+    assert_eq!(
+        max_message_limit(2 << 20),
+        (1 << 20) - 16,
+        "1 MiB needs 4 MiB"
+    );
 }
 
 #[test]
@@ -127,7 +136,11 @@ fn typed_message_size_is_its_archive_length() {
         assert_eq!(archived, (n as u64).div_ceil(4) * 4 + 8, "Vec<u8> of {n}");
         let _sub = bus.subscriber::<Vec<u8>>(&topic).unwrap();
         // The topic's registry: a 64-byte header and 256 entries of 64.
-        let registry = env.root().join("default").join(&topic).join("subscribers.reg");
+        let registry = env
+            .root()
+            .join("default")
+            .join(&topic)
+            .join("subscribers.reg");
         assert_eq!(std::fs::metadata(registry).unwrap().len(), 64 + 256 * 64);
         let mut publisher = bus.publisher::<Vec<u8>>(&topic).unwrap();
         let mut sent = 0;

@@ -19,8 +19,8 @@ fn unit() -> String {
 
 fn setting(unit: &str, key: &str) -> Option<String> {
     unit.lines()
-        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-        .last()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
         .map(str::to_owned)
 }
 
@@ -30,7 +30,10 @@ fn the_guide_unit_keeps_the_bus() {
     assert_eq!(setting(&unit, "RemoveIPC").as_deref(), Some("no"));
     assert_eq!(setting(&unit, "DynamicUser"), None);
     assert_ne!(setting(&unit, "PrivateDevices").as_deref(), Some("yes"));
-    assert_eq!(setting(&unit, "ReadWritePaths").as_deref(), Some("/dev/shm"));
+    assert_eq!(
+        setting(&unit, "ReadWritePaths").as_deref(),
+        Some("/dev/shm")
+    );
 
     let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
         eprintln!("SKIPPED: systemd-analyze is not installed; the directives were checked");

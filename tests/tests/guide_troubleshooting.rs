@@ -76,7 +76,12 @@ fn variants(file: &str) -> BTreeSet<String> {
     body.lines()
         .filter_map(|l| l.strip_prefix("    "))
         .filter(|l| l.starts_with(|c: char| c.is_ascii_uppercase()))
-        .map(|l| l.split(|c: char| !c.is_alphanumeric()).next().unwrap().to_owned())
+        .map(|l| {
+            l.split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap()
+                .to_owned()
+        })
         .collect()
 }
 
@@ -153,8 +158,7 @@ fn client_errors() -> Vec<Error> {
             topic: "pose".into(),
             publisher: "imu-driver-4242.1700000000-0".into(),
             type_name: "my_robot::Pose".into(),
-            reason: "check failed for struct member label: pointer out of bounds (24 bytes)"
-                .into(),
+            reason: "check failed for struct member label: pointer out of bounds (24 bytes)".into(),
         },
         Error::Serialize("a custom Serialize impl failed".into()),
         Error::Evicted {
@@ -173,20 +177,19 @@ fn real_errors(root: &Path) -> Vec<String> {
         let e = Bus::builder().root(root).name(bad).build().unwrap_err();
         out.push(e.to_string());
     }
-    let options: [(&str, Box<dyn Fn(shmbus::BusBuilder) -> shmbus::BusBuilder>); 4] = [
-        ("max_message", Box::new(|b| b.capacity(65536).max_message(65536))),
-        ("slots", Box::new(|b| b.slots(0))),
+    let b = || Bus::builder().root(root);
+    let options = [
+        ("max_message", b().capacity(65536).max_message(65536)),
+        ("slots", b().slots(0)),
         (
             "evict_after",
-            Box::new(|b| {
-                b.policy(Policy::Overwrite)
-                    .evict_after(Some(Duration::from_secs(1)))
-            }),
+            b().policy(Policy::Overwrite)
+                .evict_after(Some(Duration::from_secs(1))),
         ),
-        ("capacity", Box::new(|b| b.capacity(3 << 20))),
+        ("capacity", b().capacity(3 << 20)),
     ];
-    for (what, set) in options {
-        let e = set(Bus::builder().root(root)).build().unwrap_err();
+    for (what, builder) in options {
+        let e = builder.build().unwrap_err();
         assert!(e.to_string().contains(what), "{e}");
         out.push(e.to_string());
     }
@@ -368,7 +371,9 @@ fn every_error_in_the_guide_is_still_produced_and_every_error_is_in_the_guide() 
         );
     };
     covered(
-        &bus.iter().map(|e| debug_name(&format!("{e:?}"))).collect::<Vec<_>>(),
+        &bus.iter()
+            .map(|e| debug_name(&format!("{e:?}")))
+            .collect::<Vec<_>>(),
         "bus/src/error.rs",
     );
     covered(
