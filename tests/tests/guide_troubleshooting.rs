@@ -32,6 +32,7 @@ use shmbus_bridge::{
     identity::KeyFileError,
     io::frame_reader::ReadError,
     proto::{
+        frame::FrameError,
         handshake::HandshakeError,
         seal::{Protection, SealError},
     },
@@ -299,6 +300,12 @@ fn bridge_errors() -> Vec<String> {
             key: "oDexspcRaiON".into(),
             listed: "robot-1".into(),
             claimed: "base".into(),
+        }
+        .to_string(),
+        // What an HTTP request to the bridge port gives (seen in a run:
+        // `curl http://127.0.0.1:PORT/` against a real bridge).
+        FrameError::BadMagic {
+            found: u16::from_le_bytes(*b"GE"),
         }
         .to_string(),
         HandshakeError::VersionMismatch { local: 2, peer: 1 }.to_string(),
