@@ -46,6 +46,8 @@ const GUIDE: &str = "docs/troubleshooting.md";
 const SHOWN_ROOT: &str = "/dev/shm/shmbus-1000";
 /// The refusal produced only as root (it needs a directory of another uid).
 const ROOT_ONLY: &str = "directory is owned by uid 64201";
+/// The example publisher id the guide shows.
+const EXAMPLE_ID: &str = "imu-driver-4242.1700000000-0";
 /// The example ring the constructed errors name.
 const RING: &str = "/dev/shm/shmbus-1000/default/imu/imu-driver-4242.1700000000-0.ring";
 
@@ -157,11 +159,14 @@ fn client_errors() -> Vec<Error> {
             expected: "u64".into(),
             found: "String".into(),
         },
+        // As produced for real in `real_errors`.
         Error::InvalidMessage {
-            topic: "pose".into(),
-            publisher: "imu-driver-4242.1700000000-0".into(),
-            type_name: "my_robot::Pose".into(),
-            reason: "check failed for struct member label: pointer out of bounds (24 bytes)".into(),
+            topic: "raw".into(),
+            publisher: EXAMPLE_ID.into(),
+            type_name: "Vec<u8>".into(),
+            reason: "subtree pointer overran range: ptr <address> size 16 in range \
+                     <address>..<address> (in a 8-byte payload)"
+                .into(),
         },
         Error::Serialize("a custom Serialize impl failed".into()),
         Error::Evicted {
@@ -222,6 +227,15 @@ fn real_errors(root: &Path) -> Vec<String> {
     };
     assert!(matches!(e, Error::Full), "{e:?}");
     out.push(e.to_string());
+    // Bytes that are not an archive of the topic's type.
+    // A Vec<u8> is a relative pointer and a length: here 256 bytes past
+    // the end of the 8-byte message, 16 bytes long.
+    let mut reader = bus.subscriber::<Vec<u8>>("raw").unwrap();
+    let mut raw = bus.publisher::<Vec<u8>>("raw").unwrap();
+    raw.send_bytes(&[0, 1, 0, 0, 16, 0, 0, 0]).unwrap();
+    let e = reader.recv_timeout(Duration::from_secs(5)).unwrap_err();
+    assert!(matches!(e, Error::InvalidMessage { .. }), "{e:?}");
+    out.push(addresses(&e.to_string().replace(raw.id(), EXAMPLE_ID)));
     let mut empty = bus.subscriber::<Vec<u8>>("empty").unwrap();
     let e = empty.recv_timeout(Duration::from_millis(100)).unwrap_err();
     assert!(matches!(e, Error::Timeout(_)), "{e:?}");
@@ -231,6 +245,28 @@ fn real_errors(root: &Path) -> Vec<String> {
     out.into_iter()
         .map(|m| m.replace(&root.display().to_string(), SHOWN_ROOT))
         .collect()
+}
+
+/// `s` with every 64-bit hex address (`0x` and 16 digits, which differ
+/// from run to run) shown as `<address>`.
+fn addresses(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("0x") {
+        let digits = rest[i + 2..]
+            .bytes()
+            .take_while(u8::is_ascii_hexdigit)
+            .count();
+        out.push_str(&rest[..i]);
+        if digits == 16 {
+            out.push_str("<address>");
+        } else {
+            out.push_str(&rest[i..i + 2 + digits]);
+        }
+        rest = &rest[i + 2 + digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The refusals of a symbolic link, a directory others may write and (as
