@@ -230,6 +230,8 @@ fn publisher_and_subscriber() {
         1,
         "one publisher joined: {received:?}"
     );
+    // They met on the default bus of the root they were given.
+    assert!(root.0.join("default/pose").is_dir());
     assert_no_rings(&root);
 }
 
@@ -343,7 +345,11 @@ fn history_late_joiner_reads_from_the_oldest() {
 #[test]
 fn many_publishers_keep_their_own_order() {
     let root = TempRoot::new("ex-many");
-    let lines = run("many_publishers", &root, &["--count", "300"]);
+    let lines = run(
+        "many_publishers",
+        &root,
+        &["--count", "300", "--bus", "counting"],
+    );
     for k in 0..3 {
         let summary = after(&lines, &format!("counter{k}-"));
         assert_eq!(summary.len(), 1, "{lines:?}");
@@ -353,6 +359,9 @@ fn many_publishers_keep_their_own_order() {
         );
     }
     assert_eq!(after(&lines, "first arrivals (publisher:n): ").len(), 1);
+    // The publisher processes were handed the bus too.
+    assert!(root.0.join("counting/counts").is_dir());
+    assert!(!root.0.join("default").exists());
     assert_no_rings(&root);
 }
 
