@@ -28,7 +28,8 @@
 //! gives the same except type checks and archive validation, which are the
 //! typed layer's. Every word read from a ring file is checked in release
 //! builds: a damaged ring is an [`Error`], never undefined behaviour, a
-//! panic or a hang.
+//! panic or a hang (`hostile_control_words_table`, `hostile_words_random`
+//! and `tests/tests/corrupt.rs` in the workspace's multi-process tests).
 //!
 //! # Example
 //!
