@@ -11,8 +11,9 @@
 //! `--bus NAME`; `SHMBUS_ROOT=DIR`.
 //!
 //! Shows: `BusBuilder::evict_after`. The subscriber reads one tick, then
-//! stalls for a second; the ring (4 KiB, about 128 ticks) fills, the
-//! publisher waits at most `evict_after` (100 ms), evicts it and goes on.
+//! stalls for a second; the ring (4 KiB: 128 ticks) fills, the publisher
+//! waits `evict_after` (100 ms), evicts it and goes on (it prints its
+//! longest send).
 //! The subscriber's next receive returns `Error::Evicted` once, then it
 //! reads again from the newest tick. Without `evict_after` the publisher
 //! would wait for it (Block: nothing is lost), and a subscriber whose
@@ -40,17 +41,21 @@ fn main() -> Result<(), Error> {
         let first = *subscriber.recv()?;
         println!("subscriber: read tick {first}, now stuck for 1 s");
         std::thread::sleep(Duration::from_secs(1));
-        let (mut after_rejoin, mut last) = (0u64, None);
+        let (mut evicted, mut after_rejoin, mut last) = (false, 0u64, None);
         loop {
             match subscriber.recv_timeout(Duration::from_millis(200)) {
                 Ok(tick) => {
-                    if after_rejoin == 0 {
+                    if evicted && after_rejoin == 0 {
+                        // Past a full ring (128 ticks): the publisher went on.
                         println!("subscriber: rejoined at tick {}", *tick);
                     }
-                    after_rejoin += 1;
+                    after_rejoin += u64::from(evicted);
                     last = Some(*tick);
                 }
-                Err(e @ Error::Evicted { .. }) => println!("subscriber: {e}"),
+                Err(e @ Error::Evicted { .. }) => {
+                    println!("subscriber: {e}");
+                    evicted = true;
+                }
                 Err(Error::Timeout(_)) => {}
                 Err(e) => return Err(e),
             }

@@ -321,7 +321,9 @@ fn untethered_evicts_the_stuck_subscriber_which_rejoins() {
     );
     let rejoined = after(&lines, "subscriber: rejoined at tick ");
     assert_eq!(rejoined.len(), 1, "{lines:?}");
-    assert!(number_after(rejoined[0], "") > 0, "{lines:?}");
+    // The ring holds 128 ticks and the subscriber stalled after tick 0: a
+    // later tick means the publisher went on past a full ring.
+    assert!(number_after(rejoined[0], "") > 128, "{lines:?}");
     let publisher = after(&lines, "publisher: sent 1500 ticks, longest send ");
     assert_eq!(publisher.len(), 1, "{lines:?}");
     assert!(number_after(publisher[0], "evictions ") >= 1, "{lines:?}");
