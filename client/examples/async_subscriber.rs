@@ -10,7 +10,8 @@
 //! between sends (default 100), `--bus NAME`; `SHMBUS_ROOT=DIR`.
 //!
 //! Shows: `Subscriber::recv_async` parks the task, not a thread (one reactor
-//! thread per process waits for every async subscriber), and is cancel-safe:
+//! thread per 127 rings waits for all async subscribers of the process),
+//! and is cancel-safe:
 //! when `select!` takes one branch it drops the other's future, and that
 //! topic's next message is still there for the next loop. The publishers are
 //! threads standing in for two other services.

@@ -10,8 +10,9 @@
 //! Options: `--count N` readings (default 10000), `--bus NAME`;
 //! `SHMBUS_ROOT=DIR`.
 //!
-//! Shows: `Policy::Overwrite`. The sensor's ring is small (4 KiB, about a
-//! hundred readings); when the display falls a lap behind, the publisher
+//! Shows: `Policy::Overwrite`. The sensor's ring is small (4 KiB: 128
+//! readings of 32 bytes with their headers); when the display falls a lap
+//! behind, the publisher
 //! overwrites, and the display gets `TopicEvent::Lost` with the exact
 //! count: received plus lost is everything published. Under Overwrite a
 //! sample is a validated copy, since the ring may be overwritten meanwhile.

@@ -9,9 +9,10 @@
 //! Options: `--count N` stops after N poses, `--interval-ms MS` (default
 //! 100), `--bus NAME`; `SHMBUS_ROOT=DIR` moves the bus root.
 //!
-//! Shows: a typed publisher. `send` serializes straight into the ring; with
-//! nobody subscribed it publishes into the void and never waits. A
-//! subscriber started first receives every pose from the first one.
+//! Shows: a typed publisher. `send` serializes straight into the ring; it
+//! waits only for a subscriber a whole ring behind, so with nobody
+//! subscribed it never waits. A subscriber started first receives every
+//! pose from the first one.
 
 mod common;
 
