@@ -87,13 +87,15 @@
 //! - **Subscribers of one ring trust each other for flow control**: they
 //!   share its control file, so a hostile one can hold the publisher back or
 //!   cost another subscriber messages (never make a reader read out of
-//!   bounds).
+//!   bounds: `hostile_control_words_table`).
 //! - **Liveness needs shared file locks**: it holds across pid namespaces
-//!   (containers sharing `/dev/shm`), not across VM or sandbox boundaries
+//!   (containers sharing `/dev/shm`:
+//!   `namespaced_subscriber_never_deletes_a_live_host_ring`), not across VM
+//!   or sandbox boundaries
 //!   (Kata, gVisor). A child forked without exec shares its parent's
 //!   handles' locks: a dead parent looks alive until the child exits.
-//! - **Linux, 64-bit little-endian only**: futexes and open-file-description
-//!   locks are Linux's; the ring layout is a compile error on other targets.
+//! - **Linux only** (futexes, open-file-description locks, `membarrier`),
+//!   **64-bit little-endian only** (a compile error on other targets).
 //!
 //! [Guarantees and limits]: https://docs.rs/crate/shmbus/latest/source/README.md
 //!
