@@ -12,9 +12,9 @@
 #    `--allow-dirty` lets it run on a tree with uncommitted edits.
 # 3. `cargo package --no-verify` of the same crates together: the packaged
 #    manifests are generated and the path dependencies resolved against each
-#    other (cargo packages the selected crates as one set, as the cargo 1.95
-#    here does, so shmbus need not find shmbus-bus on crates.io; an older
-#    cargo asks the index for it). Offline too. Not
+#    other (cargo packages the selected crates as one set, so shmbus need
+#    not find shmbus-bus on crates.io; checked with cargo 1.95). Offline
+#    too. Not
 #    verified by a build of the packages: that is the workspace build again,
 #    minutes on 2 cores, for nothing the tests do not already cover.
 set -euo pipefail
