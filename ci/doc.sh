@@ -14,9 +14,8 @@
 #    manifests are generated and the path dependencies resolved against each
 #    other (cargo packages the selected crates as one set, so shmbus need
 #    not find shmbus-bus on crates.io; checked with cargo 1.95). Offline
-#    too. Not
-#    verified by a build of the packages: that is the workspace build again,
-#    minutes on 2 cores, for nothing the tests do not already cover.
+#    too. Not verified by a build of the packages: that is the workspace
+#    build again, minutes on 2 cores, for nothing the tests do not cover.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
