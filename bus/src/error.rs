@@ -4,11 +4,35 @@ use std::{fmt, io, path::PathBuf};
 
 /// Everything that can go wrong in `shmbus-bus`.
 ///
-/// Messages say what happened and, where there is one, what to do.
+/// Messages say what happened and, where there is one, what to do; each
+/// variant's doc says what the caller should do. A handle stays usable
+/// after an error unless the variant says otherwise.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_bus::{Error, RingConfig, RingWriter};
+///
+/// # let dir = std::env::temp_dir().join(format!("shmbus-doc-bus-error-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// let config = RingConfig { capacity: 4096, max_message: 256, ..RingConfig::default() };
+/// let mut writer = RingWriter::create(&dir.join("w.ring"), &config)?;
+/// match writer.try_write(&[0; 1000]) {
+///     Err(Error::TooLarge { len: 1000, max: 256 }) => {} // nothing was written
+///     other => panic!("{other:?}"),
+/// }
+/// // A second writer of the same ring is refused: one writer per ring.
+/// assert!(matches!(RingWriter::create(&dir.join("w.ring"), &config), Err(Error::AlreadyExists(_))));
+/// # drop(writer); std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), Error>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
     /// A bus, topic or publisher name breaks the naming rules.
+    ///
+    /// What to do: use 1 to 96 bytes of ASCII letters, digits, `_`, `-`
+    /// and `.`, not starting with `.`; `reason` names the rule.
     InvalidName {
         /// What kind of name ("bus", "topic", ...).
         kind: &'static str,
@@ -18,8 +42,16 @@ pub enum Error {
         reason: &'static str,
     },
     /// A ring configuration value is out of range.
+    ///
+    /// What to do: fix the value the message names (see [`crate::RingConfig`]
+    /// for each field's range).
     InvalidConfig(String),
     /// An I/O error on a segment file or directory.
+    ///
+    /// What to do: act on the OS error for the path named: `ENOSPC`, make
+    /// room on the tmpfs or use a smaller ring; `EACCES` or a refused
+    /// owner, run as the bus's user or enable group access; `EMFILE`, raise
+    /// the open-file limit (every handle keeps two descriptors per ring).
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -27,14 +59,29 @@ pub enum Error {
         source: io::Error,
     },
     /// A segment with this name already exists.
+    ///
+    /// What to do: pick another publisher id; if its publisher is gone,
+    /// `sweep_topic` (or `shmbus gc`) removes the file.
     AlreadyExists(PathBuf),
     /// The segment file does not exist (its publisher is gone or never came).
+    ///
+    /// What to do: nothing to read there; list the topic again
+    /// ([`crate::list_rings`]) for its current rings.
     NotFound(PathBuf),
     /// The creator has not finished initializing the segment within the retry window.
+    ///
+    /// What to do: retry later; if its creator died, the file is removed
+    /// once that creator is gone (by the next sweep).
     NotInitialized(PathBuf),
     /// The file is not a shmbus segment (wrong magic).
+    ///
+    /// What to do: something else wrote into the topic directory; remove
+    /// the file. Other rings of the topic are unaffected.
     NotASegment(PathBuf),
     /// The segment was made by an incompatible shmbus layout version.
+    ///
+    /// What to do: run publishers and subscribers built with the same
+    /// shmbus version (the message names both layouts).
     VersionMismatch {
         /// The file.
         path: PathBuf,
@@ -44,6 +91,10 @@ pub enum Error {
         expected: u32,
     },
     /// The segment's size disagrees with its header (truncated or padded file).
+    ///
+    /// What to do: the file was altered outside shmbus; this ring cannot be
+    /// read. Find what truncates files in the bus root (nothing in shmbus
+    /// does).
     SizeMismatch {
         /// The file.
         path: PathBuf,
@@ -53,6 +104,10 @@ pub enum Error {
         found: u64,
     },
     /// A header field or ring record is invalid.
+    ///
+    /// What to do: this ring cannot be read further (`what` names the
+    /// field); other rings are unaffected. A crashed or buggy writer, or a
+    /// process that wrote into the files, damaged it.
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -60,12 +115,23 @@ pub enum Error {
         what: String,
     },
     /// Every subscriber slot of the ring is taken by a live subscriber.
+    ///
+    /// What to do: create the ring with more slots (`RingConfig::slots`, at
+    /// most 1024), or close subscribers you do not need.
     NoFreeSlot(PathBuf),
     /// Block policy: the ring has no room until subscribers release some.
+    ///
+    /// What to do: retry later, or wait for space with a waiting call
+    /// (`loan`, `write`).
     Full,
     /// A wait ran out of time.
+    ///
+    /// What to do: nothing was written or consumed; call again or give up.
     Timeout,
     /// The payload is larger than the ring's maximum message size.
+    ///
+    /// What to do: nothing was written; create the ring with a larger
+    /// `max_message` (at most `capacity / 2 - 16`), or split the payload.
     TooLarge {
         /// Requested payload bytes.
         len: u64,
@@ -73,9 +139,15 @@ pub enum Error {
         max: u64,
     },
     /// Untethered eviction: this subscriber held the publisher back too long.
+    ///
+    /// What to do: the reader lost its place (and messages); open a new
+    /// reader (the typed `shmbus` subscriber does this by itself).
     Evicted,
     /// This subscriber's slot was taken away (a foreign write to the
     /// control file: subscribers of a ring share it).
+    ///
+    /// What to do: open a new reader; find the process that writes into
+    /// the control file (subscribers of a ring trust each other).
     SlotLost,
 }
 

@@ -19,7 +19,17 @@
 //!   [`ReplicaWriter`] (ring bytes out and in, for the bridge),
 //!   [`RingStatus`] (a snapshot for tools).
 //!
-//! [`layout`] is the byte layout both sides agree on.
+//! [`layout`] is the byte layout both sides agree on; `docs/layout.md`
+//! describes it for peers in other languages, and the `raw_bytes` example
+//! of the `shmbus` crate walks a ring's records from its file.
+//!
+//! What is guaranteed, and what is not, is listed in the `shmbus` crate's
+//! documentation and the README's "Guarantees and limits" table: this layer
+//! gives the same except type checks and archive validation, which are the
+//! typed layer's. Every word read from a ring file is checked in release
+//! builds: a damaged ring is an [`Error`], never undefined behaviour, a
+//! panic or a hang (`hostile_control_words_table`, `hostile_words_random`
+//! and `tests/tests/corrupt.rs` in the workspace's multi-process tests).
 //!
 //! # Example
 //!

@@ -66,7 +66,38 @@ impl Default for TopicOptions {
     }
 }
 
-/// Builds a [`Bus`].
+/// Builds a [`Bus`]: where it lives, and the ring options of the publishers
+/// it creates (subscribers take each ring as its publisher made it).
+///
+/// # Examples
+///
+/// A lossy sensor topic whose publishers never wait, and a reliable one that
+/// evicts a subscriber holding it back for more than 100 ms:
+///
+/// ```
+/// use shmbus::{Bus, Policy};
+/// use std::time::Duration;
+///
+/// # let root = std::env::temp_dir().join(format!("shmbus-doc-builder-{}", std::process::id()));
+/// let sensors = Bus::builder()
+///     .root(&root) // default: $SHMBUS_ROOT, else /dev/shm/shmbus-<uid>
+///     .name("robot")
+///     .policy(Policy::Overwrite)
+///     .capacity(1 << 16)
+///     .max_message(1 << 10)
+///     .build()?;
+/// let commands = Bus::builder()
+///     .root(&root)
+///     .name("robot")
+///     .evict_after(Some(Duration::from_millis(100)))
+///     .build()?;
+/// assert_eq!(sensors.topic_options().policy, Policy::Overwrite);
+/// assert_eq!(commands.topic_options().policy, Policy::Block);
+///
+/// // Options are checked when the bus is built.
+/// assert!(Bus::builder().root(&root).capacity(1000).build().is_err()); // not a power of two
+/// # Ok::<(), shmbus::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct BusBuilder {
     root: Option<PathBuf>,
@@ -76,8 +107,9 @@ pub struct BusBuilder {
 }
 
 impl BusBuilder {
-    /// Root directory (default: `$SHMBUS_ROOT`, else `/dev/shm/shmbus`). Point
-    /// it at a hugetlbfs or `huge=always` tmpfs mount for huge pages.
+    /// Root directory (default: `$SHMBUS_ROOT`, else this user's
+    /// `/dev/shm/shmbus-<uid>`). Point it at a hugetlbfs or `huge=always`
+    /// tmpfs mount for huge pages.
     pub fn root(mut self, root: impl AsRef<Path>) -> Self {
         self.root = Some(root.as_ref().to_path_buf());
         self
@@ -120,7 +152,10 @@ impl BusBuilder {
         self
     }
 
-    /// Untethered eviction delay (Block policy).
+    /// Untethered eviction delay (Block policy): a live subscriber that holds
+    /// a publisher back this long is evicted, gets [`Error::Evicted`] once
+    /// and rejoins at the newest message. `None` (the default): only
+    /// subscribers whose process died are evicted; nothing is lost.
     pub fn evict_after(mut self, after: Option<Duration>) -> Self {
         self.topic.evict_after = after;
         self
@@ -181,7 +216,8 @@ impl Bus {
     ///
     /// # Errors
     ///
-    /// Only if `SHMBUS_ROOT` is unusable later; building itself cannot fail.
+    /// None today (the default options are valid); the root is used, and
+    /// checked, when the first publisher or subscriber is made.
     pub fn open_default() -> Result<Self> {
         Self::builder().build()
     }

@@ -17,7 +17,7 @@
 //! }
 //!
 //! # let root = std::env::temp_dir().join(format!("shmbus-doc-lib-{}", std::process::id()));
-//! // Bus::open_default() uses /dev/shm/shmbus (or $SHMBUS_ROOT).
+//! // Bus::open_default() uses /dev/shm/shmbus-<uid> (or $SHMBUS_ROOT).
 //! let bus = Bus::builder().root(&root).build()?;
 //! let mut subscriber = bus.subscriber::<Pose>("pose")?;
 //! let mut publisher = bus.publisher::<Pose>("pose")?;
@@ -31,17 +31,73 @@
 //! # Ok::<(), shmbus::Error>(())
 //! ```
 //!
-//! ## Guarantees
+//! ## What is guaranteed
 //!
-//! - Order is kept per publisher, not across publishers.
-//! - [`Policy::Block`] (default): nothing is lost; a publisher waits for the
-//!   slowest live subscriber (or evicts it after `evict_after`, if set). A
-//!   subscriber whose process died stops holding publishers back within
-//!   [`shmbus_bus::LIVENESS_INTERVAL`] of the publisher needing the space.
+//! Each promise names the test that fails if it stops being true (in
+//! `client/tests/` or the multi-process `tests/tests/`); the README's
+//! [Guarantees and limits] table has the full list with the numbers.
+//!
+//! - **Order per publisher**: messages of one publisher arrive in the order
+//!   it sent them (`three_publishers_three_subscribers_exactly_once_in_order`,
+//!   `many_publishers_keep_their_own_order`).
+//! - [`Policy::Block`] (default) **loses nothing**: a publisher waits for
+//!   the slowest live subscriber, [`Publisher::try_send`] returns
+//!   [`Error::Full`], [`Publisher::send_timeout`] [`Error::Timeout`]
+//!   (`full_ring_gives_full_and_timeout_and_loses_nothing`); the bytes under
+//!   a held [`Sample`] never change
+//!   (`held_sample_never_changes_subscriber_in_pid_namespace`).
+//! - **Early subscribers get everything**: a subscriber that exists when a
+//!   publisher starts receives that publisher's first message and all after
+//!   it (`early_subscribers_get_everything_even_when_stopped`).
+//! - **A dead subscriber never stalls a publisher**: a publisher held back by
+//!   a subscriber whose process died frees its slot once the kernel dropped
+//!   the dead process's lock (probed at most every
+//!   [`shmbus_bus::LIVENESS_INTERVAL`]; no pid, no timer decides)
+//!   (`killed_subscriber_is_evicted_and_publisher_goes_on`).
+//! - **A dead publisher loses nothing committed**: subscribers read every
+//!   message it committed, never an uncommitted loan, then get
+//!   [`TopicEvent::PublisherGone`] (`killed_publisher_mid_stream`,
+//!   `killed_publisher_holding_a_loan`).
 //! - [`Policy::Overwrite`]: publishers never wait; subscribers get validated
-//!   copies and exact loss counts ([`TopicEvent::Lost`]).
-//! - Every archive is validated (rkyv `bytecheck`) before you see it, unless
-//!   you opt out with the `unsafe` [`Subscriber::trust_publishers`].
+//!   copies and exact loss counts ([`TopicEvent::Lost`],
+//!   [`Subscriber::lost_messages`]): received plus lost is what was
+//!   published (`overwrite_received_plus_lost_equals_published`).
+//! - **Untethered eviction** (opt-in, [`BusBuilder::evict_after`]): a live
+//!   subscriber that holds a publisher back longer is evicted, gets
+//!   [`Error::Evicted`] once and rejoins at the newest message
+//!   (`try_recv_reports_eviction_and_rejoins` and its siblings).
+//! - **Validation**: every archive is checked with rkyv's `bytecheck` before
+//!   you see it, unless you opt out with the `unsafe`
+//!   [`Subscriber::trust_publishers`]; a bad archive is
+//!   [`Error::InvalidMessage`] and reading goes on
+//!   (`invalid_archive_is_skipped_and_reading_goes_on`); a damaged ring is
+//!   [`Error::Bus`] naming the file, never UB or a panic
+//!   (`hostile_control_words_table`).
+//!
+//! ## What is not
+//!
+//! - **No order across publishers**: a topic is one ring per publisher,
+//!   served round robin.
+//! - **No protection from a hostile publisher**: validation checks
+//!   structure, not content, and a process with write access to the ring
+//!   (the publisher's user) can change bytes after they were validated.
+//!   For publishers you do not trust, receive with
+//!   [`Subscriber::distrust_publishers`] (copy, then validate:
+//!   `in_place_reads_see_a_scribbler_which_is_why_copy_mode_exists`).
+//! - **Subscribers of one ring trust each other for flow control**: they
+//!   share its control file, so a hostile one can hold the publisher back or
+//!   cost another subscriber messages (never make a reader read out of
+//!   bounds: `hostile_control_words_table`).
+//! - **Liveness needs shared file locks**: it holds across pid namespaces
+//!   (containers sharing `/dev/shm`:
+//!   `namespaced_subscriber_never_deletes_a_live_host_ring`), not across VM
+//!   or sandbox boundaries
+//!   (Kata, gVisor). A child forked without exec shares its parent's
+//!   handles' locks: a dead parent looks alive until the child exits.
+//! - **Linux only** (futexes, open-file-description locks, `membarrier`),
+//!   **64-bit little-endian only** (a compile error on other targets).
+//!
+//! [Guarantees and limits]: https://docs.rs/crate/shmbus/latest/source/README.md
 //!
 //! ## Big messages, async receive
 //!

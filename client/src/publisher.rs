@@ -22,6 +22,36 @@ use crate::{
 ///
 /// Dropping the publisher closes its ring: subscribers read what is left and
 /// then see it gone.
+///
+/// A publisher is `Send`: move it to the thread that publishes. Two
+/// processes never share one: each publisher is the only writer of its
+/// ring. `client/examples/publisher.rs` is a whole program.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus::{Bus, TopicEvent};
+/// use std::time::Duration;
+///
+/// # let root = std::env::temp_dir().join(format!("shmbus-doc-publisher-{}", std::process::id()));
+/// let bus = Bus::builder().root(&root).build()?;
+/// let mut subscriber = bus.subscriber::<String>("log")?;
+/// let mut publisher = bus.publisher_named::<String>("log", "ops")?;
+///
+/// publisher.send(&"started".to_string())?; // waits only while a subscriber is a ring behind
+/// publisher.send_batch(&["a".to_string(), "b".to_string()])?; // one wake-up for both
+/// assert_eq!(publisher.stats().published, 3);
+///
+/// let id = publisher.id().to_string();
+/// drop(publisher); // closes the ring; what was sent is still read
+/// for expected in ["started", "a", "b"] {
+///     assert_eq!(subscriber.recv_timeout(Duration::from_secs(5))?.as_str(), expected);
+/// }
+/// assert!(matches!(subscriber.recv_timeout(Duration::from_millis(50)), Err(shmbus::Error::Timeout(_))));
+/// assert!(subscriber.take_events().contains(&TopicEvent::PublisherGone { publisher: id }));
+/// # drop(subscriber); std::fs::remove_dir_all(&root).ok();
+/// # Ok::<(), shmbus::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Publisher<T: Archive> {
     writer: RingWriter,
@@ -510,6 +540,34 @@ fn check_topic_type(dir: &std::path::Path, topic: &str, ty: &codec::TypeInfo) ->
 }
 
 /// Space reserved in a publisher's ring. Commit to publish; drop to discard.
+///
+/// Made by [`Publisher::loan`]. While it lives the publisher is borrowed,
+/// and nobody sees its bytes: a loan that is dropped, or whose process dies
+/// before the commit, publishes nothing.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// # let root = std::env::temp_dir().join(format!("shmbus-doc-message-loan-{}", std::process::id()));
+/// let bus = shmbus::Bus::builder().root(&root).build()?;
+/// let mut subscriber = bus.subscriber::<Vec<u32>>("v")?;
+/// let mut publisher = bus.publisher::<Vec<u32>>("v")?;
+///
+/// let mut discarded = publisher.loan(1024)?;
+/// discarded.write(&vec![0; 4])?;
+/// drop(discarded); // never published
+///
+/// let mut loan = publisher.loan(1024)?; // reserved in the ring
+/// loan.write(&vec![1, 2, 3])?; // serialized into it
+/// loan.commit()?; // published
+///
+/// let got = subscriber.recv_timeout(Duration::from_secs(5))?;
+/// assert_eq!(got.as_slice(), [1, 2, 3]);
+/// # drop(got); drop((subscriber, publisher)); std::fs::remove_dir_all(&root).ok();
+/// # Ok::<(), shmbus::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct MessageLoan<'a, T> {
     loan: Loan<'a>,

@@ -75,6 +75,40 @@ impl std::fmt::Debug for Source {
 /// Messages of one publisher arrive in order; publishers are served round
 /// robin. Publishers that appear later are picked up (within one wait slice,
 /// [`shmbus_bus::MAX_SLEEP`], when blocking).
+///
+/// A subscriber that exists when a publisher starts receives everything that
+/// publisher sends; one made later starts at each publisher's newest message
+/// ([`StartAt::Latest`], the default) or the oldest still in its ring
+/// ([`StartAt::Oldest`], with [`Bus::subscriber_with`](crate::Bus::subscriber_with)).
+/// `client/examples/subscriber.rs` is a whole program.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus::{Bus, StartAt, TopicEvent, WaitStrategy};
+/// use std::time::Duration;
+///
+/// # let root = std::env::temp_dir().join(format!("shmbus-doc-subscriber-{}", std::process::id()));
+/// let bus = Bus::builder().root(&root).build()?;
+/// let mut early = bus.subscriber::<u64>("ticks")?;
+/// let mut publisher = bus.publisher::<u64>("ticks")?;
+/// publisher.send(&1)?;
+/// publisher.send(&2)?;
+///
+/// // Made before the publisher: everything it sent.
+/// assert_eq!(*early.recv_timeout(Duration::from_secs(5))?, 1);
+/// assert_eq!(*early.recv_timeout(Duration::from_secs(5))?, 2);
+/// let joined = TopicEvent::PublisherJoined { publisher: publisher.id().to_string() };
+/// assert_eq!(early.take_events(), [joined]);
+///
+/// // Made later: the history still in the ring, or only what comes next.
+/// let mut late = bus.subscriber_with::<u64>("ticks", StartAt::Oldest, WaitStrategy::default())?;
+/// assert_eq!(*late.recv_timeout(Duration::from_secs(5))?, 1);
+/// let mut latest = bus.subscriber::<u64>("ticks")?;
+/// assert!(latest.try_recv()?.is_none());
+/// # drop((early, late, latest, publisher)); std::fs::remove_dir_all(&root).ok();
+/// # Ok::<(), shmbus::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Subscriber<T: Archive> {
     topic: String,
@@ -932,6 +966,34 @@ enum Repair {
 /// policy): the publisher will not overwrite them. Drop samples promptly.
 /// A subscriber that distrusts its publishers
 /// ([`Subscriber::distrust_publishers`]) reads a private copy instead.
+///
+/// The sample borrows its subscriber: drop it before the next receive.
+/// For an owned value, deserialize it with rkyv.
+///
+/// # Examples
+///
+/// ```
+/// use rkyv::{rancor::Error as RkyvError, Archive, Deserialize, Serialize};
+/// use std::time::Duration;
+///
+/// #[derive(Archive, Serialize, Deserialize, Debug, PartialEq)]
+/// struct Reading { sensor: String, value: f32 }
+///
+/// # let root = std::env::temp_dir().join(format!("shmbus-doc-sample-{}", std::process::id()));
+/// let bus = shmbus::Bus::builder().root(&root).build()?;
+/// let mut subscriber = bus.subscriber::<Reading>("readings")?;
+/// let mut publisher = bus.publisher::<Reading>("readings")?;
+/// publisher.send(&Reading { sensor: "t1".into(), value: 21.5 })?;
+///
+/// let sample = subscriber.recv_timeout(Duration::from_secs(5))?;
+/// assert_eq!(sample.sensor, "t1"); // &ArchivedReading, in the ring
+/// assert_eq!((sample.publisher(), sample.sequence()), (publisher.id(), 0));
+/// let owned: Reading = rkyv::deserialize::<Reading, RkyvError>(&*sample).unwrap();
+/// assert_eq!(owned, Reading { sensor: "t1".into(), value: 21.5 });
+/// drop(sample); // releases its bytes to the publisher
+/// # drop((subscriber, publisher)); std::fs::remove_dir_all(&root).ok();
+/// # Ok::<(), shmbus::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Sample<'a, T: Archive> {
     publisher: &'a str,

@@ -71,6 +71,35 @@ use crate::{
 };
 
 /// Flow-control policy of a ring, fixed at creation.
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_bus::{Error, Policy, ReadEvent, RingConfig, RingReader, RingWriter, StartAt};
+///
+/// # let dir = std::env::temp_dir().join(format!("shmbus-doc-policy-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// let ring = |policy| RingConfig { capacity: 4096, max_message: 256, policy, ..RingConfig::default() };
+///
+/// // Block: a subscriber that does not read holds the writer back.
+/// let mut block = RingWriter::create(&dir.join("block.ring"), &ring(Policy::Block))?;
+/// let _idle = RingReader::open(&dir.join("block.ring"), StartAt::Latest)?;
+/// let sent = (0..1000).take_while(|_| block.try_write(&[7; 100]).is_ok()).count();
+/// assert!(sent < 1000 && matches!(block.try_write(&[7; 100]), Err(Error::Full)));
+///
+/// // Overwrite: the writer never waits; the slow subscriber learns what it lost.
+/// let mut lossy = RingWriter::create(&dir.join("lossy.ring"), &ring(Policy::Overwrite))?;
+/// let mut slow = RingReader::open(&dir.join("lossy.ring"), StartAt::Latest)?;
+/// for _ in 0..1000 {
+///     lossy.try_write(&[7; 100])?;
+/// }
+/// match slow.try_read()? {
+///     ReadEvent::Gap { messages, .. } => assert!(messages > 0),
+///     other => panic!("{other:?}"),
+/// }
+/// # drop((block, _idle, lossy, slow)); std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Policy {
     /// Reliable: the publisher never overwrites what an active subscriber has

@@ -9,7 +9,7 @@
 //! | | send | receive (one message per call, every row) |
 //! |---|---|---|
 //! | typed, payload < [`IN_PLACE_FROM`] | `Publisher::send(&Msg)` (rkyv copies the payload from the sender's `Vec` into the ring) | `Subscriber::try_recv` / `recv` (blocking row) |
-//! | typed, payload >= [`IN_PLACE_FROM`] | `Publisher::loan` + [`crate::msg::write_in_place`] (payload written once, in place) + `commit_bytes` | as above |
+//! | typed, payload >= [`IN_PLACE_FROM`] | `Publisher::send_filled` with a `Fill` field (payload written once, in place, row by row) | as above |
 //! | raw bytes | `RingWriter::loan` + payload written in place + `commit` | `RingReader::try_read` / `read` (blocking row) |
 //!
 //! Receivers check every payload in place before it is released. Stream rows

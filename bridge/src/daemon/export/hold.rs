@@ -18,7 +18,7 @@
 //! it goes with the stream's acknowledged END, or at [`expire`] once the
 //! publisher is gone and nobody came for it within `export_hold_max_age`.
 //! When the peer's state expires (it was away for `peer_state_expiry`), the
-//! holds of its streams go with it ([`ExportSet::drop_holds`]); holds found
+//! holds of its streams go with it (`ExportSet::drop_holds`); holds found
 //! at startup that the peer never comes back for expire by age.
 
 use std::{
