@@ -4,7 +4,12 @@
 //! ```text
 //! soak [--duration-s 3600] [--sample-s 10] [--seed S] [--rate MSGS_PER_S]
 //!      [--out DIR] [--publishers 4] [--subscribers 8]
+//! soak --chart CSV --svg FILE [--title T]
 //! ```
+//!
+//! The second form draws a CSV written by the first as an SVG chart
+//! (`chaos::chart`) and prints the first, last, smallest and largest value
+//! of each curve.
 //!
 //! Writes `<out>/soak.csv` (one row per sample: total and per-role RSS and
 //! open fds, ring files and all files under the bus roots, their bytes, the
@@ -25,7 +30,7 @@ use std::{
 
 use shmbus_tests::{
     args::Args,
-    chaos::{checker, driver, leaks, sampler, topology},
+    chaos::{chart, checker, driver, leaks, sampler, topology},
 };
 
 fn main() -> ExitCode {
@@ -41,6 +46,18 @@ fn main() -> ExitCode {
 
 fn run() -> Result<bool, String> {
     let mut args = Args::parse(std::env::args().skip(1), &[])?;
+    if let Some(csv) = args.opt::<PathBuf>("chart")? {
+        let svg: PathBuf = args.req("svg")?;
+        let title: String = args.or("title", "shmbus soak".to_string())?;
+        args.finish()?;
+        let text = std::fs::read_to_string(&csv).map_err(|e| format!("{}: {e}", csv.display()))?;
+        let rows = sampler::parse_csv(&text);
+        print_curves(&rows);
+        let doc = chart::render(&rows, &title)?;
+        std::fs::write(&svg, doc).map_err(|e| format!("{}: {e}", svg.display()))?;
+        println!("chart: {}", svg.display());
+        return Ok(true);
+    }
     let duration = Duration::from_secs(args.or("duration-s", 3600u64)?);
     let every = Duration::from_secs(args.or("sample-s", 10u64)?);
     let seed: u64 = args.or("seed", 1u64)?;

@@ -37,14 +37,16 @@ pub enum Line {
     /// Subscriber: a ring was drained and its publisher is gone
     /// (`gone <t> <ring>`).
     Gone { t: u64, ring: String },
-    /// Subscriber: per message-level publisher, the accounted sequence
-    /// ranges (`u <t> <pub> <lo> <hi> <intervals>`).
+    /// Subscriber: per message-level publisher, the span of sequences
+    /// accounted for (received, reported lost or skipped by a rejoin) and
+    /// how many inside it are missing without explanation
+    /// (`u <t> <pub> <lo> <hi> <missing>`).
     Union {
         t: u64,
         publisher: u32,
         lo: u64,
         hi: u64,
-        intervals: u64,
+        missing: u64,
     },
     /// Anyone: an invariant broken, seen from inside (`v <t> <kind> <detail>`).
     Violation { t: u64, kind: String, detail: String },
@@ -78,6 +80,9 @@ pub struct RingLine {
     pub evictions: u64,
     /// Messages skipped by rejoining at the newest after an eviction.
     pub evict_skipped: u64,
+    /// Evicted after the last message received: the rejoin at the newest
+    /// message skipped an uncounted tail.
+    pub evicted_at_end: bool,
 }
 
 fn opt(v: Option<u64>) -> String {
@@ -103,7 +108,7 @@ impl fmt::Display for Line {
             Self::Subscribed { t } => write!(f, "subscribed {t}"),
             Self::Ring(r) => write!(
                 f,
-                "s {} {} {} {} {} {} {} {} {} {} {}",
+                "s {} {} {} {} {} {} {} {} {} {} {} {}",
                 r.t,
                 r.ring,
                 r.publisher,
@@ -114,7 +119,8 @@ impl fmt::Display for Line {
                 r.pending_lost,
                 r.lost_before_first,
                 r.evictions,
-                r.evict_skipped
+                r.evict_skipped,
+                u8::from(r.evicted_at_end)
             ),
             Self::Gone { t, ring } => write!(f, "gone {t} {ring}"),
             Self::Union {
@@ -122,8 +128,8 @@ impl fmt::Display for Line {
                 publisher,
                 lo,
                 hi,
-                intervals,
-            } => write!(f, "u {t} {publisher} {lo} {hi} {intervals}"),
+                missing,
+            } => write!(f, "u {t} {publisher} {lo} {hi} {missing}"),
             Self::Violation { t, kind, detail } => {
                 write!(f, "v {t} {kind} {}", detail.replace('\n', " "))
             }
@@ -189,6 +195,7 @@ impl Line {
                 lost_before_first: num(w.next())?,
                 evictions: num(w.next())?,
                 evict_skipped: num(w.next())?,
+                evicted_at_end: num::<u8>(w.next())? == 1,
             }),
             "gone" => Self::Gone {
                 t,
@@ -199,7 +206,7 @@ impl Line {
                 publisher: num(w.next())?,
                 lo: num(w.next())?,
                 hi: num(w.next())?,
-                intervals: num(w.next())?,
+                missing: num(w.next())?,
             },
             "v" => {
                 let kind = w.next()?.to_string();
@@ -281,6 +288,7 @@ mod tests {
                 lost_before_first: 2,
                 evictions: 1,
                 evict_skipped: 6,
+                evicted_at_end: true,
             }),
             Line::Gone {
                 t: 6,
@@ -291,7 +299,7 @@ mod tests {
                 publisher: 7,
                 lo: 0,
                 hi: 99,
-                intervals: 1,
+                missing: 0,
             },
             Line::Violation {
                 t: 8,

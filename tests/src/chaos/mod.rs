@@ -18,6 +18,7 @@
 //! - [`leaks`]: what must be gone once everything exited;
 //! - [`sampler`], [`chart`]: the soak's resource samples and their SVG chart.
 
+pub mod chart;
 pub mod checker;
 pub mod driver;
 pub mod leaks;

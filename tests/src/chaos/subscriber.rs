@@ -215,13 +215,13 @@ fn subscribe(bus: &Bus, plan: &Plan, state: &AtomicU8) -> Result<(), Error> {
     for line in track.all_rings(t) {
         emit(&Line::Ring(line));
     }
-    for (publisher, lo, hi, intervals) in track.unions() {
+    for (publisher, lo, hi, missing) in track.unions() {
         emit(&Line::Union {
             t,
             publisher,
             lo,
             hi,
-            intervals,
+            missing,
         });
     }
     emit(&Line::Final {
