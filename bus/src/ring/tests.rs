@@ -293,6 +293,62 @@ fn prejoined_slot_of_a_gone_registration_is_reaped() {
     write(&mut w, 0, 100).expect("gone registration no longer gates");
 }
 
+/// Found by kill chaos (issue 13): a pre-joined slot evicted for lag before
+/// its subscriber adopted it has no lock owner, so a sweep (or a joiner)
+/// took it for a dead owner's slot and freed it; the subscriber then joined
+/// the ring afresh at its oldest record with no `Evicted`, silently missing
+/// the messages before. While its registration lives, it stays for the
+/// subscriber to learn of the eviction.
+#[test]
+fn evicted_prejoined_slot_waits_for_its_live_registration() {
+    let evict_after = Duration::from_secs(1);
+    // A full ring whose only gate, a pre-joined slot, is then evicted.
+    let evicted = || {
+        let seg = segment(4096, Policy::Block, Some(evict_after));
+        seg.set_registered(2, 5, true);
+        gate::prejoin(&heap::view(&seg), &[(2, 5)], 0, Some(0));
+        let mut w = writer(&seg);
+        let mut n = 0;
+        while write(&mut w, n, 100).is_ok() {
+            n += 1;
+        }
+        seg.advance_clock(evict_after * 2);
+        write(&mut w, n, 100).expect("the lagging pre-joined slot is evicted");
+        (seg, w)
+    };
+    let (seg, _w) = evicted();
+    let view = heap::view(&seg);
+    // A sweep (of a ring whose publisher is gone) and a joiner that finds
+    // no free slot must both leave it alone.
+    for index in 0..4 {
+        let state = view.slots()[index].state.load(Ordering::Acquire);
+        assert!(!gate::reap_if_dead(&view, index, state, view.now_ns()));
+    }
+    assert!(gate::any_slot_needs_data(&view, |_| false));
+    let others: Vec<_> = (0..3).map(|_| join(&seg, JoinAt::Latest)).collect();
+    assert!(
+        gate::join(&view, &request(JoinAt::Latest))
+            .unwrap()
+            .is_none(),
+        "the last slot is the evicted pre-joined one: not free"
+    );
+    let req = request(JoinAt::Oldest);
+    assert!(
+        matches!(
+            ReaderCore::adopt(heap::view(&seg), &req, 2, 5).unwrap(),
+            Err((_, true))
+        ),
+        "the subscriber learns of its eviction"
+    );
+    drop(others);
+    // Once its registration is gone, it is an ordinary dead slot.
+    let (seg, _w) = evicted();
+    seg.set_registered(2, 5, false);
+    let view = heap::view(&seg);
+    let state = view.slots()[0].state.load(Ordering::Acquire);
+    assert!(gate::reap_if_dead(&view, 0, state, view.now_ns()));
+}
+
 #[test]
 fn durable_slot_survives_its_owner_for_the_lease_then_reports_exact_loss() {
     let seg = segment(4096, Policy::Block, None);
