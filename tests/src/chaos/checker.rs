@@ -350,3 +350,82 @@ pub fn figures(o: &Outcome, v: &Verdict, left: &super::leaks::Leftovers) -> Stri
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::chaos::topology::{mix, Incarnation};
+
+    /// A run of `pub0-tb` (role 0) and `sub0-a-tb` (role 4) with the given
+    /// log texts, the subscriber started first.
+    fn judge(tag: &str, publisher: &str, subscriber: &str) -> Verdict {
+        let dir = std::env::temp_dir().join(format!("chaos-checker-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let roles = mix(4, 8);
+        assert_eq!(roles[0].name, "pub0-tb");
+        assert_eq!(roles[4].name, "sub0-a-tb");
+        let mut incarnations = Vec::new();
+        for (role, text, spawned_us) in [(4, subscriber, 10), (0, publisher, 100)] {
+            let log = dir.join(format!("{role}.log"));
+            std::fs::write(&log, text).unwrap();
+            incarnations.push(Incarnation {
+                role,
+                incarnation: 0,
+                spawned_us,
+                killed_us: None,
+                log,
+            });
+        }
+        let outcome = Outcome {
+            roles,
+            incarnations,
+            kills: BTreeMap::new(),
+            churns: BTreeMap::new(),
+            problems: Vec::new(),
+            run_time: Duration::from_secs(1),
+            disturb_time: Duration::from_secs(1),
+        };
+        let v = check(&outcome);
+        std::fs::remove_dir_all(&dir).unwrap();
+        v
+    }
+
+    const PUBLISHER: &str = "ready 101 100000 r1\nc 120 100000 40 900\ndone 130 100000 50 900\n";
+
+    fn subscriber(first: u64, last: u64) -> String {
+        let received = last - first + 1;
+        format!(
+            "subscribed 20\ns 200 r1 100000 {first} {last} {received} 0 0 0 0 0 0\ngone 201 r1\n\
+             u 300 100000 {first} {last} 0\nfinal 301 1\n"
+        )
+    }
+
+    #[test]
+    fn a_complete_run_is_clean() {
+        let v = judge("clean", PUBLISHER, &subscriber(0, 49));
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
+        assert_eq!((v.published, v.received), (50, 50));
+        assert_eq!(v.publisher_incarnations, (1, 1));
+        assert_eq!(v.subscriber_incarnations, (1, 1));
+    }
+
+    #[test]
+    fn a_short_drain_a_late_start_and_a_long_stall_are_violations() {
+        let v = judge("short", PUBLISHER, &subscriber(0, 47));
+        assert!(v.violations[0].contains("drained r1 to seq 47"), "{:?}", v.violations);
+        let v = judge("late", PUBLISHER, &subscriber(3, 49));
+        assert!(v.violations[0].contains("early subscriber of r1 started at seq 3"), "{:?}", v.violations);
+        let stalled = PUBLISHER.replace("900", "9000000");
+        let v = judge("stall", &stalled, &subscriber(0, 49));
+        assert!(v.violations.iter().all(|x| x.contains("over the bound")), "{:?}", v.violations);
+        assert_eq!(v.violations.len(), 2, "one per status line");
+        let holed = subscriber(0, 49).replace("u 300 100000 0 49 0", "u 300 100000 0 49 2");
+        let v = judge("hole", PUBLISHER, &holed);
+        assert!(v.violations[0].contains("2 sequence(s) of [0, 49]"), "{:?}", v.violations);
+        let inside = subscriber(0, 49).replace("gone 201", "v 150 content r1: checksum\ngone 201");
+        let v = judge("inside", PUBLISHER, &inside);
+        assert!(v.violations[0].contains("content: r1: checksum"), "{:?}", v.violations);
+    }
+}

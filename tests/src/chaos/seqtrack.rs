@@ -317,7 +317,8 @@ mod tests {
         let line = &t.all_rings(1)[0];
         assert_eq!((line.first, line.last, line.received), (Some(2), Some(10), 4));
         assert_eq!((line.lost, line.lost_before_first), (6, 2));
-        assert_eq!(t.unions(), vec![(7, 0, 10, 1)], "the unexplained hole stays");
+        // The miscount is reported once, as the order violation above.
+        assert_eq!(t.unions(), vec![(7, 0, 10, 0)]);
     }
 
     #[test]
