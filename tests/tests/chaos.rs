@@ -49,7 +49,10 @@ fn chaos(tag: &str, kills: u64, seed: u64) {
     // every kind of gap was exercised (so the checks above had something
     // to check).
     assert_eq!(outcome.kills.values().sum::<u64>(), kills);
-    assert!(verdict.published > 1000 && verdict.received > 1000, "{figures}");
+    assert!(
+        verdict.published > 1000 && verdict.received > 1000,
+        "{figures}"
+    );
     assert!(verdict.subscriber_incarnations.1 >= 8, "{figures}");
     let _ = std::fs::remove_dir_all(layout.base());
     let _ = std::fs::remove_dir_all(&logs);

@@ -34,8 +34,12 @@ fn main() -> ExitCode {
 
 fn range(s: &str) -> Result<(u64, u64), String> {
     let (lo, hi) = s.split_once("..").ok_or("--interval-ms LO..HI")?;
-    let lo: u64 = lo.parse().map_err(|_| "--interval-ms: LO is not a number")?;
-    let hi: u64 = hi.parse().map_err(|_| "--interval-ms: HI is not a number")?;
+    let lo: u64 = lo
+        .parse()
+        .map_err(|_| "--interval-ms: LO is not a number")?;
+    let hi: u64 = hi
+        .parse()
+        .map_err(|_| "--interval-ms: HI is not a number")?;
     if lo > hi {
         return Err("--interval-ms: LO > HI".into());
     }

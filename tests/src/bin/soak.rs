@@ -69,8 +69,13 @@ fn run() -> Result<bool, String> {
     let here = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = here.parent().ok_or("no executable directory")?;
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    let mut layout = topology::Layout::create("soak", &out.join("logs"), &dir.join("peer"), &dir.join("bridge"))
-        .map_err(|e| format!("cannot set up the run: {e}"))?;
+    let mut layout = topology::Layout::create(
+        "soak",
+        &out.join("logs"),
+        &dir.join("peer"),
+        &dir.join("bridge"),
+    )
+    .map_err(|e| format!("cannot set up the run: {e}"))?;
     layout.rate = rate;
     let roles = topology::mix(publishers, subscribers);
     let names: Vec<String> = roles.iter().map(|r| r.name.clone()).collect();
@@ -120,13 +125,24 @@ fn run() -> Result<bool, String> {
 }
 
 fn print_curves(rows: &[[f64; 7]]) {
-    let names = ["rss_kib", "fds", "ring_files", "files", "file_bytes", "fs_used_bytes"];
+    let names = [
+        "rss_kib",
+        "fds",
+        "ring_files",
+        "files",
+        "file_bytes",
+        "fs_used_bytes",
+    ];
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
         return;
     };
     for (i, n) in names.iter().enumerate() {
         let max = rows.iter().map(|r| r[i + 1]).fold(f64::MIN, f64::max);
         let min = rows.iter().map(|r| r[i + 1]).fold(f64::MAX, f64::min);
-        println!("{n}: start {} end {} min {min} max {max}", first[i + 1], last[i + 1]);
+        println!(
+            "{n}: start {} end {} min {min} max {max}",
+            first[i + 1],
+            last[i + 1]
+        );
     }
 }

@@ -94,7 +94,8 @@ struct SubLog {
 /// Judges `outcome`.
 pub fn check(outcome: &Outcome) -> Verdict {
     let mut v = Verdict::default();
-    v.violations.extend(outcome.problems.iter().map(|p| format!("driver: {p}")));
+    v.violations
+        .extend(outcome.problems.iter().map(|p| format!("driver: {p}")));
     let mut pubs: BTreeMap<u32, PubLog> = BTreeMap::new();
     let mut subs: Vec<SubLog> = Vec::new();
     for inc in &outcome.incarnations {
@@ -116,7 +117,9 @@ pub fn check(outcome: &Outcome) -> Verdict {
                 Line::Violation { kind, detail, .. } => {
                     v.violations.push(format!("{who}: {kind}: {detail}"));
                 }
-                Line::Ready { publisher, ring, .. } => {
+                Line::Ready {
+                    publisher, ring, ..
+                } => {
                     let p = pubs.entry(publisher).or_default();
                     p.ring = Some(ring);
                     p.spawned_us = inc.spawned_us;
@@ -173,9 +176,15 @@ pub fn check(outcome: &Outcome) -> Verdict {
             subs.push(sub);
         }
     }
-    v.publisher_incarnations = (pubs.len() as u64, pubs.values().filter(|p| p.done).count() as u64);
+    v.publisher_incarnations = (
+        pubs.len() as u64,
+        pubs.values().filter(|p| p.done).count() as u64,
+    );
     v.published = pubs.values().map(|p| p.committed).sum();
-    v.subscriber_incarnations = (subs.len() as u64, subs.iter().filter(|s| s.clean).count() as u64);
+    v.subscriber_incarnations = (
+        subs.len() as u64,
+        subs.iter().filter(|s| s.clean).count() as u64,
+    );
     let by_ring: BTreeMap<&str, (u32, &PubLog)> = pubs
         .iter()
         .filter_map(|(&id, p)| Some((p.ring.as_deref()?, (id, p))))
@@ -209,7 +218,10 @@ fn check_local(
             continue;
         };
         if r.received > 0 && r.publisher != id {
-            out.push(format!("{}: ring {} carried publisher {}, its publisher logged {id}", s.name, r.ring, r.publisher));
+            out.push(format!(
+                "{}: ring {} carried publisher {}, its publisher logged {id}",
+                s.name, r.ring, r.publisher
+            ));
         }
         // Rule 3: registered before the publisher started (an untethered
         // subscriber evicted before it found the ring rejoins at the newest
@@ -228,7 +240,10 @@ fn check_local(
         // Rule 2: drained to gone.
         if s.gone.contains(&r.ring) {
             let Some(last) = r.last else {
-                if s.subscribed_us.is_some_and(|t| t < p.spawned_us) && p.committed > r.pending_lost {
+                if s.subscribed_us.is_some_and(|t| t < p.spawned_us)
+                    && !evicted_early
+                    && p.committed > r.pending_lost
+                {
                     out.push(format!(
                         "{}: early subscriber drained {} without a message of {} committed",
                         s.name, r.ring, p.committed
@@ -260,7 +275,10 @@ fn check_local(
             let early = s.subscribed_us.is_some_and(|t| t < p.spawned_us);
             let ring = p.ring.as_deref().unwrap_or("");
             if p.topic == s.topic && early && p.committed > 0 && !s.rings.contains_key(ring) {
-                out.push(format!("{}: never read publisher {id} ({ring}), which started after it", s.name));
+                out.push(format!(
+                    "{}: never read publisher {id} ({ring}), which started after it",
+                    s.name
+                ));
             }
         }
     }
@@ -285,7 +303,10 @@ fn check_remote(s: &SubLog, pubs: &BTreeMap<u32, PubLog>, out: &mut Vec<String>)
     }
     for &(publisher, _, hi, _) in &s.unions {
         let Some(p) = pubs.get(&publisher) else {
-            out.push(format!("{}: messages of unknown publisher {publisher}", s.name));
+            out.push(format!(
+                "{}: messages of unknown publisher {publisher}",
+                s.name
+            ));
             continue;
         };
         if hi + 1 < p.committed || (p.done && hi + 1 != p.committed) {
@@ -310,7 +331,12 @@ pub fn figures(o: &Outcome, v: &Verdict, left: &super::leaks::Leftovers) -> Stri
         o.disturb_time.as_secs_f64()
     );
     let _ = writeln!(s, "kills: {} {:?}", o.kills.values().sum::<u64>(), o.kills);
-    let _ = writeln!(s, "churns (leave, rejoin): {} {:?}", o.churns.values().sum::<u64>(), o.churns);
+    let _ = writeln!(
+        s,
+        "churns (leave, rejoin): {} {:?}",
+        o.churns.values().sum::<u64>(),
+        o.churns
+    );
     let _ = writeln!(
         s,
         "published {} by {} publisher incarnations ({} stopped cleanly); received {}; lost {} (reported); evictions {} (skipping {})",
@@ -337,8 +363,9 @@ pub fn figures(o: &Outcome, v: &Verdict, left: &super::leaks::Leftovers) -> Stri
     }
     let _ = writeln!(
         s,
-        "files left when all had exited: {}; after gc: {}",
+        "files left when all had exited: {} {:?}; after gc: {}",
         left.before_gc.len(),
+        super::leaks::by_kind(&left.before_gc),
         left.after_gc.len()
     );
     for f in &left.after_gc {
@@ -414,18 +441,38 @@ mod tests {
     #[test]
     fn a_short_drain_a_late_start_and_a_long_stall_are_violations() {
         let v = judge("short", PUBLISHER, &subscriber(0, 47));
-        assert!(v.violations[0].contains("drained r1 to seq 47"), "{:?}", v.violations);
+        assert!(
+            v.violations[0].contains("drained r1 to seq 47"),
+            "{:?}",
+            v.violations
+        );
         let v = judge("late", PUBLISHER, &subscriber(3, 49));
-        assert!(v.violations[0].contains("early subscriber of r1 started at seq 3"), "{:?}", v.violations);
+        assert!(
+            v.violations[0].contains("early subscriber of r1 started at seq 3"),
+            "{:?}",
+            v.violations
+        );
         let stalled = PUBLISHER.replace("900", "9000000");
         let v = judge("stall", &stalled, &subscriber(0, 49));
-        assert!(v.violations.iter().all(|x| x.contains("over the bound")), "{:?}", v.violations);
+        assert!(
+            v.violations.iter().all(|x| x.contains("over the bound")),
+            "{:?}",
+            v.violations
+        );
         assert_eq!(v.violations.len(), 2, "one per status line");
         let holed = subscriber(0, 49).replace("u 300 100000 0 49 0", "u 300 100000 0 49 2");
         let v = judge("hole", PUBLISHER, &holed);
-        assert!(v.violations[0].contains("2 sequence(s) of [0, 49]"), "{:?}", v.violations);
+        assert!(
+            v.violations[0].contains("2 sequence(s) of [0, 49]"),
+            "{:?}",
+            v.violations
+        );
         let inside = subscriber(0, 49).replace("gone 201", "v 150 content r1: checksum\ngone 201");
         let v = judge("inside", PUBLISHER, &inside);
-        assert!(v.violations[0].contains("content: r1: checksum"), "{:?}", v.violations);
+        assert!(
+            v.violations[0].contains("content: r1: checksum"),
+            "{:?}",
+            v.violations
+        );
     }
 }

@@ -212,12 +212,12 @@ pub fn run(
         Kind::Publisher { .. } => 2,
     });
     let mut slots: Vec<Option<Running>> = (0..roles.len()).map(|_| None).collect();
+    let mut subscribers_first = true;
     for &i in &order {
-        if matches!(roles[i].kind, Kind::Publisher { .. })
-            && !matches!(roles[order[0]].kind, Kind::Publisher { .. })
-        {
+        if subscribers_first && matches!(roles[i].kind, Kind::Publisher { .. }) {
             // Give the subscribers a moment to register first.
-            std::thread::sleep(Duration::from_millis(30));
+            subscribers_first = false;
+            std::thread::sleep(Duration::from_millis(300));
         }
         slots[i] = Some(spawn(layout, &roles, i, 0)?);
     }
@@ -256,7 +256,10 @@ pub fn run(
     // Let everything connect before the first disturbance.
     std::thread::sleep(Duration::from_secs(1));
     match *disturb {
-        Disturb::Kill { kills: n, interval_ms } => {
+        Disturb::Kill {
+            kills: n,
+            interval_ms,
+        } => {
             for _ in 0..n {
                 let pause = rng.range(interval_ms.0, interval_ms.1);
                 std::thread::sleep(Duration::from_millis(pause));
@@ -271,7 +274,8 @@ pub fn run(
         }
         Disturb::Soak { duration, churn_ms } => {
             let subs = d.of_kind(|k| matches!(k, Kind::Subscriber { .. }));
-            let mut next_churn = Instant::now() + Duration::from_millis(rng.range(churn_ms.0, churn_ms.1));
+            let mut next_churn =
+                Instant::now() + Duration::from_millis(rng.range(churn_ms.0, churn_ms.1));
             while started.elapsed() < duration {
                 std::thread::sleep(Duration::from_millis(100));
                 d.reap_unexpected();
@@ -282,7 +286,8 @@ pub fn run(
                     *churns.entry(d.roles[role].name.clone()).or_default() += 1;
                     let next = d.running[role].incarnation + 1;
                     d.start(role, next);
-                    next_churn = Instant::now() + Duration::from_millis(rng.range(churn_ms.0, churn_ms.1));
+                    next_churn =
+                        Instant::now() + Duration::from_millis(rng.range(churn_ms.0, churn_ms.1));
                 }
                 tick(&d);
             }

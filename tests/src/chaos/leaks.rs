@@ -60,3 +60,40 @@ pub fn check(roots: &[&Path]) -> Leftovers {
         after_gc: list(roots),
     }
 }
+
+/// Counts files by kind: the extension, or the name for files without one
+/// (`subscribers.reg` has one), e.g. `{"ring": 3, "ctl": 3, "hold": 2}`.
+pub fn by_kind(files: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for f in files {
+        let p = Path::new(f);
+        let kind = match p.extension() {
+            Some(e) => e.to_string_lossy().into_owned(),
+            None => p
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        };
+        *out.entry(kind).or_default() += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_counted() {
+        let files = [
+            "/a/t/x.ring",
+            "/a/t/x.ctl",
+            "/a/t/y.ring",
+            "/b/t/.p.q.0.hold",
+        ]
+        .map(String::from);
+        let kinds = by_kind(&files);
+        assert_eq!(kinds.get("ring"), Some(&2));
+        assert_eq!(kinds.get("ctl"), Some(&1));
+        assert_eq!(kinds.get("hold"), Some(&1));
+    }
+}

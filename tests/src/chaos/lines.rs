@@ -12,7 +12,11 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
     /// Publisher: its ring exists (`ready <t> <pub> <ring>`).
-    Ready { t: u64, publisher: u32, ring: String },
+    Ready {
+        t: u64,
+        publisher: u32,
+        ring: String,
+    },
     /// Publisher: `committed` messages (sequences `0..committed`) are
     /// published; the longest single send took `max_stall_us`
     /// (`c <t> <pub> <committed> <max_stall_us>`).
@@ -49,7 +53,11 @@ pub enum Line {
         missing: u64,
     },
     /// Anyone: an invariant broken, seen from inside (`v <t> <kind> <detail>`).
-    Violation { t: u64, kind: String, detail: String },
+    Violation {
+        t: u64,
+        kind: String,
+        detail: String,
+    },
     /// Subscriber: stopped cleanly (`final <t> <drained>`), after draining
     /// every publisher to `gone` (`drained` 1) or at once on EOF (0).
     Final { t: u64, drained: bool },

@@ -107,7 +107,7 @@ pub fn run(mut args: Args) -> u8 {
             status: Duration::from_millis(args.or("status-ms", 20u64)?),
         };
         args.finish()?;
-        if !(plan.rate > 0.0) {
+        if !plan.rate.is_finite() || plan.rate <= 0.0 {
             return Err("--rate must be positive".into());
         }
         Ok((bus, plan))

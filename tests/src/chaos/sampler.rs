@@ -174,7 +174,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("t")).unwrap();
         std::fs::write(dir.join("t/x.ring"), vec![1u8; 8192]).unwrap();
         std::fs::write(dir.join("t/x.ctl"), b"c").unwrap();
-        let s = sample(1.5, &[(me, "me")], &[dir.clone()]);
+        let s = sample(1.5, &[(me, "me")], std::slice::from_ref(&dir));
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!((s.ring_files, s.files), (1, 2));
         assert!(s.file_bytes >= 8192 && s.fs_used_bytes > 0);
@@ -184,6 +184,9 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0][0], 1.5);
         assert_eq!(rows[0][3], 1.0);
-        assert!(csv.trim_end().ends_with(",,"), "an absent role leaves empty cells");
+        assert!(
+            csv.trim_end().ends_with(",,"),
+            "an absent role leaves empty cells"
+        );
     }
 }

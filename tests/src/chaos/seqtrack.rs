@@ -108,7 +108,9 @@ pub struct SeqTrack {
 /// ring is its own stem.
 pub fn stem(ring: &str) -> &str {
     match ring.rsplit_once('.') {
-        Some((head, epoch)) if head.contains('.') && epoch.bytes().all(|b| b.is_ascii_digit()) => head,
+        Some((head, epoch)) if head.contains('.') && epoch.bytes().all(|b| b.is_ascii_digit()) => {
+            head
+        }
         _ => ring,
     }
 }
@@ -138,7 +140,8 @@ impl SeqTrack {
     /// violations it shows (kind, detail).
     pub fn on_message(&mut self, ring: &str, publisher: u32, seq: u64) -> Vec<(String, String)> {
         let mut bad = Vec::new();
-        self.stem_publisher.insert(stem(ring).to_string(), publisher);
+        self.stem_publisher
+            .insert(stem(ring).to_string(), publisher);
         let st = self.ring(ring);
         if st.gone {
             bad.push(("after-gone".into(), format!("{ring}: seq {seq} after gone")));
@@ -146,7 +149,10 @@ impl SeqTrack {
         if st.line.received > 0 && st.line.publisher != publisher {
             bad.push((
                 "publisher-id".into(),
-                format!("{ring} carried publisher {}, now {publisher}", st.line.publisher),
+                format!(
+                    "{ring} carried publisher {}, now {publisher}",
+                    st.line.publisher
+                ),
             ));
         }
         st.line.publisher = publisher;
@@ -315,7 +321,10 @@ mod tests {
         let bad = t.on_message("r", 7, 10);
         assert_eq!(bad[0].0, "order", "{bad:?}");
         let line = &t.all_rings(1)[0];
-        assert_eq!((line.first, line.last, line.received), (Some(2), Some(10), 4));
+        assert_eq!(
+            (line.first, line.last, line.received),
+            (Some(2), Some(10), 4)
+        );
         assert_eq!((line.lost, line.lost_before_first), (6, 2));
         // The miscount is reported once, as the order violation above.
         assert_eq!(t.unions(), vec![(7, 0, 10, 0)]);
@@ -345,7 +354,11 @@ mod tests {
         assert!(t.on_evicted("r").is_empty());
         assert!(t.on_message("r", 4, 50).is_empty());
         assert!(t.on_message("r", 4, 51).is_empty());
-        assert_eq!(t.on_message("r", 4, 53)[0].0, "order", "a jump without eviction");
+        assert_eq!(
+            t.on_message("r", 4, 53)[0].0,
+            "order",
+            "a jump without eviction"
+        );
         let line = &t.all_rings(1)[0];
         assert_eq!((line.evictions, line.evict_skipped), (1, 49));
     }
@@ -368,7 +381,11 @@ mod tests {
         assert!(t.on_message("epoch1", 9, 0).is_empty());
         assert!(t.on_lost("epoch1", 10).is_empty());
         assert!(t.on_message("epoch2", 9, 11).is_empty());
-        assert_eq!(t.unions(), vec![(9, 0, 11, 10)], "the hole until epoch1 is gone");
+        assert_eq!(
+            t.unions(),
+            vec![(9, 0, 11, 10)],
+            "the hole until epoch1 is gone"
+        );
         assert!(t.on_gone("epoch1").is_empty());
         assert_eq!(t.unions(), vec![(9, 0, 11, 0)]);
         // An epoch holding only a gap record (no message): its loss explains

@@ -166,7 +166,10 @@ fn subscribe(bus: &Bus, plan: &Plan, state: &AtomicU8) -> Result<(), Error> {
                 if plan.local && sample.sequence() != seq {
                     violations(vec![(
                         "ring-seq".into(),
-                        format!("{ring}: ring sequence {} carries seq {seq}", sample.sequence()),
+                        format!(
+                            "{ring}: ring sequence {} carries seq {seq}",
+                            sample.sequence()
+                        ),
                     )]);
                 }
                 pending = Some((ring, publisher, seq));

@@ -301,7 +301,10 @@ impl Layout {
                 args.extend(crate::netns::bridge_identity_args(&keys, name));
                 args.extend([
                     "--stats-file".into(),
-                    self.logs.join(format!("{name}.stats")).display().to_string(),
+                    self.logs
+                        .join(format!("{name}.stats"))
+                        .display()
+                        .to_string(),
                 ]);
                 &self.bridge
             }
@@ -347,7 +350,12 @@ pub struct Incarnation {
 /// # Errors
 ///
 /// If the log files cannot be created or the process not started.
-pub fn spawn(layout: &Layout, roles: &[Role], role: usize, incarnation: u32) -> std::io::Result<Running> {
+pub fn spawn(
+    layout: &Layout,
+    roles: &[Role],
+    role: usize,
+    incarnation: u32,
+) -> std::io::Result<Running> {
     let r = &roles[role];
     let out = File::create(layout.log_path(&r.name, incarnation))?;
     let err = File::create(layout.logs.join(format!("{}.{incarnation}.err", r.name)))?;
