@@ -809,3 +809,44 @@ fn room_until_asks_for_half_a_ring_before_it_counts_as_held_back() {
     assert_eq!(w.room_until(), 4096);
     assert_ne!(wanted(&producer), 0, "less than half a ring: held back");
 }
+
+/// Found by kill chaos (issue 13): an untethered slot pinned inside a
+/// record held the gate there; the writer filled the ring exactly to the
+/// gate and, as it must, did not clear the word where the next stamp goes
+/// (it is held), so the caught-up reader found stale payload bytes there
+/// and reported `Corrupt` ("an unpublished position holds a foreign
+/// stamp"). Now a record never ends exactly at a gate that is not a record
+/// boundary.
+#[test]
+fn a_gate_inside_a_record_never_shows_readers_a_foreign_stamp() {
+    let seg = segment(4096, Policy::Block, None);
+    let mut w = writer(&seg);
+    let mut fast = join(&seg, JoinAt::Latest);
+    let untethered = JoinRequest {
+        tethered: false,
+        ..request(JoinAt::Latest)
+    };
+    let mut pinner = ReaderCore::join(heap::view(&seg), &untethered)
+        .unwrap()
+        .unwrap();
+    write(&mut w, 0, 100).unwrap(); // [0, 128)
+    assert_eq!(next(&mut fast).0, 0);
+    assert_eq!(pinner.pin(48), 48, "pinned inside the first record");
+    let mut seq = 1;
+    while w.write_position() < 4096 {
+        write(&mut w, seq, 100).unwrap();
+        assert_eq!(next(&mut fast).0, seq);
+        seq += 1;
+    }
+    // A 48-byte record would end exactly at the gate (48 + 4096).
+    assert_eq!(write(&mut w, seq, 32), Err(ReserveFail::Full));
+    assert!(matches!(fast.peek(), Ok(Peek::Empty)), "{:?}", fast.peek());
+    assert!(matches!(fast.verify_empty(), Ok(Peek::Empty)));
+    // Once the pin goes, everything flows in order.
+    pinner.unpin();
+    for _ in 0..100 {
+        write(&mut w, seq, 32).unwrap();
+        assert_eq!(next(&mut fast), (seq, payload(seq, 32)));
+        seq += 1;
+    }
+}
