@@ -1,6 +1,7 @@
 //! The soak's curves as an SVG chart: four panels over time (total RSS of
-//! the mix, its open descriptors, files under the bus roots, bytes used on
-//! `/dev/shm`), from the sampler's CSV. Drawn with plotters' SVG backend
+//! the mix, its open descriptors, files under the bus roots with the ring
+//! files dashed, bytes used on `/dev/shm` with the bus roots' own bytes
+//! dashed), from the sampler's CSV. Drawn with plotters' SVG backend
 //! and its built-in text metrics, as the benches' comparison chart is, so
 //! it needs no system fonts.
 
@@ -67,8 +68,16 @@ pub fn render(rows: &[[f64; 7]], title: &str) -> Result<String, String> {
             chart
                 .draw_series(LineSeries::new(values, blue.stroke_width(2)))
                 .map_err(err)?;
-            if col == 4 {
-                let rings: Vec<(f64, f64)> = rows.iter().map(|r| (r[0] / 60.0, r[3])).collect();
+            // The dashed companion: ring files beside all files, the bus
+            // roots' own bytes beside the whole (shared) tmpfs.
+            let companion = match col {
+                4 => Some((3, 1.0)),
+                6 => Some((5, div)),
+                _ => None,
+            };
+            if let Some((other, d)) = companion {
+                let rings: Vec<(f64, f64)> =
+                    rows.iter().map(|r| (r[0] / 60.0, r[other] / d)).collect();
                 let red = RGBColor(0xd6, 0x27, 0x28);
                 chart
                     .draw_series(DashedLineSeries::new(rings, 6, 4, red.stroke_width(2)))
@@ -97,7 +106,10 @@ mod tests {
         for (_, name, _, _) in PANELS {
             assert!(svg.contains(name), "{name}");
         }
-        assert!(svg.matches("<polyline").count() >= 4, "one curve per panel");
+        assert!(
+            svg.matches("<polyline").count() >= 6,
+            "one curve per panel, two dashed"
+        );
         assert!(render(&[], "soak").is_err());
     }
 }
