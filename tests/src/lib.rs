@@ -10,6 +10,7 @@
 //!   losses, publishers gone or broken);
 //! - [`report`]: the machine-readable summary a subscriber writes;
 //! - [`args`]: the helper's tiny command-line parser;
+//! - [`chaos`]: kill chaos and soak (issue 13): roles, driver, checkers;
 //! - [`harness`]: private roots under `/dev/shm`, child processes with line
 //!   channels, and a watchdog that kills children of a test that hangs;
 //! - [`isolation`]: pid namespaces, other uids, a small tmpfs, and what a
@@ -25,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod args;
+pub mod chaos;
 pub mod harness;
 pub mod hostile;
 pub mod isolation;

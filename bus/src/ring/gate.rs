@@ -197,22 +197,34 @@ fn probe_holder<V: View>(view: &V, gate: &mut GateState, who: Option<(usize, u64
     freed
 }
 
+/// The registration a slot waits for: a pre-joined slot, or one evicted
+/// for lag before its subscriber adopted it (its registration fields are
+/// still set; a claim clears them, generation 0 meaning none). Such a slot
+/// has no lock owner yet, so a free lock proves nothing: it belongs to its
+/// registration while that lives, and must stay until adopted so that the
+/// subscriber learns of the eviction instead of silently joining later.
+fn waiting_registration(slot: &Slot, state: u64) -> Option<(u64, u64)> {
+    let kind = state & SLOT_STATE_MASK;
+    // Relaxed: ordered after the caller's Acquire load of `state`.
+    let generation = slot.reg_generation.load(Ordering::Relaxed);
+    let waits = kind == SLOT_PREJOINED || (kind == SLOT_EVICTED && generation != 0);
+    // Relaxed: as above.
+    waits.then(|| (slot.reg_index.load(Ordering::Relaxed), generation))
+}
+
 /// Frees slot `index` (seen in `state`) if its owner is provably dead: a
 /// registration gone, a lease expired, or its lock free. A dead durable
 /// slot becomes [`SLOT_ORPHANED`] instead (it keeps gating for its lease).
 /// Returns whether the slot was freed.
 pub(crate) fn reap_if_dead<V: View>(view: &V, index: usize, state: u64, now: u64) -> bool {
     let slot = &view.slots()[index];
+    if let Some((reg, generation)) = waiting_registration(slot, state) {
+        if view.registry_alive(reg, generation) {
+            return false;
+        }
+    }
     match state & SLOT_STATE_MASK {
         SLOT_FREE => return false,
-        SLOT_PREJOINED => {
-            // Relaxed: ordered after the Acquire state load by the caller's scan.
-            let reg = slot.reg_index.load(Ordering::Relaxed);
-            let generation = slot.reg_generation.load(Ordering::Relaxed);
-            if view.registry_alive(reg, generation) {
-                return false;
-            }
-        }
         SLOT_ORPHANED => {
             // Relaxed: as above.
             let since = slot.orphaned_at.load(Ordering::Relaxed);
@@ -446,14 +458,11 @@ pub(crate) fn join<V: View>(view: &V, req: &JoinRequest) -> Result<Option<Joined
 /// `state`: free, or left behind by a dead owner. A durable slot whose owner
 /// died is orphaned instead (kept for its lease).
 fn claimable<V: View>(view: &V, slot: &Slot, state: u64, now: u64) -> bool {
+    if let Some((reg, generation)) = waiting_registration(slot, state) {
+        return !view.registry_alive(reg, generation);
+    }
     match state & SLOT_STATE_MASK {
         SLOT_FREE => true,
-        SLOT_PREJOINED => {
-            // Relaxed: ordered after the Acquire state load.
-            let reg = slot.reg_index.load(Ordering::Relaxed);
-            let generation = slot.reg_generation.load(Ordering::Relaxed);
-            !view.registry_alive(reg, generation)
-        }
         SLOT_ORPHANED => {
             // Relaxed: as above.
             let since = slot.orphaned_at.load(Ordering::Relaxed);
@@ -850,13 +859,13 @@ pub(crate) fn any_slot_needs_data<V: View>(view: &V, locked: impl Fn(usize) -> b
     view.slots().iter().enumerate().any(|(index, slot)| {
         // Acquire: pairs with the claimer's Release (its fields are visible).
         let state = slot.state.load(Ordering::Acquire);
+        if let Some((reg, generation)) = waiting_registration(slot, state) {
+            // The subscriber has yet to read or to learn of its eviction.
+            return view.registry_alive(reg, generation);
+        }
         // Relaxed: ordered after the Acquire above.
         match state & SLOT_STATE_MASK {
             SLOT_FREE => false,
-            SLOT_PREJOINED => view.registry_alive(
-                slot.reg_index.load(Ordering::Relaxed),
-                slot.reg_generation.load(Ordering::Relaxed),
-            ),
             SLOT_ORPHANED => {
                 now.saturating_sub(slot.orphaned_at.load(Ordering::Relaxed))
                     < slot.lease_ns.load(Ordering::Relaxed)

@@ -293,6 +293,62 @@ fn prejoined_slot_of_a_gone_registration_is_reaped() {
     write(&mut w, 0, 100).expect("gone registration no longer gates");
 }
 
+/// Found by kill chaos (issue 13): a pre-joined slot evicted for lag before
+/// its subscriber adopted it has no lock owner, so a sweep (or a joiner)
+/// took it for a dead owner's slot and freed it; the subscriber then joined
+/// the ring afresh at its oldest record with no `Evicted`, silently missing
+/// the messages before. While its registration lives, it stays for the
+/// subscriber to learn of the eviction.
+#[test]
+fn evicted_prejoined_slot_waits_for_its_live_registration() {
+    let evict_after = Duration::from_secs(1);
+    // A full ring whose only gate, a pre-joined slot, is then evicted.
+    let evicted = || {
+        let seg = segment(4096, Policy::Block, Some(evict_after));
+        seg.set_registered(2, 5, true);
+        gate::prejoin(&heap::view(&seg), &[(2, 5)], 0, Some(0));
+        let mut w = writer(&seg);
+        let mut n = 0;
+        while write(&mut w, n, 100).is_ok() {
+            n += 1;
+        }
+        seg.advance_clock(evict_after * 2);
+        write(&mut w, n, 100).expect("the lagging pre-joined slot is evicted");
+        (seg, w)
+    };
+    let (seg, _w) = evicted();
+    let view = heap::view(&seg);
+    // A sweep (of a ring whose publisher is gone) and a joiner that finds
+    // no free slot must both leave it alone.
+    for index in 0..4 {
+        let state = view.slots()[index].state.load(Ordering::Acquire);
+        assert!(!gate::reap_if_dead(&view, index, state, view.now_ns()));
+    }
+    assert!(gate::any_slot_needs_data(&view, |_| false));
+    let others: Vec<_> = (0..3).map(|_| join(&seg, JoinAt::Latest)).collect();
+    assert!(
+        gate::join(&view, &request(JoinAt::Latest))
+            .unwrap()
+            .is_none(),
+        "the last slot is the evicted pre-joined one: not free"
+    );
+    let req = request(JoinAt::Oldest);
+    assert!(
+        matches!(
+            ReaderCore::adopt(heap::view(&seg), &req, 2, 5).unwrap(),
+            Err((_, true))
+        ),
+        "the subscriber learns of its eviction"
+    );
+    drop(others);
+    // Once its registration is gone, it is an ordinary dead slot.
+    let (seg, _w) = evicted();
+    seg.set_registered(2, 5, false);
+    let view = heap::view(&seg);
+    let state = view.slots()[0].state.load(Ordering::Acquire);
+    assert!(gate::reap_if_dead(&view, 0, state, view.now_ns()));
+}
+
 #[test]
 fn durable_slot_survives_its_owner_for_the_lease_then_reports_exact_loss() {
     let seg = segment(4096, Policy::Block, None);
@@ -752,4 +808,45 @@ fn room_until_asks_for_half_a_ring_before_it_counts_as_held_back() {
     }
     assert_eq!(w.room_until(), 4096);
     assert_ne!(wanted(&producer), 0, "less than half a ring: held back");
+}
+
+/// Found by kill chaos (issue 13): an untethered slot pinned inside a
+/// record held the gate there; the writer filled the ring exactly to the
+/// gate and, as it must, did not clear the word where the next stamp goes
+/// (it is held), so the caught-up reader found stale payload bytes there
+/// and reported `Corrupt` ("an unpublished position holds a foreign
+/// stamp"). Now a record never ends exactly at a gate that is not a record
+/// boundary.
+#[test]
+fn a_gate_inside_a_record_never_shows_readers_a_foreign_stamp() {
+    let seg = segment(4096, Policy::Block, None);
+    let mut w = writer(&seg);
+    let mut fast = join(&seg, JoinAt::Latest);
+    let untethered = JoinRequest {
+        tethered: false,
+        ..request(JoinAt::Latest)
+    };
+    let mut pinner = ReaderCore::join(heap::view(&seg), &untethered)
+        .unwrap()
+        .unwrap();
+    write(&mut w, 0, 100).unwrap(); // [0, 128)
+    assert_eq!(next(&mut fast).0, 0);
+    assert_eq!(pinner.pin(48), 48, "pinned inside the first record");
+    let mut seq = 1;
+    while w.write_position() < 4096 {
+        write(&mut w, seq, 100).unwrap();
+        assert_eq!(next(&mut fast).0, seq);
+        seq += 1;
+    }
+    // A 48-byte record would end exactly at the gate (48 + 4096).
+    assert_eq!(write(&mut w, seq, 32), Err(ReserveFail::Full));
+    assert!(matches!(fast.peek(), Ok(Peek::Empty)), "{:?}", fast.peek());
+    assert!(matches!(fast.verify_empty(), Ok(Peek::Empty)));
+    // Once the pin goes, everything flows in order.
+    pinner.unpin();
+    for _ in 0..100 {
+        write(&mut w, seq, 32).unwrap();
+        assert_eq!(next(&mut fast), (seq, payload(seq, 32)));
+        seq += 1;
+    }
 }

@@ -555,12 +555,12 @@ impl<V: View> WriterCore<V> {
         }
         let cap = self.geo.capacity;
         let (start, end) = self.placement(len);
-        if self.geo.policy == Policy::Block && end > self.limit + cap {
+        if self.geo.policy == Policy::Block && end > self.gate_end() {
             // Records committed in this batch count for nobody until published,
             // and subscribers cannot release what they cannot see.
             self.publish();
             self.refresh_gate(end);
-            if end > self.limit + cap {
+            if end > self.gate_end() {
                 return Err(ReserveFail::Full);
             }
         }
@@ -571,7 +571,7 @@ impl<V: View> WriterCore<V> {
             .min(self.geo.max_message)
             .min(cap - (start & self.geo.mask()) - RECORD_HEADER);
         if self.geo.policy == Policy::Block {
-            let gate_room = (self.limit + cap).saturating_sub(start + RECORD_HEADER);
+            let gate_room = self.gate_end().saturating_sub(start + RECORD_HEADER);
             room = room.min(gate_room & !(RECORD_ALIGN - 1)).max(len);
         }
         let end = start + record_size(room);
@@ -589,6 +589,32 @@ impl<V: View> WriterCore<V> {
             position: start,
             len: room,
         })
+    }
+
+    /// How far a record placed by [`Self::reserve_up_to`] may end under the
+    /// Block gate: `limit + capacity`, or a header less when the word there
+    /// (the one at `limit`, a lap ago) is not the stamp of a record at
+    /// `limit`. A slot may hold the gate inside a record (an untethered
+    /// export pins byte positions; a hostile slot may forge one); a record
+    /// ending exactly at the gate leaves that word uncleared where the next
+    /// stamp goes (`clear_next_stamp` must not touch held bytes), and
+    /// readers would take the stale payload bytes for a foreign stamp
+    /// (`Corrupt`). Found by kill chaos (issue 13).
+    fn gate_end(&self) -> u64 {
+        let end = self.limit + self.geo.capacity;
+        if self.limit >= self.write {
+            return end; // nothing of this lap at `limit` yet
+        }
+        // Relaxed: a word only this writer stores (the data file is
+        // read-only to everyone else), last stored by this thread.
+        let stamp = self
+            .view
+            .word(self.limit & self.geo.mask())
+            .load(Ordering::Relaxed);
+        match records::classify(stamp, self.limit) {
+            StampKind::Data | StampKind::Padding | StampKind::Gap => end,
+            _ => end - RECORD_HEADER,
+        }
     }
 
     /// Moves `head` past every record the bytes below `touch_end` overwrite.

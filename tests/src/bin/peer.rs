@@ -11,7 +11,8 @@
 //!      [--timeout-s S] [--bus NAME]
 //! ```
 //!
-//! (More modes: `peer/core_v2.rs`, `peer/wake.rs`.)
+//! (More modes: `peer/core_v2.rs`, `peer/wake.rs`; `chaos-pub` and
+//! `chaos-sub` are the kill-chaos roles of `shmbus_tests::chaos`.)
 //!
 //! Both print progress lines on stdout that tests wait for:
 //!
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let mut argv = std::env::args().skip(1);
     let role = argv.next().unwrap_or_default();
-    let flags = ["loan", "linger", "drain", "group"];
+    let flags = ["loan", "linger", "drain", "group", "local"];
     let args = match Args::parse(argv, &flags) {
         Ok(a) => a,
         Err(e) => return usage(&e),
@@ -75,6 +76,8 @@ fn main() -> ExitCode {
         "fork-reader" => core_v2::fork_reader(args),
         "wake-pub" => wake::wake_pub(args),
         "wake-count" => wake::wake_count(args),
+        "chaos-pub" => ExitCode::from(shmbus_tests::chaos::publisher::run(args)),
+        "chaos-sub" => ExitCode::from(shmbus_tests::chaos::subscriber::run(args)),
         other => usage(&format!("unknown subcommand {other:?}")),
     }
 }
