@@ -3,3 +3,8 @@
 //! helpers that turn fuzzer bytes into test situations.
 //!
 //! Targets, how to run them and the campaign's figures: `fuzz/README.md`.
+
+pub mod input;
+pub mod layout_ref;
+pub mod scratch;
+pub mod seeds;
