@@ -210,6 +210,14 @@ pub fn check_span(
     Ok(())
 }
 
+/// The limit rule of §3: `limit` 16-aligned and at most `tail`.
+pub fn check_limit(limit: u64, tail: u64) -> Result<(), &'static str> {
+    if limit % 16 != 0 || limit > tail {
+        return Err("limit is not a record position within the tail");
+    }
+    Ok(())
+}
+
 /// What §5 says about the position `pos` of a ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rec {

@@ -6,7 +6,7 @@
 //! (`docs/layout.md` §2-§4) accepts both headers, with the values it
 //! decodes; a refusal is the typed error of the first check the reference
 //! says fails (its reason names the field); only then may joining a slot
-//! refuse (a span the reference also refuses, or no claimable slot). An
+//! refuse (a span or limit the reference also refuses, or no claimable slot). An
 //! opened reader's first read hands out only a record the reference calls
 //! valid at that position, with the same bytes.
 //!
@@ -134,6 +134,11 @@ fn one(t: &Template, dir: &Scratch, bytes: &[u8]) {
                 span.is_ok(),
                 "joined over a span the spec refuses: {span:?}"
             );
+            let limit = spec::check_limit(
+                spec::u64_at(&data, spec::PRODUCER + 16),
+                spec::u64_at(&data, spec::PRODUCER),
+            );
+            assert!(limit.is_ok(), "joined with a limit the spec refuses");
             first_read(&mut reader, &data, &h);
         }
         Err(err) => {
@@ -163,8 +168,9 @@ fn check_join_refusal(err: &Error, path: &Path, data: &[u8], h: &spec::HeaderRef
             let tail = spec::u64_at(data, spec::PRODUCER);
             let head = spec::u64_at(data, spec::PRODUCER + 8);
             assert!(
-                spec::check_span(h.capacity, h.policy == 2, tail, head, tail).is_err(),
-                "join refused a span the spec accepts: {what}"
+                spec::check_span(h.capacity, h.policy == 2, tail, head, tail).is_err()
+                    || spec::check_limit(spec::u64_at(data, spec::PRODUCER + 16), tail).is_err(),
+                "join refused a span and limit the spec accepts: {what}"
             );
         }
         other => panic!("bus refused valid headers with {other:?}"),

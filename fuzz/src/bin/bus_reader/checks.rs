@@ -38,7 +38,7 @@ pub(crate) fn run(rig: &Rig, bytes: &[u8]) {
                 let max = usize::from(input.u8() % 8) + 1;
                 drain(&mut e, max);
             }
-            Op::Probe => probed = probe(&mut e).or(probed),
+            Op::Probe => probed = probe(&mut e, probed),
             Op::NextChunk => next_chunk(&mut e, &mut input),
         }
     }
@@ -74,8 +74,9 @@ fn join_refused(e: &Exec<'_>, err: &Error) {
     let (tail, head) = (e.word(TAIL), e.word(HEAD));
     match err {
         Error::Corrupt { what, .. } => assert!(
-            spec::check_span(CAPACITY, false, tail, head, tail).is_err(),
-            "join refused a span the spec accepts ({tail}, {head}): {what}"
+            spec::check_span(CAPACITY, false, tail, head, tail).is_err()
+                || spec::check_limit(e.word(super::LIMIT), tail).is_err(),
+            "join refused a span and limit the spec accepts ({tail}, {head}): {what}"
         ),
         Error::NoFreeSlot(_) => assert!(e.ctl_touched, "no free slot in an untouched table"),
         other => panic!("join refused with {other:?}"),
@@ -215,9 +216,15 @@ fn drain(e: &mut Exec<'_>, max: usize) {
 
 /// `probe`: true when a message or gap is next, false when the walk
 /// reaches "not yet". Returns what it found, for the next `try_read`.
-fn probe(e: &mut Exec<'_>) -> Option<Step> {
+fn probe(e: &mut Exec<'_>, pending: Option<Step>) -> Option<Step> {
     let mut r = reader(e)?;
     let before = r.position();
+    if pending.is_some() {
+        // An earlier probe's find stays found until a read takes it.
+        assert!(matches!(r.probe(), Ok(true)), "a probe's find stays found");
+        e.reader = Some(Ok(r));
+        return pending;
+    }
     let found = match r.probe() {
         Ok(true) => {
             let s = step_past_gaps(e.data(), before);
