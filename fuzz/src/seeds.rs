@@ -111,7 +111,8 @@ pub fn reader() {
 /// a bad length.
 pub fn replica_commit() {
     let prelude = |p0: u32, numbered: bool, seq: u64| {
-        let mut s = p0.to_le_bytes().to_vec();
+        let mut s = vec![0]; // a fresh replica
+        s.extend_from_slice(&p0.to_le_bytes());
         s.push(if numbered { 0 } else { 1 });
         s.extend_from_slice(&seq.to_le_bytes());
         s

@@ -13,9 +13,10 @@
 //!   records (bytes and order) and the gap records' lost counts, and ends
 //!   at the chunk's end.
 //!
-//! Input: a start position (u32, times 16), a numbering byte and sequence
-//! number (u64), then per chunk a record program (see `build`) and a
-//! length tweak.
+//! Input: a byte choosing a fresh replica (`% 4 == 0`) or the last
+//! input's, a start position (u32, times 16), a numbering byte and
+//! sequence number (u64) for a fresh one, then per chunk a record program
+//! (see `build`) and a length tweak.
 
 use std::time::Duration;
 
@@ -104,48 +105,89 @@ fn build(input: &mut Input<'_>, start: u64, mut seq: u64) -> Chunk {
     Chunk { image, len }
 }
 
-fn one(dir: &Scratch, bytes: &[u8]) {
+/// A replica and its subscriber, kept from input to input while they stay
+/// exact (creating a replica cost most of an exec).
+struct Kept {
+    // The reader leaves before the replica closes (fields drop in order).
+    reader: RingReader,
+    replica: ReplicaWriter,
+    /// The replica's numbering as the spec tracks it (None: not known yet).
+    seq: Option<u64>,
+}
+
+/// Runs one input. The first byte says whether to start from a fresh
+/// replica (at the input's position and numbering) or go on with the one
+/// the last input left; an input that fails may then need the inputs
+/// before it (`--replay` them in order).
+fn one(dir: &Scratch, kept: &mut Option<Kept>, bytes: &[u8]) {
     let mut input = Input::new(bytes);
+    let fresh = input.u8() % 4 == 0;
     let start = u64::from(input.u32()) << 4;
     let numbered = input.u8() % 2 == 0;
     let seq0 = input.u64();
-    let path = dir.path("replica.ring");
-    let config = RingConfig {
-        capacity: CAPACITY,
-        max_message: RING.max_message,
-        slots: 2,
-        ..RingConfig::default()
+    let mut k = match kept.take() {
+        Some(k) if !fresh => k,
+        old => {
+            drop(old);
+            // Its files go before the new ones are made (the last one out
+            // removes them; this covers an exit in any order).
+            let path = dir.path("replica.ring");
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(path.with_extension("ctl"));
+            let config = RingConfig {
+                capacity: CAPACITY,
+                max_message: RING.max_message,
+                slots: 2,
+                ..RingConfig::default()
+            };
+            let replica = if numbered {
+                ReplicaWriter::create_numbered(&path, &config, start, seq0)
+            } else {
+                ReplicaWriter::create(&path, &config, start)
+            }
+            .expect("create the replica");
+            let reader = RingReader::open_waiting(&path, StartAt::Oldest, Duration::ZERO)
+                .expect("open the replica");
+            Kept {
+                replica,
+                reader,
+                seq: numbered.then_some(seq0),
+            }
+        }
     };
-    let mut replica = if numbered {
-        ReplicaWriter::create_numbered(&path, &config, start, seq0)
-    } else {
-        ReplicaWriter::create(&path, &config, start)
-    }
-    .expect("create the replica");
-    let mut reader =
-        RingReader::open_waiting(&path, StartAt::Oldest, Duration::ZERO).expect("open the replica");
-    // The replica's numbering as the spec tracks it (None: not known yet).
-    let mut seq = numbered.then_some(seq0);
     for _ in 0..3 {
         if input.is_empty() {
             break;
         }
-        let at = replica.position();
-        let chunk = build(&mut input, at, seq.unwrap_or(seq0));
-        if !commit(&mut replica, &mut reader, &chunk, &mut seq) {
-            break;
+        assert_eq!(k.replica.next_sequence(), k.seq, "the replica's numbering");
+        let at = k.replica.position();
+        let chunk = build(&mut input, at, k.seq.unwrap_or(seq0));
+        match commit(&mut k.replica, &mut k.reader, &chunk, &mut k.seq) {
+            Next::Go => {}
+            Next::Stop => break,
+            Next::Recreate => return,
         }
     }
+    *kept = Some(k);
 }
 
-/// Offers one chunk and checks the outcome; `false` once nothing more can
-/// be offered (the length was refused).
+/// What may follow a chunk.
+enum Next {
+    /// Another chunk.
+    Go,
+    /// Nothing more in this input (a length was refused).
+    Stop,
+    /// The replica's readers cannot number exactly any more: start over.
+    Recreate,
+}
+
+/// Offers one chunk and checks the outcome.
 fn commit(
     replica: &mut ReplicaWriter,
     reader: &mut RingReader,
     chunk: &Chunk,
     seq: &mut Option<u64>,
-) -> bool {
+) -> Next {
     let start = replica.position();
     let len = chunk.len;
     let bad_len = len == 0 || len % 16 != 0 || len > CAPACITY / 2;
@@ -154,7 +196,7 @@ fn commit(
         Ok(None) => panic!("a drained replica is full"),
         Err(Error::TooLarge { .. }) => {
             assert!(bad_len, "try_reserve refused a length of {len}");
-            return false;
+            return Next::Stop;
         }
         Err(other) => panic!("try_reserve({len}): {other:?}"),
     };
@@ -191,10 +233,10 @@ fn commit(
                 .all(|r| !matches!(r.rec, Rec::Gap { count, .. } if count >= 1 << 31));
             assert_eq!(replica.position(), start + len);
             if !exact {
-                return false; // the reader's numbering is not exact from here
+                return Next::Recreate;
             }
             read_back(reader, chunk, &records, start + len);
-            true
+            Next::Go
         }
         (Err(Error::Corrupt { what, .. }), Err((pos, why))) => {
             assert!(
@@ -206,7 +248,7 @@ fn commit(
                 .drain(16, |_| panic!("read a refused chunk"))
                 .expect("drain");
             assert_eq!(d.messages, 0);
-            true
+            Next::Go
         }
         (got, want) => panic!("commit at {start} len {len}: bus {got:?}, spec {want:?}"),
     }
@@ -240,8 +282,17 @@ fn read_back(reader: &mut RingReader, chunk: &Chunk, records: &[spec::ChunkRecor
 
 fn main() {
     let dir = Scratch::new("bus_replica_commit");
-    if std::env::args().nth(1).as_deref() == Some("--write-seeds") {
-        return shmbus_fuzz::seeds::replica_commit();
+    let mut kept = None;
+    if shmbus_fuzz::other_modes(
+        |b| one(&dir, &mut kept, b),
+        shmbus_fuzz::seeds::replica_commit,
+    ) {
+        return;
     }
-    afl::fuzz!(|bytes: &[u8]| one(&dir, bytes));
+    // A panic aborts the process (afl.rs), so no state outlives a failure.
+    let mut state = std::panic::AssertUnwindSafe((dir, kept));
+    afl::fuzz(true, move |bytes: &[u8]| {
+        let (dir, kept) = &mut *state;
+        one(dir, kept, bytes);
+    });
 }

@@ -223,8 +223,9 @@ fn first_read(reader: &mut RingReader, file: &[u8], h: &spec::HeaderRef) {
 fn main() {
     let dir = Scratch::new("bus_segment_open");
     let t = template(&dir);
-    if std::env::args().nth(1).as_deref() == Some("--write-seeds") {
-        return shmbus_fuzz::seeds::segment_open(&t.data, &t.ctl);
+    let seeds = || shmbus_fuzz::seeds::segment_open(&t.data, &t.ctl);
+    if shmbus_fuzz::other_modes(|b| one(&t, &dir, b), seeds) {
+        return;
     }
     afl::fuzz!(|bytes: &[u8]| one(&t, &dir, bytes));
 }

@@ -14,18 +14,40 @@ use super::{
 const MAX_OPS: usize = 256;
 
 /// Runs one input.
-pub(crate) fn run(rig: &Rig, bytes: &[u8]) {
+///
+/// Readers left healthy by the previous input are kept (an input that
+/// fails may then need the inputs before it: `--replay` them in order);
+/// the ring then starts where they are, with the sequence number they
+/// expect as far as known, instead of at the input's base position.
+pub(crate) fn run(rig: &mut Rig, bytes: &[u8]) {
     let mut input = Input::new(bytes);
-    let p0 = u64::from(input.u32()) << 4;
-    let seq0 = input.u64();
-    let mut e = Exec::new(rig, p0, seq0);
+    let mut p0 = u64::from(input.u32()) << 4;
+    let mut seq0 = input.u64();
+    let kept = rig.kept.take();
+    if let Some((r, _)) = &kept {
+        p0 = r.position();
+        seq0 = rig.kept_seq;
+    }
+    let mut e = Exec::new(rig, p0, seq0, kept);
     // What the last `probe` found (a later `try_read` hands it out).
     let mut probed: Option<Step> = None;
     for _ in 0..MAX_OPS {
         if input.is_empty() {
             break;
         }
-        match OPS[usize::from(input.u8()) % OPS.len()] {
+        let op = OPS[usize::from(input.u8()) % OPS.len()];
+        if trace() {
+            eprintln!(
+                "{op:?} (reader at {:?})",
+                e.reader
+                    .as_ref()
+                    .map(|r| r.as_ref().map(RingReader::position))
+            );
+        }
+        if matches!(op, Op::TryRead | Op::Drain | Op::Probe | Op::NextChunk) {
+            e.flush(); // the reader sees every write made so far
+        }
+        match op {
             Op::Data => e.append_data(&mut input),
             Op::Gap => e.append_gap(&mut input),
             Op::Pad => e.pad(),
@@ -42,6 +64,25 @@ pub(crate) fn run(rig: &Rig, bytes: &[u8]) {
             Op::NextChunk => next_chunk(&mut e, &mut input),
         }
     }
+    let reader = e.reader.take();
+    let raw = e.raw.take();
+    let healthy = !e.poisoned.get() && !e.ctl_touched;
+    let next_seq = e.next_seq.get();
+    drop(e);
+    if let (true, Some(Ok(mut r))) = (healthy, reader) {
+        // Forget a probe's find or a pending gap: the next ring differs.
+        r.take_gap();
+        if r.drain(0, |_| {}).is_ok() {
+            rig.kept = Some((r, raw.and_then(Result::ok).map(|(raw, _)| raw)));
+            rig.kept_seq = next_seq;
+        }
+    }
+}
+
+/// `SHMBUS_FUZZ_TRACE=1`: print each operation (for `--replay`).
+fn trace() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("SHMBUS_FUZZ_TRACE").is_some())
 }
 
 /// The exec's subscriber, joined on first use; `None` if the join was
@@ -71,6 +112,7 @@ fn reader(e: &mut Exec<'_>) -> Option<RingReader> {
 /// A join may be refused for a span the spec refuses, or for want of a
 /// slot after foreign writes to the control file.
 fn join_refused(e: &Exec<'_>, err: &Error) {
+    e.poisoned.set(true);
     let (tail, head) = (e.word(TAIL), e.word(HEAD));
     match err {
         Error::Corrupt { what, .. } => assert!(
@@ -85,6 +127,7 @@ fn join_refused(e: &Exec<'_>, err: &Error) {
 
 /// A refusal at the walk from `pos` must have a reason the spec gives.
 fn refused(e: &Exec<'_>, pos: u64, err: &Error) {
+    e.poisoned.set(true);
     assert!(!err.to_string().is_empty(), "a refusal names a reason");
     let (tail, head) = (e.word(TAIL), e.word(HEAD));
     let what = match err {
@@ -103,7 +146,9 @@ fn refused(e: &Exec<'_>, pos: u64, err: &Error) {
         matches!(step_past_gaps(e.data(), pos), Step::Invalid { .. }),
         matches!(step_past_gaps(e.data(), pos), Step::NotYet { pos: p } if p < tail),
         spec::check_span(CAPACITY, false, tail, head, tail).is_err(),
-        state != 1 && state != 2 && what.contains("writer_state"),
+        // Neither open nor closed; or closed past a grace period while the
+        // publisher holds its lock (a kept reader may see it again later).
+        state != 1 && what.contains("writer_state"),
         // Sequence numbers need the publisher's counter to extend; the
         // spec (§5) makes them consecutive, and the bus refuses numbers
         // that go backwards or overflow 64 bits.
@@ -126,6 +171,7 @@ fn message(e: &Exec<'_>, before: u64, probed: Option<Step>, pos: u64, payload: &
         other => panic!("message at {pos} where the spec's walk from {before} finds {other:?}"),
     };
     assert_eq!(pos, want_pos, "message position");
+    e.next_seq.set(seq.wrapping_add(1));
     assert_eq!(seq as u32, seq_low, "message sequence half");
     assert_eq!(payload.len(), len as usize, "message length");
     // The bytes are read now: compare with the ring as it is now.
@@ -143,28 +189,38 @@ fn message(e: &Exec<'_>, before: u64, probed: Option<Step>, pos: u64, payload: &
 fn try_read(e: &mut Exec<'_>, probed: Option<Step>) {
     let Some(mut r) = reader(e) else { return };
     let before = r.position();
-    let mut was_empty = false;
-    match r.try_read() {
-        Ok(ReadEvent::Message(m)) => {
-            let probed = probed.filter(|s| matches!(s, Step::Data { .. }));
-            message(e, before, probed, m.position(), m.payload(), m.sequence());
+    let empty_now = {
+        let event = r.try_read();
+        if trace() {
+            eprintln!("  try_read from {before}: {event:?}");
         }
-        Ok(ReadEvent::Gap { messages, bytes }) => {
-            assert_eq!(bytes, 0, "a tethered reader is never lapped");
-            assert!(messages > 0, "a gap reports something");
-            if probed.is_none() {
-                let s = step(e.data(), before);
-                assert!(
-                    matches!(s, Step::Gap { .. } | Step::Data { .. }),
-                    "gap where the spec finds {s:?}"
-                );
+        match event {
+            Ok(ReadEvent::Message(m)) => {
+                let probed = probed.filter(|s| matches!(s, Step::Data { .. }));
+                message(e, before, probed, m.position(), m.payload(), m.sequence());
+                false
+            }
+            Ok(ReadEvent::Gap { messages, bytes }) => {
+                assert_eq!(bytes, 0, "a tethered reader is never lapped");
+                assert!(messages > 0, "a gap reports something");
+                if probed.is_none() {
+                    let s = step(e.data(), before);
+                    assert!(
+                        matches!(s, Step::Gap { .. } | Step::Data { .. }),
+                        "gap where the spec finds {s:?}"
+                    );
+                }
+                false
+            }
+            Ok(ReadEvent::Empty) => true,
+            Ok(ReadEvent::Closed) => panic!("Closed while the publisher is alive"),
+            Err(err) => {
+                refused(e, before, &err);
+                false
             }
         }
-        Ok(ReadEvent::Empty) => was_empty = true,
-        Ok(ReadEvent::Closed) => panic!("Closed while the publisher is alive"),
-        Err(err) => refused(e, before, &err),
-    }
-    if was_empty {
+    };
+    if empty_now {
         empty(e, before, r.position());
     }
     e.reader = Some(Ok(r));
@@ -234,10 +290,12 @@ fn probe(e: &mut Exec<'_>, pending: Option<Step>) -> Option<Step> {
                     || matches!(first, Step::Gap { .. } | Step::Data { .. }),
                 "probe found news where the spec finds {first:?}"
             );
-            Some(if matches!(first, Step::Gap { .. }) {
-                first
-            } else {
+            // The record it keeps for the next read is the walk's first
+            // data record (gap records reporting nothing skipped).
+            Some(if matches!(s, Step::Data { .. }) {
                 s
+            } else {
+                first
             })
         }
         Ok(false) => {

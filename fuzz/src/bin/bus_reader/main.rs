@@ -52,6 +52,12 @@ struct Rig {
     path: std::path::PathBuf,
     data_file: File,
     ctl_file: File,
+    /// Readers kept from the last exec when it left them healthy: opening
+    /// a reader per exec (files, mappings, a slot) cost most of an exec.
+    /// The next exec puts its ring where they are (see `checks::run`).
+    kept: Option<(RingReader, Option<RawReader>)>,
+    /// The sequence number a kept reader expects next, as far as known.
+    kept_seq: u64,
 }
 
 /// One exec's state: the harness's copy of the data file from the
@@ -65,6 +71,13 @@ struct Exec<'a> {
     wseq: u64,
     /// A foreign write to the control file happened (slots may be lost).
     ctl_touched: bool,
+    /// A reader call was refused: its reader is not kept.
+    poisoned: std::cell::Cell<bool>,
+    /// One past the last message's sequence number.
+    next_seq: std::cell::Cell<u64>,
+    /// File offsets written in `file` since the last flush (one positioned
+    /// write per reader call instead of one per word).
+    dirty: std::ops::Range<usize>,
     reader: Option<Result<RingReader, ()>>,
     raw: Option<Result<(RawReader, u64), ()>>,
 }
@@ -88,20 +101,31 @@ impl Rig {
             path,
             data_file,
             ctl_file,
+            kept: None,
+            kept_seq: 0,
         }
     }
 }
 
 impl<'a> Exec<'a> {
     /// A fresh ring at base position `p0` with next sequence `seq0`, as
-    /// its writer leaves it at creation; subscriber slots freed.
-    fn new(rig: &'a Rig, p0: u64, seq0: u64) -> Self {
+    /// its writer leaves it at creation; subscriber slots freed unless
+    /// `kept` readers (at `p0`) come along.
+    fn new(
+        rig: &'a Rig,
+        p0: u64,
+        seq0: u64,
+        kept: Option<(RingReader, Option<RawReader>)>,
+    ) -> Self {
         let mut e = Self {
             rig,
             file: vec![0; (spec::DATA_OFFSET + CAPACITY) as usize],
             wpos: p0,
             wseq: seq0,
             ctl_touched: false,
+            poisoned: std::cell::Cell::new(false),
+            next_seq: std::cell::Cell::new(seq0),
+            dirty: 0..0,
             reader: None,
             raw: None,
         };
@@ -109,21 +133,38 @@ impl<'a> Exec<'a> {
             e.set_file(off, &v.to_le_bytes());
         }
         e.set_file(WRITER_STATE, &1u32.to_le_bytes());
-        write_at(
-            &rig.data_file,
-            spec::DATA_OFFSET,
-            &e.file[spec::DATA_OFFSET as usize..],
-        );
+        e.dirty = spec::PRODUCER as usize..e.file.len();
         e.clear_next();
-        write_at(&rig.ctl_file, 128, &[0; 16]);
-        write_at(&rig.ctl_file, 256, &[0; 128 * SLOTS as usize]);
+        match kept {
+            Some((reader, raw)) => {
+                e.reader = Some(Ok(reader));
+                e.raw = raw.map(|raw| Ok((raw, p0)));
+            }
+            None => {
+                write_at(&rig.ctl_file, 128, &[0; 16]);
+                write_at(&rig.ctl_file, 256, &[0; 128 * SLOTS as usize]);
+            }
+        }
         e
     }
 
     fn set_file(&mut self, off: u64, bytes: &[u8]) {
         let at = off as usize;
-        self.file[at..at + bytes.len()].copy_from_slice(bytes);
-        write_at(&self.rig.data_file, off, bytes);
+        let end = at + bytes.len();
+        self.file[at..end].copy_from_slice(bytes);
+        self.dirty = if self.dirty.is_empty() {
+            at..end
+        } else {
+            self.dirty.start.min(at)..self.dirty.end.max(end)
+        };
+    }
+
+    /// Writes what changed to the data file: before every reader call.
+    fn flush(&mut self) {
+        if !self.dirty.is_empty() {
+            let range = std::mem::replace(&mut self.dirty, 0..0);
+            write_at(&self.rig.data_file, range.start as u64, &self.file[range]);
+        }
     }
 
     fn set_ring(&mut self, pos: u64, bytes: &[u8]) {
@@ -252,6 +293,15 @@ impl<'a> Exec<'a> {
     }
 }
 
+impl Drop for Exec<'_> {
+    /// Before the readers leave: a ring whose `writer_state` does not say
+    /// open is taken for a gone publisher's by the last reader out, which
+    /// removes its files (`shm::sweep`); the next exec needs them.
+    fn drop(&mut self) {
+        write_at(&self.rig.data_file, WRITER_STATE, &1u32.to_le_bytes());
+    }
+}
+
 /// Where the spec's walk from `pos` stops: the first data record, gap
 /// record, "not yet" stamp or invalid record (padding is passed).
 #[derive(Debug, Clone, Copy)]
@@ -319,11 +369,13 @@ fn step_past_gaps(data: &[u8], mut pos: u64) -> Step {
 mod checks;
 
 fn main() {
-    let rig = Rig::new();
-    if std::env::args().nth(1).as_deref() == Some("--write-seeds") {
-        return shmbus_fuzz::seeds::reader();
+    let mut rig = Rig::new();
+    if shmbus_fuzz::other_modes(|b| checks::run(&mut rig, b), shmbus_fuzz::seeds::reader) {
+        return;
     }
-    afl::fuzz!(|bytes: &[u8]| checks::run(&rig, bytes));
+    // A panic aborts the process (afl.rs), so no state outlives a failure.
+    let mut rig = std::panic::AssertUnwindSafe(rig);
+    afl::fuzz(true, move |bytes: &[u8]| checks::run(&mut rig, bytes));
 }
 
 /// Opcodes (one byte, taken modulo the count).
