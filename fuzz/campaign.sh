@@ -14,9 +14,12 @@ export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AF
 export AFL_AUTORESUME=1
 cargo afl build --release
 mkdir -p "$(dirname "$out")"
+# Fuzz a copy: a rebuild during the run must not change the binary that
+# afl-fuzz restarts after a crash.
+cp "$CARGO_TARGET_DIR/release/$target" "$out.bin"
 start=$(date +%s)
 cargo afl fuzz -t 5000 -i "seeds/$target" -o "$out" -V "$seconds" \
-    "$CARGO_TARGET_DIR/release/$target" >"$out.log" 2>&1 || {
+    "$out.bin" >"$out.log" 2>&1 || {
     tail -30 "$out.log" >&2
     exit 1
 }
