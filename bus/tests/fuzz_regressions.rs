@@ -49,10 +49,14 @@ fn garbage_writer_state_does_not_remove_a_live_ring() {
     let state_offset =
         (layout::PRODUCER_OFFSET + std::mem::offset_of!(layout::Producer, writer_state)) as u64;
     let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
-    file.write_all_at(&7u32.to_le_bytes(), state_offset).unwrap();
+    file.write_all_at(&7u32.to_le_bytes(), state_offset)
+        .unwrap();
     drop(reader);
     assert!(path.exists(), "the live publisher's data file was removed");
-    assert!(path.with_extension("ctl").exists(), "its control file was removed");
+    assert!(
+        path.with_extension("ctl").exists(),
+        "its control file was removed"
+    );
     // The ring can still be opened (and its damaged word is then reported).
     assert!(RingReader::open(&path, StartAt::Oldest).is_ok());
 }
@@ -65,7 +69,8 @@ fn write_gap_record(file: &fs::File, pos: u64, seq_low: u32, count: u64) {
     let meta = layout::meta_word(8, u64::from(seq_low));
     file.write_all_at(&count.to_le_bytes(), at + 16).unwrap();
     file.write_all_at(&meta.to_le_bytes(), at + 8).unwrap();
-    file.write_all_at(&layout::gap_stamp(pos).to_le_bytes(), at).unwrap();
+    file.write_all_at(&layout::gap_stamp(pos).to_le_bytes(), at)
+        .unwrap();
 }
 
 /// `bus_reader` (`fuzz/regressions/bus_reader/drain_lost_overflow`): gap
@@ -88,7 +93,8 @@ fn drained_gap_counts_saturate() {
     write_gap_record(&file, 0, 0, u64::MAX - 1);
     write_gap_record(&file, 32, 0, u64::MAX - 1);
     let tail = layout::PRODUCER_OFFSET + std::mem::offset_of!(layout::Producer, tail);
-    file.write_all_at(&64u64.to_le_bytes(), tail as u64).unwrap();
+    file.write_all_at(&64u64.to_le_bytes(), tail as u64)
+        .unwrap();
     let d = reader.drain(16, |_| panic!("no message")).unwrap();
     assert_eq!((d.messages, d.lost_messages), (0, u64::MAX));
 }
