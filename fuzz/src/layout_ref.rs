@@ -194,10 +194,10 @@ pub fn check_span(
     head: u64,
     tail_after: u64,
 ) -> Result<(), &'static str> {
-    if tail_before % 16 != 0 || tail_after % 16 != 0 {
+    if !tail_before.is_multiple_of(16) || !tail_after.is_multiple_of(16) {
         return Err("tail alignment");
     }
-    if head % 16 != 0 {
+    if !head.is_multiple_of(16) {
         return Err("head alignment");
     }
     let ahead = if overwrite { capacity } else { 0 };
@@ -212,7 +212,7 @@ pub fn check_span(
 
 /// The limit rule of §3: `limit` 16-aligned and at most `tail`.
 pub fn check_limit(limit: u64, tail: u64) -> Result<(), &'static str> {
-    if limit % 16 != 0 || limit > tail {
+    if !limit.is_multiple_of(16) || limit > tail {
         return Err("limit is not a record position within the tail");
     }
     Ok(())
@@ -264,7 +264,7 @@ pub struct Ring {
 impl Ring {
     /// Decodes the record at `pos` of `data` (the ring's `capacity` bytes).
     pub fn record(&self, data: &[u8], pos: u64) -> Rec {
-        if pos % 16 != 0 {
+        if !pos.is_multiple_of(16) {
             return Rec::Invalid("position not 16-aligned");
         }
         let off = pos % self.capacity;
@@ -344,6 +344,9 @@ pub struct ChunkRecord {
     pub rec: Rec,
 }
 
+/// An accepted chunk's records and the replica's next sequence number.
+pub type ChunkWalk = (Vec<ChunkRecord>, Option<u64>);
+
 /// Walks a replica chunk (§7): `data` is the ring image with the chunk in
 /// place, `start` the write position, `len` the chunk's length, `seq` the
 /// replica's next sequence number (`None`: a fresh replica, the first
@@ -356,7 +359,7 @@ pub fn walk_chunk(
     len: u64,
     seq: Option<u64>,
     hint: u64,
-) -> Result<(Vec<ChunkRecord>, Option<u64>), (u64, &'static str)> {
+) -> Result<ChunkWalk, (u64, &'static str)> {
     let end = start + len;
     let mut pos = start;
     let mut out = Vec::new();

@@ -121,9 +121,9 @@ struct Kept {
 /// before it (`--replay` them in order).
 fn one(dir: &Scratch, kept: &mut Option<Kept>, bytes: &[u8]) {
     let mut input = Input::new(bytes);
-    let fresh = input.u8() % 4 == 0;
+    let fresh = input.u8().is_multiple_of(4);
     let start = u64::from(input.u32()) << 4;
-    let numbered = input.u8() % 2 == 0;
+    let numbered = input.u8().is_multiple_of(2);
     let seq0 = input.u64();
     let mut k = match kept.take() {
         Some(k) if !fresh => k,
@@ -190,7 +190,7 @@ fn commit(
 ) -> Next {
     let start = replica.position();
     let len = chunk.len;
-    let bad_len = len == 0 || len % 16 != 0 || len > CAPACITY / 2;
+    let bad_len = len == 0 || !len.is_multiple_of(16) || len > CAPACITY / 2;
     let mut reserved = match replica.try_reserve(len) {
         Ok(Some(r)) => r,
         Ok(None) => panic!("a drained replica is full"),

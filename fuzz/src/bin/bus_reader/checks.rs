@@ -317,7 +317,7 @@ fn probe(e: &mut Exec<'_>, pending: Option<Step>) -> Option<Step> {
 fn expected_chunk(e: &Exec<'_>, start: u64, max_len: u64) -> Result<RawChunk, &'static str> {
     let (tail, head) = (e.word(TAIL), e.word(HEAD));
     spec::check_span(CAPACITY, false, tail, head, tail).map_err(|_| "corrupt")?;
-    if start % 16 != 0 || start > tail {
+    if !start.is_multiple_of(16) || start > tail {
         return Err("invalid start");
     }
     if start == tail {
