@@ -99,7 +99,11 @@ fn reader(e: &mut Exec<'_>) -> Option<RingReader> {
                 let (tail, head, limit) = (e.word(TAIL), e.word(HEAD), e.word(super::LIMIT));
                 // Oldest: the head, or the writer's limit if that is past it
                 // (the writer may be overwriting below its limit).
-                assert_eq!(r.position(), head.min(tail).max(limit), "where Oldest starts");
+                assert_eq!(
+                    r.position(),
+                    head.min(tail).max(limit),
+                    "where Oldest starts"
+                );
                 Some(r)
             }
             Err(err) => {
