@@ -583,8 +583,9 @@ impl RingReader {
                         out.messages += 1;
                     }
                     Peek::Gap { messages, bytes } => {
-                        out.lost_messages += messages;
-                        out.lost_bytes += bytes;
+                        // Saturating: the counts come from shared memory.
+                        out.lost_messages = out.lost_messages.saturating_add(messages);
+                        out.lost_bytes = out.lost_bytes.saturating_add(bytes);
                     }
                     Peek::Empty => break,
                 }
@@ -603,8 +604,9 @@ impl RingReader {
                     out.messages += 1;
                 }
                 ReadEvent::Gap { messages, bytes } => {
-                    out.lost_messages += messages;
-                    out.lost_bytes += bytes;
+                    // Saturating: the counts come from shared memory.
+                    out.lost_messages = out.lost_messages.saturating_add(messages);
+                    out.lost_bytes = out.lost_bytes.saturating_add(bytes);
                 }
                 ReadEvent::Empty => break,
                 ReadEvent::Closed => {

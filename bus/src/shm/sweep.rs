@@ -14,7 +14,7 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use crate::{
-    layout::WRITER_OPEN,
+    layout::WRITER_CLOSED,
     ring::{gate, View},
     shm::{
         fs::Access,
@@ -29,10 +29,12 @@ use crate::{
 /// older than this is abandoned.
 const ABANDONED_AGE: Duration = Duration::from_secs(10);
 
-/// True if the ring's publisher is gone: closed, or its lock is free.
+/// True if the ring's publisher is gone: closed, or its lock is free. Only
+/// the word CLOSED counts as closed: a damaged word (neither open nor
+/// closed) is no proof that a publisher holding its lock is gone.
 pub(crate) fn publisher_gone(map: &Arc<Mapping>) -> bool {
     // Acquire: pairs with the writer's Release store of CLOSED.
-    load_acquire_ro32(&map.producer().writer_state) != WRITER_OPEN || !map.publisher_alive()
+    load_acquire_ro32(&map.producer().writer_state) == WRITER_CLOSED || !map.publisher_alive()
 }
 
 /// True if some slot may still need the ring's data (see the module docs).
