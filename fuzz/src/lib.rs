@@ -3,3 +3,4 @@
 //! helpers that turn fuzzer bytes into test situations.
 //!
 //! Targets, how to run them and the campaign's figures: `fuzz/README.md`.
+pub mod wire_ref;
