@@ -85,3 +85,39 @@ topics = "?mu.*"
 }
 for n, t in CONFIG.items():
     write("wire_config", n, t.encode())
+
+# wire_handshake: mode, setup, then edits (op, at u16, value) or bytes.
+def edit_op(op, at, value):
+    return bytes([op]) + struct.pack("<H", at) + bytes([value])
+
+HS = {
+    "m1_genuine": bytes([0, 0]),
+    "m1_encrypt_flip": bytes([0, 8]) + edit_op(0, 70, 1),
+    "m1_raw": bytes([1, 0]) + frame(1, struct.pack("<QHI", int.from_bytes(b"shmbusBR", "little"), 3, 7) + bytes(32) + s16("init-node")) + NOISE,
+    "m1_old_version": bytes([1, 0]) + frame(1, struct.pack("<QHI", int.from_bytes(b"shmbusBR", "little"), 1, 7) + bytes(32) + s16("old")) + NOISE,
+    "m2_genuine": bytes([2, 16]),
+    "m2_cut": bytes([2, 0]) + edit_op(1, 40, 0),
+    "confirm_genuine": bytes([3, 0]),
+    "confirm_insert": bytes([3, 0]) + edit_op(2, 9, 0x41),
+    "sealed_frames": bytes([4, 8, 3, 4]) + b"abcd" + bytes([0, 17]) + b"an error message!" + edit_op(3, 30, 0),
+}
+for n, d in HS.items():
+    write("wire_handshake", n, d)
+
+# wire_session: machine byte (even import, odd export), then (op, stream, args).
+u16 = lambda v: struct.pack("<H", v)
+u32 = lambda v: struct.pack("<I", v)
+SESSION = {
+    "import_oldest": bytes([0]) + bytes([0, 0]) + bytes([3, 0, 10, 1, 0])
+        + bytes([4, 0, 0, 0, 3]) + u32(4096) + bytes([4, 0, 0, 1]) + u16(8) + u32(100)
+        + bytes([5, 0, 0, 0]) + u16(2) + u16(40) + u32(64) + bytes([7, 0, 0]),
+    "import_at": bytes([2]) + bytes([0, 1, 0, 2]) + bytes([2, 2, 3, 1, 6, 1, 1]) + u32(4) + u32(64)
+        + bytes([1, 1]) + bytes([4, 1, 0, 0, 1]) + u32(0) + bytes([8, 1]) + u32(60000)
+        + bytes([5, 1, 0, 0]) + u16(5000) + u16(7) + bytes([6, 1]) + u32(9) + bytes([7, 1, 0]),
+    "export_tethered": bytes([1, 15, 3]) + bytes([0, 0, 0]) + bytes([5, 0, 8]) + bytes([1, 0, 0, 0]) + u16(64) + bytes([1])
+        + bytes([4, 0]) + bytes([7, 0]) + u16(0) + bytes([2, 0, 0]) + bytes([6, 0]) + bytes([4, 0, 4, 0]) + bytes([2, 0, 0]) + bytes([10, 0]),
+    "export_untethered_lapped": bytes([3, 1, 0]) + bytes([0, 1, 3]) + bytes([5, 1, 200]) + bytes([1, 1, 1, 0]) + u16(2) + bytes([1, 5])
+        + bytes([4, 1]) + bytes([5, 1, 255]) + bytes([5, 1, 255]) + bytes([4, 1, 4, 1]) + bytes([8, 1]) + u32(100000) + bytes([3, 1, 1, 50]) + bytes([9, 1]) + bytes([0, 1, 3]),
+}
+for n, d in SESSION.items():
+    write("wire_session", n, d)
