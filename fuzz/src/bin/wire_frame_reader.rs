@@ -89,9 +89,9 @@ fn seal_stream(plain: &[u8], protection: Protection) -> (Vec<Sealed>, Vec<u8>, u
         };
         let start = wire.len();
         if header.code == 6 {
-            // DATA only when its prefix is valid: the caller learns the
-            // payload length from it.
-            let Ok(RefDecoded::Frame { .. }) = wire_ref::decode(&bytes[..DATA_PREFIX_LEN]) else {
+            // DATA only when its prefix is valid (so the whole frame is at
+            // least the prefix): the caller learns the payload length from it.
+            let Ok(RefDecoded::Frame { .. }) = wire_ref::decode(&bytes[..DATA_PREFIX_LEN.min(total)]) else {
                 break;
             };
             let (prefix, payload) = bytes.split_at(DATA_PREFIX_LEN);
