@@ -74,6 +74,10 @@ const STREAMS: u8 = 4;
 /// sequence number is its position / 16.
 const RECORD: u64 = 16;
 
+/// The largest position a peer's DATA, GAP or END may reach
+/// (`docs/bridge-protocol.md`, "Positions").
+const MAX_POS: u64 = 1 << 62;
+
 /// A position: the expected one, a few records after or before it, or any.
 fn position(input: &mut Input<'_>, expected: Option<u64>) -> Option<u64> {
     let base = expected.unwrap_or(0);
@@ -274,7 +278,7 @@ mod import {
                 && len > 0
                 && u64::from(len) % RECORD == 0
                 && u64::from(len) <= st.capacity / 2
-                && start.checked_add(u64::from(len)).is_some_and(|end| end <= limit)
+                && start.checked_add(u64::from(len)).is_some_and(|end| end <= limit && end <= MAX_POS)
         });
         match s.on_data(&h) {
             Ok(plan) => {
@@ -312,7 +316,7 @@ mod import {
         };
         let g = Gap { stream: id, from, to, next_seq: input.u16()? };
         let st = m.get(&id);
-        let legal = st.is_some_and(|st| st.open() && st.continues(from) && to % RECORD == 0);
+        let legal = st.is_some_and(|st| st.open() && st.continues(from) && to % RECORD == 0 && to <= MAX_POS);
         let plan = match s.on_gap(&g) {
             Ok(plan) => plan,
             Err(e) => {
@@ -362,7 +366,7 @@ mod import {
     fn end(s: &mut ImportSession, m: &mut Models, id: u32, input: &mut Input<'_>) -> Option<()> {
         let p = position(input, m.get(&id).and_then(|st| st.expected))?;
         let st = m.get(&id);
-        let legal = st.is_some_and(|st| st.open() && st.expected.is_none_or(|e| e == p));
+        let legal = st.is_some_and(|st| st.open() && st.expected.is_none_or(|e| e == p) && p <= MAX_POS);
         match s.on_end(&End { stream: id, position: p }) {
             Ok(plan) => {
                 assert!(legal, "accepted END at {p} against {st:?}");
