@@ -223,7 +223,10 @@ pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<RefHeader, Refusal> {
     if u64::from(body_len) > max {
         return Err(Refusal::BodyTooLarge);
     }
-    Ok(RefHeader { code: h[2], body_len })
+    Ok(RefHeader {
+        code: h[2],
+        body_len,
+    })
 }
 
 /// Decodes one frame from the start of `buf` per the spec.
@@ -421,7 +424,9 @@ mod tests {
 
     #[test]
     fn ack_from_the_spec() {
-        let bytes = [b'S', b'B', 7, 0, 12, 0, 0, 0, 7, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0];
+        let bytes = [
+            b'S', b'B', 7, 0, 12, 0, 0, 0, 7, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0,
+        ];
         assert_eq!(
             decode(&bytes),
             Ok(RefDecoded::Frame {
@@ -432,8 +437,14 @@ mod tests {
                 consumed: 20
             })
         );
-        assert_eq!(decode(&bytes[..9]), Ok(RefDecoded::Incomplete { needed: 20 }));
-        assert_eq!(decode(&bytes[..3]), Ok(RefDecoded::Incomplete { needed: 8 }));
+        assert_eq!(
+            decode(&bytes[..9]),
+            Ok(RefDecoded::Incomplete { needed: 20 })
+        );
+        assert_eq!(
+            decode(&bytes[..3]),
+            Ok(RefDecoded::Incomplete { needed: 8 })
+        );
     }
 
     #[test]

@@ -30,7 +30,8 @@ const ALLOWED: [&str; 3] = ["base-station", "peer-a", "peer-b"];
 fn cli() -> &'static Cli {
     static CLI: OnceLock<Cli> = OnceLock::new();
     CLI.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("shmbus-fuzz-wire-config-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("shmbus-fuzz-wire-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let key_file = dir.join("node.key");
         if !key_file.exists() {
@@ -101,17 +102,28 @@ fn check_pattern(p: &TopicPattern, text: &str) {
     let pc: Vec<char> = p.as_str().chars().collect();
     for t in probes(p.as_str(), text) {
         let tc: Vec<char> = t.chars().collect();
-        assert_eq!(p.matches(&t), glob(&pc, &tc), "pattern {:?} on {t:?}", p.as_str());
+        assert_eq!(
+            p.matches(&t),
+            glob(&pc, &tc),
+            "pattern {:?} on {t:?}",
+            p.as_str()
+        );
     }
 }
 
 fn valid_name(n: &str) -> bool {
-    (1..=255).contains(&n.len()) && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    (1..=255).contains(&n.len())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn check_accepted(c: &Config, text: &str) {
     assert!(valid_name(&c.node_name), "node_name {:?}", c.node_name);
-    assert!((1..=255).contains(&c.bus.len()) && !c.bus.contains('/'), "bus {:?}", c.bus);
+    assert!(
+        (1..=255).contains(&c.bus.len()) && !c.bus.contains('/'),
+        "bus {:?}",
+        c.bus
+    );
     assert!(c.root.is_absolute());
     let allowed_remote = text.contains("allow_non_loopback_listen");
     if let Some(a) = c.listen {
@@ -121,11 +133,27 @@ fn check_accepted(c: &Config, text: &str) {
         assert!(a.ip().is_loopback() || allowed_remote, "metrics_listen {a}");
     }
     for (i, p) in c.peers.iter().enumerate() {
-        assert!(valid_name(&p.name) && p.name != c.node_name, "peer {:?}", p.name);
-        assert!(ALLOWED.contains(&p.name.as_str()), "peer {:?} not allowlisted", p.name);
-        assert!(c.peers[..i].iter().all(|q| q.name != p.name), "peer {:?} twice", p.name);
+        assert!(
+            valid_name(&p.name) && p.name != c.node_name,
+            "peer {:?}",
+            p.name
+        );
+        assert!(
+            ALLOWED.contains(&p.name.as_str()),
+            "peer {:?} not allowlisted",
+            p.name
+        );
+        assert!(
+            c.peers[..i].iter().all(|q| q.name != p.name),
+            "peer {:?} twice",
+            p.name
+        );
         let (host, port) = p.address.rsplit_once(':').expect("HOST:PORT");
-        assert!(!host.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0), "{:?}", p.address);
+        assert!(
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0),
+            "{:?}",
+            p.address
+        );
     }
     for r in &c.exports {
         if let ExportMode::Untethered { retention_bytes } = r.mode {
@@ -136,7 +164,11 @@ fn check_accepted(c: &Config, text: &str) {
     for r in &c.imports {
         check_pattern(&r.pattern, text);
     }
-    assert!((4096..=16 << 20).contains(&c.chunk_bytes), "chunk_bytes {}", c.chunk_bytes);
+    assert!(
+        (4096..=16 << 20).contains(&c.chunk_bytes),
+        "chunk_bytes {}",
+        c.chunk_bytes
+    );
     assert!(c.max_replica_capacity >= 4096);
     assert!(!c.heartbeat_interval.is_zero());
     assert!(c.peer_timeout >= c.heartbeat_interval * 2);
@@ -154,7 +186,10 @@ fn check_refused(e: &ConfigError) {
     let shown = e.to_string();
     match e {
         ConfigError::Parse { message, .. } => {
-            assert!(message.contains("line"), "parse error without a line: {shown:?}");
+            assert!(
+                message.contains("line"),
+                "parse error without a line: {shown:?}"
+            );
         }
         ConfigError::Invalid { field, reason } => {
             assert!(!field.is_empty() && !reason.is_empty(), "{shown:?}");

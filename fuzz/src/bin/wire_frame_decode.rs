@@ -128,7 +128,9 @@ fn check(data: &[u8]) {
     };
     // Canonical: encoding gives back the bytes decoded.
     let mut out = Vec::new();
-    let n = frame.encode_to_vec(&mut out).expect("a decoded frame encodes");
+    let n = frame
+        .encode_to_vec(&mut out)
+        .expect("a decoded frame encodes");
     assert_eq!(n, consumed);
     assert_eq!(out, data[..consumed], "re-encoding differs from the input");
     if let Frame::Data(d) = frame {
@@ -140,7 +142,13 @@ fn check(data: &[u8]) {
     longer.extend_from_slice(b"SB\x07\0garbage after the frame");
     assert_eq!(bridge_outcome(&longer), got);
     // Any shorter prefix of the frame is incomplete, never a refusal.
-    for cut in [0, 1, wire_ref::HEADER_LEN - 1, wire_ref::HEADER_LEN, consumed - 1] {
+    for cut in [
+        0,
+        1,
+        wire_ref::HEADER_LEN - 1,
+        wire_ref::HEADER_LEN,
+        consumed - 1,
+    ] {
         if cut < consumed {
             let want_needed = if cut < wire_ref::HEADER_LEN {
                 wire_ref::HEADER_LEN

@@ -91,7 +91,9 @@ fn seal_stream(plain: &[u8], protection: Protection) -> (Vec<Sealed>, Vec<u8>, u
         if header.code == 6 {
             // DATA only when its prefix is valid (so the whole frame is at
             // least the prefix): the caller learns the payload length from it.
-            let Ok(RefDecoded::Frame { .. }) = wire_ref::decode(&bytes[..DATA_PREFIX_LEN.min(total)]) else {
+            let Ok(RefDecoded::Frame { .. }) =
+                wire_ref::decode(&bytes[..DATA_PREFIX_LEN.min(total)])
+            else {
                 break;
             };
             let (prefix, payload) = bytes.split_at(DATA_PREFIX_LEN);
@@ -149,7 +151,10 @@ fn check_rest_error(rest: &[u8], err: &ReadError, counter: u64) {
             other => panic!("header refused by the spec ({want:?}), reader said {other:?}"),
         },
         Ok(header) if header.code == 6 => {
-            assert!(matches!(err, ReadError::Eof | ReadError::Auth(_)), "{err:?}")
+            assert!(
+                matches!(err, ReadError::Eof | ReadError::Auth(_)),
+                "{err:?}"
+            )
         }
         Ok(header) => {
             if rest.len() >= header.prefix_len() + TAG_LEN {
@@ -172,7 +177,11 @@ fn run(data: &[u8]) {
     let Some((cuts, plain)) = rest.split_at_checked(ncuts * 2) else {
         return;
     };
-    let protection = if mode & 1 == 1 { Protection::Encrypt } else { Protection::Auth };
+    let protection = if mode & 1 == 1 {
+        Protection::Encrypt
+    } else {
+        Protection::Auth
+    };
     let mut sizes: Vec<usize> = cuts
         .chunks_exact(2)
         .map(|c| usize::from(u16::from_le_bytes([c[0], c[1]])).max(1))
@@ -187,7 +196,12 @@ fn run(data: &[u8]) {
         wire[at] ^= mask;
     }
     // The first frame the flip can affect (frames.len(): the unsealed rest).
-    let flipped_frame = flip.map(|at| frames.iter().position(|f| f.wire.contains(&at)).unwrap_or(frames.len()));
+    let flipped_frame = flip.map(|at| {
+        frames
+            .iter()
+            .position(|f| f.wire.contains(&at))
+            .unwrap_or(frames.len())
+    });
     let wire_len = wire.len() as u64;
     let mut src = Script {
         wire,
@@ -223,7 +237,10 @@ fn run(data: &[u8]) {
         let is_data = bytes.len() >= 3 && bytes[2] == 6;
         if !is_data {
             // Control frames are handed out only once authentic.
-            assert!(intact, "frame {index} handed out unsealed or after a flipped byte");
+            assert!(
+                intact,
+                "frame {index} handed out unsealed or after a flipped byte"
+            );
             let f = expected.expect("intact implies sealed");
             assert_eq!(bytes, f.prefix, "control frame {index} differs");
             index += 1;
@@ -231,7 +248,10 @@ fn run(data: &[u8]) {
         }
         // DATA: the header comes before its tag is checked.
         let len = match decode(&bytes) {
-            Ok(Decoded::Frame { frame: Frame::Data(d), .. }) => u64::from(d.len),
+            Ok(Decoded::Frame {
+                frame: Frame::Data(d),
+                ..
+            }) => u64::from(d.len),
             other => {
                 assert!(!intact, "sealed DATA prefix does not decode: {other:?}");
                 return;
@@ -252,7 +272,10 @@ fn run(data: &[u8]) {
         };
         match outcome {
             Ok(payload) => {
-                assert!(intact, "DATA frame {index} verified unsealed or after a flipped byte");
+                assert!(
+                    intact,
+                    "DATA frame {index} verified unsealed or after a flipped byte"
+                );
                 let f = expected.expect("intact implies sealed");
                 if let Some(p) = payload {
                     assert_eq!(Some(p), f.payload, "DATA payload {index} differs");

@@ -32,7 +32,9 @@ use shmbus_bridge::{
     identity::{Allowlist, StaticKeypair},
     proto::{
         frame::{decode, Decoded, Frame, Hello},
-        handshake::{check_node_name, HandshakeError, HandshakeParams, Initiator, Responder, Session},
+        handshake::{
+            check_node_name, HandshakeError, HandshakeParams, Initiator, Responder, Session,
+        },
         seal::{Protection, SessionKeys, TAG_LEN},
     },
 };
@@ -72,7 +74,11 @@ fn keys() -> &'static Keys {
         let k = Keys {
             init: load_key(&dir, "init", "ERERERERERERERERERERERERERERERERERERERERERE="),
             resp: load_key(&dir, "resp", "IiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiI="),
-            stranger: load_key(&dir, "stranger", "MzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzM="),
+            stranger: load_key(
+                &dir,
+                "stranger",
+                "MzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzM=",
+            ),
         };
         let _ = std::fs::remove_dir(&dir);
         k
@@ -99,7 +105,13 @@ fn setup(byte: u8) -> Setup {
         1 => format!("{} {INIT_NAME}\n", k.stranger.public()),
         _ => format!("{init} other-name\n"),
     };
-    let protection = |bit: u8| if byte & bit != 0 { Protection::Encrypt } else { Protection::Auth };
+    let protection = |bit: u8| {
+        if byte & bit != 0 {
+            Protection::Encrypt
+        } else {
+            Protection::Auth
+        }
+    };
     Setup {
         allowlist: Allowlist::parse(&list, check_node_name).expect("fixed allowlist"),
         init_listed_as_itself: matches!(byte & 3, 0 | 3),
@@ -144,7 +156,9 @@ fn edit(mut bytes: Vec<u8>, edits: &[u8]) -> Vec<u8> {
 /// Decodes one whole frame at the start of `bytes`.
 fn frame_at(bytes: &[u8]) -> Option<(Frame<'_>, usize)> {
     match decode(bytes) {
-        Ok(Decoded::Frame { frame, consumed }) if !matches!(frame, Frame::Data(_)) => Some((frame, consumed)),
+        Ok(Decoded::Frame { frame, consumed }) if !matches!(frame, Frame::Data(_)) => {
+            Some((frame, consumed))
+        }
         _ => None,
     }
 }
@@ -153,10 +167,18 @@ fn frame_at(bytes: &[u8]) -> Option<(Frame<'_>, usize)> {
 fn respond(s: &Setup, bytes: &[u8]) -> Option<(Result<Responder, HandshakeError>, Vec<u8>, usize)> {
     let k = keys();
     let (hello, n1) = frame_at(bytes)?;
-    let Frame::Hello(hello) = hello else { return None };
+    let Frame::Hello(hello) = hello else {
+        return None;
+    };
     let (noise, n2) = frame_at(&bytes[n1..])?;
-    let Frame::Noise(noise) = noise else { return None };
-    let kp = if s.responder_is_initiator { &k.init } else { &k.resp };
+    let Frame::Noise(noise) = noise else {
+        return None;
+    };
+    let kp = if s.responder_is_initiator {
+        &k.init
+    } else {
+        &k.resp
+    };
     let p = params(RESP_NAME, kp, s.resp_layout, s.resp_protection);
     let mut out = Vec::new();
     let r = Responder::respond(&p, &s.allowlist, &bytes[..n1], &hello, noise, &mut out);
@@ -165,12 +187,23 @@ fn respond(s: &Setup, bytes: &[u8]) -> Option<(Result<Responder, HandshakeError>
 }
 
 /// What any responder outcome must satisfy.
-fn check_responder(s: &Setup, hello: &Hello<'_>, r: &Result<Responder, HandshakeError>, out: &[u8]) {
+fn check_responder(
+    s: &Setup,
+    hello: &Hello<'_>,
+    r: &Result<Responder, HandshakeError>,
+    out: &[u8],
+) {
     match r {
         Ok(resp) => {
-            assert!(s.init_listed_as_itself && !s.responder_is_initiator, "accepted a key it must refuse");
+            assert!(
+                s.init_listed_as_itself && !s.responder_is_initiator,
+                "accepted a key it must refuse"
+            );
             assert_eq!(resp.peer_name(), INIT_NAME);
-            assert_eq!(hello.peer_name, INIT_NAME, "accepted a claimed name that is not the listed one");
+            assert_eq!(
+                hello.peer_name, INIT_NAME,
+                "accepted a claimed name that is not the listed one"
+            );
             let (f, n) = frame_at(out).expect("message 2 is a frame");
             assert!(matches!(f, Frame::Noise(_)) && n == out.len());
         }
@@ -179,11 +212,21 @@ fn check_responder(s: &Setup, hello: &Hello<'_>, r: &Result<Responder, Handshake
             assert!(!e.to_string().is_empty());
             match e.reply() {
                 Some(reply) => {
-                    assert!(matches!(e, HandshakeError::VersionMismatch { .. } | HandshakeError::LayoutMismatch { .. }), "{e}");
+                    assert!(
+                        matches!(
+                            e,
+                            HandshakeError::VersionMismatch { .. }
+                                | HandshakeError::LayoutMismatch { .. }
+                        ),
+                        "{e}"
+                    );
                     let (f, n) = frame_at(&reply).expect("reply is a frame");
                     assert!(matches!(f, Frame::Error(_)) && n == reply.len());
                 }
-                None => assert!(!matches!(e, HandshakeError::VersionMismatch { .. } | HandshakeError::LayoutMismatch { .. })),
+                None => assert!(!matches!(
+                    e,
+                    HandshakeError::VersionMismatch { .. } | HandshakeError::LayoutMismatch { .. }
+                )),
             }
         }
     }
@@ -209,7 +252,9 @@ fn check_pair(mut a: Session, mut b: Session) {
         let plain = f.clone();
         from.send.seal_control(&mut f, 0).expect("seal");
         let tag: [u8; TAG_LEN] = f[20..].try_into().expect("tag");
-        to.recv.open_control(&mut f[..20], &tag).expect("the other side opens it");
+        to.recv
+            .open_control(&mut f[..20], &tag)
+            .expect("the other side opens it");
         assert_eq!(f[..20], plain[..]);
     }
 }
@@ -220,7 +265,13 @@ fn check_pair(mut a: Session, mut b: Session) {
 fn message_1(s: &Setup) -> &'static [u8] {
     static M1: OnceLock<[Vec<u8>; 2]> = OnceLock::new();
     let m = M1.get_or_init(|| {
-        let with = |p| start(&Setup { init_protection: p, ..setup(0) }).1;
+        let with = |p| {
+            start(&Setup {
+                init_protection: p,
+                ..setup(0)
+            })
+            .1
+        };
         [with(Protection::Auth), with(Protection::Encrypt)]
     });
     &m[usize::from(s.init_protection == Protection::Encrypt)]
@@ -229,17 +280,30 @@ fn message_1(s: &Setup) -> &'static [u8] {
 fn mode_edited_message_1(s: &Setup, edits: &[u8]) {
     let genuine = message_1(s).to_vec();
     let bytes = edit(genuine.clone(), edits);
-    let Some((r, _, used)) = respond(s, &bytes) else { return };
+    let Some((r, _, used)) = respond(s, &bytes) else {
+        return;
+    };
     let unchanged = bytes[..used] == genuine[..];
-    let acceptable = s.init_listed_as_itself && !s.responder_is_initiator && s.resp_layout == LAYOUT;
-    assert_eq!(r.is_ok(), unchanged && acceptable, "message 1 changed: {}, outcome {:?}", !unchanged, r.err());
+    let acceptable =
+        s.init_listed_as_itself && !s.responder_is_initiator && s.resp_layout == LAYOUT;
+    assert_eq!(
+        r.is_ok(),
+        unchanged && acceptable,
+        "message 1 changed: {}, outcome {:?}",
+        !unchanged,
+        r.err()
+    );
 }
 
 fn mode_edited_message_2(s: &Setup, edits: &[u8]) {
     let (init, m1) = start(s);
-    let Some((Ok(resp), m2, _)) = respond(s, &m1) else { return };
+    let Some((Ok(resp), m2, _)) = respond(s, &m1) else {
+        return;
+    };
     let bytes = edit(m2.clone(), edits);
-    let Some((frame, used)) = frame_at(&bytes) else { return };
+    let Some((frame, used)) = frame_at(&bytes) else {
+        return;
+    };
     let unchanged = bytes[..used] == m2[..];
     let mut confirm = Vec::new();
     match init.finish(&frame, &mut confirm) {
@@ -249,7 +313,9 @@ fn mode_edited_message_2(s: &Setup, edits: &[u8]) {
             assert!(session.protection >= s.init_protection);
             let n = confirm.len() - TAG_LEN;
             let tag: [u8; TAG_LEN] = confirm[n..].try_into().expect("tag");
-            let other = resp.confirm(&mut confirm[..n], &tag).expect("genuine confirmation");
+            let other = resp
+                .confirm(&mut confirm[..n], &tag)
+                .expect("genuine confirmation");
             check_pair(session, other);
         }
         Err(e) => {
@@ -263,12 +329,18 @@ fn mode_edited_message_2(s: &Setup, edits: &[u8]) {
 
 fn mode_edited_confirmation(s: &Setup, edits: &[u8]) {
     let (init, m1) = start(s);
-    let Some((Ok(resp), m2, _)) = respond(s, &m1) else { return };
+    let Some((Ok(resp), m2, _)) = respond(s, &m1) else {
+        return;
+    };
     let (frame, _) = frame_at(&m2).expect("message 2");
     let mut confirm = Vec::new();
-    let Ok(session) = init.finish(&frame, &mut confirm) else { return };
+    let Ok(session) = init.finish(&frame, &mut confirm) else {
+        return;
+    };
     let bytes = edit(confirm.clone(), edits);
-    let Some(n) = bytes.len().checked_sub(TAG_LEN) else { return };
+    let Some(n) = bytes.len().checked_sub(TAG_LEN) else {
+        return;
+    };
     let mut body = bytes[..n].to_vec();
     let tag: [u8; TAG_LEN] = bytes[n..].try_into().expect("tag");
     match resp.confirm(&mut body, &tag) {
@@ -283,13 +355,23 @@ fn mode_edited_confirmation(s: &Setup, edits: &[u8]) {
 /// Mode 4: control frames sealed in order, then the stream edited.
 fn mode_sealed_frames(s: &Setup, rest: &[u8]) {
     let [n, rest @ ..] = rest else { return };
-    let keys = |initiator| SessionKeys::derive(&[0x44; 32], &[0x55; 32], &[0x66; 64], initiator, s.init_protection);
+    let keys = |initiator| {
+        SessionKeys::derive(
+            &[0x44; 32],
+            &[0x55; 32],
+            &[0x66; 64],
+            initiator,
+            s.init_protection,
+        )
+    };
     let (mut sender, mut receiver) = (keys(true), keys(false));
     let mut bodies = rest;
     let mut frames = Vec::new();
     let mut wire = Vec::new();
     for _ in 0..(n % 8) {
-        let Some((&len, tail)) = bodies.split_first() else { break };
+        let Some((&len, tail)) = bodies.split_first() else {
+            break;
+        };
         let len = usize::from(len).min(tail.len());
         let (body, tail) = tail.split_at(len);
         bodies = tail;
@@ -304,7 +386,9 @@ fn mode_sealed_frames(s: &Setup, rest: &[u8]) {
     let edited = edit(wire.clone(), bodies);
     // The receiver opens frame by frame at the original boundaries.
     for (i, (plain, range)) in frames.iter().enumerate() {
-        let Some(bytes) = edited.get(range.clone()) else { return };
+        let Some(bytes) = edited.get(range.clone()) else {
+            return;
+        };
         let n = bytes.len() - TAG_LEN;
         let mut frame = bytes[..n].to_vec();
         let tag: [u8; TAG_LEN] = bytes[n..].try_into().expect("tag");
@@ -323,7 +407,9 @@ fn mode_sealed_frames(s: &Setup, rest: &[u8]) {
 }
 
 fn run(data: &[u8]) {
-    let [mode, setup_byte, rest @ ..] = data else { return };
+    let [mode, setup_byte, rest @ ..] = data else {
+        return;
+    };
     let s = setup(*setup_byte);
     match mode % 5 {
         0 => mode_edited_message_1(&s, rest),
