@@ -8,6 +8,7 @@ pub mod input;
 pub mod layout_ref;
 pub mod scratch;
 pub mod seeds;
+pub mod wire_ref;
 
 /// The modes every `bus_*` target has besides fuzzing, chosen by its first
 /// argument: `--write-seeds` writes its seed corpus (`seeds`), `--replay

@@ -113,7 +113,21 @@ pub enum StreamError {
         /// The largest allowed.
         max: u64,
     },
+    /// DATA, GAP or END that ends past [`MAX_POSITION`] (or past `u64::MAX`).
+    #[error("{what} ends past position {MAX_POSITION}, beyond any ring's lifetime")]
+    PositionTooLarge {
+        /// Which frame.
+        what: &'static str,
+    },
 }
+
+/// The largest position a peer's DATA, GAP or END may reach. A ring
+/// written at 10 GB/s takes 14 years to get there, and it leaves room
+/// below `u64::MAX` for `position + capacity` arithmetic on replicas; a
+/// frame past it is a hostile or corrupt peer (found by the `wire_session`
+/// fuzz target: a DATA frame starting 16 bytes below `u64::MAX` was
+/// accepted with a saturated end).
+pub const MAX_POSITION: u64 = 1 << 62;
 
 /// Where a subscription starts, from [`ExportPositions::subscribe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,10 +334,11 @@ impl ExportPositions {
 ///
 /// # Errors
 ///
-/// [`StreamError::NotContiguous`], [`StreamError::Misaligned`] or
-/// [`StreamError::BadLength`].
+/// [`StreamError::NotContiguous`], [`StreamError::Misaligned`],
+/// [`StreamError::PositionTooLarge`] or [`StreamError::BadLength`].
 pub fn check_data(h: &DataHeader, position: Option<u64>, capacity: u64) -> Result<(), StreamError> {
     check_continues("DATA", h.start_position, position)?;
+    check_below_max("DATA", h.start_position.checked_add(u64::from(h.len)))?;
     let max = capacity / 2;
     if h.len == 0 || u64::from(h.len) % RECORD_ALIGN != 0 || u64::from(h.len) > max {
         return Err(StreamError::BadLength { len: h.len, max });
@@ -336,9 +351,11 @@ pub fn check_data(h: &DataHeader, position: Option<u64>, capacity: u64) -> Resul
 ///
 /// # Errors
 ///
-/// [`StreamError::NotContiguous`] or [`StreamError::Misaligned`].
+/// [`StreamError::NotContiguous`], [`StreamError::PositionTooLarge`] or
+/// [`StreamError::Misaligned`].
 pub fn check_gap(g: &Gap, position: Option<u64>) -> Result<(), StreamError> {
     check_continues("GAP", g.from, position)?;
+    check_below_max("GAP", Some(g.to))?;
     if g.to % RECORD_ALIGN != 0 {
         return Err(StreamError::Misaligned {
             what: "GAP end",
@@ -352,8 +369,9 @@ pub fn check_gap(g: &Gap, position: Option<u64>) -> Result<(), StreamError> {
 ///
 /// # Errors
 ///
-/// [`StreamError::NotContiguous`].
+/// [`StreamError::NotContiguous`] or [`StreamError::PositionTooLarge`].
 pub fn check_end(end: u64, position: Option<u64>) -> Result<(), StreamError> {
+    check_below_max("END", Some(end))?;
     match position {
         Some(p) if p != end => Err(StreamError::NotContiguous {
             what: "END",
@@ -361,6 +379,13 @@ pub fn check_end(end: u64, position: Option<u64>) -> Result<(), StreamError> {
             found: end,
         }),
         _ => Ok(()),
+    }
+}
+
+fn check_below_max(what: &'static str, end: Option<u64>) -> Result<(), StreamError> {
+    match end {
+        Some(e) if e <= MAX_POSITION => Ok(()),
+        _ => Err(StreamError::PositionTooLarge { what }),
     }
 }
 
