@@ -151,7 +151,7 @@ pub fn check(outcome: &Outcome) -> Verdict {
                             ));
                         }
                     }
-                    if text.contains("\ndone ") || text.starts_with("done ") {
+                    if matches!(line, Line::Done { .. }) {
                         p.done = true;
                     }
                 }
