@@ -555,12 +555,12 @@ impl<V: View> WriterCore<V> {
         }
         let cap = self.geo.capacity;
         let (start, end) = self.placement(len);
-        if self.geo.policy == Policy::Block && end > self.gate_end() {
+        if self.geo.policy == Policy::Block && !self.within_gate(end) {
             // Records committed in this batch count for nobody until published,
             // and subscribers cannot release what they cannot see.
             self.publish();
             self.refresh_gate(end);
-            if end > self.gate_end() {
+            if !self.within_gate(end) {
                 return Err(ReserveFail::Full);
             }
         }
@@ -571,7 +571,14 @@ impl<V: View> WriterCore<V> {
             .min(self.geo.max_message)
             .min(cap - (start & self.geo.mask()) - RECORD_HEADER);
         if self.geo.policy == Policy::Block {
-            let gate_room = self.gate_end().saturating_sub(start + RECORD_HEADER);
+            // The stamp load in `gate_end` only when the last header's worth
+            // of room could matter (it never takes more than a header off).
+            let loose = (self.limit + cap).saturating_sub(start + RECORD_HEADER);
+            let gate_room = if loose >= room + RECORD_HEADER {
+                loose
+            } else {
+                self.gate_end().saturating_sub(start + RECORD_HEADER)
+            };
             room = room.min(gate_room & !(RECORD_ALIGN - 1)).max(len);
         }
         let end = start + record_size(room);
@@ -589,6 +596,13 @@ impl<V: View> WriterCore<V> {
             position: start,
             len: room,
         })
+    }
+
+    /// Whether a record ending at `end` fits under the Block gate. The
+    /// common case needs no load: [`Self::gate_end`] is at most a header
+    /// short of `limit + capacity`.
+    fn within_gate(&self, end: u64) -> bool {
+        end + RECORD_HEADER <= self.limit + self.geo.capacity || end <= self.gate_end()
     }
 
     /// How far a record placed by [`Self::reserve_up_to`] may end under the
