@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A long fuzzing run of one target: ./campaign.sh TARGET SECONDS [OUT]
 # Builds, fuzzes TARGET from fuzz/seeds/TARGET for SECONDS (one afl-fuzz
-# process), then prints the figures the README's campaign table records.
+# process; FUZZ_EXECS=N stops it after N executions if that comes first), then prints the figures the README's campaign table records.
 # OUT (default /tmp/shmbus-fuzz-campaign/TARGET) keeps the queue and crashes;
 # an existing OUT is resumed (AFL_AUTORESUME).
 set -euo pipefail
@@ -18,7 +18,7 @@ mkdir -p "$(dirname "$out")"
 # afl-fuzz restarts after a crash.
 cp "$CARGO_TARGET_DIR/release/$target" "$out.bin"
 start=$(date +%s)
-cargo afl fuzz -t 5000 -i "seeds/$target" -o "$out" -V "$seconds" \
+cargo afl fuzz -t 5000 -i "seeds/$target" -o "$out" -V "$seconds" ${FUZZ_EXECS:+-E "$FUZZ_EXECS"} \
     "$out.bin" >"$out.log" 2>&1 || {
     tail -30 "$out.log" >&2
     exit 1
