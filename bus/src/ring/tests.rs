@@ -7,7 +7,7 @@ use super::{
     gate::{self, JoinAt, JoinRequest, SlotStatus, LIVENESS_INTERVAL},
     heap::{self, HeapSegment, HeapView},
     reader::{Peek, ReadFault, ReaderCore, RecordRef},
-    writer::{ReserveFail, WriterCore},
+    writer::{ReserveFail, Skip, WriterCore},
     Geometry, Policy, View,
 };
 use crate::{
@@ -849,4 +849,51 @@ fn a_gate_inside_a_record_never_shows_readers_a_foreign_stamp() {
         assert_eq!(next(&mut fast), (seq, payload(seq, 32)));
         seq += 1;
     }
+}
+
+/// The replica paths obey the same bound (noticed after the fix above): a
+/// received chunk or a skip ending exactly at a gate inside a record would
+/// leave the stale word where the next stamp goes, and `room_until` must
+/// not promise that room.
+#[test]
+fn replica_chunks_and_skips_never_end_at_a_gate_inside_a_record() {
+    let seg = segment(4096, Policy::Block, None);
+    let mut w = writer(&seg);
+    let mut fast = join(&seg, JoinAt::Latest);
+    let untethered = JoinRequest {
+        tethered: false,
+        ..request(JoinAt::Latest)
+    };
+    let mut pinner = ReaderCore::join(heap::view(&seg), &untethered)
+        .unwrap()
+        .unwrap();
+    write(&mut w, 0, 100).unwrap(); // [0, 128)
+    assert_eq!(next(&mut fast).0, 0);
+    assert_eq!(pinner.pin(48), 48, "pinned inside the first record");
+    let mut seq = 1;
+    while w.write_position() < 4096 {
+        write(&mut w, seq, 100).unwrap();
+        assert_eq!(next(&mut fast).0, seq);
+        seq += 1;
+    }
+    assert_eq!(w.write_position(), 4096);
+    // The gate is at 48 + 4096, inside the record at [4096, ...) a lap on.
+    assert_eq!(w.room_until(), 4096 + 48 - 16, "a header short of the gate");
+    assert_eq!(
+        w.reserve_raw(48),
+        Err(ReserveFail::Full),
+        "a chunk to the gate"
+    );
+    assert_eq!(w.reserve_raw(32).unwrap(), 4096, "a header short fits");
+    // (That reservation is left uncommitted: the position did not move.)
+    assert_eq!(
+        w.try_skip_to(4096 + 48, seq),
+        Ok(Skip::NoRoom),
+        "a skip to the gate"
+    );
+    assert!(matches!(fast.peek(), Ok(Peek::Empty)), "{:?}", fast.peek());
+    pinner.unpin();
+    assert_eq!(w.try_skip_to(4096 + 48, seq), Ok(Skip::Done { lost: 0 }));
+    write(&mut w, seq, 32).unwrap();
+    assert_eq!(next(&mut fast), (seq, payload(seq, 32)));
 }

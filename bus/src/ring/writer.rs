@@ -225,9 +225,11 @@ impl<V: View> WriterCore<V> {
             return Err(ReserveFail::TooLarge);
         }
         let end = self.write + len;
-        if self.geo.policy == Policy::Block && end > self.limit + cap {
+        // `within_gate`: a chunk ending exactly at a gate inside a record
+        // would leave a stale word where its next stamp goes.
+        if self.geo.policy == Policy::Block && !self.within_gate(end) {
             self.refresh_gate(end);
-            if end > self.limit + cap {
+            if !self.within_gate(end) {
                 return Err(ReserveFail::Full);
             }
         }
@@ -350,7 +352,11 @@ impl<V: View> WriterCore<V> {
         let cap = self.geo.capacity;
         self.publish();
         self.refresh_gate((self.write + cap / 2).max(self.limit + cap));
-        self.limit + cap
+        // Not `limit + cap`: a chunk may end there only when `limit` is a
+        // record boundary (`within_gate`). Still never moves back: for one
+        // limit the word it reads stays until this writer laps it, and a
+        // later limit is at least a record alignment further on.
+        self.gate_end()
     }
 
     /// Publishes gap records so that the write position becomes `to` and
@@ -413,10 +419,10 @@ impl<V: View> WriterCore<V> {
             _ if second >= 2 * RECORD_HEADER => Some(1),
             _ => return Ok(Skip::Unrepresentable),
         };
-        if self.geo.policy == Policy::Block && to > self.limit + cap {
+        if self.geo.policy == Policy::Block && !self.within_gate(to) {
             self.publish();
             self.refresh_gate(to);
-            if to > self.limit + cap {
+            if !self.within_gate(to) {
                 return Ok(Skip::NoRoom);
             }
         }
