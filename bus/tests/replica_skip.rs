@@ -527,6 +527,24 @@ fn hostile_gap_records_are_corrupt_never_a_panic() {
             other => panic!("{tag}: {other:?}"),
         };
     }
+
+    // A gap record numbered below the next expected message (6): refused,
+    // not taken as a reason to move the numbering back (layout.md §6).
+    let dir = TempDir::new("hostile-backwards");
+    let (mut rep, mut r) = open_pair(&dir, CAP - 64, 5);
+    assert!(push(&mut rep, b"ok", 5));
+    let pos = rep.position();
+    let bytes = record_bytes(gap_stamp(pos), 8, 3, &1u64.to_le_bytes());
+    scribble(&dir.ring(), pos + 8, &bytes[8..]);
+    scribble(&dir.ring(), pos, &bytes[..8]);
+    match r.try_read().unwrap() {
+        ReadEvent::Message(m) => assert_eq!((m.sequence(), m.payload()), (5, &b"ok"[..])),
+        other => panic!("{other:?}"),
+    }
+    match r.try_read() {
+        Err(Error::Corrupt { what, .. }) => assert!(what.contains("backwards"), "{what}"),
+        other => panic!("backwards: {other:?}"),
+    };
 }
 
 #[test]

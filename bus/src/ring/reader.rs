@@ -339,9 +339,13 @@ impl<V: View> ReaderCore<V> {
             Some(e) if e as u32 == header.seq_low => e,
             _ => records::extend_sequence(header.seq_low, self.published_hint()),
         };
-        let before = self
-            .expected_seq
-            .map_or(0, |e| first_lost.saturating_sub(e));
+        if self.expected_seq.is_some_and(|e| first_lost < e) {
+            // As for data records (`check_sequence`): numbering never goes
+            // back, and moving the expected number back would re-number
+            // (and re-count) messages already reported.
+            return self.corrupt(pos, "gap record sequence number goes backwards");
+        }
+        let before = self.expected_seq.map_or(0, |e| first_lost - e);
         let next = match records::after_gap(first_lost, count) {
             Ok(next) => next,
             Err(what) => return self.corrupt(pos, what),
