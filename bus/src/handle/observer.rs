@@ -1,17 +1,21 @@
 //! [`RingObserver`]: reading a ring without a slot, for tools and exports
 //! that must never hold a publisher back.
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use crate::{
+    layout::WRITER_CLOSED,
     ring::{
         gate::JoinAt,
         reader::{Peek, ReadFault, ReaderCore},
+        View,
     },
     shm::{
         fs::Access,
         segment::{self, Mapping, SegmentInfo},
+        wait::{self, Deadline, WaitStrategy},
     },
+    sync::Ordering,
     Error, StartAt,
 };
 
@@ -144,6 +148,45 @@ impl RingObserver {
                 }
             }
         }
+    }
+
+    /// Waits until the publisher publishes past this observer's position
+    /// or goes, the timeout passes, or one sleep (at most
+    /// [`crate::MAX_SLEEP`]) ends; `true` if there may be something
+    /// to read. Sleeping, the observer counts as a waiter, so the publisher
+    /// wakes it as it wakes subscribers (it still holds nothing back).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmbus_bus::{RingConfig, RingObserver, RingWriter, StartAt, WaitStrategy};
+    /// let dir = std::env::temp_dir().join(format!("shmbus-doc-obs-wait-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let path = dir.join("p.ring");
+    /// let mut w = RingWriter::create(&path, &RingConfig::default()).unwrap();
+    /// let o = RingObserver::open(&path, StartAt::Latest).unwrap();
+    /// assert!(!o.wait(WaitStrategy::default(), Some(Duration::from_millis(10))));
+    /// w.try_write(b"x").unwrap();
+    /// assert!(o.wait(WaitStrategy::default(), Some(Duration::from_secs(5))));
+    /// # drop((w, o)); std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
+    pub fn wait(&self, strategy: WaitStrategy, timeout: Option<Duration>) -> bool {
+        let view = &self.core.view;
+        let producer = view.producer();
+        let position = self.core.position();
+        wait::wait_until(
+            &[view.sleeper(None)],
+            strategy,
+            Deadline::after(timeout),
+            wait::MAX_SLEEP,
+            || {
+                // Relaxed: hints; `try_read` re-reads the tail with Acquire.
+                producer.tail.load(Ordering::Relaxed) > position
+                    || producer.writer_state.load(Ordering::Relaxed) == WRITER_CLOSED
+            },
+        )
+        .ready
     }
 
     fn fault(&self, f: ReadFault) -> Error {

@@ -507,6 +507,90 @@ impl ReplicaWriter {
         }
     }
 
+    /// Writes one message numbered `seq` (a copy of `payload`) at the
+    /// write position, as the publisher it mirrors wrote it, after a gap
+    /// record for the messages numbered between [`Self::next_sequence`]
+    /// and `seq` (local subscribers see exactly that many lost). For
+    /// streams that arrive message by message rather than as ring bytes
+    /// (the Zenoh gateway). Never waits: `Ok(false)` when local
+    /// subscribers hold the space now; a gap record may then already be
+    /// written, and calling again with the same `seq` and payload writes
+    /// the message only (the gap is not counted twice).
+    ///
+    /// A replica whose numbering is unknown (made by [`Self::create`])
+    /// takes `seq` as its next number: nothing is reported lost.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] for a payload over the ring's `max_message`;
+    /// [`Error::InvalidConfig`] if `seq` is below [`Self::next_sequence`]
+    /// or is 2^64 - 1; [`Error::Corrupt`] if this writer's own records
+    /// were damaged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus_bus::{Observed, ReplicaWriter, RingConfig, RingObserver, StartAt};
+    /// let dir = std::env::temp_dir().join(format!("shmbus-doc-msg-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let path = dir.join("r.ring");
+    /// let mut replica = ReplicaWriter::create_numbered(&path, &RingConfig::default(), 0, 10).unwrap();
+    /// let mut reader = RingObserver::open(&path, StartAt::Oldest).unwrap();
+    /// assert!(replica.try_write_message(10, b"a").unwrap());
+    /// assert!(replica.try_write_message(13, b"b").unwrap()); // 11 and 12 lost
+    /// assert_eq!(reader.try_read().unwrap(), Observed::Message { sequence: 10, payload: b"a" });
+    /// assert_eq!(reader.try_read().unwrap(), Observed::Gap { messages: 2, bytes: 0 });
+    /// assert_eq!(reader.try_read().unwrap(), Observed::Message { sequence: 13, payload: b"b" });
+    /// # drop((replica, reader)); std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
+    pub fn try_write_message(&mut self, seq: u64, payload: &[u8]) -> Result<bool, Error> {
+        let max = self.core.geometry().max_message;
+        if payload.len() as u64 > max {
+            return Err(Error::TooLarge {
+                len: payload.len() as u64,
+                max,
+            });
+        }
+        if seq == u64::MAX {
+            return Err(self.bad_sequence(seq, "is 2^64 - 1 (it would have no successor)"));
+        }
+        match self.core.known_sequence() {
+            None => {
+                if !matches!(self.try_skip_to(self.position(), seq)?, Skip::Done { .. }) {
+                    return Err(self.bad_sequence(seq, "cannot start the numbering"));
+                }
+            }
+            Some(next) if seq < next => {
+                return Err(self.bad_sequence(seq, "is below the next sequence number"))
+            }
+            Some(next) if seq > next => {
+                if !self.try_write_gap(seq - next)? {
+                    return Ok(false);
+                }
+            }
+            Some(_) => {}
+        }
+        let len = payload.len() as u64;
+        match self.core.reserve_up_to(len, len) {
+            Ok(r) => {
+                self.core.write_payload(&r, payload);
+                self.core.commit(r, len);
+                self.core.publish();
+                Ok(true)
+            }
+            Err(ReserveFail::Full) => Ok(false),
+            Err(ReserveFail::TooLarge) => Err(Error::TooLarge { len, max }),
+            Err(ReserveFail::Corrupt { position, what }) => Err(self.corrupt(position, what)),
+        }
+    }
+
+    fn bad_sequence(&self, seq: u64, what: &str) -> Error {
+        Error::InvalidConfig(format!(
+            "{}: message sequence number {seq} {what}",
+            self.info().path.display()
+        ))
+    }
+
     /// Moves the write position to `to` (16-aligned, at or after
     /// [`Self::position`], at most a ring further) and the next sequence
     /// number to `next_seq`, publishing gap records over the bytes between:
