@@ -1,0 +1,304 @@
+//! Import: Zenoh samples written into local replica rings.
+//!
+//! Each remote publisher (origin gateway, publisher id, topic) gets a
+//! replica ring `<topic>/z-<origin>.<publisher>.<epoch>.ring`, so local
+//! subscribers see it as one more publisher of the topic, with the remote
+//! type name and fingerprint (a typed subscriber of another type gets
+//! `TypeMismatch`). Messages keep their publisher's sequence numbers; a
+//! number skipped (Zenoh dropped a sample under congestion control Drop,
+//! the exporter was lapped, the replica was full) becomes a gap record, so
+//! subscribers see `TopicEvent::Lost` with the exact count, never a wrong
+//! message.
+//!
+//! Nothing here waits on the network: the Zenoh callback writes without
+//! blocking, except for up to `import_full_wait` while local subscribers
+//! keep a replica full (then the message is dropped and counted lost).
+//!
+//! A remote gateway that goes away (its liveliness token is withdrawn:
+//! killed, stopped, disconnected) has its replicas closed: subscribers see
+//! those publishers gone. When it comes back, its streams continue in new
+//! replicas (next epoch) from the number after the last one delivered:
+//! what it sends again is dropped as duplicate, what it never sent is
+//! reported lost.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use shmbus_bridge::daemon::naming;
+use shmbus_bus::{self as bus, Policy, ReplicaWriter, RingConfig};
+use zenoh::sample::{Sample, SampleKind};
+
+use crate::{
+    config::{Config, ImportRule},
+    log,
+    meta::{Kind, Meta},
+    stats::Stats,
+};
+
+/// Origin name of samples from plain Zenoh publishers (raw mode).
+pub const RAW_ORIGIN: &str = "zenoh";
+
+/// A stream's identity: (origin gateway, publisher id, local topic).
+type StreamId = (String, String, String);
+
+/// One remote publisher's stream.
+#[derive(Debug)]
+struct Stream {
+    /// Its type as the origin declared it.
+    type_name: String,
+    type_fingerprint: u64,
+    /// The replica, while the stream is live.
+    replica: Option<ReplicaWriter>,
+    /// The next replica's epoch.
+    epoch: u64,
+    /// The number after the last message delivered (or reported lost).
+    next: Option<u64>,
+}
+
+/// The import side, shared by the Zenoh callbacks.
+#[derive(Debug)]
+pub struct Importer {
+    config: Arc<Config>,
+    stats: Arc<Stats>,
+    streams: Mutex<HashMap<StreamId, Stream>>,
+}
+
+impl Importer {
+    /// An importer of `config`'s rules.
+    pub fn new(config: Arc<Config>, stats: Arc<Stats>) -> Self {
+        Self {
+            config,
+            stats,
+            streams: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A sample of an import rule's subscription arrived.
+    pub fn on_sample(&self, rule: &ImportRule, sample: &Sample) {
+        if sample.kind() != SampleKind::Put {
+            return;
+        }
+        let key = sample.key_expr().as_str();
+        let topic = match &rule.topic {
+            Some(t) => t.clone(),
+            None => key.rsplit('/').next().unwrap_or(key).to_owned(),
+        };
+        if let Err(e) = bus::validate_name("topic", &topic) {
+            self.refuse(key, &format!("its last chunk is not a topic name: {e}"));
+            return;
+        }
+        let payload = sample.payload().to_bytes();
+        let meta = match sample.attachment() {
+            Some(att) => match Meta::decode(&att.to_bytes()) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.refuse(key, &e.to_string());
+                    return;
+                }
+            },
+            None if rule.raw => {
+                // A plain Zenoh publisher: raw bytes, numbered on arrival,
+                // one stream per key.
+                let id = raw_publisher_id(key);
+                let next = self
+                    .lock()
+                    .get(&(RAW_ORIGIN.to_owned(), id.clone(), topic.clone()))
+                    .and_then(|s| s.next)
+                    .unwrap_or(0);
+                Meta {
+                    kind: Kind::Message,
+                    seq: next,
+                    origin: RAW_ORIGIN.to_owned(),
+                    publisher: id,
+                    type_name: String::new(),
+                    type_fingerprint: 0,
+                }
+            }
+            None => {
+                self.refuse(
+                    key,
+                    "no shmbus metadata (import it with raw = true to accept plain Zenoh samples)",
+                );
+                return;
+            }
+        };
+        if meta.origin == self.config.node_name {
+            return; // our own export (Zenoh delivers only remote ones anyway)
+        }
+        self.apply(topic, meta, &payload);
+    }
+
+    /// The origin gateway `origin` is gone: close its replicas.
+    pub fn origin_gone(&self, origin: &str) {
+        let mut streams = self.lock();
+        for ((o, publisher, topic), stream) in streams.iter_mut() {
+            if o == origin && stream.replica.take().is_some() {
+                log::info!("{topic}/{publisher}: gateway {origin} gone, replica closed");
+            }
+        }
+    }
+
+    /// Closes every replica (at exit).
+    pub fn close_all(&self) {
+        for stream in self.lock().values_mut() {
+            stream.replica = None;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Stream>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refuse(&self, key: &str, why: &str) {
+        self.stats.import_refused.add(1);
+        log::debug!("sample on {key} refused: {why}");
+    }
+
+    fn apply(&self, topic: String, meta: Meta, payload: &[u8]) {
+        let mut streams = self.lock();
+        let id = (meta.origin.clone(), meta.publisher.clone(), topic);
+        let stream = streams.entry(id.clone()).or_insert_with(|| Stream {
+            type_name: meta.type_name.clone(),
+            type_fingerprint: meta.type_fingerprint,
+            replica: None,
+            epoch: 0,
+            next: None,
+        });
+        if (stream.type_name.as_str(), stream.type_fingerprint)
+            != (meta.type_name.as_str(), meta.type_fingerprint)
+        {
+            // Another type under the same publisher id: another stream.
+            stream.replica = None;
+            stream.type_name = meta.type_name.clone();
+            stream.type_fingerprint = meta.type_fingerprint;
+            stream.next = None;
+        }
+        let what = format!("{}/{}", id.2, id.1);
+        match meta.kind {
+            Kind::Message => self.message(stream, &id, &what, meta.seq, payload),
+            Kind::Gap => {
+                if let (Some(replica), Some(next)) = (stream.replica.as_mut(), stream.next) {
+                    if meta.seq > next && replica.try_write_gap(meta.seq - next).unwrap_or(false) {
+                        self.stats.import_lost.add(meta.seq - next);
+                        stream.next = Some(meta.seq);
+                    }
+                }
+            }
+            Kind::End => {
+                if let (Some(replica), Some(next)) = (stream.replica.as_mut(), stream.next) {
+                    if meta.seq > next && replica.try_write_gap(meta.seq - next).unwrap_or(false) {
+                        self.stats.import_lost.add(meta.seq - next);
+                        stream.next = Some(meta.seq);
+                    }
+                }
+                if stream.replica.take().is_some() {
+                    log::info!("{what}: remote publisher ended, replica closed");
+                }
+            }
+        }
+    }
+
+    fn message(&self, stream: &mut Stream, id: &StreamId, what: &str, seq: u64, payload: &[u8]) {
+        if stream.next.is_some_and(|n| seq < n) {
+            self.stats.import_duplicates.add(1);
+            return;
+        }
+        if stream.replica.is_none() {
+            match self.create(stream, id, stream.next.unwrap_or(seq)) {
+                Ok(r) => stream.replica = Some(r),
+                Err(e) => {
+                    log::warning!("{what}: no replica: {e}");
+                    self.stats.import_refused.add(1);
+                    return;
+                }
+            }
+        }
+        let Some(replica) = stream.replica.as_mut() else {
+            return;
+        };
+        let deadline = Instant::now() + self.config.import_full_wait;
+        loop {
+            match replica.try_write_message(seq, payload) {
+                Ok(true) => {
+                    // Numbers between the last delivered and this one were
+                    // written as a gap record (in this or an earlier call).
+                    let lost = stream.next.map_or(0, |n| seq - n);
+                    self.stats.import_lost.add(lost);
+                    self.stats.imported.add(1);
+                    stream.next = Some(seq + 1);
+                    return;
+                }
+                Ok(false) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                Ok(false) => {
+                    // Local subscribers hold the ring: this message is lost
+                    // (the next one's gap record counts it).
+                    self.stats.import_full_drops.add(1);
+                    return;
+                }
+                Err(bus::Error::TooLarge { len, max }) => {
+                    log::warning!("{what}: a message of {len} bytes is over the replica's {max}: counted lost");
+                    self.stats.import_full_drops.add(1);
+                    return;
+                }
+                Err(e) => {
+                    log::warning!("{what}: replica closed: {e}");
+                    stream.replica = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A new replica for `stream`, numbered from `next`.
+    fn create(
+        &self,
+        stream: &mut Stream,
+        (origin, publisher, topic): &StreamId,
+        next: u64,
+    ) -> Result<ReplicaWriter, bus::Error> {
+        let dir = bus::topic_dir(&self.config.root, &self.config.bus, topic)?;
+        bus::create_dir_all(&self.config.root, &dir, 0o700)?;
+        let stem = naming::replica_stem(&format!("z-{origin}"), publisher);
+        let config = RingConfig {
+            capacity: self.config.import_capacity,
+            max_message: bus::max_message_limit(self.config.import_capacity),
+            policy: Policy::Block,
+            evict_after: None,
+            type_name: stream.type_name.clone(),
+            type_fingerprint: stream.type_fingerprint,
+            ..RingConfig::default()
+        };
+        // A replica of an earlier epoch may still be drained by subscribers
+        // (or left by a gateway before a restart): take the next free one.
+        loop {
+            let path: PathBuf = bus::ring_path(&dir, &naming::replica_id(&stem, stream.epoch))?;
+            stream.epoch += 1;
+            if path.exists() {
+                continue;
+            }
+            let replica = ReplicaWriter::create_numbered(&path, &config, 0, next)?;
+            log::info!(
+                "importing {topic}/{publisher} from {origin} into {} from message {next}",
+                path.display()
+            );
+            return Ok(replica);
+        }
+    }
+}
+
+/// The publisher id of a plain Zenoh key's stream: `k` and 16 hex digits
+/// of a hash of the key (keys may hold any character; ids may not).
+fn raw_publisher_id(key: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("k{h:016x}")
+}
