@@ -444,7 +444,9 @@ fn parse_export_flag(flag: &str) -> Result<ExportRule, ConfigError> {
             other => {
                 return Err(invalid(
                     "--export",
-                    format!("unknown option {other:?} (reliable, best_effort, block, drop, express)"),
+                    format!(
+                        "unknown option {other:?} (reliable, best_effort, block, drop, express)"
+                    ),
                 ))
             }
         }

@@ -126,7 +126,8 @@ impl Exporter {
                 let id = (ring.data_path.clone(), meta.ino());
                 present.push(id.clone());
                 if !self.known.contains_key(&id) {
-                    if let Some(known) = self.open(&topic, &ring.publisher_id, &ring.data_path, &rule)
+                    if let Some(known) =
+                        self.open(&topic, &ring.publisher_id, &ring.data_path, &rule)
                     {
                         self.known.insert(id, known);
                     }
@@ -170,12 +171,39 @@ impl Exporter {
         {
             Ok(p) => p,
             Err(e) => {
-                log::warning!("not exporting {}: Zenoh publisher on {key}: {e}", path.display());
+                log::warning!(
+                    "not exporting {}: Zenoh publisher on {key}: {e}",
+                    path.display()
+                );
                 return Some(Known::Skipped);
             }
         };
+        // Read the ring only while someone subscribes: a put without a
+        // matching subscriber goes nowhere, and a freshly (re)started
+        // gateway would otherwise send the ring's history before any peer
+        // has routed its subscription here.
+        let matched = Arc::new(AtomicBool::new(
+            publisher_z
+                .matching_status()
+                .wait()
+                .is_ok_and(|s| s.matching()),
+        ));
+        let flag = Arc::clone(&matched);
+        if let Err(e) = publisher_z
+            .matching_listener()
+            .callback(move |status| flag.store(status.matching(), Ordering::Relaxed))
+            .background()
+            .wait()
+        {
+            log::warning!(
+                "not exporting {}: Zenoh matching listener: {e}",
+                path.display()
+            );
+            return Some(Known::Skipped);
+        }
         log::info!("exporting {topic}/{publisher} to {key}");
         let stream = RingExport {
+            matched,
             observer,
             publisher: publisher_z,
             base: Meta {
@@ -205,6 +233,8 @@ impl Exporter {
 
 /// One exported ring.
 struct RingExport {
+    /// Whether a Zenoh subscriber matches the key now.
+    matched: Arc<AtomicBool>,
     observer: RingObserver,
     publisher: zenoh::pubsub::Publisher<'static>,
     /// The attachment's constant part.
@@ -221,6 +251,12 @@ impl RingExport {
         // The number after the last message sent (None before the first).
         let mut next: Option<u64> = None;
         while !self.stop.load(Ordering::Relaxed) {
+            if !self.matched.load(Ordering::Relaxed) {
+                // Nobody listens: leave the messages in the ring (if it
+                // laps this observer meanwhile, the loss is sent exactly).
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            }
             let event = match self.observer.try_read() {
                 Ok(Observed::Message { sequence, payload }) => {
                     // The one copy: out of the observer's validated buffer.

@@ -124,7 +124,9 @@ impl Meta {
         let mut at = 0;
         let mut take = |n: usize| -> Result<&[u8], MetaError> {
             let end = at + n;
-            let field = bytes.get(at..end).ok_or(MetaError::Truncated(bytes.len()))?;
+            let field = bytes
+                .get(at..end)
+                .ok_or(MetaError::Truncated(bytes.len()))?;
             at = end;
             Ok(field)
         };

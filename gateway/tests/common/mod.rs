@@ -1,0 +1,259 @@
+//! Helpers for the gateway tests: private bus roots, gateway processes
+//! with captured logs, free loopback ports, a watchdog, the test message.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// The message the tests publish through the gateways.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+pub struct Tele {
+    pub publisher: u32,
+    pub seq: u64,
+    pub body: Vec<u8>,
+}
+
+impl Tele {
+    /// Message `seq` of test publisher `publisher`: a body whose length and
+    /// bytes depend on both, so a misplaced or corrupt message shows.
+    pub fn new(publisher: u32, seq: u64) -> Self {
+        let len = ((seq * 37 + u64::from(publisher) * 11) % 300) as usize;
+        let body = (0..len)
+            .map(|i| (seq as usize + i * 7 + publisher as usize) as u8)
+            .collect();
+        Self {
+            publisher,
+            seq,
+            body,
+        }
+    }
+}
+
+/// Checks an archived message against [`Tele::new`].
+pub fn check_body(m: &ArchivedTele) -> bool {
+    let expected = Tele::new(m.publisher.to_native(), m.seq.to_native());
+    m.body.as_slice() == expected.body.as_slice()
+}
+
+/// Another type on the same topic (for `TypeMismatch`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+pub struct Other {
+    pub x: u32,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// A private directory under /dev/shm, removed on drop.
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(tag: &str) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = PathBuf::from(format!(
+            "/dev/shm/shmbus-gw-test-{}-{n}-{tag}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path }
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the gateway).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills every gateway and exits if not dropped in time.
+pub struct Watchdog {
+    done: Arc<Mutex<bool>>,
+}
+
+impl Watchdog {
+    pub fn new(name: &'static str, limit: Duration) -> Self {
+        let done = Arc::new(Mutex::new(false));
+        let d = Arc::clone(&done);
+        thread::spawn(move || {
+            let end = Instant::now() + limit;
+            while Instant::now() < end {
+                if *d.lock().unwrap() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("watchdog: test {name} did not finish within {limit:?}; killing gateways");
+            for pid in CHILDREN.lock().unwrap().iter() {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+            }
+            std::process::exit(101);
+        });
+        Self { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        *self.done.lock().unwrap() = true;
+    }
+}
+
+/// A `shmbus-zenoh` process with its log captured.
+pub struct Gw {
+    pub name: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gw {
+    /// Starts `shmbus-zenoh` as node `name` with `args` (plus
+    /// `--node-name name --no-multicast-scouting --log-level debug`).
+    pub fn start(name: &str, args: &[&str]) -> Self {
+        let mut all: Vec<String> = vec![
+            "--node-name".into(),
+            name.into(),
+            "--no-multicast-scouting".into(),
+            "--log-level".into(),
+            "debug".into(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let mut g = Self {
+            name: name.to_owned(),
+            args: all,
+            child: None,
+            logs: Arc::new(Mutex::new(Vec::new())),
+        };
+        g.spawn();
+        g
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shmbus-zenoh"))
+            .args(&self.args)
+            .env_remove("SHMBUS_ROOT")
+            .env("RUST_LOG", "info,shmbus_zenoh=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shmbus-zenoh");
+        CHILDREN.lock().unwrap().push(child.id());
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::clone(&self.logs);
+        let name = self.name.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[{name}] {line}");
+                logs.lock().unwrap().push(line);
+            }
+        });
+        self.child = Some(child);
+    }
+
+    /// Starts the killed process again with the same arguments.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// Waits for a log line containing `needle`; panics after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "{}: no log line containing {needle:?} within {timeout:?}",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// The exit status, if it exits within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(status) = self.child.as_mut()?.try_wait().ok().flatten() {
+                self.child = None;
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
