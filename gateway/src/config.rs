@@ -226,6 +226,8 @@ pub struct Overrides {
     pub imports: Vec<String>,
     /// `--import-full-wait-ms`.
     pub import_full_wait_ms: Option<u64>,
+    /// `--import-capacity`.
+    pub import_capacity: Option<u64>,
     /// `--log-level`.
     pub log_level: Option<LogLevel>,
 }
@@ -323,7 +325,10 @@ impl Config {
             };
             imports.push(import_rule(key, None, raw)?);
         }
-        let import_capacity = file.import_capacity.unwrap_or(DEFAULT_IMPORT_CAPACITY);
+        let import_capacity = flags
+            .import_capacity
+            .or(file.import_capacity)
+            .unwrap_or(DEFAULT_IMPORT_CAPACITY);
         if !import_capacity.is_power_of_two() || !(4096..=1 << 34).contains(&import_capacity) {
             return Err(invalid(
                 "import_capacity",

@@ -178,6 +178,25 @@ impl Exporter {
                 return Some(Known::Skipped);
             }
         };
+        // GAP and END, and the idle heartbeat, always wait for room: a
+        // dropped one would leave importers unaware of the loss (or the
+        // end) before it. Same key and priority: the same queue as the data.
+        let control = match self
+            .session
+            .declare_publisher(key.clone())
+            .reliability(ZReliability::Reliable)
+            .congestion_control(CongestionControl::Block)
+            .wait()
+        {
+            Ok(p) => p,
+            Err(e) => {
+                log::warning!(
+                    "not exporting {}: Zenoh publisher on {key}: {e}",
+                    path.display()
+                );
+                return Some(Known::Skipped);
+            }
+        };
         // Read the ring only while someone subscribes: a put without a
         // matching subscriber goes nowhere, and a freshly (re)started
         // gateway would otherwise send the ring's history before any peer
@@ -204,6 +223,7 @@ impl Exporter {
         log::info!("exporting {topic}/{publisher} to {key}");
         let stream = RingExport {
             matched,
+            control,
             observer,
             publisher: publisher_z,
             base: Meta {
@@ -237,6 +257,8 @@ struct RingExport {
     matched: Arc<AtomicBool>,
     observer: RingObserver,
     publisher: zenoh::pubsub::Publisher<'static>,
+    /// The same key, congestion control Block: GAP, END, heartbeats.
+    control: zenoh::pubsub::Publisher<'static>,
     /// The attachment's constant part.
     base: Meta,
     stats: Arc<Stats>,
@@ -250,6 +272,8 @@ impl RingExport {
         self.base.type_fingerprint = self.observer.info().type_fingerprint;
         // The number after the last message sent (None before the first).
         let mut next: Option<u64> = None;
+        // Idle waits since the last heartbeat, and what it announced.
+        let (mut idle, mut announced) = (0u32, None::<u64>);
         while !self.stop.load(Ordering::Relaxed) {
             if !self.matched.load(Ordering::Relaxed) {
                 // Nobody listens: leave the messages in the ring (if it
@@ -273,9 +297,21 @@ impl RingExport {
                     })
                 }
                 Ok(Observed::Empty) => {
-                    self.observer
+                    let woken = self
+                        .observer
                         .wait(WaitStrategy::default(), Some(Duration::from_millis(100)));
-                    None
+                    idle = if woken { 0 } else { idle + 1 };
+                    // Idle 100 ms after sending, and every 2 s while idle:
+                    // a GAP at the next number. Importers learn of samples
+                    // Zenoh dropped at the end of a burst (congestion
+                    // control Drop) without waiting for another message.
+                    match next {
+                        Some(n) if (announced != next && idle == 1) || idle % 20 == 0 => {
+                            announced = next;
+                            Some((Kind::Gap, n, Vec::new()))
+                        }
+                        _ => None,
+                    }
                 }
                 Ok(Observed::Closed) => {
                     if let Some(n) = next {
@@ -301,7 +337,11 @@ impl RingExport {
             seq,
             ..self.base.clone()
         };
-        match self.publisher.put(payload).attachment(meta.encode()).wait() {
+        let publisher = match kind {
+            Kind::Message => &self.publisher,
+            Kind::Gap | Kind::End => &self.control,
+        };
+        match publisher.put(payload).attachment(meta.encode()).wait() {
             Ok(()) => {
                 if kind == Kind::Message {
                     self.stats.exported.add(1);

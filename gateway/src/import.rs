@@ -57,6 +57,9 @@ struct Stream {
     epoch: u64,
     /// The number after the last message delivered (or reported lost).
     next: Option<u64>,
+    /// The number after the newest message or gap announced: from `next`
+    /// to here, messages were dropped and still have to be reported lost.
+    seen: Option<u64>,
 }
 
 /// The import side, shared by the Zenoh callbacks.
@@ -167,6 +170,7 @@ impl Importer {
             replica: None,
             epoch: 0,
             next: None,
+            seen: None,
         });
         if (stream.type_name.as_str(), stream.type_fingerprint)
             != (meta.type_name.as_str(), meta.type_fingerprint)
@@ -176,29 +180,48 @@ impl Importer {
             stream.type_name = meta.type_name.clone();
             stream.type_fingerprint = meta.type_fingerprint;
             stream.next = None;
+            stream.seen = None;
         }
+        let announced = match meta.kind {
+            Kind::Message => meta.seq + 1,
+            Kind::Gap | Kind::End => meta.seq,
+        };
+        stream.seen = Some(stream.seen.map_or(announced, |s| s.max(announced)));
         let what = format!("{}/{}", id.2, id.1);
         match meta.kind {
             Kind::Message => self.message(stream, &id, &what, meta.seq, payload),
-            Kind::Gap => {
-                if let (Some(replica), Some(next)) = (stream.replica.as_mut(), stream.next) {
-                    if meta.seq > next && replica.try_write_gap(meta.seq - next).unwrap_or(false) {
-                        self.stats.import_lost.add(meta.seq - next);
-                        stream.next = Some(meta.seq);
-                    }
-                }
-            }
+            Kind::Gap => self.flush_stream(stream),
             Kind::End => {
-                if let (Some(replica), Some(next)) = (stream.replica.as_mut(), stream.next) {
-                    if meta.seq > next && replica.try_write_gap(meta.seq - next).unwrap_or(false) {
-                        self.stats.import_lost.add(meta.seq - next);
-                        stream.next = Some(meta.seq);
-                    }
-                }
+                self.flush_stream(stream);
                 if stream.replica.take().is_some() {
                     log::info!("{what}: remote publisher ended, replica closed");
                 }
             }
+        }
+    }
+
+    /// Reports the messages dropped since the last one delivered (a full
+    /// replica, a message too large, a GAP or END announcing them) as a
+    /// gap record, if the replica has room now. Runs after every sample
+    /// and every few milliseconds ([`Self::flush`]), so a drop at the end
+    /// of a burst is reported without waiting for the next message.
+    fn flush_stream(&self, stream: &mut Stream) {
+        let (Some(replica), Some(seen)) = (stream.replica.as_mut(), stream.seen) else {
+            return;
+        };
+        let Some(next) = replica.next_sequence() else {
+            return;
+        };
+        if seen > next && replica.try_write_gap(seen - next).unwrap_or(false) {
+            self.stats.import_lost.add(seen - next);
+            stream.next = Some(seen);
+        }
+    }
+
+    /// [`Self::flush_stream`] for every stream.
+    pub fn flush(&self) {
+        for stream in self.lock().values_mut() {
+            self.flush_stream(stream);
         }
     }
 
@@ -220,31 +243,26 @@ impl Importer {
         let Some(replica) = stream.replica.as_mut() else {
             return;
         };
+        // The replica's own numbering is the truth: a call that found the
+        // ring full may already have written the gap before `seq`.
+        let before = replica.next_sequence().unwrap_or(seq);
         let deadline = Instant::now() + self.config.import_full_wait;
-        loop {
+        let written = loop {
             match replica.try_write_message(seq, payload) {
-                Ok(true) => {
-                    // Numbers between the last delivered and this one were
-                    // written as a gap record (in this or an earlier call).
-                    let lost = stream.next.map_or(0, |n| seq - n);
-                    self.stats.import_lost.add(lost);
-                    self.stats.imported.add(1);
-                    stream.next = Some(seq + 1);
-                    return;
-                }
+                Ok(true) => break true,
                 Ok(false) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_micros(50));
                 }
                 Ok(false) => {
-                    // Local subscribers hold the ring: this message is lost
-                    // (the next one's gap record counts it).
+                    // Local subscribers hold the ring: this message is
+                    // dropped, and reported lost by the next gap record.
                     self.stats.import_full_drops.add(1);
-                    return;
+                    break false;
                 }
                 Err(bus::Error::TooLarge { len, max }) => {
                     log::warning!("{what}: a message of {len} bytes is over the replica's {max}: counted lost");
                     self.stats.import_full_drops.add(1);
-                    return;
+                    break false;
                 }
                 Err(e) => {
                     log::warning!("{what}: replica closed: {e}");
@@ -252,7 +270,15 @@ impl Importer {
                     return;
                 }
             }
+        };
+        let after = replica.next_sequence().unwrap_or(before);
+        self.stats
+            .import_lost
+            .add((after - before).saturating_sub(u64::from(written)));
+        if written {
+            self.stats.imported.add(1);
         }
+        stream.next = Some(after);
     }
 
     /// A new replica for `stream`, numbered from `next`.

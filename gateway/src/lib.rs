@@ -64,7 +64,7 @@ pub struct Gateway {
     importer: Arc<import::Importer>,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
-    exporter: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
     // Held for their side effects until stop.
     _subscribers: Vec<zenoh::pubsub::Subscriber<()>>,
     _token: zenoh::liveliness::LivelinessToken,
@@ -143,6 +143,16 @@ impl Gateway {
             .name("export scan".into())
             .spawn(move || exporter.run())
             .map_err(|e| StartError::Zenoh(format!("no export thread: {e}")))?;
+        let (flusher, flush_stop) = (Arc::clone(&importer), Arc::clone(&stop));
+        let flush = std::thread::Builder::new()
+            .name("import flush".into())
+            .spawn(move || {
+                while !flush_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    flusher.flush();
+                }
+            })
+            .map_err(|e| StartError::Zenoh(format!("no import thread: {e}")))?;
         log::info!(
             "node {} on bus {} ({}), exporting under {}/",
             config.node_name,
@@ -156,7 +166,7 @@ impl Gateway {
             importer,
             stats,
             stop,
-            exporter: Some(exporter),
+            threads: vec![exporter, flush],
             _subscribers: subscribers,
             _token: token,
             _lock: lock,
@@ -172,7 +182,7 @@ impl Gateway {
     /// remote publishers gone) and closes the Zenoh session.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.exporter.take() {
+        for handle in self.threads.drain(..) {
             let _ = handle.join();
         }
         self.importer.close_all();

@@ -56,6 +56,10 @@ struct Args {
     /// full replica before it drops the message (counted lost).
     #[arg(long)]
     import_full_wait_ms: Option<u64>,
+    /// Replica ring size of imported streams (bytes, a power of two;
+    /// default 4 MiB).
+    #[arg(long)]
+    import_capacity: Option<u64>,
     /// Log level (RUST_LOG wins).
     #[arg(long, value_enum)]
     log_level: Option<LogLevel>,
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         exports: args.exports,
         imports: args.imports,
         import_full_wait_ms: args.import_full_wait_ms,
+        import_capacity: args.import_capacity,
         log_level: args.log_level,
     };
     let config = match Config::load(args.config.as_deref(), flags) {

@@ -217,6 +217,26 @@ impl Gw {
             .count()
     }
 
+    /// The gateway's counters, asked for with SIGUSR1.
+    pub fn stats(&self) -> std::collections::HashMap<String, u64> {
+        let before = self.count_log("stats: ");
+        self.signal(libc::SIGUSR1);
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.count_log("stats: ") == before {
+            assert!(Instant::now() < end, "{}: no stats line", self.name);
+            thread::sleep(Duration::from_millis(10));
+        }
+        let logs = self.logs.lock().unwrap();
+        let line = logs.iter().rev().find(|l| l.contains("stats: ")).unwrap();
+        line.rsplit("stats: ")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.parse().unwrap()))
+            .collect()
+    }
+
     pub fn signal(&self, sig: libc::c_int) {
         if let Some(c) = &self.child {
             // SAFETY: kill(2) has no memory-safety preconditions.
