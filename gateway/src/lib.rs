@@ -116,12 +116,15 @@ impl Gateway {
         let liveliness = session
             .liveliness()
             .declare_subscriber(format!("{LIVELINESS_PREFIX}/*"))
+            .history(true)
             .callback(move |sample| {
+                let key = sample.key_expr().as_str();
+                let node = key.rsplit('/').next().unwrap_or(key);
                 if sample.kind() == SampleKind::Delete {
-                    let key = sample.key_expr().as_str();
-                    if let Some(node) = key.rsplit('/').next() {
-                        gone.origin_gone(node);
-                    }
+                    log::info!("gateway {node} gone");
+                    gone.origin_gone(node);
+                } else {
+                    log::info!("gateway {node} present");
                 }
             })
             .wait()

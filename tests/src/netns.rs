@@ -754,3 +754,120 @@ mod tests {
         assert_eq!(parse_counter("table inet t { }"), None);
     }
 }
+
+/// Hosts on one LAN: `n` namespaces, each with a veth whose other end is a
+/// port of a Linux bridge (multicast snooping off, so multicast scouting
+/// reaches every host) in a hub namespace, addresses `10.77.0.<i+1>/24` and
+/// a route for multicast. Unlike a [`NetPair`], three or more hosts see
+/// each other's multicast, as on a switch. Deleted on drop.
+pub struct Lan {
+    hub: String,
+    hosts: Vec<String>,
+    tools: &'static Tools,
+    /// Namespaces made so far (hub first), for cleanup after a failed create.
+    made: Vec<String>,
+}
+
+impl fmt::Debug for Lan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lan")
+            .field("hub", &self.hub)
+            .field("hosts", &self.hosts)
+            .finish()
+    }
+}
+
+impl Lan {
+    /// Makes the hub with its bridge and `n` hosts (at most 9) joined to it.
+    ///
+    /// # Errors
+    ///
+    /// [`available`]'s reason as `Unsupported`, or the failing command with
+    /// its stderr. Anything already made is deleted.
+    pub fn create(n: usize) -> io::Result<Self> {
+        let tools = tools().map_err(|why| io::Error::new(io::ErrorKind::Unsupported, why))?;
+        if !(1..=9).contains(&n) {
+            return Err(io::Error::other("a LAN has 1 to 9 hosts"));
+        }
+        // Relaxed: only uniqueness is needed.
+        let k = NEXT_PAIR.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // Names `owner_pid` parses, so a killed test's LAN is swept too.
+        let hub = format!("sb{pid}a{}", k * 10);
+        let hosts: Vec<String> = (1..=n)
+            .map(|i| format!("sb{pid}b{}", k * 10 + i as u32))
+            .collect();
+        let mut lan = Self {
+            hub,
+            hosts,
+            tools,
+            made: Vec::new(),
+        };
+        let guard = CREATE.lock().unwrap_or_else(|p| p.into_inner());
+        SWEPT.get_or_init(|| sweep_stale(&tools.ip));
+        for ns in std::iter::once(lan.hub.clone()).chain(lan.hosts.clone()) {
+            lan.ip(&["netns", "add", &ns], None)?;
+            lan.made.push(ns);
+        }
+        lan.ip(
+            &["-n", &lan.hub, "-batch", "-"],
+            Some("link set lo up\nlink add br0 type bridge mcast_snooping 0\nlink set br0 up\n"),
+        )?;
+        for (i, host) in lan.hosts.iter().enumerate() {
+            let port = format!("p{i}");
+            lan.ip(
+                &[
+                    "link", "add", "name", host, "netns", host, "type", "veth", "peer", "name",
+                    &port, "netns", &lan.hub,
+                ],
+                None,
+            )?;
+            lan.ip(
+                &["-n", &lan.hub, "-batch", "-"],
+                Some(&format!("link set {port} master br0\nlink set {port} up\n")),
+            )?;
+            let script = format!(
+                "link set lo up\naddr add {}/24 dev {host}\nlink set {host} up\nroute add 224.0.0.0/4 dev {host}\n",
+                Self::addr_of(i)
+            );
+            lan.ip(&["-n", host, "-batch", "-"], Some(&script))?;
+        }
+        drop(guard);
+        Ok(lan)
+    }
+
+    fn addr_of(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, 0, i as u8 + 1)
+    }
+
+    fn ip(&self, args: &[&str], input: Option<&str>) -> io::Result<String> {
+        let mut cmd = Command::new(&self.tools.ip);
+        cmd.args(args);
+        run(cmd, input)
+    }
+
+    /// Host `i`'s namespace (0-based).
+    pub fn ns(&self, i: usize) -> &str {
+        &self.hosts[i]
+    }
+
+    /// Host `i`'s address.
+    pub fn addr(&self, i: usize) -> Ipv4Addr {
+        Self::addr_of(i)
+    }
+
+    /// A [`Command`] running `program` on host `i`; see [`command_in`].
+    pub fn command_in(&self, i: usize, program: impl AsRef<OsStr>) -> Command {
+        command_in(self.ns(i), program)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in self.made.iter().rev() {
+            if let Err(e) = self.ip(&["netns", "delete", ns], None) {
+                eprintln!("netns: cannot delete namespace {ns}: {e}");
+            }
+        }
+    }
+}

@@ -130,6 +130,8 @@ impl Drop for Watchdog {
 /// A `shmbus-zenoh` process with its log captured.
 pub struct Gw {
     pub name: String,
+    /// The network namespace it runs in (`None`: this one).
+    ns: Option<String>,
     args: Vec<String>,
     child: Option<Child>,
     logs: Arc<Mutex<Vec<String>>>,
@@ -139,16 +141,24 @@ impl Gw {
     /// Starts `shmbus-zenoh` as node `name` with `args` (plus
     /// `--node-name name --no-multicast-scouting --log-level debug`).
     pub fn start(name: &str, args: &[&str]) -> Self {
+        let mut all = vec!["--no-multicast-scouting"];
+        all.extend(args);
+        Self::start_in(None, name, &all)
+    }
+
+    /// Starts `shmbus-zenoh` as node `name` with `args` inside network
+    /// namespace `ns` (multicast scouting as Zenoh's default: on).
+    pub fn start_in(ns: Option<&str>, name: &str, args: &[&str]) -> Self {
         let mut all: Vec<String> = vec![
             "--node-name".into(),
             name.into(),
-            "--no-multicast-scouting".into(),
             "--log-level".into(),
             "debug".into(),
         ];
         all.extend(args.iter().map(|s| s.to_string()));
         let mut g = Self {
             name: name.to_owned(),
+            ns: ns.map(str::to_owned),
             args: all,
             child: None,
             logs: Arc::new(Mutex::new(Vec::new())),
@@ -158,7 +168,12 @@ impl Gw {
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shmbus-zenoh"))
+        let bin = env!("CARGO_BIN_EXE_shmbus-zenoh");
+        let mut cmd = match &self.ns {
+            Some(ns) => shmbus_tests::netns::command_in(ns, bin),
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args(&self.args)
             .env_remove("SHMBUS_ROOT")
             .env("RUST_LOG", "info,shmbus_zenoh=debug")
