@@ -724,37 +724,6 @@ fn parse_counter(listing: &str) -> Option<u64> {
     total
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_keys() {
-        assert_eq!(owner_pid("sb1234a0"), Some(1234));
-        assert_eq!(owner_pid("sb7b12"), Some(7));
-        assert_eq!(owner_pid("sb12a"), None);
-        assert_eq!(owner_pid("sbxa1"), None);
-        assert_eq!(owner_pid("kp1"), None);
-        assert_eq!(owner_pid("sb12c3"), None);
-        assert_eq!(
-            sysctl_path("net.core.optmem_max").unwrap(),
-            Path::new("/proc/sys/net/core/optmem_max")
-        );
-        assert!(sysctl_path("vm.nr_hugepages").is_err());
-        assert!(sysctl_path("net/../vm").is_err());
-        assert!(sysctl_path("net..core").is_err());
-    }
-
-    #[test]
-    fn counters_are_parsed() {
-        let listing = "table inet shmbus_fault {\n\tchain output {\n\t\ttype filter hook output \
-                       priority filter; policy accept;\n\t\toifname \"x\" numgen random mod 100 \
-                       < 5 counter packets 17 bytes 9000 drop\n\t}\n}\n";
-        assert_eq!(parse_counter(listing), Some(17));
-        assert_eq!(parse_counter("table inet t { }"), None);
-    }
-}
-
 /// Hosts on one LAN: `n` namespaces, each with a veth whose other end is a
 /// port of a Linux bridge (multicast snooping off, so multicast scouting
 /// reaches every host) in a hub namespace, addresses `10.77.0.<i+1>/24` and
@@ -869,5 +838,36 @@ impl Drop for Lan {
                 eprintln!("netns: cannot delete namespace {ns}: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_keys() {
+        assert_eq!(owner_pid("sb1234a0"), Some(1234));
+        assert_eq!(owner_pid("sb7b12"), Some(7));
+        assert_eq!(owner_pid("sb12a"), None);
+        assert_eq!(owner_pid("sbxa1"), None);
+        assert_eq!(owner_pid("kp1"), None);
+        assert_eq!(owner_pid("sb12c3"), None);
+        assert_eq!(
+            sysctl_path("net.core.optmem_max").unwrap(),
+            Path::new("/proc/sys/net/core/optmem_max")
+        );
+        assert!(sysctl_path("vm.nr_hugepages").is_err());
+        assert!(sysctl_path("net/../vm").is_err());
+        assert!(sysctl_path("net..core").is_err());
+    }
+
+    #[test]
+    fn counters_are_parsed() {
+        let listing = "table inet shmbus_fault {\n\tchain output {\n\t\ttype filter hook output \
+                       priority filter; policy accept;\n\t\toifname \"x\" numgen random mod 100 \
+                       < 5 counter packets 17 bytes 9000 drop\n\t}\n}\n";
+        assert_eq!(parse_counter(listing), Some(17));
+        assert_eq!(parse_counter("table inet t { }"), None);
     }
 }
