@@ -2,7 +2,8 @@
 //! endpoints, no scouting) between two private bus roots: typed messages
 //! cross complete, in order and intact; a subscriber of another type is
 //! refused; nothing loops back; one gateway per bus; a gateway killed and
-//! restarted is seen gone and back, with nothing delivered twice.
+//! restarted is seen gone and back, with nothing delivered twice; the
+//! export holds no subscriber slot.
 
 mod common;
 
@@ -121,6 +122,12 @@ fn typed_messages_cross_in_order_and_a_wrong_type_is_refused() {
     });
     let got = receive(&mut sub, N as usize, Duration::from_secs(60));
     let _publisher = sender.join().unwrap();
+    // The export reads as an observer: no subscriber slot on the local
+    // ring, so the network never holds the local publisher back.
+    let ring = &shmbus_bus::list_rings(&dir.join("a/b/tele")).unwrap()[0];
+    let status = shmbus_bus::RingStatus::read(&ring.data_path).unwrap();
+    assert!(status.subscribers.is_empty(), "{:?}", status.subscribers);
+    assert_eq!(status.full_events, 0, "the publisher never found its ring full");
     assert_in_order(&got, N);
     let replica = &got[0].0;
     assert!(
