@@ -80,12 +80,15 @@ fn port() -> u16 {
 fn zenoh_config(listen: Option<&str>, connect: Option<&str>) -> zenoh::Config {
     let mut c = zenoh::Config::default();
     c.insert_json5("mode", "\"peer\"").unwrap();
-    c.insert_json5("scouting/multicast/enabled", "false").unwrap();
+    c.insert_json5("scouting/multicast/enabled", "false")
+        .unwrap();
     if let Some(l) = listen {
-        c.insert_json5("listen/endpoints", &format!("[\"{l}\"]")).unwrap();
+        c.insert_json5("listen/endpoints", &format!("[\"{l}\"]"))
+            .unwrap();
     }
     if let Some(e) = connect {
-        c.insert_json5("connect/endpoints", &format!("[\"{e}\"]")).unwrap();
+        c.insert_json5("connect/endpoints", &format!("[\"{e}\"]"))
+            .unwrap();
     }
     c
 }
@@ -109,7 +112,9 @@ fn child(role: &str, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
 
 /// Parses the child's `elapsed_ns received` line.
 fn rate(rx: &mpsc::Receiver<String>, count: u64) -> f64 {
-    let line = rx.recv_timeout(Duration::from_secs(300)).expect("the sink reports");
+    let line = rx
+        .recv_timeout(Duration::from_secs(300))
+        .expect("the sink reports");
     let mut it = line.split_whitespace();
     let ns: f64 = it.next().unwrap().parse().unwrap();
     let received: u64 = it.next().unwrap().parse().unwrap();
@@ -121,7 +126,9 @@ fn rate(rx: &mpsc::Receiver<String>, count: u64) -> f64 {
 fn plain_throughput(size: usize) -> f64 {
     let count = count_for(size);
     let endpoint = format!("tcp/127.0.0.1:{}", port());
-    let session = zenoh::open(zenoh_config(Some(&endpoint), None)).wait().unwrap();
+    let session = zenoh::open(zenoh_config(Some(&endpoint), None))
+        .wait()
+        .unwrap();
     let publisher = session.declare_publisher("bench/data").wait().unwrap();
     let (mut sink, rx) = child("zsink", &[&endpoint, &count.to_string()]);
     while !publisher.matching_status().wait().unwrap().matching() {
@@ -137,7 +144,9 @@ fn plain_throughput(size: usize) -> f64 {
 }
 
 fn zsink(endpoint: &str, count: u64) {
-    let session = zenoh::open(zenoh_config(None, Some(endpoint))).wait().unwrap();
+    let session = zenoh::open(zenoh_config(None, Some(endpoint)))
+        .wait()
+        .unwrap();
     let (tx, rx) = mpsc::channel::<()>();
     let mut first = None;
     let mut n = 0u64;
@@ -159,7 +168,9 @@ fn zsink(endpoint: &str, count: u64) {
 
 fn plain_latency(size: usize) -> (f64, f64) {
     let endpoint = format!("tcp/127.0.0.1:{}", port());
-    let session = zenoh::open(zenoh_config(Some(&endpoint), None)).wait().unwrap();
+    let session = zenoh::open(zenoh_config(Some(&endpoint), None))
+        .wait()
+        .unwrap();
     let publisher = session.declare_publisher("bench/ping").wait().unwrap();
     let (tx, rx) = mpsc::channel::<()>();
     let _sub = session
@@ -195,7 +206,9 @@ fn plain_latency(size: usize) -> (f64, f64) {
 }
 
 fn zecho(endpoint: &str) {
-    let session = zenoh::open(zenoh_config(None, Some(endpoint))).wait().unwrap();
+    let session = zenoh::open(zenoh_config(None, Some(endpoint)))
+        .wait()
+        .unwrap();
     let publisher = session.declare_publisher("bench/pong").wait().unwrap();
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let _sub = session
@@ -225,7 +238,10 @@ struct Pair {
 
 impl Pair {
     fn start(tag: &str) -> Self {
-        let dir = PathBuf::from(format!("/dev/shm/shmbus-gw-bench-{}-{tag}", std::process::id()));
+        let dir = PathBuf::from(format!(
+            "/dev/shm/shmbus-gw-bench-{}-{tag}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let endpoint = format!("tcp/127.0.0.1:{}", port());
@@ -252,13 +268,27 @@ impl Pair {
         let a = Command::new(bin)
             .args(common(dir.join("a").to_str().unwrap()))
             .args(["--node-name", "bench-a", "--listen", &endpoint])
-            .args(["--export", "data", "--export", "ping", "--import", "shmbus/b/pong"])
+            .args([
+                "--export",
+                "data",
+                "--export",
+                "ping",
+                "--import",
+                "shmbus/b/pong",
+            ])
             .spawn()
             .unwrap();
         let b = Command::new(bin)
             .args(common(dir.join("b").to_str().unwrap()))
             .args(["--node-name", "bench-b", "--connect", &endpoint])
-            .args(["--export", "pong", "--import", "shmbus/b/data", "--import", "shmbus/b/ping"])
+            .args([
+                "--export",
+                "pong",
+                "--import",
+                "shmbus/b/data",
+                "--import",
+                "shmbus/b/ping",
+            ])
             .spawn()
             .unwrap();
         Self {
@@ -300,7 +330,10 @@ fn reader(root: &Path, topic: &str) -> RingReader {
     let dir = shmbus_bus::topic_dir(root, "b", topic).unwrap();
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(e) = shmbus_bus::list_rings(&dir).ok().and_then(|l| l.into_iter().next()) {
+        if let Some(e) = shmbus_bus::list_rings(&dir)
+            .ok()
+            .and_then(|l| l.into_iter().next())
+        {
             if let Ok(r) = RingReader::open(&e.data_path, StartAt::Oldest) {
                 return r;
             }
@@ -323,7 +356,11 @@ fn next(r: &mut RingReader, lost: &mut u64) -> usize {
             ReadEvent::Closed => panic!("ring closed"),
         };
         if empty {
-            shmbus_bus::wait_any(&[&*r], WaitStrategy::default(), Some(Duration::from_millis(100)));
+            shmbus_bus::wait_any(
+                &[&*r],
+                WaitStrategy::default(),
+                Some(Duration::from_millis(100)),
+            );
         }
     }
 }
@@ -331,7 +368,10 @@ fn next(r: &mut RingReader, lost: &mut u64) -> usize {
 fn gateway_throughput(size: usize) -> f64 {
     let count = count_for(size);
     let pair = Pair::start(&format!("t{size}"));
-    let (mut sink, rx) = child("ssink", &[pair.root("b").to_str().unwrap(), &count.to_string()]);
+    let (mut sink, rx) = child(
+        "ssink",
+        &[pair.root("b").to_str().unwrap(), &count.to_string()],
+    );
     let mut w = writer(&pair.root("a"), "data");
     let payload = vec![7u8; size];
     for _ in 0..count {
@@ -381,6 +421,7 @@ fn secho(root: &Path) {
     let mut lost = 0;
     loop {
         let len = next(&mut r, &mut lost);
-        w.write(&vec![7u8; len], WaitStrategy::default(), None).unwrap();
+        w.write(&vec![7u8; len], WaitStrategy::default(), None)
+            .unwrap();
     }
 }

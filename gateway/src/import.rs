@@ -200,11 +200,7 @@ impl Importer {
         }
     }
 
-    /// Reports the messages dropped since the last one delivered (a full
-    /// replica, a message too large, a GAP or END announcing them) as a
-    /// gap record, if the replica has room now. Runs after every sample
-    /// and every few milliseconds ([`Self::flush`]), so a drop at the end
-    /// of a burst is reported without waiting for the next message.
+    /// [`Self::flush`] for one stream (also after every GAP and END).
     fn flush_stream(&self, stream: &mut Stream) {
         let (Some(replica), Some(seen)) = (stream.replica.as_mut(), stream.seen) else {
             return;
@@ -218,7 +214,11 @@ impl Importer {
         }
     }
 
-    /// [`Self::flush_stream`] for every stream.
+    /// Reports pending losses of every stream: the messages dropped since
+    /// the last one delivered (a full replica, a message too large, a GAP
+    /// or END announcing them) become a gap record where there is room.
+    /// The gateway calls it every 10 ms, so a drop at the end of a burst
+    /// is reported without waiting for the next message.
     pub fn flush(&self) {
         for stream in self.lock().values_mut() {
             self.flush_stream(stream);

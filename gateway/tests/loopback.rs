@@ -127,7 +127,10 @@ fn typed_messages_cross_in_order_and_a_wrong_type_is_refused() {
     let ring = &shmbus_bus::list_rings(&dir.join("a/b/tele")).unwrap()[0];
     let status = shmbus_bus::RingStatus::read(&ring.data_path).unwrap();
     assert!(status.subscribers.is_empty(), "{:?}", status.subscribers);
-    assert_eq!(status.full_events, 0, "the publisher never found its ring full");
+    assert_eq!(
+        status.full_events, 0,
+        "the publisher never found its ring full"
+    );
     assert_in_order(&got, N);
     let replica = &got[0].0;
     assert!(

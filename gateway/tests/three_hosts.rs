@@ -3,7 +3,9 @@
 //! multicast scouting. Publishers on two hosts, subscribers on all three:
 //! every subscriber receives every message of both publishers, in order
 //! per publisher, intact, and nothing twice (each gateway exports and
-//! imports the topic: nothing loops).
+//! imports the topic: nothing loops). A gateway SIGKILLed and restarted:
+//! the other hosts' subscribers see its publisher gone and back, and
+//! still receive every message once.
 
 mod common;
 
@@ -13,21 +15,29 @@ use std::{
 };
 
 use common::{check_body, Gw, Tele, TestDir, Watchdog};
-use shmbus::Bus;
+use shmbus::{Bus, TopicEvent};
 use shmbus_bus::{StartAt, WaitStrategy};
 use shmbus_tests::netns::{self, Lan};
 
 const N: u64 = 2000;
 
-#[test]
-fn two_publishers_reach_subscribers_on_three_hosts_in_order() {
+/// Three hosts, each with a bus root and a gateway that exports and
+/// imports `tele`, all present to each other. Fields drop in order: the
+/// gateways before the namespaces they run in.
+struct Hosts {
+    gws: Vec<Gw>,
+    buses: Vec<Bus>,
+    _dir: TestDir,
+    _lan: Lan,
+}
+
+fn hosts(tag: &str) -> Option<Hosts> {
     if let Err(why) = netns::available() {
         eprintln!("skipped: {why}");
-        return;
+        return None;
     }
-    let _w = Watchdog::new("three_hosts", Duration::from_secs(120));
     let lan = Lan::create(3).unwrap();
-    let dir = TestDir::new("three");
+    let dir = TestDir::new(tag);
     let roots: Vec<_> = (0..3).map(|i| dir.join(&format!("host{i}"))).collect();
     let gws: Vec<Gw> = (0..3)
         .map(|i| {
@@ -50,22 +60,42 @@ fn two_publishers_reach_subscribers_on_three_hosts_in_order() {
             )
         })
         .collect();
-    // Each gateway's subscriptions precede its liveliness token: once every
-    // gateway saw the other two, every subscription is routed everywhere.
-    for g in &gws {
-        for other in 0..3 {
-            if format!("host{other}") != g.name {
-                g.wait_log(
-                    &format!("gateway host{other} present"),
-                    Duration::from_secs(30),
-                );
-            }
-        }
-    }
-    let buses: Vec<Bus> = roots
+    wait_all_present(&gws, 0);
+    let buses = roots
         .iter()
         .map(|r| Bus::builder().root(r).name("b").build().unwrap())
         .collect();
+    Some(Hosts {
+        gws,
+        buses,
+        _dir: dir,
+        _lan: lan,
+    })
+}
+
+/// Each gateway's subscriptions precede its liveliness token: once every
+/// gateway saw the other two (more than `before` times), every
+/// subscription is routed everywhere.
+fn wait_all_present(gws: &[Gw], before: usize) {
+    for g in gws {
+        for other in 0..3 {
+            let line = format!("gateway host{other} present");
+            if format!("host{other}") != g.name {
+                let end = Instant::now() + Duration::from_secs(30);
+                while g.count_log(&line) <= before {
+                    assert!(Instant::now() < end, "{}: never saw host{other}", g.name);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn two_publishers_reach_subscribers_on_three_hosts_in_order() {
+    let _w = Watchdog::new("three_hosts", Duration::from_secs(120));
+    let Some(h) = hosts("three") else { return };
+    let buses = &h.buses;
     let mut subs: Vec<_> = buses
         .iter()
         .map(|b| {
@@ -116,5 +146,103 @@ fn two_publishers_reach_subscribers_on_three_hosts_in_order() {
         );
     }
     let _publishers: Vec<_> = senders.into_iter().map(|s| s.join().unwrap()).collect();
-    drop(gws);
+}
+
+#[test]
+fn a_gateway_killed_and_restarted_is_seen_gone_and_back_on_the_other_hosts() {
+    let _w = Watchdog::new("three_hosts_kill", Duration::from_secs(120));
+    let Some(mut h) = hosts("three-kill") else {
+        return;
+    };
+    let mut subs: Vec<_> = [1usize, 2]
+        .into_iter()
+        .map(|i| {
+            h.buses[i]
+                .subscriber_with::<Tele>("tele", StartAt::Oldest, WaitStrategy::default())
+                .unwrap()
+        })
+        .collect();
+    let mut publisher = h.buses[0].publisher::<Tele>("tele").unwrap();
+    let mut received: Vec<Vec<(String, u64)>> = vec![Vec::new(); 2];
+    let mut drain = |subs: &mut Vec<shmbus::Subscriber<Tele>>,
+                     received: &mut Vec<Vec<(String, u64)>>| {
+        for (sub, got) in subs.iter_mut().zip(received.iter_mut()) {
+            while let Ok(Some(m)) = sub.try_recv() {
+                assert!(check_body(&m));
+                got.push((m.publisher().to_owned(), m.seq.to_native()));
+            }
+        }
+    };
+    for seq in 0..500 {
+        publisher.send(&Tele::new(0, seq)).unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(30);
+    while received.iter().any(|g| g.len() < 500) {
+        assert!(
+            Instant::now() < end,
+            "before the kill: {:?}",
+            received.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        drain(&mut subs, &mut received);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let first = received[0][0].0.clone();
+    let present_before = h.gws[1].count_log("gateway host0 present");
+    h.gws[0].kill9();
+    // Both other hosts close host0's replica: their subscribers see it gone.
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                Instant::now() < end,
+                "host {}: the replica of host0 never went",
+                i + 1
+            );
+            let _ = sub.try_recv();
+            if sub.take_events().iter().any(
+                |e| matches!(e, TopicEvent::PublisherGone { publisher } if publisher.starts_with("z-host0.")),
+            ) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for seq in 500..1000 {
+        publisher.send(&Tele::new(0, seq)).unwrap();
+    }
+    h.gws[0].restart();
+    let end = Instant::now() + Duration::from_secs(30);
+    while h.gws[1].count_log("gateway host0 present") <= present_before {
+        assert!(Instant::now() < end, "host0 never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for seq in 1000..1500 {
+        publisher.send(&Tele::new(0, seq)).unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(60);
+    while received.iter().any(|g| g.len() < 1500) {
+        assert!(
+            Instant::now() < end,
+            "after the restart: {:?}",
+            received.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        drain(&mut subs, &mut received);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (i, got) in received.iter().enumerate() {
+        let seqs: Vec<u64> = got.iter().map(|(_, s)| *s).collect();
+        assert!(
+            seqs == (0..1500).collect::<Vec<_>>(),
+            "host {}: not 0..1500 once in order",
+            i + 1
+        );
+        assert!(
+            got.iter().any(|(p, _)| *p != first),
+            "host {}: no new replica",
+            i + 1
+        );
+    }
+    for (i, sub) in subs.iter().enumerate() {
+        assert_eq!(sub.lost_messages(), 0, "host {}", i + 1);
+    }
 }
