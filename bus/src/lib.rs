@@ -82,7 +82,7 @@ pub use crate::{
     error::Error,
     handle::{
         inspect::{RingStatus, SlotKind, SubscriberStatus},
-        observer::{Observed, RingObserver},
+        observer::{Observed, RingObserver, Taken},
         raw::{RawChunk, RawReader, ReplicaChunk, ReplicaWriter},
         reactor::{wait_registered, Doorbell, WaitRegistration, MAX_REGISTERED},
         reader::{

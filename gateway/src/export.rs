@@ -11,9 +11,9 @@
 //! `Lost`).
 //!
 //! Each message is copied once, out of the ring into the buffer handed to
-//! Zenoh (the observer's validated copy): Zenoh may keep a buffer queued
-//! after the publisher has lapped the ring, so a slice of the ring itself
-//! must never be handed to it.
+//! Zenoh (the observer's validated copy, [`RingObserver::try_take`]):
+//! Zenoh may keep a buffer queued after the publisher has lapped the ring,
+//! so a slice of the ring itself must never be handed to it.
 
 use std::{
     collections::HashMap,
@@ -27,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use shmbus_bus::{self as bus, Observed, RingObserver, StartAt, WaitStrategy};
+use shmbus_bus::{self as bus, RingObserver, StartAt, Taken, WaitStrategy};
 use zenoh::{
     qos::{CongestionControl, Reliability as ZReliability},
     Session, Wait,
@@ -281,14 +281,14 @@ impl RingExport {
                 thread::sleep(Duration::from_millis(20));
                 continue;
             }
-            let event = match self.observer.try_read() {
-                Ok(Observed::Message { sequence, payload }) => {
-                    // The one copy: out of the observer's validated buffer.
-                    let bytes = payload.to_vec();
+            let event = match self.observer.try_take() {
+                Ok(Taken::Message { sequence, payload }) => {
+                    // The one copy: the observer's validated copy out of
+                    // the ring, a buffer Zenoh takes as it is.
                     next = Some(sequence + 1);
-                    Some((Kind::Message, sequence, bytes))
+                    Some((Kind::Message, sequence, payload))
                 }
-                Ok(Observed::Gap { messages, .. }) => {
+                Ok(Taken::Gap { messages, .. }) => {
                     self.stats.export_lapped.add(messages);
                     next.map(|n| {
                         let to = n.saturating_add(messages);
@@ -296,7 +296,7 @@ impl RingExport {
                         (Kind::Gap, to, Vec::new())
                     })
                 }
-                Ok(Observed::Empty) => {
+                Ok(Taken::Empty) => {
                     let woken = self
                         .observer
                         .wait(WaitStrategy::default(), Some(Duration::from_millis(100)));
@@ -313,7 +313,7 @@ impl RingExport {
                         _ => None,
                     }
                 }
-                Ok(Observed::Closed) => {
+                Ok(Taken::Closed) => {
                     if let Some(n) = next {
                         self.put(Kind::End, n, Vec::new());
                     }

@@ -165,7 +165,7 @@ fn a_gateway_killed_and_restarted_is_seen_gone_and_back_on_the_other_hosts() {
     let mut publisher = h.buses[0].publisher::<Tele>("tele").unwrap();
     let mut received: Vec<Vec<(String, u64)>> = vec![Vec::new(); 2];
     let drain = |subs: &mut Vec<shmbus::Subscriber<Tele>>,
-                     received: &mut Vec<Vec<(String, u64)>>| {
+                 received: &mut Vec<Vec<(String, u64)>>| {
         for (sub, got) in subs.iter_mut().zip(received.iter_mut()) {
             while let Ok(Some(m)) = sub.try_recv() {
                 assert!(check_body(&m));

@@ -43,6 +43,30 @@ pub enum Observed<'a> {
     Closed,
 }
 
+/// What [`RingObserver::try_take`] found: as [`Observed`], with the
+/// message in a buffer of its own.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// A message, copied out and validated.
+    Message {
+        /// The publisher's 64-bit sequence number for it.
+        sequence: u64,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// Messages the observer missed (the publisher lapped it): exact counts.
+    Gap {
+        /// Messages lost.
+        messages: u64,
+        /// Ring bytes lost.
+        bytes: u64,
+    },
+    /// Nothing new yet.
+    Empty,
+    /// The publisher is gone and everything was read.
+    Closed,
+}
+
 /// Reads a ring of any policy without joining its subscriber table: it never
 /// holds the publisher back, never counts as a subscriber, and is lapped
 /// when too slow (then it reports exactly what it missed). Each record is
@@ -137,14 +161,67 @@ impl RingObserver {
                 }
                 Peek::Gap { messages, bytes } => return Ok(Observed::Gap { messages, bytes }),
                 Peek::Empty => {
-                    // Closed means gone: the publisher's lock is free too
-                    // (the state word alone could be forged).
-                    let closed = self.core.writer_closed().map_err(|f| self.fault(f))?
-                        && !self.core.view.publisher_alive();
-                    if closed && matches!(self.core.verify_empty(), Ok(Peek::Empty)) {
-                        return Ok(Observed::Closed);
+                    return Ok(if self.closed()? {
+                        Observed::Closed
+                    } else {
+                        Observed::Empty
+                    });
+                }
+            }
+        }
+    }
+
+    /// Like [`Self::try_read`], with the message copied into a buffer of
+    /// its own instead of the observer's: one copy for callers that hand
+    /// the bytes on (the Zenoh gateway gives the buffer to Zenoh, which may
+    /// keep it after the ring has moved on).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::try_read`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus_bus::{RingConfig, RingObserver, RingWriter, StartAt, Taken};
+    /// let dir = std::env::temp_dir().join(format!("shmbus-doc-take-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let path = dir.join("p.ring");
+    /// let mut w = RingWriter::create(&path, &RingConfig::default()).unwrap();
+    /// let mut o = RingObserver::open(&path, StartAt::Latest).unwrap();
+    /// w.try_write(b"kept").unwrap();
+    /// let Taken::Message { sequence, payload } = o.try_take().unwrap() else { panic!() };
+    /// assert_eq!((sequence, payload), (0, b"kept".to_vec()));
+    /// # drop((w, o)); std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
+    pub fn try_take(&mut self) -> Result<Taken, Error> {
+        loop {
+            match self.core.peek().map_err(|f| self.fault(f))? {
+                Peek::Record(record) => {
+                    let mut payload = vec![0u8; record.len as usize];
+                    match self
+                        .core
+                        .copy_validated(&record, &mut payload)
+                        .map_err(|f| self.fault(f))?
+                    {
+                        Peek::Record(record) => {
+                            self.core.advance_to(record.end, record.seq + 1);
+                            return Ok(Taken::Message {
+                                sequence: record.seq,
+                                payload,
+                            });
+                        }
+                        Peek::Gap { messages, bytes } => return Ok(Taken::Gap { messages, bytes }),
+                        Peek::Empty => continue, // lapped while copying
                     }
-                    return Ok(Observed::Empty);
+                }
+                Peek::Gap { messages, bytes } => return Ok(Taken::Gap { messages, bytes }),
+                Peek::Empty => {
+                    return Ok(if self.closed()? {
+                        Taken::Closed
+                    } else {
+                        Taken::Empty
+                    });
                 }
             }
         }
@@ -187,6 +264,15 @@ impl RingObserver {
             },
         )
         .ready
+    }
+
+    /// At an empty position: whether the publisher is gone and everything
+    /// was read. Closed means gone: the publisher's lock is free too (the
+    /// state word alone could be forged).
+    fn closed(&mut self) -> Result<bool, Error> {
+        let closed = self.core.writer_closed().map_err(|f| self.fault(f))?
+            && !self.core.view.publisher_alive();
+        Ok(closed && matches!(self.core.verify_empty(), Ok(Peek::Empty)))
     }
 
     fn fault(&self, f: ReadFault) -> Error {
