@@ -40,6 +40,10 @@ use crate::{
     stats::Stats,
 };
 
+/// Most rings exported at once (one thread each); further rings are left
+/// out with a warning until others go.
+pub const MAX_EXPORTED: usize = 1024;
+
 /// What the scan knows of a ring file.
 enum Known {
     /// Exported by a thread (finished when its publisher is gone).
@@ -56,6 +60,8 @@ pub struct Exporter {
     stop: Arc<AtomicBool>,
     /// (path, inode) of every ring seen in an exported topic.
     known: HashMap<(PathBuf, u64), Known>,
+    /// Whether the [`MAX_EXPORTED`] warning was given.
+    full_warned: bool,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -80,6 +86,7 @@ impl Exporter {
             stats,
             stop,
             known: HashMap::new(),
+            full_warned: false,
         }
     }
 
@@ -125,6 +132,18 @@ impl Exporter {
                 };
                 let id = (ring.data_path.clone(), meta.ino());
                 present.push(id.clone());
+                let running = self
+                    .known
+                    .values()
+                    .filter(|k| matches!(k, Known::Running(_)))
+                    .count();
+                if !self.known.contains_key(&id) && running >= MAX_EXPORTED {
+                    if !self.full_warned {
+                        log::warning!("{MAX_EXPORTED} rings exported already; the rest wait");
+                        self.full_warned = true;
+                    }
+                    continue;
+                }
                 if !self.known.contains_key(&id) {
                     if let Some(known) =
                         self.open(&topic, &ring.publisher_id, &ring.data_path, &rule)

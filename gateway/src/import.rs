@@ -42,6 +42,11 @@ use crate::{
 /// Origin name of samples from plain Zenoh publishers (raw mode).
 pub const RAW_ORIGIN: &str = "zenoh";
 
+/// Most streams an importer keeps (each is a replica ring while live): a
+/// peer inventing publishers without end costs a bounded amount of memory
+/// and tmpfs. Samples of further streams are refused and counted.
+pub const MAX_STREAMS: usize = 4096;
+
 /// A stream's identity: (origin gateway, publisher id, local topic).
 type StreamId = (String, String, String);
 
@@ -164,6 +169,11 @@ impl Importer {
     fn apply(&self, topic: String, meta: Meta, payload: &[u8]) {
         let mut streams = self.lock();
         let id = (meta.origin.clone(), meta.publisher.clone(), topic);
+        if !streams.contains_key(&id) && streams.len() >= MAX_STREAMS {
+            self.stats.import_refused.add(1);
+            log::debug!("{}/{}: refused, {MAX_STREAMS} streams already", id.2, id.1);
+            return;
+        }
         let stream = streams.entry(id.clone()).or_insert_with(|| Stream {
             type_name: meta.type_name.clone(),
             type_fingerprint: meta.type_fingerprint,
