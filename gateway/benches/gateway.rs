@@ -206,20 +206,19 @@ fn plain_latency(size: usize) -> (f64, f64) {
 }
 
 fn zecho(endpoint: &str) {
-    let session = zenoh::open(zenoh_config(None, Some(endpoint)))
-        .wait()
-        .unwrap();
+    let session = zenoh::open(zenoh_config(None, Some(endpoint))).wait().unwrap();
     let publisher = session.declare_publisher("bench/pong").wait().unwrap();
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    // Echo from the callback itself: no thread hand-off on the ceiling's
+    // path.
     let _sub = session
         .declare_subscriber("bench/ping")
         .callback(move |s| {
-            let _ = tx.send(s.payload().to_bytes().into_owned());
+            let _ = publisher.put(s.payload().clone()).wait();
         })
         .wait()
         .unwrap();
-    while let Ok(p) = rx.recv() {
-        publisher.put(p).wait().unwrap();
+    loop {
+        std::thread::park();
     }
 }
 

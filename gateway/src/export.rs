@@ -36,7 +36,7 @@ use zenoh::{
 use crate::{
     config::{Config, Congestion, ExportRule, Reliability},
     log,
-    meta::{Kind, Meta},
+    meta::{set_kind_and_seq, Kind, Meta},
     stats::Stats,
 };
 
@@ -253,6 +253,7 @@ impl Exporter {
                 type_name: String::new(),
                 type_fingerprint: 0,
             },
+            attachment: Vec::new(),
             stats: Arc::clone(&self.stats),
             stop: Arc::clone(&self.stop),
             what: format!("{topic}/{publisher}"),
@@ -280,6 +281,8 @@ struct RingExport {
     control: zenoh::pubsub::Publisher<'static>,
     /// The attachment's constant part.
     base: Meta,
+    /// `base`, encoded.
+    attachment: Vec<u8>,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     what: String,
@@ -289,6 +292,7 @@ impl RingExport {
     fn run(mut self) {
         self.base.type_name = self.observer.info().type_name.clone();
         self.base.type_fingerprint = self.observer.info().type_fingerprint;
+        self.attachment = self.base.encode();
         // The number after the last message sent (None before the first).
         let mut next: Option<u64> = None;
         // Idle waits since the last heartbeat, and what it announced.
@@ -351,16 +355,14 @@ impl RingExport {
     }
 
     fn put(&self, kind: Kind, seq: u64, payload: Vec<u8>) {
-        let meta = Meta {
-            kind,
-            seq,
-            ..self.base.clone()
-        };
+        // The constant part was encoded once; only kind and number change.
+        let mut attachment = self.attachment.clone();
+        set_kind_and_seq(&mut attachment, kind, seq);
         let publisher = match kind {
             Kind::Message => &self.publisher,
             Kind::Gap | Kind::End => &self.control,
         };
-        match publisher.put(payload).attachment(meta.encode()).wait() {
+        match publisher.put(payload).attachment(attachment).wait() {
             Ok(()) => {
                 if kind == Kind::Message {
                     self.stats.exported.add(1);

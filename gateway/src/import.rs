@@ -1,6 +1,6 @@
 //! Import: Zenoh samples written into local replica rings.
 //!
-//! Each remote publisher (origin gateway, publisher id, topic) gets a
+//! Each remote publisher (origin gateway, publisher id, type, topic) gets a
 //! replica ring `<topic>/z-<origin>.<publisher>.<epoch>.ring`, so local
 //! subscribers see it as one more publisher of the topic, with the remote
 //! type name and fingerprint (a typed subscriber of another type gets
@@ -24,7 +24,7 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -35,7 +35,7 @@ use zenoh::sample::{Sample, SampleKind};
 use crate::{
     config::{Config, ImportRule},
     log,
-    meta::{Kind, Meta},
+    meta::{Kind, MetaRef},
     stats::Stats,
 };
 
@@ -47,13 +47,12 @@ pub const RAW_ORIGIN: &str = "zenoh";
 /// and tmpfs. Samples of further streams are refused and counted.
 pub const MAX_STREAMS: usize = 4096;
 
-/// A stream's identity: (origin gateway, publisher id, local topic).
-type StreamId = (String, String, String);
-
 /// One remote publisher's stream.
 #[derive(Debug)]
 struct Stream {
-    /// Its type as the origin declared it.
+    origin: String,
+    publisher: String,
+    topic: String,
     type_name: String,
     type_fingerprint: u64,
     /// The replica, while the stream is live.
@@ -67,12 +66,34 @@ struct Stream {
     seen: Option<u64>,
 }
 
+impl Stream {
+    fn what(&self) -> String {
+        format!("{}/{} from {}", self.topic, self.publisher, self.origin)
+    }
+}
+
+/// Streams by topic, then by identity (the attachment's bytes that name
+/// the stream), so that a sample finds its stream without allocating.
+type Streams = HashMap<String, HashMap<Vec<u8>, Stream>>;
+
+/// A sample as the import handles it.
+struct Incoming<'a> {
+    kind: Kind,
+    /// `None`: the next number (a plain Zenoh sample).
+    seq: Option<u64>,
+    origin: &'a str,
+    publisher: &'a str,
+    type_name: &'a str,
+    type_fingerprint: u64,
+    identity: &'a [u8],
+}
+
 /// The import side, shared by the Zenoh callbacks.
 #[derive(Debug)]
 pub struct Importer {
     config: Arc<Config>,
     stats: Arc<Stats>,
-    streams: Mutex<HashMap<StreamId, Stream>>,
+    streams: Mutex<Streams>,
 }
 
 impl Importer {
@@ -92,72 +113,80 @@ impl Importer {
         }
         let key = sample.key_expr().as_str();
         let topic = match &rule.topic {
-            Some(t) => t.clone(),
-            None => key.rsplit('/').next().unwrap_or(key).to_owned(),
+            Some(t) => t.as_str(),
+            None => key.rsplit('/').next().unwrap_or(key),
         };
-        if let Err(e) = bus::validate_name("topic", &topic) {
+        if let Err(e) = bus::validate_name("topic", topic) {
             self.refuse(key, &format!("its last chunk is not a topic name: {e}"));
             return;
         }
         let payload = sample.payload().to_bytes();
-        let meta = match sample.attachment() {
-            Some(att) => match Meta::decode(&att.to_bytes()) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.refuse(key, &e.to_string());
-                    return;
+        match sample.attachment() {
+            Some(att) => {
+                let bytes = att.to_bytes();
+                match MetaRef::decode(&bytes) {
+                    // Our own export (Zenoh delivers only remote ones anyway).
+                    Ok(m) if m.origin == self.config.node_name => {}
+                    Ok(m) => self.apply(
+                        topic,
+                        Incoming {
+                            kind: m.kind,
+                            seq: Some(m.seq),
+                            origin: m.origin,
+                            publisher: m.publisher,
+                            type_name: m.type_name,
+                            type_fingerprint: m.type_fingerprint,
+                            identity: m.identity,
+                        },
+                        &payload,
+                    ),
+                    Err(e) => self.refuse(key, &e.to_string()),
                 }
-            },
+            }
             None if rule.raw => {
                 // A plain Zenoh publisher: raw bytes, numbered on arrival,
                 // one stream per key.
-                let id = raw_publisher_id(key);
-                let next = self
-                    .lock()
-                    .get(&(RAW_ORIGIN.to_owned(), id.clone(), topic.clone()))
-                    .and_then(|s| s.next)
-                    .unwrap_or(0);
-                Meta {
-                    kind: Kind::Message,
-                    seq: next,
-                    origin: RAW_ORIGIN.to_owned(),
-                    publisher: id,
-                    type_name: String::new(),
-                    type_fingerprint: 0,
-                }
-            }
-            None => {
-                self.refuse(
-                    key,
-                    "no shmbus metadata (import it with raw = true to accept plain Zenoh samples)",
+                let publisher = raw_publisher_id(key);
+                let mut identity = b"\0raw\0".to_vec();
+                identity.extend_from_slice(key.as_bytes());
+                self.apply(
+                    topic,
+                    Incoming {
+                        kind: Kind::Message,
+                        seq: None,
+                        origin: RAW_ORIGIN,
+                        publisher: &publisher,
+                        type_name: "",
+                        type_fingerprint: 0,
+                        identity: &identity,
+                    },
+                    &payload,
                 );
-                return;
             }
-        };
-        if meta.origin == self.config.node_name {
-            return; // our own export (Zenoh delivers only remote ones anyway)
+            None => self.refuse(
+                key,
+                "no shmbus metadata (import it with raw = true to accept plain Zenoh samples)",
+            ),
         }
-        self.apply(topic, meta, &payload);
     }
 
     /// The origin gateway `origin` is gone: close its replicas.
     pub fn origin_gone(&self, origin: &str) {
-        let mut streams = self.lock();
-        for ((o, publisher, topic), stream) in streams.iter_mut() {
-            if o == origin && stream.replica.take().is_some() {
-                log::info!("{topic}/{publisher}: gateway {origin} gone, replica closed");
+        for stream in self.lock().values_mut().flat_map(|t| t.values_mut()) {
+            if stream.origin == origin && stream.replica.take().is_some() {
+                log::info!("{}: gateway gone, replica closed", stream.what());
             }
         }
     }
 
     /// Closes every replica (at exit).
     pub fn close_all(&self) {
-        for stream in self.lock().values_mut() {
+        for stream in self.lock().values_mut().flat_map(|t| t.values_mut()) {
             stream.replica = None;
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Stream>> {
+    fn lock(&self) -> MutexGuard<'_, Streams> {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -166,45 +195,50 @@ impl Importer {
         log::debug!("sample on {key} refused: {why}");
     }
 
-    fn apply(&self, topic: String, meta: Meta, payload: &[u8]) {
+    fn apply(&self, topic: &str, s: Incoming<'_>, payload: &[u8]) {
         let mut streams = self.lock();
-        let id = (meta.origin.clone(), meta.publisher.clone(), topic);
-        if !streams.contains_key(&id) && streams.len() >= MAX_STREAMS {
-            self.stats.import_refused.add(1);
-            log::debug!("{}/{}: refused, {MAX_STREAMS} streams already", id.2, id.1);
-            return;
-        }
-        let stream = streams.entry(id.clone()).or_insert_with(|| Stream {
-            type_name: meta.type_name.clone(),
-            type_fingerprint: meta.type_fingerprint,
-            replica: None,
-            epoch: 0,
-            next: None,
-            seen: None,
-        });
-        if (stream.type_name.as_str(), stream.type_fingerprint)
-            != (meta.type_name.as_str(), meta.type_fingerprint)
-        {
-            // Another type under the same publisher id: another stream.
-            stream.replica = None;
-            stream.type_name = meta.type_name.clone();
-            stream.type_fingerprint = meta.type_fingerprint;
-            stream.next = None;
-            stream.seen = None;
-        }
-        let announced = match meta.kind {
-            Kind::Message => meta.seq + 1,
-            Kind::Gap | Kind::End => meta.seq,
+        let count: usize = streams.values().map(HashMap::len).sum();
+        let by_topic = match streams.get_mut(topic) {
+            Some(t) => t,
+            None => streams.entry(topic.to_owned()).or_default(),
         };
-        stream.seen = Some(stream.seen.map_or(announced, |s| s.max(announced)));
-        let what = format!("{}/{}", id.2, id.1);
-        match meta.kind {
-            Kind::Message => self.message(stream, &id, &what, meta.seq, payload),
+        if !by_topic.contains_key(s.identity) {
+            if count >= MAX_STREAMS {
+                self.stats.import_refused.add(1);
+                log::debug!("{topic}/{}: refused, {MAX_STREAMS} streams already", s.publisher);
+                return;
+            }
+            by_topic.insert(
+                s.identity.to_vec(),
+                Stream {
+                    origin: s.origin.to_owned(),
+                    publisher: s.publisher.to_owned(),
+                    topic: topic.to_owned(),
+                    type_name: s.type_name.to_owned(),
+                    type_fingerprint: s.type_fingerprint,
+                    replica: None,
+                    epoch: 0,
+                    next: None,
+                    seen: None,
+                },
+            );
+        }
+        let Some(stream) = by_topic.get_mut(s.identity) else {
+            return;
+        };
+        let seq = s.seq.unwrap_or_else(|| stream.next.unwrap_or(0));
+        let announced = match s.kind {
+            Kind::Message => seq + 1,
+            Kind::Gap | Kind::End => seq,
+        };
+        stream.seen = Some(stream.seen.map_or(announced, |v| v.max(announced)));
+        match s.kind {
+            Kind::Message => self.message(stream, seq, payload),
             Kind::Gap => self.flush_stream(stream),
             Kind::End => {
                 self.flush_stream(stream);
                 if stream.replica.take().is_some() {
-                    log::info!("{what}: remote publisher ended, replica closed");
+                    log::info!("{}: remote publisher ended, replica closed", stream.what());
                 }
             }
         }
@@ -230,21 +264,21 @@ impl Importer {
     /// The gateway calls it every 10 ms, so a drop at the end of a burst
     /// is reported without waiting for the next message.
     pub fn flush(&self) {
-        for stream in self.lock().values_mut() {
+        for stream in self.lock().values_mut().flat_map(|t| t.values_mut()) {
             self.flush_stream(stream);
         }
     }
 
-    fn message(&self, stream: &mut Stream, id: &StreamId, what: &str, seq: u64, payload: &[u8]) {
+    fn message(&self, stream: &mut Stream, seq: u64, payload: &[u8]) {
         if stream.next.is_some_and(|n| seq < n) {
             self.stats.import_duplicates.add(1);
             return;
         }
         if stream.replica.is_none() {
-            match self.create(stream, id, stream.next.unwrap_or(seq)) {
+            match self.create(stream, stream.next.unwrap_or(seq)) {
                 Ok(r) => stream.replica = Some(r),
                 Err(e) => {
-                    log::warning!("{what}: no replica: {e}");
+                    log::warning!("{}: no replica: {e}", stream.what());
                     self.stats.import_refused.add(1);
                     return;
                 }
@@ -270,12 +304,16 @@ impl Importer {
                     break false;
                 }
                 Err(bus::Error::TooLarge { len, max }) => {
-                    log::warning!("{what}: a message of {len} bytes is over the replica's {max}: counted lost");
+                    log::warning!(
+                        "{}/{}: a message of {len} bytes is over the replica's {max}: counted lost",
+                        stream.topic,
+                        stream.publisher
+                    );
                     self.stats.import_full_drops.add(1);
                     break false;
                 }
                 Err(e) => {
-                    log::warning!("{what}: replica closed: {e}");
+                    log::warning!("{}/{}: replica closed: {e}", stream.topic, stream.publisher);
                     stream.replica = None;
                     return;
                 }
@@ -292,15 +330,10 @@ impl Importer {
     }
 
     /// A new replica for `stream`, numbered from `next`.
-    fn create(
-        &self,
-        stream: &mut Stream,
-        (origin, publisher, topic): &StreamId,
-        next: u64,
-    ) -> Result<ReplicaWriter, bus::Error> {
-        let dir = bus::topic_dir(&self.config.root, &self.config.bus, topic)?;
+    fn create(&self, stream: &mut Stream, next: u64) -> Result<ReplicaWriter, bus::Error> {
+        let dir = bus::topic_dir(&self.config.root, &self.config.bus, &stream.topic)?;
         bus::create_dir_all(&self.config.root, &dir, 0o700)?;
-        let stem = naming::replica_stem(&format!("z-{origin}"), publisher);
+        let stem = naming::replica_stem(&format!("z-{}", stream.origin), &stream.publisher);
         let config = RingConfig {
             capacity: self.config.import_capacity,
             max_message: bus::max_message_limit(self.config.import_capacity),
@@ -311,7 +344,8 @@ impl Importer {
             ..RingConfig::default()
         };
         // A replica of an earlier epoch may still be drained by subscribers
-        // (or left by a gateway before a restart): take the next free one.
+        // (or left by a gateway before a restart), or another type's stream
+        // of the same publisher id uses the stem: take the next free epoch.
         loop {
             let path: PathBuf = bus::ring_path(&dir, &naming::replica_id(&stem, stream.epoch))?;
             stream.epoch += 1;
@@ -320,7 +354,8 @@ impl Importer {
             }
             let replica = ReplicaWriter::create_numbered(&path, &config, 0, next)?;
             log::info!(
-                "importing {topic}/{publisher} from {origin} into {} from message {next}",
+                "importing {} into {} from message {next}",
+                stream.what(),
                 path.display()
             );
             return Ok(replica);

@@ -74,6 +74,140 @@ pub enum MetaError {
     Trailing(usize),
 }
 
+/// A decoded attachment that borrows its names from the bytes (the import
+/// path decodes every sample; this allocates nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaRef<'a> {
+    /// Sample kind.
+    pub kind: Kind,
+    /// Sequence number (see [`Kind`]).
+    pub seq: u64,
+    /// The publishing gateway's node name.
+    pub origin: &'a str,
+    /// The shmbus publisher id on the origin's bus.
+    pub publisher: &'a str,
+    /// Message type name.
+    pub type_name: &'a str,
+    /// Message type fingerprint (0: raw bytes).
+    pub type_fingerprint: u64,
+    /// The bytes that name the stream: type fingerprint, origin,
+    /// publisher and type name (everything but kind and number).
+    pub identity: &'a [u8],
+}
+
+/// Offset of the kind byte.
+const KIND_AT: usize = 4;
+/// Offset of the sequence number.
+const SEQ_AT: usize = 8;
+
+/// Sets kind and sequence number in encoded attachment bytes (an exporter
+/// encodes its constant part once and patches these per message).
+///
+/// # Examples
+///
+/// ```
+/// use shmbus_zenoh::meta::{set_kind_and_seq, Kind, Meta};
+/// let m = Meta {
+///     kind: Kind::Message,
+///     seq: 0,
+///     origin: "a".into(),
+///     publisher: "p".into(),
+///     type_name: String::new(),
+///     type_fingerprint: 0,
+/// };
+/// let mut bytes = m.encode();
+/// set_kind_and_seq(&mut bytes, Kind::End, 9);
+/// assert_eq!(Meta::decode(&bytes), Ok(Meta { kind: Kind::End, seq: 9, ..m }));
+/// ```
+pub fn set_kind_and_seq(bytes: &mut [u8], kind: Kind, seq: u64) {
+    if bytes.len() >= SEQ_AT + 8 {
+        bytes[KIND_AT] = kind_byte(kind);
+        bytes[SEQ_AT..SEQ_AT + 8].copy_from_slice(&seq.to_le_bytes());
+    }
+}
+
+fn kind_byte(kind: Kind) -> u8 {
+    match kind {
+        Kind::Message => 0,
+        Kind::Gap => 1,
+        Kind::End => 2,
+    }
+}
+
+impl<'a> MetaRef<'a> {
+    /// Decodes and checks an attachment without copying its names.
+    ///
+    /// # Errors
+    ///
+    /// [`MetaError`] naming the first field that is wrong.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, MetaError> {
+        let mut at = 0;
+        let mut take = |n: usize| -> Result<&'a [u8], MetaError> {
+            let end = at + n;
+            let field = bytes.get(at..end).ok_or(MetaError::Truncated(bytes.len()))?;
+            at = end;
+            Ok(field)
+        };
+        if take(4)? != MAGIC {
+            return Err(MetaError::Magic);
+        }
+        let kind = match take(1)?[0] {
+            0 => Kind::Message,
+            1 => Kind::Gap,
+            2 => Kind::End,
+            _ => return Err(MetaError::Field("kind")),
+        };
+        if take(3)? != [0; 3] {
+            return Err(MetaError::Field("reserved"));
+        }
+        let seq = u64_le(take(8)?);
+        let type_fingerprint = u64_le(take(8)?);
+        let mut name = |what: &'static str| -> Result<&'a str, MetaError> {
+            let len = usize::from(take(1)?[0]);
+            let text = std::str::from_utf8(take(len)?).map_err(|_| MetaError::Field(what))?;
+            validate_name(what, text).map_err(|_| MetaError::Field(what))?;
+            Ok(text)
+        };
+        let origin = name("origin")?;
+        let publisher = name("publisher")?;
+        let type_len = usize::from(u16::from_le_bytes([take(1)?[0], take(1)?[0]]));
+        if type_len > MAX_TYPE_NAME {
+            return Err(MetaError::Field("type name length"));
+        }
+        let type_name = std::str::from_utf8(take(type_len)?)
+            .ok()
+            .filter(|t| !t.chars().any(char::is_control))
+            .ok_or(MetaError::Field("type name"))?;
+        if at != bytes.len() {
+            return Err(MetaError::Trailing(bytes.len() - at));
+        }
+        if seq == u64::MAX {
+            return Err(MetaError::Field("sequence number"));
+        }
+        Ok(Self {
+            kind,
+            seq,
+            origin,
+            publisher,
+            type_name,
+            type_fingerprint,
+            identity: &bytes[SEQ_AT + 8..],
+        })
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> Meta {
+        Meta {
+            kind: self.kind,
+            seq: self.seq,
+            origin: self.origin.to_owned(),
+            publisher: self.publisher.to_owned(),
+            type_name: self.type_name.to_owned(),
+            type_fingerprint: self.type_fingerprint,
+        }
+    }
+}
+
 impl Meta {
     /// The attachment bytes.
     ///
@@ -96,11 +230,7 @@ impl Meta {
             27 + self.origin.len() + self.publisher.len() + self.type_name.len(),
         );
         out.extend_from_slice(&MAGIC);
-        out.push(match self.kind {
-            Kind::Message => 0,
-            Kind::Gap => 1,
-            Kind::End => 2,
-        });
+        out.push(kind_byte(self.kind));
         out.extend_from_slice(&[0; 3]);
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.type_fingerprint.to_le_bytes());
@@ -121,60 +251,7 @@ impl Meta {
     ///
     /// [`MetaError`] naming the first field that is wrong.
     pub fn decode(bytes: &[u8]) -> Result<Self, MetaError> {
-        let mut at = 0;
-        let mut take = |n: usize| -> Result<&[u8], MetaError> {
-            let end = at + n;
-            let field = bytes
-                .get(at..end)
-                .ok_or(MetaError::Truncated(bytes.len()))?;
-            at = end;
-            Ok(field)
-        };
-        if take(4)? != MAGIC {
-            return Err(MetaError::Magic);
-        }
-        let kind = match take(1)?[0] {
-            0 => Kind::Message,
-            1 => Kind::Gap,
-            2 => Kind::End,
-            _ => return Err(MetaError::Field("kind")),
-        };
-        if take(3)? != [0; 3] {
-            return Err(MetaError::Field("reserved"));
-        }
-        let seq = u64_le(take(8)?);
-        let type_fingerprint = u64_le(take(8)?);
-        let mut name = |what: &'static str| -> Result<String, MetaError> {
-            let len = usize::from(take(1)?[0]);
-            let text = std::str::from_utf8(take(len)?).map_err(|_| MetaError::Field(what))?;
-            validate_name(what, text).map_err(|_| MetaError::Field(what))?;
-            Ok(text.to_owned())
-        };
-        let origin = name("origin")?;
-        let publisher = name("publisher")?;
-        let type_len = usize::from(u16::from_le_bytes([take(1)?[0], take(1)?[0]]));
-        if type_len > MAX_TYPE_NAME {
-            return Err(MetaError::Field("type name length"));
-        }
-        let type_name = std::str::from_utf8(take(type_len)?)
-            .ok()
-            .filter(|t| !t.chars().any(char::is_control))
-            .ok_or(MetaError::Field("type name"))?
-            .to_owned();
-        if at != bytes.len() {
-            return Err(MetaError::Trailing(bytes.len() - at));
-        }
-        if seq == u64::MAX {
-            return Err(MetaError::Field("sequence number"));
-        }
-        Ok(Self {
-            kind,
-            seq,
-            origin,
-            publisher,
-            type_name,
-            type_fingerprint,
-        })
+        MetaRef::decode(bytes).map(|m| m.to_owned())
     }
 }
 
