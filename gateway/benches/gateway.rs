@@ -26,7 +26,7 @@ use std::{
 };
 
 use shmbus_bus::{ReadEvent, RingConfig, RingReader, RingWriter, StartAt, WaitStrategy};
-use zenoh::Wait;
+use zenoh::{qos::CongestionControl, Wait};
 
 const SIZES: [usize; 3] = [64, 4096, 65536];
 const LAT_ROUNDS: usize = 2000;
@@ -129,7 +129,12 @@ fn plain_throughput(size: usize) -> f64 {
     let session = zenoh::open(zenoh_config(Some(&endpoint), None))
         .wait()
         .unwrap();
-    let publisher = session.declare_publisher("bench/data").wait().unwrap();
+    // Block, as the gateways' exports (Zenoh's default for puts is Drop).
+    let publisher = session
+        .declare_publisher("bench/data")
+        .congestion_control(CongestionControl::Block)
+        .wait()
+        .unwrap();
     let (mut sink, rx) = child("zsink", &[&endpoint, &count.to_string()]);
     while !publisher.matching_status().wait().unwrap().matching() {
         std::thread::sleep(Duration::from_millis(10));
@@ -163,7 +168,7 @@ fn zsink(endpoint: &str, count: u64) {
         })
         .wait()
         .unwrap();
-    let _ = rx.recv_timeout(Duration::from_secs(300));
+    let _ = rx.recv_timeout(Duration::from_secs(100));
 }
 
 fn plain_latency(size: usize) -> (f64, f64) {
@@ -171,7 +176,11 @@ fn plain_latency(size: usize) -> (f64, f64) {
     let session = zenoh::open(zenoh_config(Some(&endpoint), None))
         .wait()
         .unwrap();
-    let publisher = session.declare_publisher("bench/ping").wait().unwrap();
+    let publisher = session
+        .declare_publisher("bench/ping")
+        .congestion_control(CongestionControl::Block)
+        .wait()
+        .unwrap();
     let (tx, rx) = mpsc::channel::<()>();
     let _sub = session
         .declare_subscriber("bench/pong")
@@ -206,8 +215,14 @@ fn plain_latency(size: usize) -> (f64, f64) {
 }
 
 fn zecho(endpoint: &str) {
-    let session = zenoh::open(zenoh_config(None, Some(endpoint))).wait().unwrap();
-    let publisher = session.declare_publisher("bench/pong").wait().unwrap();
+    let session = zenoh::open(zenoh_config(None, Some(endpoint)))
+        .wait()
+        .unwrap();
+    let publisher = session
+        .declare_publisher("bench/pong")
+        .congestion_control(CongestionControl::Block)
+        .wait()
+        .unwrap();
     // Echo from the callback itself: no thread hand-off on the ceiling's
     // path.
     let _sub = session

@@ -205,7 +205,10 @@ impl Importer {
         if !by_topic.contains_key(s.identity) {
             if count >= MAX_STREAMS {
                 self.stats.import_refused.add(1);
-                log::debug!("{topic}/{}: refused, {MAX_STREAMS} streams already", s.publisher);
+                log::debug!(
+                    "{topic}/{}: refused, {MAX_STREAMS} streams already",
+                    s.publisher
+                );
                 return;
             }
             by_topic.insert(

@@ -144,7 +144,9 @@ impl<'a> MetaRef<'a> {
         let mut at = 0;
         let mut take = |n: usize| -> Result<&'a [u8], MetaError> {
             let end = at + n;
-            let field = bytes.get(at..end).ok_or(MetaError::Truncated(bytes.len()))?;
+            let field = bytes
+                .get(at..end)
+                .ok_or(MetaError::Truncated(bytes.len()))?;
             at = end;
             Ok(field)
         };
