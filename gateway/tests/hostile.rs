@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, Gw, TestDir, Watchdog};
+use common::{free_port, plain_zenoh, wait_matching, Gw, TestDir, Watchdog};
 use shmbus_zenoh::{
     import::MAX_STREAMS,
     meta::{Kind, Meta},
@@ -48,21 +48,9 @@ fn hostile_samples_are_refused_and_streams_are_bounded() {
         ],
     );
     gw.wait_log("exporting under", Duration::from_secs(20));
-    let mut config = zenoh::Config::default();
-    config.insert_json5("mode", "\"peer\"").unwrap();
-    config
-        .insert_json5("connect/endpoints", &format!("[\"{listen}\"]"))
-        .unwrap();
-    config
-        .insert_json5("scouting/multicast/enabled", "false")
-        .unwrap();
-    let session = zenoh::open(config).wait().unwrap();
+    let session = plain_zenoh(&listen);
     let publisher = session.declare_publisher("shmbus/b/tele").wait().unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    while !publisher.matching_status().wait().unwrap().matching() {
-        assert!(Instant::now() < end, "the import never matched");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_matching(&publisher);
 
     // Malformed: no attachment (not a raw import), garbage, truncated,
     // a path as publisher (hand-encoded: `Meta` would not make it), and

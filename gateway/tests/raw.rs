@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, Gw, TestDir, Watchdog};
+use common::{free_port, plain_zenoh, wait_matching, Gw, TestDir, Watchdog};
 use shmbus::Bus;
 use shmbus_bus::{ReadEvent, RingConfig, RingReader, RingWriter, StartAt};
 use shmbus_zenoh::meta::Meta;
@@ -39,15 +39,7 @@ fn plain_zenoh_and_shmbus_exchange_raw_bytes() {
     gw.wait_log("exporting under", Duration::from_secs(20));
 
     // The plain Zenoh side.
-    let mut config = zenoh::Config::default();
-    config.insert_json5("mode", "\"peer\"").unwrap();
-    config
-        .insert_json5("connect/endpoints", &format!("[\"{listen}\"]"))
-        .unwrap();
-    config
-        .insert_json5("scouting/multicast/enabled", "false")
-        .unwrap();
-    let session = zenoh::open(config).wait().unwrap();
+    let session = plain_zenoh(&listen);
     let (tx, rx) = std::sync::mpsc::channel();
     let _sub = session
         .declare_subscriber("shmbus/b/raw")
@@ -58,11 +50,7 @@ fn plain_zenoh_and_shmbus_exchange_raw_bytes() {
         .wait()
         .unwrap();
     let publisher = session.declare_publisher("demo/raw/in").wait().unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    while !publisher.matching_status().wait().unwrap().matching() {
-        assert!(Instant::now() < end, "the gateway's import never matched");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_matching(&publisher);
 
     // shmbus -> Zenoh: a raw ring (no type) read by a plain subscriber.
     let topic_dir = shmbus_bus::topic_dir(&root, "b", "raw").unwrap();

@@ -93,6 +93,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A plain Zenoh session (the `zenoh` crate only) in peer mode, connected
+/// to `endpoint`, without scouting: a non-shmbus Zenoh application.
+pub fn plain_zenoh(endpoint: &str) -> zenoh::Session {
+    use zenoh::Wait;
+    let mut config = zenoh::Config::default();
+    config.insert_json5("mode", "\"peer\"").unwrap();
+    config
+        .insert_json5("connect/endpoints", &format!("[\"{endpoint}\"]"))
+        .unwrap();
+    config
+        .insert_json5("scouting/multicast/enabled", "false")
+        .unwrap();
+    zenoh::open(config).wait().unwrap()
+}
+
+/// Waits until a subscriber matches `publisher` (its declaration reached
+/// the gateway and came back routed); panics after 20 s.
+pub fn wait_matching(publisher: &zenoh::pubsub::Publisher<'_>) {
+    use zenoh::Wait;
+    let end = Instant::now() + Duration::from_secs(20);
+    while !publisher.matching_status().wait().unwrap().matching() {
+        assert!(Instant::now() < end, "no subscriber ever matched");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Kills every gateway and exits if not dropped in time.
 pub struct Watchdog {
     done: Arc<Mutex<bool>>,
