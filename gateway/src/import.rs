@@ -231,7 +231,7 @@ impl Importer {
         };
         let seq = s.seq.unwrap_or_else(|| stream.next.unwrap_or(0));
         let announced = match s.kind {
-            Kind::Message => seq + 1,
+            Kind::Message => seq.saturating_add(1),
             Kind::Gap | Kind::End => seq,
         };
         stream.seen = Some(stream.seen.map_or(announced, |v| v.max(announced)));

@@ -188,8 +188,9 @@ impl Gateway {
         for handle in self.threads.drain(..) {
             let _ = handle.join();
         }
-        self.importer.close_all();
+        // The session first: after it no callback can make a replica again.
         let _ = self.session.close().wait();
+        self.importer.close_all();
         log::info!("stopped: {}", self.stats.summary());
     }
 }

@@ -274,3 +274,42 @@ fn a_killed_gateway_is_seen_gone_and_back_and_nothing_arrives_twice() {
         |e| matches!(e, TopicEvent::PublisherJoined { publisher } if *publisher != first_replica)
     ));
 }
+
+#[test]
+fn a_stopped_gateway_closes_its_replicas_and_exits_cleanly() {
+    let _w = Watchdog::new("stopped_gateway", Duration::from_secs(60));
+    let dir = TestDir::new("stop");
+    let (_a, mut b) = pair(
+        &dir,
+        &["--export", "tele", "--export", "ready"],
+        &["--import", "shmbus/b/tele", "--import", "shmbus/b/ready"],
+    );
+    let (bus_a, bus_b) = (bus(&dir.join("a")), bus(&dir.join("b")));
+    wait_routed(&bus_a, &bus_b);
+    let mut sub = bus_b
+        .subscriber_with::<Tele>("tele", StartAt::Oldest, WaitStrategy::default())
+        .unwrap();
+    let mut publisher = bus_a.publisher::<Tele>("tele").unwrap();
+    for seq in 0..10 {
+        publisher.send(&Tele::new(0, seq)).unwrap();
+    }
+    let got = receive(&mut sub, 10, Duration::from_secs(20));
+    assert_in_order(&got, 10);
+    let status = b.terminate().expect("it exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    b.wait_log("stopped: exported=", Duration::from_secs(1));
+    // Its replica is closed: the subscriber sees the publisher gone.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < end, "the replica was not closed");
+        let _ = sub.try_recv();
+        if sub
+            .take_events()
+            .iter()
+            .any(|e| matches!(e, TopicEvent::PublisherGone { publisher } if *publisher == got[0].0))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
