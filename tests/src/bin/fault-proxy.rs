@@ -510,9 +510,16 @@ impl Conn {
     }
 
     /// One direction ended by EOF; the second one closes the connection.
+    /// It counts as gone (`dead`) before `closed` is said: a `stats` asked
+    /// after that line must not count it live while its threads are still
+    /// letting go of it (a flake in `netns_infra` before).
     fn finish(&self) {
-        // AcqRel: the second finisher sees the first one's counters.
-        if self.finished.fetch_add(1, Ordering::AcqRel) == 1 && !self.dead.load(Ordering::Acquire) {
+        // AcqRel: the second finisher sees the first one's counters; the
+        // swap (AcqRel) marks the connection gone for `live`'s Acquire load,
+        // unless a cut killed it first (then the cut was said instead).
+        if self.finished.fetch_add(1, Ordering::AcqRel) == 1
+            && !self.dead.swap(true, Ordering::AcqRel)
+        {
             say(&format!(
                 "closed conn={} a2b={} b2a={}",
                 self.id,
