@@ -14,8 +14,21 @@
 //!
 //! Throughput: messages per second at the receiver, first to last, with
 //! the sender going as fast as it can (Zenoh congestion control Block; the
-//! rings large enough that nothing laps). Latency: half the round trip of
-//! one message at a time, median and 99th percentile of 2000.
+//! rings large enough that nothing laps), after a warm-up of one ring's
+//! worth of messages (a ring's first lap costs a page fault per page in
+//! every process that maps it; a running bus is past it); the median of
+//! [`REPEATS`] runs. Latency: half the round trip of one message at a
+//! time, median and 99th percentile of [`REPEATS`] x [`LAT_ROUNDS`]
+//! after [`LAT_WARMUP`] rounds, in two gateway set-ups: the defaults
+//! (export threads and subscribers sleep on the ring's futex when it is
+//! empty), and low latency (`--export-spin-us 1000`, subscribers waiting
+//! with `WaitStrategy::SpinThenYield`).
+//!
+//! For profiling one part: `GW_BENCH_SIZES=4096 GW_BENCH_PARTS=gt` (of
+//! `zt`, `gt`, `zl`, `gl`, `gs`); what is left out prints as NaN. Each
+//! gateway throughput run prints its measured window on stderr
+//! (`window START,END`, CLOCK_MONOTONIC seconds), for
+//! `perf record -k CLOCK_MONOTONIC -a` and `perf report --time START,END`.
 
 use std::{
     io::{BufRead, BufReader},
@@ -29,9 +42,21 @@ use shmbus_bus::{ReadEvent, RingConfig, RingReader, RingWriter, StartAt, WaitStr
 use zenoh::{qos::CongestionControl, Wait};
 
 const SIZES: [usize; 3] = [64, 4096, 65536];
+/// Runs of each measurement.
+const REPEATS: usize = 3;
 const LAT_ROUNDS: usize = 2000;
+/// Round trips before the measured ones, on both sides: connections,
+/// routes, caches and the rings' pages warm.
+const LAT_WARMUP: usize = 300;
+/// Throughput rings: large enough that the measured messages never lap.
 const RING: u64 = 256 << 20;
+/// Latency rings: the bus's default capacity (publishers' rings and the
+/// gateway's replicas), lapped in the warm-up at 64 KiB.
+const LAT_RING: u64 = 4 << 20;
+/// `--export-spin-us` of the low-latency set-up.
+const LOW_LATENCY_SPIN_US: &str = "1000";
 
+/// Messages of one throughput run.
 fn count_for(size: usize) -> u64 {
     match size {
         64 => 200_000,
@@ -40,33 +65,106 @@ fn count_for(size: usize) -> u64 {
     }
 }
 
+/// Warm-up messages before a throughput run: nearly one lap of [`RING`]
+/// (records are the payload and 16 bytes of header), never more: the
+/// exporter reads as an observer, which a publisher does not wait for.
+fn warmup_for(size: usize) -> u64 {
+    RING / (size as u64 + 16) - 1
+}
+
+/// How the gateway path waits for the next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    /// Gateway defaults; subscribers `WaitStrategy::default()`.
+    Default,
+    /// `--export-spin-us`; subscribers `SpinThenYield`.
+    LowLatency,
+}
+
+impl Setup {
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::LowLatency => "low-latency",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        if s == "low-latency" {
+            Self::LowLatency
+        } else {
+            Self::Default
+        }
+    }
+
+    fn wait(self) -> WaitStrategy {
+        match self {
+            Self::Default => WaitStrategy::default(),
+            Self::LowLatency => WaitStrategy::SpinThenYield { spins: 64 },
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args[i].parse::<u64>().unwrap();
     match args.first().map(String::as_str) {
-        Some("zsink") => return zsink(&args[1], args[2].parse().unwrap()),
+        Some("zsink") => return zsink(&args[1], arg(2), arg(3)),
         Some("zecho") => return zecho(&args[1]),
-        Some("ssink") => return ssink(Path::new(&args[1]), args[2].parse().unwrap()),
-        Some("secho") => return secho(Path::new(&args[1])),
+        Some("ssink") => return ssink(Path::new(&args[1]), arg(2), arg(3)),
+        Some("secho") => return secho(Path::new(&args[1]), Setup::parse(&args[2])),
         _ => {}
     }
     // `cargo bench` passes `--bench`; anything else is ignored too.
-    println!("| payload | plain Zenoh msg/s | gateways msg/s | ratio | plain Zenoh one-way p50 / p99 µs | gateways one-way p50 / p99 µs | added p50 µs |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for size in SIZES {
-        let zt = plain_throughput(size);
-        let gt = gateway_throughput(size);
-        let zl = plain_latency(size);
-        let gl = gateway_latency(size);
+    let sizes: Vec<usize> = std::env::var("GW_BENCH_SIZES").map_or(SIZES.to_vec(), |v| {
+        v.split(',').filter_map(|s| s.parse().ok()).collect()
+    });
+    let parts = std::env::var("GW_BENCH_PARTS").unwrap_or_else(|_| "zt,gt,zl,gl,gs".into());
+    let part = |name: &str| parts.split(',').any(|p| p == name);
+    let nan = (f64::NAN, f64::NAN);
+    println!("| payload | plain Zenoh msg/s | gateways msg/s | ratio | plain Zenoh one-way p50 / p99 µs | gateways, defaults: p50 / p99 µs | added p50 | gateways, low latency: p50 / p99 µs | added p50 |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for size in sizes {
+        let zt = if part("zt") {
+            median(|| plain_throughput(size))
+        } else {
+            f64::NAN
+        };
+        let gt = if part("gt") {
+            median(|| gateway_throughput(size))
+        } else {
+            f64::NAN
+        };
+        let zl = if part("zl") { plain_latency(size) } else { nan };
+        let gl = if part("gl") {
+            gateway_latency(size, Setup::Default)
+        } else {
+            nan
+        };
+        let gs = if part("gs") {
+            gateway_latency(size, Setup::LowLatency)
+        } else {
+            nan
+        };
         println!(
-            "| {size} B | {zt:.0} | {gt:.0} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:+.1} |",
+            "| {size} B | {zt:.0} | {gt:.0} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:+.1} µs | {:.1} / {:.1} | {:+.1} µs |",
             gt / zt,
             zl.0,
             zl.1,
             gl.0,
             gl.1,
-            gl.0 - zl.0
+            gl.0 - zl.0,
+            gs.0,
+            gs.1,
+            gs.0 - zl.0
         );
     }
+}
+
+fn median(mut run: impl FnMut() -> f64) -> f64 {
+    let mut runs: Vec<f64> = (0..REPEATS).map(|_| run()).collect();
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
 }
 
 fn port() -> u16 {
@@ -110,11 +208,14 @@ fn child(role: &str, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
     (c, rx)
 }
 
+fn line(rx: &mpsc::Receiver<String>) -> String {
+    rx.recv_timeout(Duration::from_secs(300))
+        .expect("the sink reports")
+}
+
 /// Parses the child's `elapsed_ns received` line.
 fn rate(rx: &mpsc::Receiver<String>, count: u64) -> f64 {
-    let line = rx
-        .recv_timeout(Duration::from_secs(300))
-        .expect("the sink reports");
+    let line = line(rx);
     let mut it = line.split_whitespace();
     let ns: f64 = it.next().unwrap().parse().unwrap();
     let received: u64 = it.next().unwrap().parse().unwrap();
@@ -124,7 +225,7 @@ fn rate(rx: &mpsc::Receiver<String>, count: u64) -> f64 {
 }
 
 fn plain_throughput(size: usize) -> f64 {
-    let count = count_for(size);
+    let (count, warm) = (count_for(size), warmup_for(size));
     let endpoint = format!("tcp/127.0.0.1:{}", port());
     let session = zenoh::open(zenoh_config(Some(&endpoint), None))
         .wait()
@@ -135,11 +236,15 @@ fn plain_throughput(size: usize) -> f64 {
         .congestion_control(CongestionControl::Block)
         .wait()
         .unwrap();
-    let (mut sink, rx) = child("zsink", &[&endpoint, &count.to_string()]);
+    let (mut sink, rx) = child("zsink", &[&endpoint, &warm.to_string(), &count.to_string()]);
     while !publisher.matching_status().wait().unwrap().matching() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let payload = vec![7u8; size];
+    for _ in 0..warm {
+        publisher.put(payload.clone()).wait().unwrap();
+    }
+    assert_eq!(line(&rx), "warm");
     for _ in 0..count {
         publisher.put(payload.clone()).wait().unwrap();
     }
@@ -148,7 +253,7 @@ fn plain_throughput(size: usize) -> f64 {
     r
 }
 
-fn zsink(endpoint: &str, count: u64) {
+fn zsink(endpoint: &str, warm: u64, count: u64) {
     let session = zenoh::open(zenoh_config(None, Some(endpoint)))
         .wait()
         .unwrap();
@@ -158,20 +263,34 @@ fn zsink(endpoint: &str, count: u64) {
     let _sub = session
         .declare_subscriber("bench/data")
         .callback_mut(move |_s| {
+            n += 1;
+            if n == warm {
+                println!("warm");
+            }
+            if n <= warm {
+                return;
+            }
             let now = Instant::now();
             let start = *first.get_or_insert(now);
-            n += 1;
-            if n == count {
-                println!("{} {n}", (now - start).as_nanos());
+            if n == warm + count {
+                println!("{} {count}", (now - start).as_nanos());
                 let _ = tx.send(());
             }
         })
         .wait()
         .unwrap();
-    let _ = rx.recv_timeout(Duration::from_secs(100));
+    let _ = rx.recv_timeout(Duration::from_secs(300));
 }
 
 fn plain_latency(size: usize) -> (f64, f64) {
+    let mut rtts = Vec::with_capacity(REPEATS * LAT_ROUNDS);
+    for _ in 0..REPEATS {
+        rtts.extend(plain_latency_run(size));
+    }
+    percentiles(rtts)
+}
+
+fn plain_latency_run(size: usize) -> Vec<Duration> {
     let endpoint = format!("tcp/127.0.0.1:{}", port());
     let session = zenoh::open(zenoh_config(Some(&endpoint), None))
         .wait()
@@ -203,15 +322,17 @@ fn plain_latency(size: usize) -> (f64, f64) {
     }
     while rx.try_recv().is_ok() {}
     let mut rtts = Vec::with_capacity(LAT_ROUNDS);
-    for _ in 0..LAT_ROUNDS {
+    for round in 0..LAT_WARMUP + LAT_ROUNDS {
         let t = Instant::now();
         publisher.put(payload.clone()).wait().unwrap();
         rx.recv_timeout(Duration::from_secs(10)).expect("pong");
-        rtts.push(t.elapsed());
+        if round >= LAT_WARMUP {
+            rtts.push(t.elapsed());
+        }
     }
     let _ = echo.kill();
     let _ = echo.wait();
-    percentiles(rtts)
+    rtts
 }
 
 fn zecho(endpoint: &str) {
@@ -251,7 +372,7 @@ struct Pair {
 }
 
 impl Pair {
-    fn start(tag: &str) -> Self {
+    fn start(tag: &str, import_capacity: u64, setup: Setup) -> Self {
         let dir = PathBuf::from(format!(
             "/dev/shm/shmbus-gw-bench-{}-{tag}",
             std::process::id()
@@ -260,9 +381,9 @@ impl Pair {
         std::fs::create_dir_all(&dir).unwrap();
         let endpoint = format!("tcp/127.0.0.1:{}", port());
         let bin = env!("CARGO_BIN_EXE_shmbus-zenoh");
-        let capacity = RING.to_string();
+        let capacity = import_capacity.to_string();
         let common = |root: &str| -> Vec<String> {
-            [
+            let mut args: Vec<String> = [
                 "--root",
                 root,
                 "--bus",
@@ -277,7 +398,11 @@ impl Pair {
             ]
             .iter()
             .map(|s| s.to_string())
-            .collect()
+            .collect();
+            if setup == Setup::LowLatency {
+                args.extend(["--export-spin-us".into(), LOW_LATENCY_SPIN_US.into()]);
+            }
+            args
         };
         let a = Command::new(bin)
             .args(common(dir.join("a").to_str().unwrap()))
@@ -328,11 +453,11 @@ impl Drop for Pair {
 }
 
 /// A raw ring of `topic` on the bus at `root`.
-fn writer(root: &Path, topic: &str) -> RingWriter {
+fn writer(root: &Path, topic: &str, capacity: u64) -> RingWriter {
     let dir = shmbus_bus::topic_dir(root, "b", topic).unwrap();
     shmbus_bus::create_dir_all(root, &dir, 0o700).unwrap();
     let config = RingConfig {
-        capacity: RING,
+        capacity,
         max_message: 65536,
         ..RingConfig::default()
     };
@@ -357,11 +482,17 @@ fn reader(root: &Path, topic: &str) -> RingReader {
     }
 }
 
-/// Blocks for the next message's payload length (counting gaps in `lost`).
-fn next(r: &mut RingReader, lost: &mut u64) -> usize {
+/// Blocks for the next message and hands its payload to `f` (counting
+/// gaps in `lost`).
+fn next<T>(
+    r: &mut RingReader,
+    wait: WaitStrategy,
+    lost: &mut u64,
+    mut f: impl FnMut(&[u8]) -> T,
+) -> T {
     loop {
         let empty = match r.try_read().unwrap() {
-            ReadEvent::Message(m) => return m.payload().len(),
+            ReadEvent::Message(m) => return f(m.payload()),
             ReadEvent::Gap { messages, .. } => {
                 *lost += messages;
                 false
@@ -370,72 +501,109 @@ fn next(r: &mut RingReader, lost: &mut u64) -> usize {
             ReadEvent::Closed => panic!("ring closed"),
         };
         if empty {
-            shmbus_bus::wait_any(
-                &[&*r],
-                WaitStrategy::default(),
-                Some(Duration::from_millis(100)),
-            );
+            shmbus_bus::wait_any(&[&*r], wait, Some(Duration::from_millis(100)));
         }
     }
 }
 
 fn gateway_throughput(size: usize) -> f64 {
-    let count = count_for(size);
-    let pair = Pair::start(&format!("t{size}"));
+    let (count, warm) = (count_for(size), warmup_for(size));
+    let pair = Pair::start(&format!("t{size}"), RING, Setup::Default);
     let (mut sink, rx) = child(
         "ssink",
-        &[pair.root("b").to_str().unwrap(), &count.to_string()],
+        &[
+            pair.root("b").to_str().unwrap(),
+            &warm.to_string(),
+            &count.to_string(),
+        ],
     );
-    let mut w = writer(&pair.root("a"), "data");
+    let mut w = writer(&pair.root("a"), "data", RING);
     let payload = vec![7u8; size];
+    for _ in 0..warm {
+        w.write(&payload, WaitStrategy::default(), None).unwrap();
+    }
+    // The exporter has read the whole first lap: the measured messages
+    // may overwrite it.
+    assert_eq!(line(&rx), "warm");
+    let t0 = mono();
     for _ in 0..count {
         w.write(&payload, WaitStrategy::default(), None).unwrap();
     }
     let r = rate(&rx, count);
+    eprintln!("window {:.6},{:.6}", t0, mono());
     let _ = sink.wait();
     r
 }
 
-fn ssink(root: &Path, count: u64) {
+fn ssink(root: &Path, warm: u64, count: u64) {
     let mut r = reader(root, "data");
+    let wait = WaitStrategy::default();
     let mut lost = 0;
-    next(&mut r, &mut lost);
+    for _ in 0..warm {
+        next(&mut r, wait, &mut lost, |_| ());
+    }
+    assert_eq!(lost, 0, "lost messages in the warm-up");
+    println!("warm");
+    next(&mut r, wait, &mut lost, |_| ());
     let start = Instant::now();
     for _ in 1..count {
-        next(&mut r, &mut lost);
+        next(&mut r, wait, &mut lost, |_| ());
     }
     println!("{} {}", start.elapsed().as_nanos(), count - lost);
 }
 
-fn gateway_latency(size: usize) -> (f64, f64) {
-    let pair = Pair::start(&format!("l{size}"));
-    let (mut echo, _out) = child("secho", &[pair.root("b").to_str().unwrap()]);
-    let mut w = writer(&pair.root("a"), "ping");
+fn gateway_latency(size: usize, setup: Setup) -> (f64, f64) {
+    let mut rtts = Vec::with_capacity(REPEATS * LAT_ROUNDS);
+    for run in 0..REPEATS {
+        rtts.extend(gateway_latency_run(size, setup, run));
+    }
+    percentiles(rtts)
+}
+
+fn gateway_latency_run(size: usize, setup: Setup, run: usize) -> Vec<Duration> {
+    let pair = Pair::start(&format!("l{size}-{}-{run}", setup.arg()), LAT_RING, setup);
+    let (mut echo, _out) = child("secho", &[pair.root("b").to_str().unwrap(), setup.arg()]);
+    let mut w = writer(&pair.root("a"), "ping", LAT_RING);
     let payload = vec![7u8; size];
+    let wait = setup.wait();
     // The first pong ring appears once both directions are routed.
     w.write(&payload, WaitStrategy::default(), None).unwrap();
     let mut r = reader(&pair.root("a"), "pong");
     let mut lost = 0;
-    next(&mut r, &mut lost);
+    next(&mut r, wait, &mut lost, |_| ());
     let mut rtts = Vec::with_capacity(LAT_ROUNDS);
-    for _ in 0..LAT_ROUNDS {
+    for round in 0..LAT_WARMUP + LAT_ROUNDS {
         let t = Instant::now();
         w.write(&payload, WaitStrategy::default(), None).unwrap();
-        next(&mut r, &mut lost);
-        rtts.push(t.elapsed());
+        next(&mut r, wait, &mut lost, |_| ());
+        if round >= LAT_WARMUP {
+            rtts.push(t.elapsed());
+        }
     }
     let _ = echo.kill();
     let _ = echo.wait();
-    percentiles(rtts)
+    rtts
 }
 
-fn secho(root: &Path) {
+/// Echoes every ping's payload as a pong (one copy, ring to ring: as a
+/// plain Zenoh echo re-sends the sample it got).
+fn secho(root: &Path, setup: Setup) {
     let mut r = reader(root, "ping");
-    let mut w = writer(root, "pong");
+    let mut w = writer(root, "pong", LAT_RING);
     let mut lost = 0;
     loop {
-        let len = next(&mut r, &mut lost);
-        w.write(&vec![7u8; len], WaitStrategy::default(), None)
-            .unwrap();
+        next(&mut r, setup.wait(), &mut lost, |payload| {
+            w.write(payload, WaitStrategy::default(), None).unwrap();
+        });
     }
+}
+
+fn mono() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }

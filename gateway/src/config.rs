@@ -112,6 +112,12 @@ pub struct Config {
     pub import_full_wait: Duration,
     /// How often the bus is scanned for new rings to export.
     pub scan_interval: Duration,
+    /// How long an export thread keeps polling its ring (yielding the CPU
+    /// between polls) after the ring runs empty, before it sleeps on the
+    /// ring's futex: a message within the window is sent without a
+    /// wake-up; the thread may use a core meanwhile. Zero: sleep at once
+    /// (after the bus's short default spin).
+    pub export_spin: Duration,
     /// Log level (`RUST_LOG` wins).
     pub log_level: LogLevel,
 }
@@ -171,6 +177,7 @@ pub struct FileConfig {
     import_capacity: Option<u64>,
     import_full_wait_ms: Option<u64>,
     scan_interval_ms: Option<u64>,
+    export_spin_us: Option<u64>,
     log_level: Option<LogLevel>,
     #[serde(default)]
     export: Vec<FileExport>,
@@ -228,9 +235,15 @@ pub struct Overrides {
     pub import_full_wait_ms: Option<u64>,
     /// `--import-capacity`.
     pub import_capacity: Option<u64>,
+    /// `--export-spin-us`.
+    pub export_spin_us: Option<u64>,
     /// `--log-level`.
     pub log_level: Option<LogLevel>,
 }
+
+/// Longest `export_spin_us`: one second (longer is a busy loop; say
+/// so with a dedicated core instead).
+pub const MAX_EXPORT_SPIN_US: u64 = 1_000_000;
 
 /// Default replica size of imported streams: 4 MiB.
 pub const DEFAULT_IMPORT_CAPACITY: u64 = 4 << 20;
@@ -342,6 +355,10 @@ impl Config {
         if import_full_wait_ms > 10_000 {
             return Err(invalid("import_full_wait_ms", "at most 10000"));
         }
+        let export_spin_us = flags.export_spin_us.or(file.export_spin_us).unwrap_or(0);
+        if export_spin_us > MAX_EXPORT_SPIN_US {
+            return Err(invalid("export_spin_us", "at most 1000000 (1 s)"));
+        }
         let scan_interval_ms = file.scan_interval_ms.unwrap_or(250);
         if !(10..=60_000).contains(&scan_interval_ms) {
             return Err(invalid("scan_interval_ms", "from 10 to 60000"));
@@ -379,6 +396,7 @@ impl Config {
             import_capacity,
             import_full_wait: Duration::from_millis(import_full_wait_ms),
             scan_interval: Duration::from_millis(scan_interval_ms),
+            export_spin: Duration::from_micros(export_spin_us),
             log_level: flags.log_level.or(file.log_level).unwrap_or_default(),
         })
     }
@@ -540,6 +558,21 @@ mod tests {
         assert_eq!(c.imports.len(), 2);
         assert!(c.imports[1].raw && c.imports[1].key == "demo/**");
         assert!(c.zenoh().is_ok());
+        assert_eq!(c.export_spin, Duration::ZERO);
+    }
+
+    #[test]
+    fn the_export_spin_flag_wins_over_the_file() {
+        let file = Config::parse("export_spin_us = 50").unwrap();
+        let c = Config::build(file, flags()).unwrap();
+        assert_eq!(c.export_spin, Duration::from_micros(50));
+        let file = Config::parse("export_spin_us = 50").unwrap();
+        let o = Overrides {
+            export_spin_us: Some(MAX_EXPORT_SPIN_US),
+            ..flags()
+        };
+        let c = Config::build(file, o).unwrap();
+        assert_eq!(c.export_spin, Duration::from_secs(1));
     }
 
     #[test]
@@ -553,6 +586,7 @@ mod tests {
         assert_eq!(bad("key_prefix = 'a//b'", flags()), "key_prefix");
         assert_eq!(bad("import_capacity = 5000", flags()), "import_capacity");
         assert_eq!(bad("mode = 'mesh'", flags()), "mode");
+        assert_eq!(bad("export_spin_us = 1000001", flags()), "export_spin_us");
         assert_eq!(bad("connect = ['nonsense']", flags()), "connect");
         assert_eq!(bad("[[import]]\nkey = 'a//b'", flags()), "import.key");
         assert_eq!(

@@ -24,7 +24,7 @@ use std::{
         Arc,
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use shmbus_bus::{self as bus, RingObserver, StartAt, Taken, WaitStrategy};
@@ -257,6 +257,7 @@ impl Exporter {
             stats: Arc::clone(&self.stats),
             stop: Arc::clone(&self.stop),
             what: format!("{topic}/{publisher}"),
+            spin: self.config.export_spin,
         };
         let spawned = thread::Builder::new()
             .name(format!("export {topic}"))
@@ -286,6 +287,8 @@ struct RingExport {
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     what: String,
+    /// [`Config::export_spin`].
+    spin: Duration,
 }
 
 impl RingExport {
@@ -297,6 +300,8 @@ impl RingExport {
         let mut next: Option<u64> = None;
         // Idle waits since the last heartbeat, and what it announced.
         let (mut idle, mut announced) = (0u32, None::<u64>);
+        // While the ring is empty with `export_spin`: when polling ends.
+        let mut spin_until: Option<Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
             if !self.matched.load(Ordering::Relaxed) {
                 // Nobody listens: leave the messages in the ring (if it
@@ -306,6 +311,7 @@ impl RingExport {
             }
             let event = match self.observer.try_take() {
                 Ok(Taken::Message { sequence, payload }) => {
+                    spin_until = None;
                     // The one copy: the observer's validated copy out of
                     // the ring, a buffer Zenoh takes as it is.
                     next = Some(sequence + 1);
@@ -320,6 +326,18 @@ impl RingExport {
                     })
                 }
                 Ok(Taken::Empty) => {
+                    if !self.spin.is_zero() {
+                        // Poll (yielding) until the window after the last
+                        // message ends; a message within it needs no
+                        // wake-up. One clock read per empty spell.
+                        let now = Instant::now();
+                        let end = *spin_until.get_or_insert(now + self.spin);
+                        if now < end {
+                            let poll = WaitStrategy::SpinThenYield { spins: 64 };
+                            self.observer.wait(poll, Some(end - now));
+                            continue;
+                        }
+                    }
                     let woken = self
                         .observer
                         .wait(WaitStrategy::default(), Some(Duration::from_millis(100)));

@@ -35,7 +35,7 @@ use zenoh::sample::{Sample, SampleKind};
 use crate::{
     config::{Config, ImportRule},
     log,
-    meta::{Kind, MetaRef},
+    meta::{Header, Kind, MetaRef},
     stats::Stats,
 };
 
@@ -50,6 +50,8 @@ pub const MAX_STREAMS: usize = 4096;
 /// One remote publisher's stream.
 #[derive(Debug)]
 struct Stream {
+    /// The bytes that name it in its topic (see [`Identity`]).
+    identity: Vec<u8>,
     origin: String,
     publisher: String,
     topic: String,
@@ -72,20 +74,63 @@ impl Stream {
     }
 }
 
-/// Streams by topic, then by identity (the attachment's bytes that name
-/// the stream), so that a sample finds its stream without allocating.
-type Streams = HashMap<String, HashMap<Vec<u8>, Stream>>;
+/// Every stream seen (never removed: a stream keeps its numbering while
+/// its replica is closed), found by topic, then by identity.
+#[derive(Debug, Default)]
+struct Streams {
+    list: Vec<Stream>,
+    /// Indexes into `list` by topic, then by identity (the attachment's
+    /// bytes that name the stream), so a lookup allocates nothing.
+    index: HashMap<String, HashMap<Vec<u8>, usize>>,
+    /// The stream of the last sample: samples mostly come in runs of one
+    /// stream, and a run's samples skip the lookup and the name checks
+    /// (equal identity bytes were checked when the stream was made).
+    last: Option<usize>,
+}
 
-/// A sample as the import handles it.
+impl Streams {
+    /// The last sample's stream if `topic` and `identity` name it.
+    fn last_if(&self, topic: &str, identity: &Identity<'_>) -> Option<usize> {
+        let i = self.last?;
+        let stream = &self.list[i];
+        (stream.topic == topic && identity.is(&stream.identity)).then_some(i)
+    }
+
+    fn all(&mut self) -> impl Iterator<Item = &mut Stream> {
+        self.list.iter_mut()
+    }
+}
+
+/// A stream's identity bytes as a sample gives them, a tag and the rest
+/// (joined only when a new stream needs them): [`ATTACHED`] and the
+/// attachment's identity bytes, or [`RAW`] and a raw sample's key. The
+/// tags keep the two kinds apart whatever the bytes.
+#[derive(Debug, Clone, Copy)]
+struct Identity<'a>(&'a [u8], &'a [u8]);
+
+impl Identity<'_> {
+    fn is(&self, bytes: &[u8]) -> bool {
+        let Self(a, b) = *self;
+        bytes.len() == a.len() + b.len() && bytes[..a.len()] == *a && bytes[a.len()..] == *b
+    }
+
+    fn to_vec(self) -> Vec<u8> {
+        [self.0, self.1].concat()
+    }
+}
+
+/// The identity tag of samples with a shmbus attachment.
+const ATTACHED: &[u8] = &[1];
+/// The identity tag of raw samples (plain Zenoh publishers).
+const RAW: &[u8] = &[0];
+
+/// What names a new stream, from a fully checked attachment (or a raw
+/// sample's key).
 struct Incoming<'a> {
-    kind: Kind,
-    /// `None`: the next number (a plain Zenoh sample).
-    seq: Option<u64>,
     origin: &'a str,
     publisher: &'a str,
     type_name: &'a str,
     type_fingerprint: u64,
-    identity: &'a [u8],
 }
 
 /// The import side, shared by the Zenoh callbacks.
@@ -102,7 +147,7 @@ impl Importer {
         Self {
             config,
             stats,
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Streams::default()),
         }
     }
 
@@ -116,52 +161,61 @@ impl Importer {
             Some(t) => t.as_str(),
             None => key.rsplit('/').next().unwrap_or(key),
         };
-        if let Err(e) = bus::validate_name("topic", topic) {
-            self.refuse(key, &format!("its last chunk is not a topic name: {e}"));
-            return;
-        }
         let payload = sample.payload().to_bytes();
         match sample.attachment() {
             Some(att) => {
                 let bytes = att.to_bytes();
+                let header = match Header::parse(&bytes) {
+                    Ok(h) => h,
+                    Err(e) => return self.refuse(key, &e.to_string()),
+                };
+                let identity = Identity(ATTACHED, header.identity);
+                let mut streams = self.lock();
+                if let Some(i) = streams.last_if(topic, &identity) {
+                    return self.apply(&mut streams, i, header.kind, Some(header.seq), &payload);
+                }
+                // A sample of another stream than the last: check it all.
+                if let Err(e) = bus::validate_name("topic", topic) {
+                    return self.refuse(key, &format!("its last chunk is not a topic name: {e}"));
+                }
                 match MetaRef::decode(&bytes) {
                     // Our own export (Zenoh delivers only remote ones anyway).
                     Ok(m) if m.origin == self.config.node_name => {}
-                    Ok(m) => self.apply(
-                        topic,
-                        Incoming {
-                            kind: m.kind,
-                            seq: Some(m.seq),
+                    Ok(m) => {
+                        let new = Incoming {
                             origin: m.origin,
                             publisher: m.publisher,
                             type_name: m.type_name,
                             type_fingerprint: m.type_fingerprint,
-                            identity: m.identity,
-                        },
-                        &payload,
-                    ),
+                        };
+                        if let Some(i) = self.find(&mut streams, topic, identity, new) {
+                            self.apply(&mut streams, i, m.kind, Some(m.seq), &payload);
+                        }
+                    }
                     Err(e) => self.refuse(key, &e.to_string()),
                 }
             }
             None if rule.raw => {
                 // A plain Zenoh publisher: raw bytes, numbered on arrival,
                 // one stream per key.
+                let identity = Identity(RAW, key.as_bytes());
+                let mut streams = self.lock();
+                if let Some(i) = streams.last_if(topic, &identity) {
+                    return self.apply(&mut streams, i, Kind::Message, None, &payload);
+                }
+                if let Err(e) = bus::validate_name("topic", topic) {
+                    return self.refuse(key, &format!("its last chunk is not a topic name: {e}"));
+                }
                 let publisher = raw_publisher_id(key);
-                let mut identity = b"\0raw\0".to_vec();
-                identity.extend_from_slice(key.as_bytes());
-                self.apply(
-                    topic,
-                    Incoming {
-                        kind: Kind::Message,
-                        seq: None,
-                        origin: RAW_ORIGIN,
-                        publisher: &publisher,
-                        type_name: "",
-                        type_fingerprint: 0,
-                        identity: &identity,
-                    },
-                    &payload,
-                );
+                let new = Incoming {
+                    origin: RAW_ORIGIN,
+                    publisher: &publisher,
+                    type_name: "",
+                    type_fingerprint: 0,
+                };
+                if let Some(i) = self.find(&mut streams, topic, identity, new) {
+                    self.apply(&mut streams, i, Kind::Message, None, &payload);
+                }
             }
             None => self.refuse(
                 key,
@@ -172,7 +226,7 @@ impl Importer {
 
     /// The origin gateway `origin` is gone: close its replicas.
     pub fn origin_gone(&self, origin: &str) {
-        for stream in self.lock().values_mut().flat_map(|t| t.values_mut()) {
+        for stream in self.lock().all() {
             if stream.origin == origin && stream.replica.take().is_some() {
                 log::info!("{}: gateway gone, replica closed", stream.what());
             }
@@ -181,7 +235,7 @@ impl Importer {
 
     /// Closes every replica (at exit).
     pub fn close_all(&self) {
-        for stream in self.lock().values_mut().flat_map(|t| t.values_mut()) {
+        for stream in self.lock().all() {
             stream.replica = None;
         }
     }
@@ -195,47 +249,67 @@ impl Importer {
         log::debug!("sample on {key} refused: {why}");
     }
 
-    fn apply(&self, topic: &str, s: Incoming<'_>, payload: &[u8]) {
-        let mut streams = self.lock();
-        let count: usize = streams.values().map(HashMap::len).sum();
-        let by_topic = match streams.get_mut(topic) {
-            Some(t) => t,
-            None => streams.entry(topic.to_owned()).or_default(),
-        };
-        if !by_topic.contains_key(s.identity) {
-            if count >= MAX_STREAMS {
+    /// The stream `identity` names in `topic`, made if it is new (and
+    /// `MAX_STREAMS` allows); it becomes the last sample's stream.
+    fn find(
+        &self,
+        streams: &mut Streams,
+        topic: &str,
+        identity: Identity<'_>,
+        new: Incoming<'_>,
+    ) -> Option<usize> {
+        let known = streams
+            .index
+            .get(topic)
+            .and_then(|by_identity| by_identity.get(&identity.to_vec()[..]).copied());
+        let i = match known {
+            Some(i) => i,
+            None if streams.list.len() >= MAX_STREAMS => {
                 self.stats.import_refused.add(1);
                 log::debug!(
                     "{topic}/{}: refused, {MAX_STREAMS} streams already",
-                    s.publisher
+                    new.publisher
                 );
-                return;
+                return None;
             }
-            by_topic.insert(
-                s.identity.to_vec(),
-                Stream {
-                    origin: s.origin.to_owned(),
-                    publisher: s.publisher.to_owned(),
+            None => {
+                let i = streams.list.len();
+                let identity = identity.to_vec();
+                streams
+                    .index
+                    .entry(topic.to_owned())
+                    .or_default()
+                    .insert(identity.clone(), i);
+                streams.list.push(Stream {
+                    identity,
+                    origin: new.origin.to_owned(),
+                    publisher: new.publisher.to_owned(),
                     topic: topic.to_owned(),
-                    type_name: s.type_name.to_owned(),
-                    type_fingerprint: s.type_fingerprint,
+                    type_name: new.type_name.to_owned(),
+                    type_fingerprint: new.type_fingerprint,
                     replica: None,
                     epoch: 0,
                     next: None,
                     seen: None,
-                },
-            );
-        }
-        let Some(stream) = by_topic.get_mut(s.identity) else {
-            return;
+                });
+                i
+            }
         };
-        let seq = s.seq.unwrap_or_else(|| stream.next.unwrap_or(0));
-        let announced = match s.kind {
+        streams.last = Some(i);
+        Some(i)
+    }
+
+    /// A sample of stream `i`; `seq` `None`: the next number (a plain
+    /// Zenoh sample).
+    fn apply(&self, streams: &mut Streams, i: usize, kind: Kind, seq: Option<u64>, payload: &[u8]) {
+        let stream = &mut streams.list[i];
+        let seq = seq.unwrap_or_else(|| stream.next.unwrap_or(0));
+        let announced = match kind {
             Kind::Message => seq.saturating_add(1),
             Kind::Gap | Kind::End => seq,
         };
         stream.seen = Some(stream.seen.map_or(announced, |v| v.max(announced)));
-        match s.kind {
+        match kind {
             Kind::Message => self.message(stream, seq, payload),
             Kind::Gap => self.flush_stream(stream),
             Kind::End => {
@@ -267,7 +341,7 @@ impl Importer {
     /// The gateway calls it every 10 ms, so a drop at the end of a burst
     /// is reported without waiting for the next message.
     pub fn flush(&self) {
-        for stream in self.lock().values_mut().flat_map(|t| t.values_mut()) {
+        for stream in self.lock().all() {
             self.flush_stream(stream);
         }
     }
@@ -293,11 +367,17 @@ impl Importer {
         // The replica's own numbering is the truth: a call that found the
         // ring full may already have written the gap before `seq`.
         let before = replica.next_sequence().unwrap_or(seq);
-        let deadline = Instant::now() + self.config.import_full_wait;
+        // Read the clock only once the ring is full (not per message).
+        let mut deadline = None;
         let written = loop {
             match replica.try_write_message(seq, payload) {
                 Ok(true) => break true,
-                Ok(false) if Instant::now() < deadline => {
+                Ok(false)
+                    if Instant::now()
+                        < *deadline.get_or_insert_with(|| {
+                            Instant::now() + self.config.import_full_wait
+                        }) =>
+                {
                     std::thread::sleep(Duration::from_micros(50));
                 }
                 Ok(false) => {
@@ -323,9 +403,10 @@ impl Importer {
             }
         };
         let after = replica.next_sequence().unwrap_or(before);
-        self.stats
-            .import_lost
-            .add((after - before).saturating_sub(u64::from(written)));
+        let lost = (after - before).saturating_sub(u64::from(written));
+        if lost > 0 {
+            self.stats.import_lost.add(lost);
+        }
         if written {
             self.stats.imported.add(1);
         }
@@ -375,4 +456,45 @@ fn raw_publisher_id(key: &str) -> String {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("k{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(topic: &str, identity: Identity<'_>) -> Stream {
+        Stream {
+            identity: identity.to_vec(),
+            origin: "o".into(),
+            publisher: "p".into(),
+            topic: topic.into(),
+            type_name: String::new(),
+            type_fingerprint: 0,
+            replica: None,
+            epoch: 0,
+            next: None,
+            seen: None,
+        }
+    }
+
+    /// The same bytes from an attachment and as a raw key name two
+    /// streams; the last-stream shortcut matches only topic and identity
+    /// both equal.
+    #[test]
+    fn identities_of_two_kinds_never_match_and_the_shortcut_checks_both_parts() {
+        let attached = Identity(ATTACHED, b"abc");
+        let raw = Identity(RAW, b"abc");
+        assert!(attached.is(&attached.to_vec()));
+        assert!(!raw.is(&attached.to_vec()));
+        assert!(!Identity(ATTACHED, b"ab").is(&attached.to_vec()));
+        assert!(!Identity(ATTACHED, b"abcd").is(&attached.to_vec()));
+        let mut streams = Streams::default();
+        assert_eq!(streams.last_if("t", &attached), None);
+        streams.list.push(stream("t", attached));
+        streams.last = Some(0);
+        assert_eq!(streams.last_if("t", &attached), Some(0));
+        assert_eq!(streams.last_if("u", &attached), None);
+        assert_eq!(streams.last_if("t", &raw), None);
+        assert_eq!(streams.last_if("t", &Identity(ATTACHED, b"abd")), None);
+    }
 }

@@ -60,6 +60,11 @@ struct Args {
     /// default 4 MiB).
     #[arg(long)]
     import_capacity: Option<u64>,
+    /// How long (µs) an export thread keeps polling an empty ring before
+    /// it sleeps: lower latency for the next message, a core's time while
+    /// it polls (default 0: sleep at once).
+    #[arg(long)]
+    export_spin_us: Option<u64>,
     /// Log level (RUST_LOG wins).
     #[arg(long, value_enum)]
     log_level: Option<LogLevel>,
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         imports: args.imports,
         import_full_wait_ms: args.import_full_wait_ms,
         import_capacity: args.import_capacity,
+        export_spin_us: args.export_spin_us,
         log_level: args.log_level,
     };
     let config = match Config::load(args.config.as_deref(), flags) {

@@ -134,6 +134,73 @@ fn kind_byte(kind: Kind) -> u8 {
     }
 }
 
+/// The attachment's per-sample part, checked, and the bytes after it
+/// unchecked: what the import reads of every sample before it knows
+/// whether the stream is one it has seen (whose identity bytes it checked
+/// with [`MetaRef::decode`] when the stream was made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    /// Sample kind.
+    pub kind: Kind,
+    /// Sequence number (below `u64::MAX`).
+    pub seq: u64,
+    /// The bytes that name the stream, not checked: equal to
+    /// [`MetaRef::identity`] of the same bytes.
+    pub identity: &'a [u8],
+}
+
+impl<'a> Header<'a> {
+    /// Checks magic, kind, the reserved bytes and the sequence number.
+    ///
+    /// # Errors
+    ///
+    /// [`MetaError`] as [`MetaRef::decode`] gives for these fields.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmbus_zenoh::meta::{Header, Kind, Meta, MetaRef};
+    /// let m = Meta {
+    ///     kind: Kind::Gap,
+    ///     seq: 7,
+    ///     origin: "a".into(),
+    ///     publisher: "p".into(),
+    ///     type_name: String::new(),
+    ///     type_fingerprint: 0,
+    /// };
+    /// let bytes = m.encode();
+    /// let h = Header::parse(&bytes).unwrap();
+    /// assert_eq!((h.kind, h.seq), (Kind::Gap, 7));
+    /// assert_eq!(h.identity, MetaRef::decode(&bytes).unwrap().identity);
+    /// ```
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, MetaError> {
+        let fixed = bytes
+            .get(..SEQ_AT + 8)
+            .ok_or(MetaError::Truncated(bytes.len()))?;
+        if fixed[..4] != MAGIC {
+            return Err(MetaError::Magic);
+        }
+        let kind = match fixed[KIND_AT] {
+            0 => Kind::Message,
+            1 => Kind::Gap,
+            2 => Kind::End,
+            _ => return Err(MetaError::Field("kind")),
+        };
+        if fixed[KIND_AT + 1..SEQ_AT] != [0; 3] {
+            return Err(MetaError::Field("reserved"));
+        }
+        let seq = u64_le(&fixed[SEQ_AT..]);
+        if seq == u64::MAX {
+            return Err(MetaError::Field("sequence number"));
+        }
+        Ok(Self {
+            kind,
+            seq,
+            identity: &bytes[SEQ_AT + 8..],
+        })
+    }
+}
+
 impl<'a> MetaRef<'a> {
     /// Decodes and checks an attachment without copying its names.
     ///
@@ -348,6 +415,36 @@ mod tests {
         assert_eq!(
             Meta::decode(&long_type),
             Err(MetaError::Field("type name length"))
+        );
+    }
+
+    /// Whatever `decode` accepts, `parse` accepts with the same kind,
+    /// number and identity; whatever `parse` refuses, `decode` refuses.
+    #[test]
+    fn header_agrees_with_the_full_decode() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let good = sample().encode();
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut bytes = good.clone();
+            let i = (x % 24) as usize;
+            bytes[i] = (x >> 32) as u8;
+            bytes.truncate((x >> 40) as usize % (bytes.len() + 1));
+            match (Header::parse(&bytes), MetaRef::decode(&bytes)) {
+                (Ok(h), Ok(m)) => {
+                    assert_eq!((h.kind, h.seq, h.identity), (m.kind, m.seq, m.identity))
+                }
+                (Err(_), Ok(m)) => panic!("decode took {m:?}, parse refused"),
+                _ => {}
+            }
+        }
+        let mut max = good.clone();
+        max[SEQ_AT..SEQ_AT + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(
+            Header::parse(&max),
+            Err(MetaError::Field("sequence number"))
         );
     }
 

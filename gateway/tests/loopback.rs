@@ -146,6 +146,97 @@ fn typed_messages_cross_in_order_and_a_wrong_type_is_refused() {
     }
 }
 
+/// Two publishers of one topic, sending in turn: the importer's samples
+/// alternate between two streams (its lookup of the last sample's stream
+/// misses every time), and each stream still arrives whole, in order, in
+/// its own replica.
+#[test]
+fn interleaved_publishers_of_one_topic_each_arrive_in_order() {
+    let _w = Watchdog::new("interleaved_publishers", Duration::from_secs(90));
+    let dir = TestDir::new("interleaved");
+    let (_a, _b) = pair(
+        &dir,
+        &["--export", "tele", "--export", "ready"],
+        &["--import", "shmbus/b/tele", "--import", "shmbus/b/ready"],
+    );
+    let (bus_a, bus_b) = (bus(&dir.join("a")), bus(&dir.join("b")));
+    wait_routed(&bus_a, &bus_b);
+    let mut sub = bus_b
+        .subscriber_with::<Tele>("tele", StartAt::Oldest, WaitStrategy::default())
+        .unwrap();
+    let mut p0 = bus_a.publisher::<Tele>("tele").unwrap();
+    let mut p1 = bus_a.publisher::<Tele>("tele").unwrap();
+    const N: u64 = 2000;
+    for seq in 0..N {
+        p0.send(&Tele::new(0, seq)).unwrap();
+        p1.send(&Tele::new(1, seq)).unwrap();
+    }
+    let got = receive(&mut sub, 2 * N as usize, Duration::from_secs(60));
+    let replicas: HashSet<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(replicas.len(), 2, "one replica per publisher: {replicas:?}");
+    for replica in replicas {
+        let mine: Vec<(String, u64)> = got.iter().filter(|(p, _)| p == replica).cloned().collect();
+        assert_in_order(&mine, N);
+    }
+    assert_eq!(sub.lost_messages(), 0);
+}
+
+/// `--export-spin-us`: bursts with idle gaps longer than the window (the
+/// export thread polls, then sleeps, then is woken) all arrive in order;
+/// idle, the gateway sleeps (no thread keeps polling past its window).
+#[test]
+fn an_export_spin_window_delivers_every_burst_then_sleeps() {
+    let _w = Watchdog::new("export_spin", Duration::from_secs(90));
+    let dir = TestDir::new("spin");
+    let (a, _b) = pair(
+        &dir,
+        &[
+            "--export",
+            "tele",
+            "--export",
+            "ready",
+            "--export-spin-us",
+            "2000",
+        ],
+        &["--import", "shmbus/b/tele", "--import", "shmbus/b/ready"],
+    );
+    let (bus_a, bus_b) = (bus(&dir.join("a")), bus(&dir.join("b")));
+    wait_routed(&bus_a, &bus_b);
+    let mut sub = bus_b
+        .subscriber_with::<Tele>("tele", StartAt::Oldest, WaitStrategy::default())
+        .unwrap();
+    let mut publisher = bus_a.publisher::<Tele>("tele").unwrap();
+    const BURSTS: u64 = 20;
+    const PER_BURST: u64 = 50;
+    let mut got = Vec::new();
+    for burst in 0..BURSTS {
+        for i in 0..PER_BURST {
+            publisher
+                .send(&Tele::new(0, burst * PER_BURST + i))
+                .unwrap();
+        }
+        got.extend(receive(
+            &mut sub,
+            PER_BURST as usize,
+            Duration::from_secs(20),
+        ));
+        // Past the 2 ms window: the next burst finds the thread asleep.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_in_order(&got, BURSTS * PER_BURST);
+    // Idle: two threads of `a` export (`tele`, `ready`) with a 2 ms
+    // window each. Polling without end would cost about a core (1 s of
+    // CPU per second); asleep, the gateway uses a few ms for its scans.
+    std::thread::sleep(Duration::from_millis(200));
+    let before = a.cpu_time().expect("gw-a runs");
+    std::thread::sleep(Duration::from_secs(1));
+    let used = a.cpu_time().expect("gw-a runs") - before;
+    assert!(
+        used < Duration::from_millis(300),
+        "an idle gateway used {used:?} of CPU in 1 s"
+    );
+}
+
 #[test]
 fn nothing_loops_back_between_two_gateways_that_export_and_import_a_topic() {
     let _w = Watchdog::new("nothing_loops_back", Duration::from_secs(90));
