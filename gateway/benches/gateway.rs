@@ -26,7 +26,7 @@
 //!
 //! For profiling one part: `GW_BENCH_SIZES=4096 GW_BENCH_PARTS=gt` (of
 //! `zt`, `gt`, `zl`, `gl`, `gs`); what is left out prints as NaN. Each
-//! gateway throughput run prints its measured window on stderr
+//! throughput run prints its measured window on stderr
 //! (`window START,END`, CLOCK_MONOTONIC seconds), for
 //! `perf record -k CLOCK_MONOTONIC -a` and `perf report --time START,END`.
 
@@ -245,10 +245,12 @@ fn plain_throughput(size: usize) -> f64 {
         publisher.put(payload.clone()).wait().unwrap();
     }
     assert_eq!(line(&rx), "warm");
+    let t0 = mono();
     for _ in 0..count {
         publisher.put(payload.clone()).wait().unwrap();
     }
     let r = rate(&rx, count);
+    eprintln!("window {:.6},{:.6}", t0, mono());
     let _ = sink.wait();
     r
 }
