@@ -329,7 +329,8 @@ impl RingExport {
                     if !self.spin.is_zero() {
                         // Poll (yielding) until the window after the last
                         // message ends; a message within it needs no
-                        // wake-up. One clock read per empty spell.
+                        // wake-up. The clock is read when the ring is
+                        // found empty, never per message.
                         let now = Instant::now();
                         let end = *spin_until.get_or_insert(now + self.spin);
                         if now < end {
