@@ -68,6 +68,39 @@ fn wait_routed(from: &Bus, to: &Bus) {
     }
 }
 
+/// `tele` one way: gateway `a` exports `tele` and `ready` (with
+/// `a_extra` flags), `b` imports them; routed, with a subscriber of
+/// `tele` on bus b.
+struct OneWay {
+    a: Gw,
+    _b: Gw,
+    bus_a: Bus,
+    bus_b: Bus,
+    sub: Subscriber<Tele>,
+}
+
+fn one_way(dir: &TestDir, a_extra: &[&str]) -> OneWay {
+    let mut a_args = vec!["--export", "tele", "--export", "ready"];
+    a_args.extend(a_extra);
+    let (a, b) = pair(
+        dir,
+        &a_args,
+        &["--import", "shmbus/b/tele", "--import", "shmbus/b/ready"],
+    );
+    let (bus_a, bus_b) = (bus(&dir.join("a")), bus(&dir.join("b")));
+    wait_routed(&bus_a, &bus_b);
+    let sub = bus_b
+        .subscriber_with::<Tele>("tele", StartAt::Oldest, WaitStrategy::default())
+        .unwrap();
+    OneWay {
+        a,
+        _b: b,
+        bus_a,
+        bus_b,
+        sub,
+    }
+}
+
 /// Receives until `want` messages arrived or `timeout`: (publisher id, seq).
 fn receive(sub: &mut Subscriber<Tele>, want: usize, timeout: Duration) -> Vec<(String, u64)> {
     let mut got = Vec::new();
@@ -102,17 +135,8 @@ fn assert_in_order(got: &[(String, u64)], n: u64) {
 fn typed_messages_cross_in_order_and_a_wrong_type_is_refused() {
     let _w = Watchdog::new("typed_messages_cross", Duration::from_secs(90));
     let dir = TestDir::new("typed");
-    let (_a, _b) = pair(
-        &dir,
-        &["--export", "tele", "--export", "ready"],
-        &["--import", "shmbus/b/tele", "--import", "shmbus/b/ready"],
-    );
-    let (bus_a, bus_b) = (bus(&dir.join("a")), bus(&dir.join("b")));
-    wait_routed(&bus_a, &bus_b);
-    let mut sub = bus_b
-        .subscriber_with::<Tele>("tele", StartAt::Oldest, WaitStrategy::default())
-        .unwrap();
-    let mut publisher = bus_a.publisher::<Tele>("tele").unwrap();
+    let mut w = one_way(&dir, &[]);
+    let mut publisher = w.bus_a.publisher::<Tele>("tele").unwrap();
     const N: u64 = 5000;
     let sender = std::thread::spawn(move || {
         for seq in 0..N {
@@ -120,7 +144,7 @@ fn typed_messages_cross_in_order_and_a_wrong_type_is_refused() {
         }
         publisher
     });
-    let got = receive(&mut sub, N as usize, Duration::from_secs(60));
+    let got = receive(&mut w.sub, N as usize, Duration::from_secs(60));
     let _publisher = sender.join().unwrap();
     // The export reads as an observer: no subscriber slot on the local
     // ring, so the network never holds the local publisher back.
@@ -138,9 +162,9 @@ fn typed_messages_cross_in_order_and_a_wrong_type_is_refused() {
         "a replica of gw-a: {replica}"
     );
     assert!(got.iter().all(|(p, _)| p == replica), "one replica ring");
-    assert_eq!(sub.lost_messages(), 0);
+    assert_eq!(w.sub.lost_messages(), 0);
     // The replica carries the remote type: another type is refused.
-    match bus_b.subscriber::<Other>("tele") {
+    match w.bus_b.subscriber::<Other>("tele") {
         Err(shmbus::Error::TypeMismatch { .. }) => {}
         other => panic!("a subscriber of another type: {other:?}"),
     }
@@ -154,31 +178,22 @@ fn typed_messages_cross_in_order_and_a_wrong_type_is_refused() {
 fn interleaved_publishers_of_one_topic_each_arrive_in_order() {
     let _w = Watchdog::new("interleaved_publishers", Duration::from_secs(90));
     let dir = TestDir::new("interleaved");
-    let (_a, _b) = pair(
-        &dir,
-        &["--export", "tele", "--export", "ready"],
-        &["--import", "shmbus/b/tele", "--import", "shmbus/b/ready"],
-    );
-    let (bus_a, bus_b) = (bus(&dir.join("a")), bus(&dir.join("b")));
-    wait_routed(&bus_a, &bus_b);
-    let mut sub = bus_b
-        .subscriber_with::<Tele>("tele", StartAt::Oldest, WaitStrategy::default())
-        .unwrap();
-    let mut p0 = bus_a.publisher::<Tele>("tele").unwrap();
-    let mut p1 = bus_a.publisher::<Tele>("tele").unwrap();
+    let mut w = one_way(&dir, &[]);
+    let mut p0 = w.bus_a.publisher::<Tele>("tele").unwrap();
+    let mut p1 = w.bus_a.publisher::<Tele>("tele").unwrap();
     const N: u64 = 2000;
     for seq in 0..N {
         p0.send(&Tele::new(0, seq)).unwrap();
         p1.send(&Tele::new(1, seq)).unwrap();
     }
-    let got = receive(&mut sub, 2 * N as usize, Duration::from_secs(60));
+    let got = receive(&mut w.sub, 2 * N as usize, Duration::from_secs(60));
     let replicas: HashSet<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(replicas.len(), 2, "one replica per publisher: {replicas:?}");
     for replica in replicas {
         let mine: Vec<(String, u64)> = got.iter().filter(|(p, _)| p == replica).cloned().collect();
         assert_in_order(&mine, N);
     }
-    assert_eq!(sub.lost_messages(), 0);
+    assert_eq!(w.sub.lost_messages(), 0);
 }
 
 /// `--export-spin-us`: bursts with idle gaps longer than the window (the
@@ -188,24 +203,8 @@ fn interleaved_publishers_of_one_topic_each_arrive_in_order() {
 fn an_export_spin_window_delivers_every_burst_then_sleeps() {
     let _w = Watchdog::new("export_spin", Duration::from_secs(90));
     let dir = TestDir::new("spin");
-    let (a, _b) = pair(
-        &dir,
-        &[
-            "--export",
-            "tele",
-            "--export",
-            "ready",
-            "--export-spin-us",
-            "2000",
-        ],
-        &["--import", "shmbus/b/tele", "--import", "shmbus/b/ready"],
-    );
-    let (bus_a, bus_b) = (bus(&dir.join("a")), bus(&dir.join("b")));
-    wait_routed(&bus_a, &bus_b);
-    let mut sub = bus_b
-        .subscriber_with::<Tele>("tele", StartAt::Oldest, WaitStrategy::default())
-        .unwrap();
-    let mut publisher = bus_a.publisher::<Tele>("tele").unwrap();
+    let mut w = one_way(&dir, &["--export-spin-us", "2000"]);
+    let mut publisher = w.bus_a.publisher::<Tele>("tele").unwrap();
     const BURSTS: u64 = 20;
     const PER_BURST: u64 = 50;
     let mut got = Vec::new();
@@ -216,7 +215,7 @@ fn an_export_spin_window_delivers_every_burst_then_sleeps() {
                 .unwrap();
         }
         got.extend(receive(
-            &mut sub,
+            &mut w.sub,
             PER_BURST as usize,
             Duration::from_secs(20),
         ));
@@ -228,9 +227,9 @@ fn an_export_spin_window_delivers_every_burst_then_sleeps() {
     // window each. Polling without end would cost about a core (1 s of
     // CPU per second); asleep, the gateway uses a few ms for its scans.
     std::thread::sleep(Duration::from_millis(200));
-    let before = a.cpu_time().expect("gw-a runs");
+    let before = w.a.cpu_time().expect("gw-a runs");
     std::thread::sleep(Duration::from_secs(1));
-    let used = a.cpu_time().expect("gw-a runs") - before;
+    let used = w.a.cpu_time().expect("gw-a runs") - before;
     assert!(
         used < Duration::from_millis(300),
         "an idle gateway used {used:?} of CPU in 1 s"
