@@ -79,9 +79,10 @@ impl Stream {
 #[derive(Debug, Default)]
 struct Streams {
     list: Vec<Stream>,
-    /// Indexes into `list` by topic, then by identity (the attachment's
-    /// bytes that name the stream), so a lookup allocates nothing.
-    index: HashMap<String, HashMap<Vec<u8>, usize>>,
+    /// Indexes into `list` by identity tag ([`RAW`] 0, [`ATTACHED`] 1),
+    /// topic, then the rest of the identity (the attachment's bytes that
+    /// name the stream, or the raw key), so a lookup allocates nothing.
+    index: [HashMap<String, HashMap<Vec<u8>, usize>>; 2],
     /// The stream of the last sample: samples mostly come in runs of one
     /// stream, and a run's samples skip the lookup and the name checks
     /// (equal identity bytes were checked when the stream was made).
@@ -258,10 +259,11 @@ impl Importer {
         identity: Identity<'_>,
         new: Incoming<'_>,
     ) -> Option<usize> {
-        let known = streams
-            .index
+        let Identity(tag, rest) = identity;
+        let by_tag = usize::from(tag == ATTACHED);
+        let known = streams.index[by_tag]
             .get(topic)
-            .and_then(|by_identity| by_identity.get(&identity.to_vec()[..]).copied());
+            .and_then(|by_identity| by_identity.get(rest).copied());
         let i = match known {
             Some(i) => i,
             None if streams.list.len() >= MAX_STREAMS => {
@@ -274,14 +276,12 @@ impl Importer {
             }
             None => {
                 let i = streams.list.len();
-                let identity = identity.to_vec();
-                streams
-                    .index
+                streams.index[by_tag]
                     .entry(topic.to_owned())
                     .or_default()
-                    .insert(identity.clone(), i);
+                    .insert(rest.to_vec(), i);
                 streams.list.push(Stream {
-                    identity,
+                    identity: identity.to_vec(),
                     origin: new.origin.to_owned(),
                     publisher: new.publisher.to_owned(),
                     topic: topic.to_owned(),
