@@ -187,7 +187,10 @@ fn a_gateway_killed_and_restarted_is_seen_gone_and_back_on_the_other_hosts() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let first = received[0][0].0.clone();
-    let present_before = h.gws[1].count_log("gateway host0 present");
+    let present_before: Vec<usize> = [1, 2]
+        .iter()
+        .map(|&i| h.gws[i].count_log("gateway host0 present"))
+        .collect();
     h.gws[0].kill9();
     // Both other hosts close host0's replica: their subscribers see it gone.
     for (i, sub) in subs.iter_mut().enumerate() {
@@ -212,9 +215,26 @@ fn a_gateway_killed_and_restarted_is_seen_gone_and_back_on_the_other_hosts() {
     }
     h.gws[0].restart();
     let end = Instant::now() + Duration::from_secs(30);
-    while h.gws[1].count_log("gateway host0 present") <= present_before {
-        assert!(Instant::now() < end, "host0 never came back");
-        std::thread::sleep(Duration::from_millis(20));
+    for (&i, &before) in [1, 2].iter().zip(&present_before) {
+        while h.gws[i].count_log("gateway host0 present") <= before {
+            assert!(Instant::now() < end, "host {i}: host0 never came back");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // The restarted gateway sends 500..1000 from its ring. Send more only
+    // once both hosts have them: while Zenoh's peers are still settling
+    // their links to the new session, a sample a link switch drops is
+    // lost (and told as Lost by the exporter's idle announcement), which
+    // is Zenoh's to decide, not what this test is about.
+    let end = Instant::now() + Duration::from_secs(30);
+    while received.iter().any(|g| g.len() < 1000) {
+        assert!(
+            Instant::now() < end,
+            "after the restart, before the last burst: {:?}",
+            received.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        drain(&mut subs, &mut received);
+        std::thread::sleep(Duration::from_millis(10));
     }
     for seq in 1000..1500 {
         publisher.send(&Tele::new(0, seq)).unwrap();
