@@ -208,7 +208,9 @@ impl<'a> MetaRef<'a> {
     ///
     /// [`MetaError`] naming the first field that is wrong.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, MetaError> {
-        let mut at = 0;
+        // Magic, kind, reserved bytes and number: the per-sample header.
+        let Header { kind, seq, .. } = Header::parse(bytes)?;
+        let mut at = SEQ_AT + 8;
         let mut take = |n: usize| -> Result<&'a [u8], MetaError> {
             let end = at + n;
             let field = bytes
@@ -217,19 +219,6 @@ impl<'a> MetaRef<'a> {
             at = end;
             Ok(field)
         };
-        if take(4)? != MAGIC {
-            return Err(MetaError::Magic);
-        }
-        let kind = match take(1)?[0] {
-            0 => Kind::Message,
-            1 => Kind::Gap,
-            2 => Kind::End,
-            _ => return Err(MetaError::Field("kind")),
-        };
-        if take(3)? != [0; 3] {
-            return Err(MetaError::Field("reserved"));
-        }
-        let seq = u64_le(take(8)?);
         let type_fingerprint = u64_le(take(8)?);
         let mut name = |what: &'static str| -> Result<&'a str, MetaError> {
             let len = usize::from(take(1)?[0]);
@@ -249,9 +238,6 @@ impl<'a> MetaRef<'a> {
             .ok_or(MetaError::Field("type name"))?;
         if at != bytes.len() {
             return Err(MetaError::Trailing(bytes.len() - at));
-        }
-        if seq == u64::MAX {
-            return Err(MetaError::Field("sequence number"));
         }
         Ok(Self {
             kind,

@@ -164,28 +164,16 @@ fn a_gateway_killed_and_restarted_is_seen_gone_and_back_on_the_other_hosts() {
         .collect();
     let mut publisher = h.buses[0].publisher::<Tele>("tele").unwrap();
     let mut received: Vec<Vec<(String, u64)>> = vec![Vec::new(); 2];
-    let drain = |subs: &mut Vec<shmbus::Subscriber<Tele>>,
-                 received: &mut Vec<Vec<(String, u64)>>| {
-        for (sub, got) in subs.iter_mut().zip(received.iter_mut()) {
-            while let Ok(Some(m)) = sub.try_recv() {
-                assert!(check_body(&m));
-                got.push((m.publisher().to_owned(), m.seq.to_native()));
-            }
-        }
-    };
     for seq in 0..500 {
         publisher.send(&Tele::new(0, seq)).unwrap();
     }
-    let end = Instant::now() + Duration::from_secs(30);
-    while received.iter().any(|g| g.len() < 500) {
-        assert!(
-            Instant::now() < end,
-            "before the kill: {:?}",
-            received.iter().map(Vec::len).collect::<Vec<_>>()
-        );
-        drain(&mut subs, &mut received);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    receive_until(
+        &mut subs,
+        &mut received,
+        500,
+        Duration::from_secs(30),
+        "before the kill",
+    );
     let first = received[0][0].0.clone();
     let present_before: Vec<usize> = [1, 2]
         .iter()
@@ -223,32 +211,26 @@ fn a_gateway_killed_and_restarted_is_seen_gone_and_back_on_the_other_hosts() {
     }
     // The restarted gateway sends 500..1000 from its ring. Send more only
     // once both hosts have them: while Zenoh's peers are still settling
-    // their links to the new session, a sample a link switch drops is
-    // lost (and told as Lost by the exporter's idle announcement), which
-    // is Zenoh's to decide, not what this test is about.
-    let end = Instant::now() + Duration::from_secs(30);
-    while received.iter().any(|g| g.len() < 1000) {
-        assert!(
-            Instant::now() < end,
-            "after the restart, before the last burst: {:?}",
-            received.iter().map(Vec::len).collect::<Vec<_>>()
-        );
-        drain(&mut subs, &mut received);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // their links to the new session, a burst can be missed (seen once
+    // in CI under load, cause not pinned down); that is not what this
+    // test is about.
+    receive_until(
+        &mut subs,
+        &mut received,
+        1000,
+        Duration::from_secs(30),
+        "after the restart, before the last burst",
+    );
     for seq in 1000..1500 {
         publisher.send(&Tele::new(0, seq)).unwrap();
     }
-    let end = Instant::now() + Duration::from_secs(60);
-    while received.iter().any(|g| g.len() < 1500) {
-        assert!(
-            Instant::now() < end,
-            "after the restart: {:?}",
-            received.iter().map(Vec::len).collect::<Vec<_>>()
-        );
-        drain(&mut subs, &mut received);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    receive_until(
+        &mut subs,
+        &mut received,
+        1500,
+        Duration::from_secs(60),
+        "after the restart",
+    );
     for (i, got) in received.iter().enumerate() {
         let seqs: Vec<u64> = got.iter().map(|(_, s)| *s).collect();
         assert!(
@@ -264,5 +246,31 @@ fn a_gateway_killed_and_restarted_is_seen_gone_and_back_on_the_other_hosts() {
     }
     for (i, sub) in subs.iter().enumerate() {
         assert_eq!(sub.lost_messages(), 0, "host {}", i + 1);
+    }
+}
+
+/// Drains `subs` into `received` until each has `n` messages (each body
+/// checked); panics after `timeout`, naming `what` and the counts.
+fn receive_until(
+    subs: &mut [shmbus::Subscriber<Tele>],
+    received: &mut [Vec<(String, u64)>],
+    n: usize,
+    timeout: Duration,
+    what: &str,
+) {
+    let end = Instant::now() + timeout;
+    while received.iter().any(|g| g.len() < n) {
+        assert!(
+            Instant::now() < end,
+            "{what}: {:?}",
+            received.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        for (sub, got) in subs.iter_mut().zip(received.iter_mut()) {
+            while let Ok(Some(m)) = sub.try_recv() {
+                assert!(check_body(&m));
+                got.push((m.publisher().to_owned(), m.seq.to_native()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
