@@ -10,6 +10,9 @@
 //! - `publish/gated`: a subscriber is attached and drains (untimed) after
 //!   every chunk, so every chunk crosses gate refreshes; only the writes
 //!   are timed. `publish/free`: no subscriber (no gate), for comparison.
+//! - `take/try_take/*`: [`RingObserver::try_take`], the owned copy out of
+//!   the ring (the Zenoh gateway's export), per payload size, against
+//!   `take/memcpy_to_vec/*`, a plain copy of a buffer into a fresh `Vec`.
 //!
 //! ```text
 //! cargo bench -p shmbus-bus --bench read_path
@@ -22,7 +25,9 @@ use std::{
 };
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use shmbus_bus::{ReadEvent, RingConfig, RingReader, RingWriter, StartAt, WaitStrategy};
+use shmbus_bus::{
+    ReadEvent, RingConfig, RingObserver, RingReader, RingWriter, StartAt, Taken, WaitStrategy,
+};
 
 /// Payload bytes of every message here (the issue's 64 B rows).
 const SIZE: usize = 64;
@@ -181,9 +186,56 @@ fn config() -> Criterion {
         .sample_size(20)
 }
 
+/// The observer's copy out of the ring ([`RingObserver::try_take`]: the
+/// gateway's export) against a plain `memcpy` of the same bytes into a
+/// fresh `Vec`, per payload size.
+fn take(c: &mut Criterion) {
+    let dir = ShmDir::new("take");
+    let mut g = c.benchmark_group("take");
+    for size in [64usize, 4096, 60_000] {
+        g.throughput(Throughput::Bytes(size as u64));
+        let buf = vec![7u8; size];
+        let (path, writer) = ring(dir.path(), &format!("take{size}"));
+        let writer = std::cell::RefCell::new(writer);
+        let mut observer = RingObserver::open(&path, StartAt::Latest).expect("observer");
+        let per_chunk = (CAPACITY / 2) / (size as u64 + 16);
+        g.bench_function(BenchmarkId::new("try_take", size), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let k = left.min(per_chunk);
+                    {
+                        let mut w = writer.borrow_mut();
+                        for _ in 0..k {
+                            w.try_write(&buf).expect("write");
+                        }
+                    }
+                    let t0 = Instant::now();
+                    for _ in 0..k {
+                        match observer.try_take().expect("take") {
+                            Taken::Message { payload, .. } => {
+                                black_box(payload);
+                            }
+                            other => panic!("expected a message, got {other:?}"),
+                        }
+                    }
+                    total += t0.elapsed();
+                    left -= k;
+                }
+                total
+            })
+        });
+        g.bench_function(BenchmarkId::new("memcpy_to_vec", size), |b| {
+            b.iter(|| black_box(black_box(&buf[..]).to_vec()))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = read_path;
     config = config();
-    targets = receive, publish
+    targets = receive, publish, take
 }
 criterion_main!(read_path);

@@ -439,10 +439,26 @@ unsafe impl View for Arc<Mapping> {
         // Per-word atomic loads: the writer may be overwriting these bytes
         // (the caller validates the copy afterwards, seqlock style). Plain
         // or volatile reads would be a data race; Relaxed atomic loads are
-        // not, and are plain moves on x86-64 and aarch64.
-        for (i, chunk) in dst.chunks_mut(8).enumerate() {
-            let word = self.word(off + 8 * i as u64).load(Ordering::Relaxed);
-            chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
+        // not, and are plain moves on x86-64 and aarch64. Whole words go
+        // straight into 8-byte chunks of `dst` (a copy of a variable-length
+        // chunk per word ran at 2.6 GB/s, `read_path` bench `take/*`).
+        let src = self.data_ptr(off).cast::<AtomicU64>();
+        let mut words = dst.chunks_exact_mut(8);
+        let mut next = 0;
+        for out in &mut words {
+            // SAFETY: per the trait contract `off` is 8-aligned and
+            // `off..off + dst.len()` rounded up to 8 lies inside the ring
+            // data, which is contiguous in the mapping (`data_ptr` masks
+            // `off` alone): word `next` is in bounds and aligned.
+            let word = unsafe { &*src.add(next) }.load(Ordering::Relaxed);
+            out.copy_from_slice(&word.to_le_bytes());
+            next += 1;
+        }
+        let tail = words.into_remainder();
+        if !tail.is_empty() {
+            // SAFETY: as above; the rounded-up range includes this word.
+            let last = unsafe { &*src.add(next) }.load(Ordering::Relaxed);
+            tail.copy_from_slice(&last.to_le_bytes()[..tail.len()]);
         }
     }
 
