@@ -17,15 +17,21 @@
 //! rings large enough that nothing laps), after a warm-up of one ring's
 //! worth of messages (a ring's first lap costs a page fault per page in
 //! every process that maps it; a running bus is past it); the median of
-//! [`REPEATS`] runs. Latency: half the round trip of one message at a
-//! time, median and 99th percentile of [`REPEATS`] x [`LAT_ROUNDS`]
-//! after [`LAT_WARMUP`] rounds, in two gateway set-ups: the defaults
+//! [`THROUGHPUT_ROUNDS`] runs, the parts taking turns in each round (the
+//! host's load drifts; a ratio is the median of the rounds' ratios).
+//! Latency: half the round trip of one message at a time, median and 99th
+//! percentile of [`REPEATS`] x [`LAT_ROUNDS`] after [`LAT_WARMUP`] rounds
+//! (the set-ups taking turns), in two gateway set-ups: the defaults
 //! (export threads and subscribers sleep on the ring's futex when it is
 //! empty), and low latency (`--export-spin-us 1000`, subscribers waiting
 //! with `WaitStrategy::SpinThenYield`).
 //!
+//! A second ceiling: plain Zenoh with the gateways' attachment on every
+//! put (same bytes, not decoded), since Zenoh's cost per sample grows with
+//! an attachment (at 64 B by a third on the 2-vCPU machine).
+//!
 //! For profiling one part: `GW_BENCH_SIZES=4096 GW_BENCH_PARTS=gt` (of
-//! `zt`, `gt`, `zl`, `gl`, `gs`); what is left out prints as NaN. Each
+//! `zt`, `gt`, `za`, `zl`, `gl`, `gs`); what is left out prints as NaN. Each
 //! throughput run prints its measured window on stderr
 //! (`window START,END`, CLOCK_MONOTONIC seconds), for
 //! `perf record -k CLOCK_MONOTONIC -a` and `perf report --time START,END`.
@@ -39,11 +45,14 @@ use std::{
 };
 
 use shmbus_bus::{ReadEvent, RingConfig, RingReader, RingWriter, StartAt, WaitStrategy};
+use shmbus_zenoh::meta::{Kind, Meta};
 use zenoh::{qos::CongestionControl, Wait};
 
 const SIZES: [usize; 3] = [64, 4096, 65536];
-/// Runs of each measurement.
+/// Latency runs of each set-up (rounds pooled).
 const REPEATS: usize = 3;
+/// Throughput runs of each part, taking turns.
+const THROUGHPUT_ROUNDS: usize = 5;
 const LAT_ROUNDS: usize = 2000;
 /// Round trips before the measured ones, on both sides: connections,
 /// routes, caches and the rings' pages warm.
@@ -119,36 +128,56 @@ fn main() {
     let sizes: Vec<usize> = std::env::var("GW_BENCH_SIZES").map_or(SIZES.to_vec(), |v| {
         v.split(',').filter_map(|s| s.parse().ok()).collect()
     });
-    let parts = std::env::var("GW_BENCH_PARTS").unwrap_or_else(|_| "zt,gt,zl,gl,gs".into());
+    let parts = std::env::var("GW_BENCH_PARTS").unwrap_or_else(|_| "zt,gt,za,zl,gl,gs".into());
     let part = |name: &str| parts.split(',').any(|p| p == name);
-    let nan = (f64::NAN, f64::NAN);
-    println!("| payload | plain Zenoh msg/s | gateways msg/s | ratio | plain Zenoh one-way p50 / p99 µs | gateways, defaults: p50 / p99 µs | added p50 | gateways, low latency: p50 / p99 µs | added p50 |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // The attachment the gateways put on every sample here.
+    let attachment = Meta {
+        kind: Kind::Message,
+        seq: 0,
+        origin: "bench-a".into(),
+        publisher: "bench".into(),
+        type_name: String::new(),
+        type_fingerprint: 0,
+    }
+    .encode();
+    println!("| payload | plain Zenoh msg/s | gateways msg/s | ratio | plain Zenoh + the gateways' {} B attachment msg/s | gateways / that | plain Zenoh one-way p50 / p99 µs | gateways, defaults: p50 / p99 µs | added p50 | gateways, low latency: p50 / p99 µs | added p50 |", attachment.len());
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for size in sizes {
-        let zt = if part("zt") {
-            median(|| plain_throughput(size))
-        } else {
-            f64::NAN
-        };
-        let gt = if part("gt") {
-            median(|| gateway_throughput(size))
-        } else {
-            f64::NAN
-        };
-        let zl = if part("zl") { plain_latency(size) } else { nan };
-        let gl = if part("gl") {
-            gateway_latency(size, Setup::Default)
-        } else {
-            nan
-        };
-        let gs = if part("gs") {
-            gateway_latency(size, Setup::LowLatency)
-        } else {
-            nan
-        };
+        // The parts take turns within each round, so a slow spell of the
+        // (shared) host hits them alike; a ratio is the median of the
+        // rounds' ratios.
+        let (mut zt, mut gt, mut za) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..THROUGHPUT_ROUNDS {
+            if part("zt") {
+                zt.push(plain_throughput(size, None));
+            }
+            if part("gt") {
+                gt.push(gateway_throughput(size));
+            }
+            if part("za") {
+                za.push(plain_throughput(size, Some(&attachment)));
+            }
+        }
+        let (mut zl, mut gl, mut gs) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..REPEATS {
+            if part("zl") {
+                zl.extend(plain_latency_run(size));
+            }
+            if part("gl") {
+                gl.extend(gateway_latency_run(size, Setup::Default, run));
+            }
+            if part("gs") {
+                gs.extend(gateway_latency_run(size, Setup::LowLatency, run));
+            }
+        }
+        let (zl, gl, gs) = (percentiles(zl), percentiles(gl), percentiles(gs));
         println!(
-            "| {size} B | {zt:.0} | {gt:.0} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:+.1} µs | {:.1} / {:.1} | {:+.1} µs |",
-            gt / zt,
+            "| {size} B | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:+.1} µs | {:.1} / {:.1} | {:+.1} µs |",
+            median(zt.clone()),
+            median(gt.clone()),
+            median(ratios(&gt, &zt)),
+            median(za.clone()),
+            median(ratios(&gt, &za)),
             zl.0,
             zl.1,
             gl.0,
@@ -161,10 +190,15 @@ fn main() {
     }
 }
 
-fn median(mut run: impl FnMut() -> f64) -> f64 {
-    let mut runs: Vec<f64> = (0..REPEATS).map(|_| run()).collect();
+/// The median (NaN for none).
+fn median(mut runs: Vec<f64>) -> f64 {
     runs.sort_by(f64::total_cmp);
-    runs[runs.len() / 2]
+    runs.get(runs.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `a[i] / b[i]` of the rounds both ran.
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(a, b)| a / b).collect()
 }
 
 fn port() -> u16 {
@@ -224,7 +258,9 @@ fn rate(rx: &mpsc::Receiver<String>, count: u64) -> f64 {
     (count - 1) as f64 / (ns / 1e9)
 }
 
-fn plain_throughput(size: usize) -> f64 {
+/// Plain Zenoh's throughput; with `attachment` on every put (the
+/// ceiling of a path that carries the gateway's metadata).
+fn plain_throughput(size: usize, attachment: Option<&[u8]>) -> f64 {
     let (count, warm) = (count_for(size), warmup_for(size));
     let endpoint = format!("tcp/127.0.0.1:{}", port());
     let session = zenoh::open(zenoh_config(Some(&endpoint), None))
@@ -241,13 +277,20 @@ fn plain_throughput(size: usize) -> f64 {
         std::thread::sleep(Duration::from_millis(10));
     }
     let payload = vec![7u8; size];
+    let put = || {
+        let put = publisher.put(payload.clone());
+        match attachment {
+            Some(a) => put.attachment(a.to_vec()).wait().unwrap(),
+            None => put.wait().unwrap(),
+        }
+    };
     for _ in 0..warm {
-        publisher.put(payload.clone()).wait().unwrap();
+        put();
     }
     assert_eq!(line(&rx), "warm");
     let t0 = mono();
     for _ in 0..count {
-        publisher.put(payload.clone()).wait().unwrap();
+        put();
     }
     let r = rate(&rx, count);
     eprintln!("window {:.6},{:.6}", t0, mono());
@@ -282,14 +325,6 @@ fn zsink(endpoint: &str, warm: u64, count: u64) {
         .wait()
         .unwrap();
     let _ = rx.recv_timeout(Duration::from_secs(300));
-}
-
-fn plain_latency(size: usize) -> (f64, f64) {
-    let mut rtts = Vec::with_capacity(REPEATS * LAT_ROUNDS);
-    for _ in 0..REPEATS {
-        rtts.extend(plain_latency_run(size));
-    }
-    percentiles(rtts)
 }
 
 fn plain_latency_run(size: usize) -> Vec<Duration> {
@@ -360,7 +395,12 @@ fn zecho(endpoint: &str) {
     }
 }
 
+/// Median and 99th percentile of one-way times (half the round trips),
+/// µs; NaN for none.
 fn percentiles(mut rtts: Vec<Duration>) -> (f64, f64) {
+    if rtts.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
     rtts.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6 / 2.0;
     (us(rtts[rtts.len() / 2]), us(rtts[rtts.len() * 99 / 100]))
@@ -552,14 +592,6 @@ fn ssink(root: &Path, warm: u64, count: u64) {
         next(&mut r, wait, &mut lost, |_| ());
     }
     println!("{} {}", start.elapsed().as_nanos(), count - lost);
-}
-
-fn gateway_latency(size: usize, setup: Setup) -> (f64, f64) {
-    let mut rtts = Vec::with_capacity(REPEATS * LAT_ROUNDS);
-    for run in 0..REPEATS {
-        rtts.extend(gateway_latency_run(size, setup, run));
-    }
-    percentiles(rtts)
 }
 
 fn gateway_latency_run(size: usize, setup: Setup, run: usize) -> Vec<Duration> {
