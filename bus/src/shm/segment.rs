@@ -446,10 +446,9 @@ unsafe impl View for Arc<Mapping> {
         let mut words = dst.chunks_exact_mut(8);
         let mut next = 0;
         for out in &mut words {
-            // SAFETY: per the trait contract `off` is 8-aligned and
-            // `off..off + dst.len()` rounded up to 8 lies inside the ring
-            // data, which is contiguous in the mapping (`data_ptr` masks
-            // `off` alone): word `next` is in bounds and aligned.
+            // SAFETY: by the trait contract `off` is 8-aligned and the range
+            // rounded up to 8 bytes lies inside the ring data, contiguous in
+            // the mapping (`data_ptr` masks `off` only): word `next` is in it.
             let word = unsafe { &*src.add(next) }.load(Ordering::Relaxed);
             out.copy_from_slice(&word.to_le_bytes());
             next += 1;
