@@ -28,7 +28,7 @@
 //!
 //! A second ceiling: plain Zenoh with the gateways' attachment on every
 //! put (same bytes, not decoded), since Zenoh's cost per sample grows with
-//! an attachment (at 64 B by a third on the 2-vCPU machine).
+//! an attachment (by up to a third at 64 B on the 2-vCPU machine).
 //!
 //! For profiling one part: `GW_BENCH_SIZES=4096 GW_BENCH_PARTS=gt` (of
 //! `zt`, `gt`, `za`, `zl`, `gl`, `gs`); what is left out prints as NaN. Each
