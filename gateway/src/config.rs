@@ -108,7 +108,9 @@ pub struct Config {
     /// Replica ring size for imported streams (bytes, a power of two).
     pub import_capacity: u64,
     /// How long an import waits for local subscribers to make room in a
-    /// full replica before it drops the message (counted as lost).
+    /// full replica before it drops the message (counted as lost); once
+    /// per spell of fullness (until a message fits again, that replica's
+    /// messages are dropped without waiting).
     pub import_full_wait: Duration,
     /// How often the bus is scanned for new rings to export.
     pub scan_interval: Duration,

@@ -13,6 +13,10 @@
 //! Nothing here waits on the network: the Zenoh callback writes without
 //! blocking, except for up to `import_full_wait` while local subscribers
 //! keep a replica full (then the message is dropped and counted lost).
+//! That wait happens once per spell of fullness, not per message: after
+//! it ran out, the replica's messages are dropped at once until one fits
+//! again. One lock serves every stream, so a wait per message would hold
+//! the import of every topic back behind one stalled subscriber.
 //!
 //! A remote gateway that goes away (its liveliness token is withdrawn:
 //! killed, stopped, disconnected) has its replicas closed: subscribers see
@@ -66,6 +70,9 @@ struct Stream {
     /// The number after the newest message or gap announced: from `next`
     /// to here, messages were dropped and still have to be reported lost.
     seen: Option<u64>,
+    /// The replica stayed full for a whole `import_full_wait`, and no
+    /// message has fit since: drop without waiting.
+    held_full: bool,
 }
 
 impl Stream {
@@ -291,6 +298,7 @@ impl Importer {
                     epoch: 0,
                     next: None,
                     seen: None,
+                    held_full: false,
                 });
                 i
             }
@@ -353,7 +361,10 @@ impl Importer {
         }
         if stream.replica.is_none() {
             match self.create(stream, stream.next.unwrap_or(seq)) {
-                Ok(r) => stream.replica = Some(r),
+                Ok(r) => {
+                    stream.replica = Some(r);
+                    stream.held_full = false;
+                }
                 Err(e) => {
                     log::warning!("{}: no replica: {e}", stream.what());
                     self.stats.import_refused.add(1);
@@ -371,18 +382,28 @@ impl Importer {
         let mut deadline = None;
         let written = loop {
             match replica.try_write_message(seq, payload) {
-                Ok(true) => break true,
+                Ok(true) => {
+                    stream.held_full = false;
+                    break true;
+                }
                 Ok(false)
-                    if Instant::now()
-                        < *deadline.get_or_insert_with(|| {
-                            Instant::now() + self.config.import_full_wait
-                        }) =>
+                    if !stream.held_full
+                        && Instant::now()
+                            < *deadline.get_or_insert_with(|| {
+                                Instant::now() + self.config.import_full_wait
+                            }) =>
                 {
                     std::thread::sleep(Duration::from_micros(50));
                 }
                 Ok(false) => {
                     // Local subscribers hold the ring: this message is
-                    // dropped, and reported lost by the next gap record.
+                    // dropped, and reported lost by the next gap record;
+                    // so are the next ones, without waiting, until one
+                    // fits.
+                    if !stream.held_full {
+                        stream.held_full = true;
+                        self.stats.import_full_timeouts.add(1);
+                    }
                     self.stats.import_full_drops.add(1);
                     break false;
                 }
@@ -474,6 +495,7 @@ mod tests {
             epoch: 0,
             next: None,
             seen: None,
+            held_full: false,
         }
     }
 

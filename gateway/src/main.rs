@@ -53,7 +53,9 @@ struct Args {
     #[arg(long)]
     no_multicast_scouting: bool,
     /// How long an import waits for local subscribers to make room in a
-    /// full replica before it drops the message (counted lost).
+    /// full replica before it drops the message (counted lost); once per
+    /// spell of fullness, then that replica's messages drop at once until
+    /// one fits [default: 5].
     #[arg(long)]
     import_full_wait_ms: Option<u64>,
     /// Replica ring size of imported streams (bytes, a power of two;

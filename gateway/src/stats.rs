@@ -36,6 +36,9 @@ pub struct Stats {
     pub import_lost: Counter,
     /// Messages dropped because local subscribers kept the replica full.
     pub import_full_drops: Counter,
+    /// Waits of `import_full_wait` for room in a full replica that ran
+    /// out (one per spell of fullness: then its messages drop at once).
+    pub import_full_timeouts: Counter,
     /// Samples seen twice (after a remote gateway restart) and dropped.
     pub import_duplicates: Counter,
     /// Samples refused (bad metadata, bad topic, no metadata without raw).
@@ -46,13 +49,14 @@ impl Stats {
     /// One line of `name=value` pairs.
     pub fn summary(&self) -> String {
         format!(
-            "exported={} export_lapped={} put_errors={} imported={} import_lost={} import_full_drops={} import_duplicates={} import_refused={}",
+            "exported={} export_lapped={} put_errors={} imported={} import_lost={} import_full_drops={} import_full_timeouts={} import_duplicates={} import_refused={}",
             self.exported.get(),
             self.export_lapped.get(),
             self.put_errors.get(),
             self.imported.get(),
             self.import_lost.get(),
             self.import_full_drops.get(),
+            self.import_full_timeouts.get(),
             self.import_duplicates.get(),
             self.import_refused.get(),
         )

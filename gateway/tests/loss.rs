@@ -17,39 +17,8 @@ use shmbus_bus::{StartAt, WaitStrategy};
 /// then reads everything: received + lost = N.
 fn run(n: u64, export_opts: &str, b_args: &[&str], hold: Option<Duration>) -> (u64, u64, Gw) {
     let dir = TestDir::new("loss");
-    let port = free_port();
-    let listen = format!("tcp/127.0.0.1:{port}");
-    let (root_a, root_b) = (dir.join("a"), dir.join("b"));
     let export = format!("tele{export_opts}");
-    let a = Gw::start(
-        "gw-a",
-        &[
-            "--root",
-            root_a.to_str().unwrap(),
-            "--bus",
-            "b",
-            "--listen",
-            &listen,
-            "--export",
-            &export,
-        ],
-    );
-    a.wait_log("exporting under", Duration::from_secs(20));
-    let mut args = vec![
-        "--root",
-        root_b.to_str().unwrap(),
-        "--bus",
-        "b",
-        "--connect",
-        &listen,
-        "--import",
-        "shmbus/b/tele",
-    ];
-    args.extend(b_args);
-    let b = Gw::start("gw-b", &args);
-    b.wait_log("exporting under", Duration::from_secs(20));
-    let bus_a = Bus::builder().root(&root_a).name("b").build().unwrap();
-    let bus_b = Bus::builder().root(&root_b).name("b").build().unwrap();
+    let (a, b, bus_a, bus_b) = pair(&dir, &[&export], &["shmbus/b/tele"], b_args);
     // Subscribed before the replica exists: it is pre-joined and holds it.
     let mut sub = bus_b
         .subscriber_with::<Tele>("tele", StartAt::Oldest, WaitStrategy::default())
@@ -89,6 +58,44 @@ fn run(n: u64, export_opts: &str, b_args: &[&str], hold: Option<Duration>) -> (u
     assert_eq!(stats["import_lost"], lost, "{stats:?}");
     drop(publisher);
     (received, lost, b)
+}
+
+/// Gateways `a` (listening, exporting `exports`) and `b` (connecting,
+/// importing `imports`, with `b_args`) on buses `b` under `dir`, and those
+/// buses.
+fn pair(dir: &TestDir, exports: &[&str], imports: &[&str], b_args: &[&str]) -> (Gw, Gw, Bus, Bus) {
+    let listen = format!("tcp/127.0.0.1:{}", free_port());
+    let (root_a, root_b) = (dir.join("a"), dir.join("b"));
+    let mut args = vec![
+        "--root",
+        root_a.to_str().unwrap(),
+        "--bus",
+        "b",
+        "--listen",
+        &listen,
+    ];
+    for export in exports {
+        args.extend(["--export", export]);
+    }
+    let a = Gw::start("gw-a", &args);
+    a.wait_log("exporting under", Duration::from_secs(20));
+    let mut args = vec![
+        "--root",
+        root_b.to_str().unwrap(),
+        "--bus",
+        "b",
+        "--connect",
+        &listen,
+    ];
+    for import in imports {
+        args.extend(["--import", import]);
+    }
+    args.extend(b_args);
+    let b = Gw::start("gw-b", &args);
+    b.wait_log("exporting under", Duration::from_secs(20));
+    let bus_a = Bus::builder().root(&root_a).name("b").build().unwrap();
+    let bus_b = Bus::builder().root(&root_b).name("b").build().unwrap();
+    (a, b, bus_a, bus_b)
 }
 
 /// What a subscriber saw: messages (strictly increasing, intact) and losses.
@@ -144,10 +151,11 @@ fn a_stalled_subscriber_on_a_small_replica_loses_messages_counted_exactly() {
 #[test]
 fn congestion_drop_while_the_importer_stalls_loses_messages_counted_exactly() {
     let _w = Watchdog::new("congestion_drop", Duration::from_secs(120));
-    // b's replica is full and b waits up to a second per message for
-    // room: it stops reading its socket, Zenoh's queues and the socket
-    // buffers fill (40 000 messages, about 6 MB), and a (congestion control
-    // Drop) drops samples. The subscriber reads after 3 s.
+    // b's replica fills and b waits a second for room (once, then it drops
+    // what the full replica cannot take): meanwhile it reads nothing from
+    // its socket, Zenoh's queues and the socket buffers fill (40 000
+    // messages, about 6 MB), and a (congestion control Drop) drops
+    // samples. The subscriber reads after 3 s.
     let (received, lost, b) = run(
         40_000,
         ":drop",
@@ -160,9 +168,89 @@ fn congestion_drop_while_the_importer_stalls_loses_messages_counted_exactly() {
         Some(Duration::from_secs(3)),
     );
     let stats = b.stats();
+    eprintln!("RESULT stats of b: {stats:?}");
     assert!(received > 0, "received {received}, lost {lost}");
     assert!(
         stats["import_lost"] > stats["import_full_drops"],
         "some samples were dropped by Zenoh, not by b: {stats:?}"
     );
+}
+
+#[test]
+fn a_replica_held_full_delays_the_import_once_and_other_topics_flow() {
+    let _w = Watchdog::new("held_full", Duration::from_secs(120));
+    // b imports `held` and `live`, published in turn on a. The subscriber
+    // of `held` reads nothing until b has handled every message: its
+    // 64 KiB replica fills, b waits 500 ms for room once, then drops the
+    // rest of `held` at once. Waiting per message (the old way) would
+    // take 500 ms per dropped message, minutes for this run, and hold
+    // `live` back with it.
+    const N: u64 = 3000;
+    let dir = TestDir::new("held");
+    let (a, b, bus_a, bus_b) = pair(
+        &dir,
+        &["held", "live"],
+        &["shmbus/b/held", "shmbus/b/live"],
+        &["--import-capacity", "65536", "--import-full-wait-ms", "500"],
+    );
+    // Subscribed before the replicas exist: pre-joined, they hold them.
+    let mut held = bus_b
+        .subscriber_with::<Tele>("held", StartAt::Oldest, WaitStrategy::default())
+        .unwrap();
+    let mut live = bus_b
+        .subscriber_with::<Tele>("live", StartAt::Oldest, WaitStrategy::default())
+        .unwrap();
+    let mut pub_held = bus_a.publisher::<Tele>("held").unwrap();
+    let mut pub_live = bus_a.publisher::<Tele>("live").unwrap();
+    a.wait_log("exporting held/", Duration::from_secs(20));
+    a.wait_log("exporting live/", Duration::from_secs(20));
+    for seq in 0..N {
+        pub_held.send(&Tele::new(0, seq)).unwrap();
+        pub_live.send(&Tele::new(1, seq)).unwrap();
+    }
+    let (mut t_held, mut t_live) = (Tally::default(), Tally::default());
+    let end = Instant::now() + Duration::from_secs(60);
+    while !b_done(&b, 2 * N) {
+        assert!(
+            Instant::now() < end,
+            "b has not handled all {} messages: {:?}",
+            2 * N,
+            b.stats()
+        );
+        t_live.read(&mut live);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    while t_live.received < N {
+        assert!(Instant::now() < end, "live: {} of {N}", t_live.received);
+        t_live.read(&mut live);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        (t_live.received, t_live.lost),
+        (N, 0),
+        "live: every message"
+    );
+    // Now `held` is read: what fitted, then the rest as one loss.
+    while t_held.received + t_held.lost < N {
+        assert!(
+            Instant::now() < end,
+            "held: received {} + lost {} of {N}",
+            t_held.received,
+            t_held.lost
+        );
+        t_held.read(&mut held);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = b.stats();
+    eprintln!(
+        "RESULT held: received {}, lost {}; {stats:?}",
+        t_held.received, t_held.lost
+    );
+    assert!(t_held.received > 0 && t_held.lost > 0, "the replica filled");
+    assert_eq!(stats["import_full_drops"], t_held.lost, "{stats:?}");
+    assert_eq!(
+        stats["import_full_timeouts"], 1,
+        "one wait for the one spell of fullness: {stats:?}"
+    );
+    drop((pub_held, pub_live));
 }
