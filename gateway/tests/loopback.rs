@@ -13,42 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{check_body, free_port, Gw, Other, Tele, TestDir, Watchdog};
+use common::{check_body, pair, Gw, Other, Tele, TestDir, Watchdog};
 use shmbus::{Bus, Subscriber, TopicEvent};
 use shmbus_bus::{StartAt, WaitStrategy};
 
 fn bus(root: &Path) -> Bus {
     Bus::builder().root(root).name("b").build().unwrap()
-}
-
-/// Two gateways: `a` listens, `b` connects; `a_args`/`b_args` add rules.
-fn pair(dir: &TestDir, a_args: &[&str], b_args: &[&str]) -> (Gw, Gw) {
-    let port = free_port();
-    let listen = format!("tcp/127.0.0.1:{port}");
-    let (root_a, root_b) = (dir.join("a"), dir.join("b"));
-    let mut args = vec![
-        "--root",
-        root_a.to_str().unwrap(),
-        "--bus",
-        "b",
-        "--listen",
-        &listen,
-    ];
-    args.extend(a_args);
-    let a = Gw::start("gw-a", &args);
-    a.wait_log("exporting under", Duration::from_secs(20));
-    let mut args = vec![
-        "--root",
-        root_b.to_str().unwrap(),
-        "--bus",
-        "b",
-        "--connect",
-        &listen,
-    ];
-    args.extend(b_args);
-    let b = Gw::start("gw-b", &args);
-    b.wait_log("exporting under", Duration::from_secs(20));
-    (a, b)
 }
 
 /// Publishes on `ready` from `from` until a subscriber on `to` sees one:

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{check_body, free_port, Gw, Tele, TestDir, Watchdog};
+use common::{check_body, pair, Gw, Tele, TestDir, Watchdog};
 use shmbus::{Bus, TopicEvent};
 use shmbus_bus::{StartAt, WaitStrategy};
 
@@ -18,7 +18,7 @@ use shmbus_bus::{StartAt, WaitStrategy};
 fn run(n: u64, export_opts: &str, b_args: &[&str], hold: Option<Duration>) -> (u64, u64, Gw) {
     let dir = TestDir::new("loss");
     let export = format!("tele{export_opts}");
-    let (a, b, bus_a, bus_b) = pair(&dir, &[&export], &["shmbus/b/tele"], b_args);
+    let (a, b, bus_a, bus_b) = pair_of(&dir, &[&export], &["shmbus/b/tele"], b_args);
     // Subscribed before the replica exists: it is pre-joined and holds it.
     let mut sub = bus_b
         .subscriber_with::<Tele>("tele", StartAt::Oldest, WaitStrategy::default())
@@ -60,41 +60,28 @@ fn run(n: u64, export_opts: &str, b_args: &[&str], hold: Option<Duration>) -> (u
     (received, lost, b)
 }
 
-/// Gateways `a` (listening, exporting `exports`) and `b` (connecting,
-/// importing `imports`, with `b_args`) on buses `b` under `dir`, and those
-/// buses.
-fn pair(dir: &TestDir, exports: &[&str], imports: &[&str], b_args: &[&str]) -> (Gw, Gw, Bus, Bus) {
-    let listen = format!("tcp/127.0.0.1:{}", free_port());
-    let (root_a, root_b) = (dir.join("a"), dir.join("b"));
-    let mut args = vec![
-        "--root",
-        root_a.to_str().unwrap(),
-        "--bus",
-        "b",
-        "--listen",
-        &listen,
-    ];
-    for export in exports {
-        args.extend(["--export", export]);
-    }
-    let a = Gw::start("gw-a", &args);
-    a.wait_log("exporting under", Duration::from_secs(20));
-    let mut args = vec![
-        "--root",
-        root_b.to_str().unwrap(),
-        "--bus",
-        "b",
-        "--connect",
-        &listen,
-    ];
-    for import in imports {
-        args.extend(["--import", import]);
-    }
-    args.extend(b_args);
-    let b = Gw::start("gw-b", &args);
-    b.wait_log("exporting under", Duration::from_secs(20));
-    let bus_a = Bus::builder().root(&root_a).name("b").build().unwrap();
-    let bus_b = Bus::builder().root(&root_b).name("b").build().unwrap();
+/// [`pair`] with `a` exporting `exports` and `b` importing `imports` (and
+/// `b_args`), and their buses.
+fn pair_of(
+    dir: &TestDir,
+    exports: &[&str],
+    imports: &[&str],
+    b_args: &[&str],
+) -> (Gw, Gw, Bus, Bus) {
+    let a_args: Vec<&str> = exports.iter().flat_map(|e| ["--export", e]).collect();
+    let mut all_b: Vec<&str> = imports.iter().flat_map(|i| ["--import", i]).collect();
+    all_b.extend(b_args);
+    let (a, b) = pair(dir, &a_args, &all_b);
+    let bus_a = Bus::builder()
+        .root(dir.join("a"))
+        .name("b")
+        .build()
+        .unwrap();
+    let bus_b = Bus::builder()
+        .root(dir.join("b"))
+        .name("b")
+        .build()
+        .unwrap();
     (a, b, bus_a, bus_b)
 }
 
@@ -187,7 +174,7 @@ fn a_replica_held_full_delays_the_import_once_and_other_topics_flow() {
     // `live` back with it.
     const N: u64 = 3000;
     let dir = TestDir::new("held");
-    let (a, b, bus_a, bus_b) = pair(
+    let (a, b, bus_a, bus_b) = pair_of(
         &dir,
         &["held", "live"],
         &["shmbus/b/held", "shmbus/b/live"],
